@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both build the virtual environment
+# from the pinned requirements when it is missing or older than the pins.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= artifacts/digits_cnn
+
+.PHONY: demo test lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, alone and exact, so nothing later can pull a CUDA build.
+	$(PY) -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/exporter export examples/digits/digits_cnn.pt \
+		--model examples/digits/model.py:build_model \
+		--input image:float32:batch=1,1,8,8 \
+		--to onnx --out $(DEMO_OUT) --force
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) artifacts/*/

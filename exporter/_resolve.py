@@ -1,0 +1,72 @@
+"""Resolve ``package.module:callable`` or ``path/to/file.py:callable`` references to Python objects."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import UsageError
+
+__all__ = ["resolve_callable"]
+
+
+def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]:
+    """Import the object ``ref`` names; the current directory is importable, as users expect.
+
+    Raises:
+        UsageError: the reference is malformed, its module does not import, or it names nothing callable.
+    """
+    module_part, sep, attr_path = ref.rpartition(":")
+    if not sep or not module_part or not attr_path:
+        raise UsageError(
+            f"{option} '{ref}' must be package.module:callable or path/to/file.py:callable"
+        )
+    try:
+        module = _import(module_part)
+    except FileNotFoundError:
+        raise UsageError(f"{option} '{ref}': file '{module_part}' does not exist") from None
+    except Exception as error:
+        raise UsageError(
+            f"{option} '{ref}': importing '{module_part}' failed: {type(error).__name__}: {error}"
+        ) from error
+    target: Any = module
+    for name in attr_path.split("."):
+        if not hasattr(target, name):
+            raise UsageError(f"{option} '{ref}': '{module_part}' has no attribute '{attr_path}'")
+        target = getattr(target, name)
+    if not callable(target):
+        raise UsageError(f"{option} '{ref}': '{attr_path}' is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _import(module_part: str) -> Any:
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if not module_part.endswith(".py"):
+        return importlib.import_module(module_part)
+    path = Path(module_part).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    # A stable, unique module name lets pickling and torch.export find the classes again.
+    name = f"_exporter_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -1,0 +1,66 @@
+"""One exception family for every stage, each kind carrying the exit code the CLI returns.
+
+The CLI turns any ``ExporterError`` into one line and its ``exit_code``; anything else is a bug and is
+shown with its traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "ConversionError",
+    "ExitCode",
+    "ExporterError",
+    "InputSpecError",
+    "LoadError",
+    "RecipeError",
+    "UsageError",
+]
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``exporter``: a contract that CI jobs rely on."""
+
+    OK = 0
+    VERIFICATION_FAILED = 1
+    BAD_INPUT = 2
+    CONVERSION_FAILED = 3
+
+
+class ExporterError(Exception):
+    """Base of all errors the user can act on; ``str(error)`` is the one line shown."""
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT
+    stage: str = "export"
+
+
+class UsageError(ExporterError):
+    """Bad command-line usage: conflicting flags, an output folder in the way, a bad model reference."""
+
+    stage = "usage"
+
+
+class InputSpecError(ExporterError):
+    """An input spec (``NAME:DTYPE:DIMS[:LOW..HIGH]``) that cannot be parsed or does not fit the model."""
+
+    stage = "inputs"
+
+
+class RecipeError(ExporterError):
+    """A recipe file that is missing, not TOML, or fails validation."""
+
+    stage = "recipe"
+
+
+class LoadError(ExporterError):
+    """A checkpoint that is missing, unreadable, untrusted or does not fit the model."""
+
+    stage = "load"
+
+
+class ConversionError(ExporterError):
+    """A model that no exporter could convert."""
+
+    exit_code = ExitCode.CONVERSION_FAILED
+    stage = "convert"

@@ -1,0 +1,258 @@
+"""Loading stage: turn a checkpoint file into a callable ``nn.Module`` in eval mode, safely.
+
+Never unpickles arbitrary objects unless the user says the checkpoint is trusted: every ``torch.load`` is
+``weights_only=True`` first, and a checkpoint that needs more is refused with the way out spelled out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporter._resolve import resolve_callable
+from exporter.errors import LoadError
+
+__all__ = ["CheckpointFormat", "LoadRequest", "LoadedModel", "load_model", "sha256_file"]
+
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointFormat(StrEnum):
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported_program"
+    STATE_DICT = "state_dict"
+    SAFETENSORS = "safetensors"
+    PICKLED_MODULE = "pickled_module"
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What to load: the checkpoint, and for weights-only files the factory that builds the architecture."""
+
+    checkpoint: Path
+    model_ref: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    trust_checkpoint: bool = False
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, plus what the report needs to say about where it came from."""
+
+    module: torch.nn.Module
+    format: CheckpointFormat
+    checkpoint: Path
+    file_size: int
+    sha256: str
+    parameter_count: int
+    exported_program: torch.export.ExportedProgram | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "format": self.format.value,
+            "file_size": self.file_size,
+            "sha256": self.sha256,
+            "parameter_count": self.parameter_count,
+            "model_class": type(self.module).__name__,
+            "notes": self.notes,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(request: LoadRequest) -> LoadedModel:
+    """Load ``request.checkpoint`` whatever its format, put the model in eval mode and describe it.
+
+    Raises:
+        LoadError: the file is missing, truncated, of an unknown format, untrusted, or does not fit the
+            architecture built by ``--model``.
+    """
+    path = request.checkpoint
+    if not path.exists():
+        raise LoadError(f"checkpoint '{path}' does not exist")
+    if not path.is_file():
+        raise LoadError(f"checkpoint '{path}' is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise LoadError(f"checkpoint '{path}' is empty")
+    notes: list[str] = []
+    exported: torch.export.ExportedProgram | None = None
+    kind = _sniff(path)
+    if kind is CheckpointFormat.EXPORTED_PROGRAM:
+        exported = _guard(path, "a torch.export program", lambda: torch.export.load(path))
+        module = exported.module()
+    elif kind is CheckpointFormat.TORCHSCRIPT:
+        module = _guard(path, "a TorchScript archive", lambda: torch.jit.load(str(path), map_location="cpu"))
+    elif kind is CheckpointFormat.SAFETENSORS:
+        from safetensors.torch import load_file
+
+        weights = _guard(path, "a safetensors file", lambda: load_file(str(path), device="cpu"))
+        module = _build_with_weights(request, weights, notes)
+    else:
+        payload = _torch_load(request)
+        if isinstance(payload, torch.nn.Module):
+            kind = CheckpointFormat.PICKLED_MODULE
+            module = payload
+            if request.model_ref:
+                notes.append(f"--model {request.model_ref} ignored: the checkpoint holds a whole module")
+        else:
+            kind = CheckpointFormat.STATE_DICT
+            module = _build_with_weights(request, _find_state_dict(path, payload, notes), notes)
+    if kind is not CheckpointFormat.EXPORTED_PROGRAM:
+        module.eval()
+    parameters = sum(p.numel() for p in module.parameters())
+    return LoadedModel(module, kind, path, size, sha256_file(path), parameters, exported, notes)
+
+
+def _sniff(path: Path) -> CheckpointFormat | None:
+    if path.suffix == ".safetensors":
+        return CheckpointFormat.SAFETENSORS
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return None
+    if any(n.endswith(("/archive_format", "/models/model.json")) for n in names):
+        return CheckpointFormat.EXPORTED_PROGRAM
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return CheckpointFormat.TORCHSCRIPT
+    return None
+
+
+def _guard(path: Path, what: str, load: Any) -> Any:
+    try:
+        return load()
+    except Exception as error:
+        raise LoadError(
+            f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {_first_line(error)}"
+        ) from error
+
+
+def _torch_load(request: LoadRequest) -> Any:
+    path = request.checkpoint
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error).lower() and "weights only" not in str(error).lower():
+            raise LoadError(
+                f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated "
+                f"({_first_line(error)})"
+            ) from error
+        if not request.trust_checkpoint:
+            raise LoadError(
+                f"checkpoint '{path}' holds pickled Python objects (such as a whole nn.Module), and "
+                "unpickling can run arbitrary code; save a state_dict and pass --model, or pass "
+                "--trust-checkpoint if you trust where this file came from"
+            ) from None
+    except Exception as error:
+        raise LoadError(
+            f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({_first_line(error)})"
+        ) from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise LoadError(
+            f"cannot unpickle trusted checkpoint '{path}': {_first_line(error)} "
+            "(its classes must be importable from the current directory)"
+        ) from error
+
+
+def _is_tensor_mapping(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str, torch.Tensor]:
+    if _is_tensor_mapping(payload):
+        return payload  # type: ignore[no-any-return]
+    if isinstance(payload, Mapping):
+        for key in STATE_DICT_KEYS:
+            if _is_tensor_mapping(payload.get(key)):
+                notes.append(f"weights taken from the checkpoint's '{key}' entry")
+                return payload[key]  # type: ignore[no-any-return]
+        keys = ", ".join(repr(k) for k in list(payload)[:8])
+        raise LoadError(
+            f"checkpoint '{path}' is a dict without a state_dict (keys: {keys}); expected tensors at the top "
+            f"level or under one of {', '.join(STATE_DICT_KEYS)}"
+        )
+    raise LoadError(
+        f"checkpoint '{path}' holds a {type(payload).__name__}, not a model or a state_dict"
+    )
+
+
+def _strip_wrapper_prefixes(weights: Mapping[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
+    """Drop the prefixes DataParallel (``module.``) and torch.compile (``_orig_mod.``) add to every key."""
+    result = dict(weights)
+    for prefix in _WRAPPER_PREFIXES:
+        if result and all(k.startswith(prefix) for k in result):
+            result = {k[len(prefix) :]: v for k, v in result.items()}
+            notes.append(f"stripped the '{prefix}' prefix from every weight name")
+    return result
+
+
+def _build_with_weights(
+    request: LoadRequest, weights: Mapping[str, torch.Tensor], notes: list[str]
+) -> torch.nn.Module:
+    if not request.model_ref:
+        raise LoadError(
+            f"checkpoint '{request.checkpoint}' holds only weights; pass --model package.module:factory "
+            "(or path/to/file.py:factory) that builds the architecture"
+        )
+    factory = resolve_callable(request.model_ref)
+    try:
+        module = factory(**dict(request.model_kwargs))
+    except Exception as error:
+        raise LoadError(
+            f"--model {request.model_ref} raised {type(error).__name__}: {_first_line(error)} "
+            "(check --model-kwargs)"
+        ) from error
+    if not isinstance(module, torch.nn.Module):
+        raise LoadError(f"--model {request.model_ref} returned {type(module).__name__}, not an nn.Module")
+    weights = _strip_wrapper_prefixes(weights, notes)
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [
+        f"{k} {list(weights[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in weights and weights[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{len(items)} {what} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
+            for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+            if items
+        ]
+        raise LoadError(
+            f"weights in '{request.checkpoint}' do not fit --model {request.model_ref}: {'; '.join(parts)}; "
+            "check the factory and --model-kwargs"
+        )
+    module.load_state_dict(weights, strict=True)
+    return module
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,312 @@
+"""Input specs: what the model is fed, which dims may change, and how example data is drawn.
+
+The command-line form is ``NAME:DTYPE:DIMS[:LOW..HIGH]``. DIMS are comma-separated; each is an integer (a
+static dim) or ``label=size`` (a dynamic dim and its example size). The same label in two inputs names the
+same dim. Numbers are drawn from ``[LOW, HIGH)`` when a range is given (integers) or uniformly (floats);
+without a range floats are standard normal and integers are drawn from ``[0, 10)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from exporter.errors import InputSpecError
+
+__all__ = [
+    "DTYPES",
+    "DimSpec",
+    "DynamicDim",
+    "InputSpec",
+    "ShapeCase",
+    "TensorSpec",
+    "make_inputs",
+    "parse_tensor_spec",
+    "shape_cases",
+]
+
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "float64": np.dtype(np.float64),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_),
+}
+_DTYPE_ALIASES = {
+    "float": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "half": "float16",
+    "fp16": "float16",
+    "f16": "float16",
+    "double": "float64",
+    "fp64": "float64",
+    "f64": "float64",
+    "long": "int64",
+    "i64": "int64",
+    "int": "int32",
+    "i32": "int32",
+}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_DEFAULT_INT_RANGE = (0, 10)
+
+
+@dataclass(frozen=True)
+class DimSpec:
+    """One dimension: its example size and, when dynamic, the label shared by every input using it."""
+
+    size: int
+    label: str | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.label is not None
+
+    def __str__(self) -> str:
+        return f"{self.label}={self.size}" if self.label else str(self.size)
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    """Legal sizes of a dynamic dim (``max`` None means unbounded)."""
+
+    label: str
+    min: int = 1
+    max: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input: name, dtype, dims and the value range to draw from."""
+
+    name: str
+    dtype: str
+    dims: tuple[DimSpec, ...]
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def is_float(self) -> bool:
+        return self.numpy_dtype.kind == "f"
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The concrete shape with each dynamic dim at ``sizes[label]``."""
+        return tuple(sizes[d.label] if d.label else d.size for d in self.dims)
+
+    def __str__(self) -> str:
+        text = f"{self.name}:{self.dtype}:{','.join(str(d) for d in self.dims)}"
+        if self.low is not None and self.high is not None:
+            text += f":{_number(self.low)}..{_number(self.high)}"
+        return text
+
+
+@dataclass(frozen=True)
+class ShapeCase:
+    """A set of dynamic-dim sizes to verify at, with a short human name (``export``, ``min``, ...)."""
+
+    name: str
+    sizes: dict[str, int]
+
+    def describe(self, spec: InputSpec) -> str:
+        return " ".join(f"{t.name}={list(t.shape(self.sizes))}" for t in spec.tensors)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Every input of the model, in the order they are passed, plus the legal range of each dynamic dim."""
+
+    tensors: tuple[TensorSpec, ...]
+    dynamic_dims: tuple[DynamicDim, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.tensors:
+            raise InputSpecError("no inputs given: pass --input NAME:DTYPE:DIMS (see `exporter export --help`)")
+        names = [t.name for t in self.tensors]
+        for name in names:
+            if names.count(name) > 1:
+                raise InputSpecError(f"input '{name}' is given twice; each --input needs its own name")
+        sizes: dict[str, int] = {}
+        for tensor in self.tensors:
+            for dim in tensor.dims:
+                if dim.label is None:
+                    continue
+                seen = sizes.setdefault(dim.label, dim.size)
+                if seen != dim.size:
+                    raise InputSpecError(
+                        f"input '{tensor.name}': dim '{dim.label}' has example size {dim.size} here but "
+                        f"{seen} in another input; a shared label must have one size"
+                    )
+        known = {d.label for d in self.dynamic_dims}
+        for label, size in sizes.items():
+            if label not in known:
+                object.__setattr__(self, "dynamic_dims", (*self.dynamic_dims, DynamicDim(label)))
+        for dyn in self.dynamic_dims:
+            if dyn.label not in sizes:
+                raise InputSpecError(f"dim '{dyn.label}' has a range but no input uses it")
+            size = sizes[dyn.label]
+            if dyn.min < 0 or (dyn.max is not None and dyn.max < dyn.min):
+                raise InputSpecError(f"dim '{dyn.label}': bad range min={dyn.min} max={dyn.max}")
+            if size < dyn.min or (dyn.max is not None and size > dyn.max):
+                raise InputSpecError(
+                    f"dim '{dyn.label}': example size {size} is outside its range [{dyn.min}, {dyn.max}]"
+                )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    @property
+    def example_sizes(self) -> dict[str, int]:
+        return {d.label: d.size for t in self.tensors for d in t.dims if d.label is not None}
+
+    def dim(self, label: str) -> DynamicDim:
+        return next(d for d in self.dynamic_dims if d.label == label)
+
+    def with_overrides(self, tensors: Iterable[TensorSpec]) -> InputSpec:
+        """This spec with the given tensors replacing (by name) or appended to its own."""
+        by_name = {t.name: t for t in self.tensors}
+        for tensor in tensors:
+            by_name[tensor.name] = tensor
+        used = {d.label for t in by_name.values() for d in t.dims if d.label}
+        return InputSpec(tuple(by_name.values()), tuple(d for d in self.dynamic_dims if d.label in used))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "inputs": [
+                {
+                    "name": t.name,
+                    "dtype": t.dtype,
+                    "shape": [d.label or d.size for d in t.dims],
+                    "example_shape": list(t.shape(self.example_sizes)),
+                    "range": None if t.low is None else [t.low, t.high],
+                    "spec": str(t),
+                }
+                for t in self.tensors
+            ],
+            "dynamic_dims": {
+                d.label: {"min": d.min, "max": d.max, "example": self.example_sizes[d.label]}
+                for d in self.dynamic_dims
+            },
+        }
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def parse_tensor_spec(text: str) -> TensorSpec:
+    """Parse ``NAME:DTYPE:DIMS[:LOW..HIGH]``; errors name the field that is wrong."""
+    where = f"bad input spec '{text}'"
+    parts = text.strip().split(":")
+    if len(parts) not in (3, 4):
+        raise InputSpecError(f"{where}: expected NAME:DTYPE:DIMS[:LOW..HIGH], e.g. image:float32:batch=1,3,224,224")
+    name, dtype_text, dims_text = (p.strip() for p in parts[:3])
+    if not _NAME.match(name):
+        raise InputSpecError(f"{where}: NAME '{name}' must be an identifier (letters, digits, _)")
+    dtype = _DTYPE_ALIASES.get(dtype_text.lower(), dtype_text.lower())
+    if dtype not in DTYPES:
+        raise InputSpecError(f"{where}: unknown DTYPE '{dtype_text}' (one of {', '.join(DTYPES)})")
+    dims = tuple(_parse_dim(item.strip(), where) for item in dims_text.split(",")) if dims_text else ()
+    low = high = None
+    if len(parts) == 4:
+        low, high = _parse_range(parts[3].strip(), where)
+        if dtype == "bool":
+            raise InputSpecError(f"{where}: a bool input takes no LOW..HIGH range")
+        if DTYPES[dtype].kind in "iu" and not (low.is_integer() and high.is_integer()):
+            raise InputSpecError(f"{where}: integer input needs an integer range, got {parts[3]}")
+    return TensorSpec(name, dtype, dims, low, high)
+
+
+def _parse_dim(item: str, where: str) -> DimSpec:
+    label, sep, size_text = item.partition("=")
+    if not sep:
+        label, size_text = "", item
+    label = label.strip()
+    if sep and not _NAME.match(label):
+        raise InputSpecError(f"{where}: dim label '{label}' must be an identifier, as in batch=1")
+    try:
+        size = int(size_text)
+    except ValueError:
+        raise InputSpecError(
+            f"{where}: dim '{item}' is neither an integer nor label=size (e.g. 3 or batch=1)"
+        ) from None
+    if size < 0 or (size == 0 and not sep):
+        raise InputSpecError(f"{where}: dim '{item}' must be a positive size")
+    return DimSpec(size, label or None)
+
+
+def _parse_range(text: str, where: str) -> tuple[float, float]:
+    low_text, sep, high_text = text.partition("..")
+    try:
+        if not sep:
+            raise ValueError
+        low, high = float(low_text), float(high_text)
+    except ValueError:
+        raise InputSpecError(f"{where}: range '{text}' must be LOW..HIGH, e.g. 0..30522") from None
+    if not low < high:
+        raise InputSpecError(f"{where}: range '{text}' needs LOW < HIGH")
+    return low, high
+
+
+def larger_size(dim: DynamicDim, example: int) -> int | None:
+    """A size above the example, odd so that even-only assumptions show; None when the range forbids it."""
+    size = 2 * example + 1
+    if dim.max is not None:
+        size = min(size, dim.max)
+    return size if size > example else None
+
+
+def shape_cases(spec: InputSpec) -> list[ShapeCase]:
+    """Sizes to verify at: the export shape, every dynamic dim at its minimum, one above the example, about
+    twice the example, then each dim moved alone. A dim that conversion froze fails at least one of them."""
+    example = spec.example_sizes
+    cases = [ShapeCase("export", dict(example))]
+    if not spec.dynamic_dims:
+        return cases
+    smallest = {d.label: d.min if d.min > 0 else 1 for d in spec.dynamic_dims}
+    larger = {d.label: larger_size(d, example[d.label]) or example[d.label] for d in spec.dynamic_dims}
+    following = {
+        d.label: example[d.label] + 1 if d.max is None or example[d.label] < d.max else example[d.label]
+        for d in spec.dynamic_dims
+    }
+    candidates = [ShapeCase("min", smallest), ShapeCase("next", following), ShapeCase("large", larger)]
+    if len(spec.dynamic_dims) > 1:
+        for dim in spec.dynamic_dims:
+            for label, sizes in (("min", smallest), ("large", larger)):
+                candidates.append(ShapeCase(f"{dim.label}-{label}", {**example, dim.label: sizes[dim.label]}))
+    for case in candidates:
+        if all(case.sizes != seen.sizes for seen in cases):
+            cases.append(case)
+    return cases
+
+
+def make_inputs(spec: InputSpec, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Draw one example of every input at ``sizes`` from a generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in spec.tensors:
+        shape = tensor.shape(sizes)
+        dtype = tensor.numpy_dtype
+        if dtype.kind == "b":
+            arrays[tensor.name] = rng.random(shape) < 0.5
+        elif dtype.kind in "iu":
+            low, high = (
+                (int(tensor.low), int(tensor.high)) if tensor.low is not None else _DEFAULT_INT_RANGE
+            )
+            arrays[tensor.name] = rng.integers(low, high, size=shape, dtype=dtype)
+        elif tensor.low is not None and tensor.high is not None:
+            arrays[tensor.name] = rng.uniform(tensor.low, tensor.high, size=shape).astype(dtype)
+        else:
+            arrays[tensor.name] = rng.standard_normal(shape).astype(dtype)
+    return arrays
