@@ -23,9 +23,7 @@ def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]
     """
     module_part, sep, attr_path = ref.rpartition(":")
     if not sep or not module_part or not attr_path:
-        raise UsageError(
-            f"{option} '{ref}' must be package.module:callable or path/to/file.py:callable"
-        )
+        raise UsageError(f"{option} '{ref}' must be package.module:callable or path/to/file.py:callable")
     try:
         module = _import(module_part)
     except FileNotFoundError:

@@ -197,9 +197,7 @@ def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str,
             f"checkpoint '{path}' is a dict without a state_dict (keys: {keys}); expected tensors at the top "
             f"level or under one of {', '.join(STATE_DICT_KEYS)}"
         )
-    raise LoadError(
-        f"checkpoint '{path}' holds a {type(payload).__name__}, not a model or a state_dict"
-    )
+    raise LoadError(f"checkpoint '{path}' holds a {type(payload).__name__}, not a model or a state_dict")
 
 
 def _strip_wrapper_prefixes(weights: Mapping[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:

@@ -55,6 +55,7 @@ _DTYPE_ALIASES = {
     "i32": "int32",
 }
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEFAULT_INT_RANGE = (0, 10)
 
 
@@ -131,7 +132,9 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if not self.tensors:
-            raise InputSpecError("no inputs given: pass --input NAME:DTYPE:DIMS (see `exporter export --help`)")
+            raise InputSpecError(
+                "no inputs given: pass --input NAME:DTYPE:DIMS (see `exporter export --help`)"
+            )
         names = [t.name for t in self.tensors]
         for name in names:
             if names.count(name) > 1:
@@ -210,7 +213,9 @@ def parse_tensor_spec(text: str) -> TensorSpec:
     where = f"bad input spec '{text}'"
     parts = text.strip().split(":")
     if len(parts) not in (3, 4):
-        raise InputSpecError(f"{where}: expected NAME:DTYPE:DIMS[:LOW..HIGH], e.g. image:float32:batch=1,3,224,224")
+        raise InputSpecError(
+            f"{where}: expected NAME:DTYPE:DIMS[:LOW..HIGH], e.g. image:float32:batch=1,3,224,224"
+        )
     name, dtype_text, dims_text = (p.strip() for p in parts[:3])
     if not _NAME.match(name):
         raise InputSpecError(f"{where}: NAME '{name}' must be an identifier (letters, digits, _)")
@@ -233,7 +238,7 @@ def _parse_dim(item: str, where: str) -> DimSpec:
     if not sep:
         label, size_text = "", item
     label = label.strip()
-    if sep and not _NAME.match(label):
+    if sep and not _LABEL.match(label):
         raise InputSpecError(f"{where}: dim label '{label}' must be an identifier, as in batch=1")
     try:
         size = int(size_text)
@@ -301,9 +306,7 @@ def make_inputs(spec: InputSpec, sizes: Mapping[str, int], seed: int) -> dict[st
         if dtype.kind == "b":
             arrays[tensor.name] = rng.random(shape) < 0.5
         elif dtype.kind in "iu":
-            low, high = (
-                (int(tensor.low), int(tensor.high)) if tensor.low is not None else _DEFAULT_INT_RANGE
-            )
+            low, high = (int(tensor.low), int(tensor.high)) if tensor.low is not None else _DEFAULT_INT_RANGE
             arrays[tensor.name] = rng.integers(low, high, size=shape, dtype=dtype)
         elif tensor.low is not None and tensor.high is not None:
             arrays[tensor.name] = rng.uniform(tensor.low, tensor.high, size=shape).astype(dtype)

@@ -1,0 +1,107 @@
+"""Artifacts stage: build the output folder beside its destination and move it into place only when
+complete, so a failed or interrupted run never leaves a half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import UsageError
+from exporter.loading import sha256_file
+from exporter.verify import GoldenCase
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "check_output_dir",
+    "file_inventory",
+    "staging_dir",
+    "write_golden",
+    "write_json",
+]
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty folder unless ``force``; checked before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out '{out}' exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"output folder '{out}' already exists and is not empty; pass --force to replace it")
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it is removed.
+
+    The old folder is only moved aside after the new one is complete, then deleted.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        yield staging
+        check_output_dir(out, force)
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(retired / out.name)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_golden(folder: Path, golden: Sequence[GoldenCase]) -> list[dict[str, Any]]:
+    """Write ``<case>.inputs.npz`` / ``<case>.outputs.npz`` per shape case; return the index for the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    for item in golden:
+        inputs_file = folder / f"{item.file_stem}.inputs.npz"
+        outputs_file = folder / f"{item.file_stem}.outputs.npz"
+        np.savez(inputs_file, **item.inputs)  # type: ignore[arg-type]
+        np.savez(outputs_file, **dict(zip(item.output_names, item.outputs, strict=True)))  # type: ignore[arg-type]
+        index.append(
+            {
+                "case": item.case.name,
+                "sizes": item.case.sizes,
+                "seed": item.seed,
+                "inputs": f"{folder.name}/{inputs_file.name}",
+                "outputs": f"{folder.name}/{outputs_file.name}",
+                "output_names": item.output_names,
+            }
+        )
+    return index
+
+
+def file_inventory(root: Path, exclude: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under ``root`` (relative POSIX paths), for the manifest."""
+    return {
+        path.relative_to(root).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() not in exclude
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, set | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

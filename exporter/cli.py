@@ -1,0 +1,263 @@
+"""Command line: parse flags, call ``exporter.pipeline.export``, print. No pipeline logic lives here.
+
+Exit codes: 0 success; 1 verification failed (report written); 2 bad input or usage; 3 conversion failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.pipeline import ExportOptions, ExportResult, StageRecord, StageStatus, export
+from exporter.recipe import load_recipe
+from exporter.report import Table as RowTable
+from exporter.report import latency_table, parity_table
+from exporter.specs import InputSpec, parse_tensor_spec
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn a trained PyTorch model into verified, benchmarked deployment artifacts.",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class Target(StrEnum):
+    onnx = "onnx"
+
+
+class OnnxExporterFlag(StrEnum):
+    auto = "auto"
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+
+
+@app.callback()
+def _root() -> None:
+    """Turn a trained PyTorch model into verified, benchmarked deployment artifacts."""
+
+
+class _RichProgress:
+    """Shows the running stage as a spinner and prints each finished stage on its own line."""
+
+    _MARKS = {
+        StageStatus.PASSED: "[green]ok[/]",
+        StageStatus.FAILED: "[red]FAILED[/]",
+        StageStatus.SKIPPED: "[yellow]skipped[/]",
+        StageStatus.NOT_RUN: "[dim]not run[/]",
+    }
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.status: Status | None = None
+        self.stage = ""
+
+    def stage_started(self, stage: str) -> None:
+        self.stage = stage
+        self.status = self.console.status(f"[bold]{stage}[/] ...")
+        self.status.start()
+
+    def stage_finished(self, record: StageRecord) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        mark = self._MARKS[record.status]
+        self.console.print(f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{record.detail}[/]")
+
+    def step(self, message: str, done: int, total: int) -> None:
+        if self.status is not None:
+            self.status.update(f"[bold]{self.stage}[/] {message} ({done}/{total})")
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def _rich_table(title: str, table: RowTable) -> Table:
+    headers, rows = table
+    rendered = Table(title=title, title_justify="left", show_lines=False)
+    for header in headers:
+        rendered.add_column(header, overflow="fold")
+    for row in rows:
+        style = "red" if any(cell.startswith("FAIL") for cell in row) else None
+        rendered.add_row(*row, style=style)
+    return rendered
+
+
+def _print_summary(result: ExportResult) -> None:
+    report = result.report
+    out.print(_rich_table("Parity against PyTorch eager", parity_table(report)))
+    if report["latency"]:
+        out.print(_rich_table(f"Latency ({report['environment']['threads']} threads)", latency_table(report)))
+    for note in report["notes"]:
+        out.print(f"[yellow]note:[/] {note}")
+    verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
+    out.print(
+        f"{verdict}  artifacts in [bold]{result.out_dir}[/] (model.onnx, golden/, manifest.json, report.md)"
+    )
+
+
+def _settings_from_flags(**flags: Any) -> dict[str, Any]:
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Checkpoint: TorchScript archive, torch.export .pt2, state_dict/.safetensors, or pickled module."
+        ),
+    ] = None,
+    to: Annotated[list[Target], typer.Option("--to", help="Target format.")] = [Target.onnx],  # noqa: B006
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Factory building the architecture: package.module:callable or path/file.py:callable.",
+        ),
+    ] = None,
+    model_kwargs: Annotated[
+        str | None,
+        typer.Option("--model-kwargs", help="Keyword arguments for --model as JSON, e.g. '{\"width\": 16}'."),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="NAME:DTYPE:DIMS[:LOW..HIGH], once per input. DIMS: comma-separated ints (static) or label=size "
+            "(dynamic; a label shared by inputs is one dim). Ints are drawn from [LOW, HIGH). "
+            "E.g. image:float32:batch=1,3,224,224 or input_ids:int64:batch=2,seq=128:0..30522",
+        ),
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML; flags override it.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Artifacts folder [default: artifacts/<name>].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder once the new one is complete.")
+    ] = False,
+    atol: Annotated[
+        float | None, typer.Option("--atol", min=0.0, help="Absolute tolerance [default: 1e-4].")
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", min=0.0, help="Relative tolerance [default: 1e-3].")
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option("--opset", min=7, max=30, help="ONNX opset [default: the exporter's].")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Threads for every backend [default: all CPUs].")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint", help="Allow unpickling arbitrary objects (only for files you trust)."
+        ),
+    ] = False,
+    onnx_exporter: Annotated[
+        OnnxExporterFlag | None,
+        typer.Option("--onnx-exporter", help="auto tries dynamo, then the TorchScript-based exporter."),
+    ] = None,
+    simplify: Annotated[
+        bool | None, typer.Option("--simplify/--no-simplify", help="Try onnxsim [default: on].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for drawn inputs [default: 0].")] = None,
+    benchmark: Annotated[
+        bool | None, typer.Option("--benchmark/--no-benchmark", help="Measure latency [default: on].")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name [default: checkpoint stem].")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Export CHECKPOINT to ONNX, verify it against PyTorch at several shapes, time it, write artifacts.
+
+    Exit codes: 0 passed; 1 verification failed (report still written); 2 bad input or usage;
+    3 conversion failed.
+    """
+    try:
+        settings: dict[str, Any] = {}
+        spec_tensors: list[Any] = []
+        dims: tuple[Any, ...] = ()
+        if recipe is not None:
+            loaded_recipe = load_recipe(recipe)
+            settings.update(loaded_recipe.settings)
+            spec_tensors, dims = list(loaded_recipe.inputs), loaded_recipe.dims
+        kwargs = None
+        if model_kwargs is not None:
+            try:
+                kwargs = json.loads(model_kwargs)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"--model-kwargs is not valid JSON: {error}") from None
+            if not isinstance(kwargs, dict):
+                raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 16}'")
+        settings.update(
+            _settings_from_flags(
+                checkpoint=checkpoint,
+                name=name,
+                out=out_dir,
+                model_ref=model,
+                model_kwargs=kwargs,
+                atol=atol,
+                rtol=rtol,
+                opset=opset,
+                threads=threads,
+                onnx_exporter=onnx_exporter.value if onnx_exporter else None,
+                simplify=simplify,
+                seed=seed,
+                benchmark=benchmark,
+            )
+        )
+        settings["targets"] = tuple(t.value for t in to)
+        settings["force"] = force
+        settings["trust_checkpoint"] = trust_checkpoint or settings.get("trust_checkpoint", False)
+        if "checkpoint" not in settings:
+            raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")
+        base = InputSpec(tuple(spec_tensors), dims) if spec_tensors else None
+        cli_tensors = [parse_tensor_spec(text) for text in inputs or []]
+        if base is None:
+            settings["spec"] = InputSpec(tuple(cli_tensors))
+        else:
+            settings["spec"] = base.with_overrides(cli_tensors)
+        options = ExportOptions.from_settings(settings)
+        progress = _RichProgress(out)
+        out.print(f"[bold]exporter[/] {options.checkpoint} -> onnx ({options.threads} threads)")
+        try:
+            result = export(options, progress)
+        finally:
+            progress.close()
+    except ExporterError as error:
+        if debug:
+            raise
+        err.print(f"[red]error ({error.stage}):[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(error.exit_code)) from None
+    except Exception as error:
+        if debug:
+            raise
+        err.print(
+            f"[red]internal error:[/] {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+            "(rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(int(ExitCode.CONVERSION_FAILED)) from None
+    _print_summary(result)
+    raise typer.Exit(int(result.exit_code))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="exporter")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""ONNX conversion: dynamo exporter first, TorchScript-based exporter as a recorded fallback, then a full
+``onnx.checker`` pass, shape inference and onnxsim.
+
+The simplified model is only a candidate: verification decides whether it ships (see ``exporter.verify``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from exporter.errors import ConversionError
+from exporter.runners import CallConvention, flatten_outputs
+from exporter.specs import InputSpec
+
+__all__ = [
+    "ExportAttempt",
+    "OnnxConversion",
+    "OnnxConversionRequest",
+    "OnnxExporterChoice",
+    "convert_to_onnx",
+]
+
+PROTOBUF_LIMIT = 2**31 - 1
+_OPERATOR = re.compile(r"\b(aten(?:::|\.)[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)?|prim::\w+)")
+
+
+class OnnxExporterChoice(StrEnum):
+    AUTO = "auto"
+    DYNAMO = "dynamo"
+    TORCHSCRIPT = "torchscript"
+
+
+@dataclass(frozen=True)
+class OnnxConversionRequest:
+    """Everything the ONNX converter needs; ``probe_inputs`` (another shape) tells which output dims move."""
+
+    module: torch.nn.Module
+    spec: InputSpec
+    example_inputs: Mapping[str, torch.Tensor]
+    probe_inputs: Mapping[str, torch.Tensor] | None
+    output_names: Sequence[str]
+    work_dir: Path
+    opset: int | None = None
+    exporter: OnnxExporterChoice = OnnxExporterChoice.AUTO
+    simplify: bool = True
+    exported_program: torch.export.ExportedProgram | None = None
+
+
+@dataclass
+class ExportAttempt:
+    """One try of one exporter, kept for the report so a fallback is never silent."""
+
+    exporter: str
+    succeeded: bool
+    seconds: float
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OnnxConversion:
+    """The checked ONNX model, and the onnxsim-simplified one when onnxsim succeeded."""
+
+    model_path: Path
+    exporter: str
+    attempts: list[ExportAttempt]
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    node_count: int
+    external_data: bool
+    shape_inference_error: str | None = None
+    simplified_path: Path | None = None
+    simplified_node_count: int | None = None
+    simplify_error: str | None = None
+    simplify_seconds: float = 0.0
+
+    def candidates(self) -> list[tuple[str, Path]]:
+        """Models to verify, best first: simplified, then as exported."""
+        found = [("simplified", self.simplified_path)] if self.simplified_path else []
+        return [*found, ("exported", self.model_path)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exporter": self.exporter,
+            "attempts": [vars(a) for a in self.attempts],
+            "opset": self.opset,
+            "input_names": self.input_names,
+            "output_names": self.output_names,
+            "node_count": self.node_count,
+            "external_data": self.external_data,
+            "shape_inference_error": self.shape_inference_error,
+            "simplified_node_count": self.simplified_node_count,
+            "simplify_error": self.simplify_error,
+            "simplify_seconds": round(self.simplify_seconds, 3),
+        }
+
+
+def convert_to_onnx(request: OnnxConversionRequest) -> OnnxConversion:
+    """Export, check, infer shapes and simplify. Exporters are tried in order; every attempt is recorded.
+
+    Raises:
+        ConversionError: no exporter produced a model that passes ``onnx.checker``; the message names the
+            operator or construct when the exporter's error does, and what to try.
+    """
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    path = request.work_dir / "model.onnx"
+    strategies: list[tuple[str, Callable[[OnnxConversionRequest, Path], None]]] = []
+    if request.exporter in (OnnxExporterChoice.AUTO, OnnxExporterChoice.DYNAMO):
+        strategies.append(("dynamo", _export_dynamo))
+    if request.exporter in (OnnxExporterChoice.AUTO, OnnxExporterChoice.TORCHSCRIPT):
+        strategies.append(("torchscript", _export_torchscript))
+    attempts: list[ExportAttempt] = []
+    for name, strategy in strategies:
+        started = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught, _quiet():
+            warnings.simplefilter("always")
+            try:
+                strategy(request, path)
+                onnx.checker.check_model(str(path), full_check=True)
+                error = None
+            except Exception as exc:
+                error = _explain(exc)
+        attempts.append(
+            ExportAttempt(name, error is None, time.perf_counter() - started, error, _unique(caught))
+        )
+        if error is None:
+            break
+        path.unlink(missing_ok=True)
+    else:
+        tried = "; ".join(f"{a.exporter} exporter: {a.error}" for a in attempts)
+        raise ConversionError(
+            f"ONNX conversion failed ({tried}). Try another --opset, --onnx-exporter, or rewrite that "
+            "construct; --debug shows the full error"
+        )
+    return _finish(request, path, attempts)
+
+
+def _finish(request: OnnxConversionRequest, path: Path, attempts: list[ExportAttempt]) -> OnnxConversion:
+    model = onnx.load(str(path), load_external_data=False)
+    external = path.stat().st_size > PROTOBUF_LIMIT or any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
+    )
+    result = OnnxConversion(
+        model_path=path,
+        exporter=attempts[-1].exporter,
+        attempts=attempts,
+        opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0),
+        input_names=[i.name for i in model.graph.input],
+        output_names=[o.name for o in model.graph.output],
+        node_count=len(model.graph.node),
+        external_data=external,
+    )
+    if external:
+        result.shape_inference_error = "skipped: model uses external data"
+        result.simplify_error = "skipped: onnxsim cannot handle models past the 2 GB protobuf limit"
+        return result
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
+        onnx.save(inferred, str(path))
+    except Exception as exc:
+        result.shape_inference_error = _explain(exc)
+    if request.simplify:
+        _simplify(path, result)
+    else:
+        result.simplify_error = "skipped: --no-simplify"
+    return result
+
+
+def _simplify(path: Path, result: OnnxConversion) -> None:
+    import onnxsim
+
+    started = time.perf_counter()
+    target = path.with_name("model.simplified.onnx")
+    try:
+        with warnings.catch_warnings(), _quiet():
+            warnings.simplefilter("ignore")
+            simplified, check_ok = onnxsim.simplify(onnx.load(str(path)))
+        if not check_ok:
+            raise RuntimeError("onnxsim's own check found the simplified model differs")
+        onnx.checker.check_model(simplified, full_check=True)
+        onnx.save(simplified, str(target))
+        result.simplified_path = target
+        result.simplified_node_count = len(simplified.graph.node)
+    except Exception as exc:
+        result.simplify_error = _explain(exc)
+    result.simplify_seconds = time.perf_counter() - started
+
+
+def _dynamic_shapes(request: OnnxConversionRequest, convention: CallConvention) -> Any:
+    dims = {
+        d.label: torch.export.Dim(d.label, min=d.min, **({"max": d.max} if d.max is not None else {}))
+        for d in request.spec.dynamic_dims
+    }
+    per_input = {
+        t.name: {axis: dims[d.label] for axis, d in enumerate(t.dims) if d.label} or None
+        for t in request.spec.tensors
+    }
+    if convention.by_name:
+        return {name: per_input[name] for name in (*convention.positional, *convention.keyword)}
+    return tuple(per_input[name] for name in convention.positional)
+
+
+def _export_dynamo(request: OnnxConversionRequest, path: Path) -> None:
+    convention = CallConvention.for_module(request.module, request.spec.names)
+    args, kwargs = convention.split(request.example_inputs)
+    if request.exported_program is not None:
+        program = torch.onnx.export(
+            request.exported_program,
+            args,
+            kwargs=kwargs,
+            dynamo=True,
+            opset_version=request.opset,
+            output_names=list(request.output_names),
+        )
+    else:
+        program = torch.onnx.export(
+            request.module,
+            args,
+            kwargs=kwargs,
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(request, convention),
+            opset_version=request.opset,
+            input_names=[*convention.positional, *convention.keyword],
+            output_names=list(request.output_names),
+        )
+    if program is None:
+        raise RuntimeError("the dynamo exporter returned no program")
+    program.save(str(path))
+
+
+def _export_torchscript(request: OnnxConversionRequest, path: Path) -> None:
+    module = request.module
+    convention = CallConvention.for_module(module, request.spec.names)
+    args, kwargs = convention.split(request.example_inputs)
+    dynamic_axes: dict[str, dict[int, str]] = {
+        t.name: {axis: d.label for axis, d in enumerate(t.dims) if d.label}
+        for t in request.spec.tensors
+        if any(d.label for d in t.dims)
+    }
+    dynamic_axes.update(_moving_output_axes(request))
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        kwargs=kwargs or None,
+        dynamo=False,
+        opset_version=request.opset,
+        input_names=[*convention.positional, *convention.keyword],
+        output_names=list(request.output_names),
+        dynamic_axes=dynamic_axes,
+    )
+
+
+def _moving_output_axes(request: OnnxConversionRequest) -> dict[str, dict[int, str]]:
+    """Output axes whose size changes between the example and the probe shape are marked dynamic."""
+    if request.probe_inputs is None:
+        return {}
+    convention = CallConvention.for_module(request.module, request.spec.names)
+    shapes = []
+    for inputs in (request.example_inputs, request.probe_inputs):
+        args, kwargs = convention.split(inputs)
+        with torch.inference_mode():
+            shapes.append([t.shape for _, t in flatten_outputs(request.module(*args, **kwargs))])
+    axes: dict[str, dict[int, str]] = {}
+    for name, before, after in zip(request.output_names, shapes[0], shapes[1], strict=False):
+        moving = {i: f"{name}_dim{i}" for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b}
+        if moving:
+            axes[name] = moving
+    return axes
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Keep exporter chatter off the user's terminal; what matters is recorded in the attempt."""
+    sink = io.StringIO()
+    loggers = [
+        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _unique(caught: list[warnings.WarningMessage]) -> list[str]:
+    seen: list[str] = []
+    for item in caught:
+        text = str(item.message).strip().splitlines()[0][:200] if str(item.message).strip() else ""
+        if text and text not in seen:
+            seen.append(text)
+    return seen[:10]
+
+
+def _explain(error: BaseException) -> str:
+    """One line: the exception's type and first line, plus the operator it names, if any."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:240] if text else ""
+    operator = _OPERATOR.search(text)
+    cause = error.__cause__
+    if not operator and cause is not None:
+        operator = _OPERATOR.search(str(cause))
+        first = first or str(cause).strip().splitlines()[0][:240]
+    line = f"{type(error).__name__}: {first}"
+    if operator and operator.group(1) not in line:
+        line += f" [operator {operator.group(1)}]"
+    return line

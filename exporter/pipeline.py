@@ -1,0 +1,425 @@
+"""The export pipeline: load -> convert -> verify -> benchmark -> write, each stage timed and recorded.
+
+``export(options)`` is what ``exporter export`` calls; everything the CLI does is reachable from here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from exporter.artifacts import (
+    MANIFEST_SCHEMA_VERSION,
+    check_output_dir,
+    file_inventory,
+    staging_dir,
+    write_golden,
+    write_json,
+)
+from exporter.benchmark import LatencyStats, TimingConfig, measure_latency
+from exporter.convert.onnx import (
+    OnnxConversion,
+    OnnxConversionRequest,
+    OnnxExporterChoice,
+    convert_to_onnx,
+)
+from exporter.environment import collect_environment
+from exporter.errors import ExitCode, UsageError
+from exporter.loading import LoadedModel, LoadRequest, load_model
+from exporter.report import REPORT_SCHEMA_VERSION, render_markdown
+from exporter.runners import EagerRunner, OnnxRuntimeRunner, Runner
+from exporter.specs import InputSpec, make_inputs, shape_cases
+from exporter.verify import CaseResult, GoldenCase, ParityResult, Tolerance, make_golden, verify_runner
+
+__all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
+
+STAGES = ("load", "convert", "verify", "benchmark", "write")
+
+
+class StageStatus(StrEnum):
+    NOT_RUN = "not run"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: StageStatus = StageStatus.NOT_RUN
+    seconds: float = 0.0
+    detail: str = ""
+
+
+class ProgressListener(Protocol):
+    """What the pipeline tells its caller while it runs (the CLI draws it with rich)."""
+
+    def stage_started(self, stage: str) -> None: ...
+    def stage_finished(self, record: StageRecord) -> None: ...
+    def step(self, message: str, done: int, total: int) -> None: ...
+
+
+class _Silent:
+    def stage_started(self, stage: str) -> None:
+        pass
+
+    def stage_finished(self, record: StageRecord) -> None:
+        pass
+
+    def step(self, message: str, done: int, total: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every setting of one export; CLI flags and recipes both end up here."""
+
+    checkpoint: Path
+    spec: InputSpec
+    targets: tuple[str, ...] = ("onnx",)
+    name: str | None = None
+    out: Path | None = None
+    force: bool = False
+    model_ref: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    trust_checkpoint: bool = False
+    atol: float = Tolerance.atol
+    rtol: float = Tolerance.rtol
+    seed: int = 0
+    opset: int | None = None
+    onnx_exporter: OnnxExporterChoice = OnnxExporterChoice.AUTO
+    simplify: bool = True
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    benchmark: bool = True
+    batch_dim: str = "batch"
+    batch_sizes: tuple[int, ...] = (1, 8)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
+        """Build from a flat mapping (recipe settings overlaid with CLI flags); unknown keys are a bug."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(settings) - known
+        if unknown:
+            raise UsageError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values = dict(settings)
+        for key in ("targets", "batch_sizes"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "onnx_exporter" in values:
+            values["onnx_exporter"] = OnnxExporterChoice(values["onnx_exporter"])
+        if "checkpoint" in values:
+            values["checkpoint"] = Path(values["checkpoint"])
+        if "out" in values and values["out"] is not None:
+            values["out"] = Path(values["out"])
+        return cls(**values)
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.checkpoint.stem
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or Path("artifacts") / self.model_name
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(self.atol, self.rtol)
+
+
+@dataclass
+class ExportResult:
+    """What a run produced; ``exit_code`` is what the CLI returns."""
+
+    out_dir: Path
+    stages: list[StageRecord]
+    loaded: LoadedModel
+    conversion: OnnxConversion
+    parity: list[ParityResult]
+    shipped: str
+    latency: list[LatencyStats]
+    report: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return any(p.passed and p.artifact == self.shipped for p in self.parity)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.passed else ExitCode.VERIFICATION_FAILED
+
+
+class _Stages:
+    def __init__(self, listener: ProgressListener) -> None:
+        self.records = {name: StageRecord(name) for name in STAGES}
+        self.listener = listener
+
+    @contextmanager
+    def run(self, name: str) -> Iterator[StageRecord]:
+        record = self.records[name]
+        self.listener.stage_started(name)
+        started = time.perf_counter()
+        try:
+            yield record
+        except BaseException as error:
+            record.status = StageStatus.FAILED
+            record.detail = record.detail or (
+                str(error).splitlines()[0] if str(error) else type(error).__name__
+            )
+            raise
+        else:
+            if record.status is StageStatus.NOT_RUN:
+                record.status = StageStatus.PASSED
+        finally:
+            record.seconds = time.perf_counter() - started
+            self.listener.stage_finished(record)
+
+    def skip(self, name: str, why: str) -> None:
+        record = self.records[name]
+        record.status, record.detail = StageStatus.SKIPPED, why
+        self.listener.stage_finished(record)
+
+    def list(self) -> list[StageRecord]:
+        return list(self.records.values())
+
+
+def export(options: ExportOptions, listener: ProgressListener | None = None) -> ExportResult:
+    """Run the whole pipeline; the artifacts folder appears only once complete.
+
+    Returns an ``ExportResult`` also when verification fails (its report is written and ``exit_code`` is 1).
+
+    Raises:
+        ExporterError: bad input (exit 2) or conversion failure (exit 3); nothing is written then.
+    """
+    if tuple(options.targets) != ("onnx",):
+        raise UsageError(f"--to {','.join(options.targets)}: only 'onnx' is available in this version")
+    check_output_dir(options.out_dir, options.force)
+    listener = listener or _Silent()
+    stages = _Stages(listener)
+    torch.set_num_threads(options.threads)
+    environment = collect_environment(options.threads)
+
+    with stages.run("load") as record:
+        loaded = load_model(
+            LoadRequest(options.checkpoint, options.model_ref, options.model_kwargs, options.trust_checkpoint)
+        )
+        record.detail = f"{loaded.format.value}, {loaded.parameter_count:,} parameters"
+        eager = EagerRunner(loaded.module, options.spec.names)
+        cases = shape_cases(options.spec)
+        golden = make_golden(eager, options.spec, cases, options.seed)
+
+    with staging_dir(options.out_dir, options.force) as staging:
+        build_dir = staging / "_build"
+        with stages.run("convert") as record:
+            conversion = convert_to_onnx(_conversion_request(options, loaded, golden, build_dir))
+            fallback = " after fallback" if len(conversion.attempts) > 1 else ""
+            record.detail = f"{conversion.exporter} exporter{fallback}, opset {conversion.opset}"
+
+        with stages.run("verify") as record:
+            parity, shipped_path, shipped = _verify_candidates(conversion, golden, options, listener)
+            record.status = StageStatus.PASSED if parity[-1].passed else StageStatus.FAILED
+            record.detail = f"{shipped} model, {len(golden)} shapes" + (
+                "" if parity[-1].passed else f": {parity[-1].failures()[0]}"
+            )
+
+        latency: list[LatencyStats] = []
+        if options.benchmark:
+            with stages.run("benchmark") as record:
+                latency = _benchmark(eager, shipped_path, options, listener)
+                record.detail = f"{len(latency)} timings, {options.threads} threads"
+        else:
+            stages.skip("benchmark", "disabled")
+
+        with stages.run("write") as record:
+            model_path = staging / "model.onnx"
+            shipped_path.replace(model_path)
+            _cleanup_build(build_dir)
+            golden_index = write_golden(staging / "golden", golden)
+            stages.records["write"].status = StageStatus.PASSED
+            report = _report(
+                options, environment, loaded, conversion, parity, shipped, latency, stages.list()
+            )
+            write_json(staging / "report.json", report)
+            (staging / "report.md").write_text(render_markdown(report))
+            manifest = _manifest(options, environment, loaded, conversion, golden_index, staging)
+            write_json(staging / "manifest.json", manifest)
+            record.detail = str(options.out_dir)
+    return ExportResult(options.out_dir, stages.list(), loaded, conversion, parity, shipped, latency, report)
+
+
+def _conversion_request(
+    options: ExportOptions, loaded: LoadedModel, golden: Sequence[GoldenCase], work_dir: Path
+) -> OnnxConversionRequest:
+    def tensors(inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()}
+
+    export_case = golden[0]
+    probe = next((g for g in golden[1:] if g.case.name == "large"), golden[-1] if len(golden) > 1 else None)
+    return OnnxConversionRequest(
+        module=loaded.module,
+        spec=options.spec,
+        example_inputs=tensors(export_case.inputs),
+        probe_inputs=tensors(probe.inputs) if probe else None,
+        output_names=export_case.output_names,
+        work_dir=work_dir,
+        opset=options.opset,
+        exporter=options.onnx_exporter,
+        simplify=options.simplify,
+        exported_program=loaded.exported_program,
+    )
+
+
+def _verify_candidates(
+    conversion: OnnxConversion,
+    golden: Sequence[GoldenCase],
+    options: ExportOptions,
+    listener: ProgressListener,
+) -> tuple[list[ParityResult], Path, str]:
+    """Verify candidates best first (simplified, then as exported) and ship the first that passes."""
+    results: list[ParityResult] = []
+    candidates = conversion.candidates()
+    for index, (label, path) in enumerate(candidates):
+        listener.step(f"verifying the {label} ONNX model", index, len(candidates))
+        try:
+            runner: Runner = OnnxRuntimeRunner(path, options.threads)
+        except Exception as error:
+            failure = CaseResult("load", {}, {}, error=f"ONNX Runtime cannot load it: {_first_line(error)}")
+            results.append(ParityResult("onnxruntime", label, "pytorch-eager", options.tolerance, [failure]))
+            continue
+        result = verify_runner(runner, golden, options.tolerance, label)
+        results.append(result)
+        if result.passed:
+            return results, path, label
+    return results, conversion.model_path, "exported"
+
+
+def _benchmark(
+    eager: EagerRunner, model_path: Path, options: ExportOptions, listener: ProgressListener
+) -> list[LatencyStats]:
+    """Time eager and ONNX Runtime alike at each batch size (or at the export shape without a batch dim)."""
+    spec = options.spec
+    sizes = spec.example_sizes
+    plans: list[tuple[str, int | None, dict[str, int]]]
+    if options.batch_dim in sizes:
+        dim = spec.dim(options.batch_dim)
+        legal = [b for b in options.batch_sizes if b >= dim.min and (dim.max is None or b <= dim.max)]
+        plans = [(f"{options.batch_dim}={b}", b, {**sizes, options.batch_dim: b}) for b in legal]
+    else:
+        plans = [("export shape", None, dict(sizes))]
+    runners: list[Runner] = [eager, OnnxRuntimeRunner(model_path, options.threads)]
+    results: list[LatencyStats] = []
+    total = len(plans) * len(runners)
+    for plan_index, (label, batch, plan_sizes) in enumerate(plans):
+        inputs = make_inputs(spec, plan_sizes, options.seed + 1000 + plan_index)
+        base: LatencyStats | None = None
+        for runner in runners:
+            listener.step(f"timing {runner.name} at {label}", len(results), total)
+            stats = measure_latency(
+                runner, inputs, config=options.timing, threads=options.threads, label=label, batch=batch
+            )
+            base = base or stats
+            stats.speedup_vs_eager = base.p50_ms / stats.p50_ms if stats.p50_ms > 0 else None
+            results.append(stats)
+    listener.step("timing done", total, total)
+    return results
+
+
+def _cleanup_build(build_dir: Path) -> None:
+    shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _report(
+    options: ExportOptions,
+    environment: dict[str, Any],
+    loaded: LoadedModel,
+    conversion: OnnxConversion,
+    parity: list[ParityResult],
+    shipped: str,
+    latency: list[LatencyStats],
+    stages: list[StageRecord],
+) -> dict[str, Any]:
+    shipped_parity = next(p for p in parity if p.artifact == shipped)
+    notes = list(loaded.notes)
+    if len(conversion.attempts) > 1:
+        failed = conversion.attempts[0]
+        notes.append(
+            f"the {failed.exporter} exporter failed ({failed.error}); fell back to {conversion.exporter}"
+        )
+    if conversion.simplify_error:
+        notes.append(f"onnxsim not applied: {conversion.simplify_error}")
+    elif shipped != "simplified":
+        notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "name": options.model_name,
+        "status": "passed" if shipped_parity.passed else "failed",
+        "stages": [
+            {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
+            for s in stages
+        ],
+        "environment": environment,
+        "source": loaded.to_json(),
+        "input_spec": options.spec.to_json(),
+        "seed": options.seed,
+        "conversion": {**conversion.to_json(), "shipped": shipped},
+        "parity": [p.to_json() for p in parity],
+        "latency": [s.to_json() for s in latency],
+        "timing": vars(options.timing),
+        "notes": notes,
+        "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
+    }
+
+
+def _manifest(
+    options: ExportOptions,
+    environment: dict[str, Any],
+    loaded: LoadedModel,
+    conversion: OnnxConversion,
+    golden_index: list[dict[str, Any]],
+    staging: Path,
+) -> dict[str, Any]:
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": options.model_name,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "tool": {"name": "exporter", "version": environment["exporter"]},
+        "versions": environment["packages"] | {"python": environment["python"]},
+        "machine": {k: environment[k] for k in ("platform", "cpu", "cpu_flags", "logical_cpus")},
+        "threads": options.threads,
+        "source": {
+            "checkpoint": str(loaded.checkpoint),
+            "format": loaded.format.value,
+            "sha256": loaded.sha256,
+            "bytes": loaded.file_size,
+            "model": options.model_ref,
+            "model_kwargs": dict(options.model_kwargs),
+        },
+        "onnx": {
+            "file": "model.onnx",
+            "opset": conversion.opset,
+            "exporter": conversion.exporter,
+            "input_names": conversion.input_names,
+            "output_names": conversion.output_names,
+        },
+        "input_spec": options.spec.to_json(),
+        "tolerance": {"atol": options.atol, "rtol": options.rtol},
+        "seed": options.seed,
+        "golden": golden_index,
+        "files": file_inventory(staging, exclude=("manifest.json",)),
+    }

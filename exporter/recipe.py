@@ -1,0 +1,198 @@
+"""Recipes: a TOML file that describes a model, its inputs and dynamic dims, and the stages' settings.
+
+Validated on load (unknown keys, wrong types and bad choices are errors naming the key), so a typo never
+silently falls back to a default. CLI flags override what a recipe says.
+
+Example (``recipes/digits_cnn.toml``)::
+
+    schema_version = 1
+    name = "digits_cnn"
+
+    [model]
+    checkpoint = "../examples/digits/digits_cnn.pt"     # relative to this file
+    factory = "../examples/digits/model.py:build_model" # file paths relative to this file, modules to cwd
+    kwargs = { width = 16 }
+
+    [inputs]
+    specs = ["image:float32:batch=1,1,8,8"]
+    dims.batch = { min = 1, max = 256 }
+
+    [export]
+    targets = ["onnx"]
+
+    [verify]
+    atol = 1e-4
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import InputSpecError, RecipeError
+from exporter.specs import DynamicDim, TensorSpec, parse_tensor_spec
+
+__all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "load_recipe"]
+
+RECIPE_SCHEMA_VERSION = 1
+ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
+TARGETS = ("onnx",)
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, str) for i in v)
+
+
+_SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
+    "": {
+        "schema_version": (_is_int, "an integer"),
+        "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+        "description": (lambda v: isinstance(v, str), "a string"),
+    },
+    "model": {
+        "checkpoint": (lambda v: isinstance(v, str), "a path"),
+        "factory": (lambda v: isinstance(v, str) and ":" in v, "package.module:callable or file.py:callable"),
+        "kwargs": (lambda v: isinstance(v, dict), "a table"),
+        "trust_checkpoint": (lambda v: isinstance(v, bool), "true or false"),
+    },
+    "inputs": {
+        "specs": (_is_str_list, "a list of NAME:DTYPE:DIMS[:LOW..HIGH] strings"),
+        "dims": (lambda v: isinstance(v, dict), "a table of dim ranges"),
+    },
+    "export": {
+        "targets": (lambda v: _is_str_list(v) and set(v) <= set(TARGETS), f"a list from {TARGETS}"),
+        "opset": (lambda v: _is_int(v) and 7 <= v <= 30, "an integer opset between 7 and 30"),
+        "onnx_exporter": (lambda v: v in ONNX_EXPORTERS, f"one of {', '.join(ONNX_EXPORTERS)}"),
+        "simplify": (lambda v: isinstance(v, bool), "true or false"),
+    },
+    "verify": {
+        "atol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "rtol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "seed": (_is_int, "an integer"),
+    },
+    "benchmark": {
+        "threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "batch_dim": (lambda v: isinstance(v, str), "a dim label"),
+        "batch_sizes": (
+            lambda v: isinstance(v, list) and all(_is_int(i) and i >= 1 for i in v),
+            "positive integers",
+        ),
+        "enabled": (lambda v: isinstance(v, bool), "true or false"),
+    },
+}
+_DIM_KEYS = {"min", "max"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``settings`` holds only what the file sets, keyed like ``ExportOptions`` fields."""
+
+    path: Path
+    inputs: tuple[TensorSpec, ...] = ()
+    dims: tuple[DynamicDim, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate ``path``.
+
+    Raises:
+        RecipeError: missing file, invalid TOML, unknown key, wrong type; the message names the key.
+    """
+    where = f"recipe '{path}'"
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{where} cannot be read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{where} is not valid TOML: {error}") from None
+    _validate(data, where)
+    version = data.get("schema_version", RECIPE_SCHEMA_VERSION)
+    if version != RECIPE_SCHEMA_VERSION:
+        raise RecipeError(
+            f"{where}: schema_version {version} is not supported (this exporter reads {RECIPE_SCHEMA_VERSION})"
+        )
+    base = path.resolve().parent
+    model, inputs = data.get("model", {}), data.get("inputs", {})
+    export, verify, bench = data.get("export", {}), data.get("verify", {}), data.get("benchmark", {})
+    settings: dict[str, Any] = {}
+    if "name" in data:
+        settings["name"] = data["name"]
+    if "checkpoint" in model:
+        settings["checkpoint"] = base / model["checkpoint"]
+    if "factory" in model:
+        settings["model_ref"] = _relative_ref(model["factory"], base)
+    if "kwargs" in model:
+        settings["model_kwargs"] = dict(model["kwargs"])
+    if "trust_checkpoint" in model:
+        settings["trust_checkpoint"] = model["trust_checkpoint"]
+    renames = {
+        "opset": "opset",
+        "onnx_exporter": "onnx_exporter",
+        "simplify": "simplify",
+        "targets": "targets",
+    }
+    settings.update({renames[k]: v for k, v in export.items()})
+    settings.update(verify)
+    settings.update({("benchmark" if k == "enabled" else k): v for k, v in bench.items()})
+    try:
+        specs = tuple(parse_tensor_spec(s) for s in inputs.get("specs", []))
+    except InputSpecError as error:
+        raise RecipeError(f"{where}: [inputs].specs: {error}") from None
+    dims = tuple(_parse_dim(label, value, where) for label, value in inputs.get("dims", {}).items())
+    return Recipe(path, specs, dims, settings)
+
+
+def _validate(data: Mapping[str, Any], where: str) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict) and key in _SCHEMA and key != "":
+            _check_table(key, value, where)
+        elif key not in _SCHEMA[""]:
+            known = ", ".join([*_SCHEMA[""], *(f"[{s}]" for s in _SCHEMA if s)])
+            raise RecipeError(f"{where}: unknown key '{key}' (known: {known})")
+        else:
+            check, expected = _SCHEMA[""][key]
+            if not check(value):
+                raise RecipeError(f"{where}: '{key}' must be {expected}, got {value!r}")
+
+
+def _check_table(section: str, table: Mapping[str, Any], where: str) -> None:
+    schema = _SCHEMA[section]
+    for key, value in table.items():
+        if key not in schema:
+            raise RecipeError(f"{where}: unknown key '{key}' in [{section}] (known: {', '.join(schema)})")
+        check, expected = schema[key]
+        if not check(value):
+            raise RecipeError(f"{where}: [{section}].{key} must be {expected}, got {value!r}")
+
+
+def _parse_dim(label: str, value: Any, where: str) -> DynamicDim:
+    if not isinstance(value, dict) or not set(value) <= _DIM_KEYS:
+        raise RecipeError(f"{where}: [inputs.dims].{label} must be a table with min and/or max")
+    for key, item in value.items():
+        if not _is_int(item) or item < 0:
+            raise RecipeError(f"{where}: [inputs.dims].{label}.{key} must be an integer >= 0, got {item!r}")
+    return DynamicDim(label, value.get("min", 1), value.get("max"))
+
+
+def _relative_ref(ref: str, base: Path) -> str:
+    """``file.py:callable`` references are relative to the recipe; module references stay as written."""
+    module, _, attr = ref.rpartition(":")
+    if module.endswith(".py") and not Path(module).is_absolute():
+        return f"{base / module}:{attr}"
+    return ref

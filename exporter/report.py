@@ -1,0 +1,142 @@
+"""Report rendering: the tables people read, built once from ``report.json``'s dict.
+
+The terminal summary (rich) and ``report.md`` both use these rows, so they never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "Table",
+    "latency_table",
+    "parity_table",
+    "render_markdown",
+    "stage_table",
+]
+
+REPORT_SCHEMA_VERSION = 1
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
+
+
+def stage_table(report: dict[str, Any]) -> Table:
+    rows = [[s["name"], s["status"], f"{s['seconds']:.2f} s", s["detail"]] for s in report["stages"]]
+    return ["stage", "status", "time", "detail"], rows
+
+
+def parity_table(report: dict[str, Any]) -> Table:
+    """Per candidate model, shape case and output: diffs, cosine and the verdict."""
+    headers = ["model", "case", "input shapes", "output", "max abs", "max rel", "cosine", "result"]
+    rows = []
+    for parity in report["parity"]:
+        for case in parity["cases"]:
+            shapes = " ".join(f"{n}[{','.join(map(str, s))}]" for n, s in case["input_shapes"].items())
+            if case["error"]:
+                rows.append(
+                    [parity["artifact"], case["case"], shapes, "-", "-", "-", "-", f"FAIL: {case['error']}"]
+                )
+            for output in case["outputs"]:
+                verdict = "pass" if output["passed"] else f"FAIL: {output['message']}"
+                cosine = None if output["cosine"] is None else output["cosine"]
+                rows.append(
+                    [
+                        parity["artifact"],
+                        case["case"],
+                        shapes,
+                        output["name"],
+                        _num(output["max_abs_diff"]),
+                        _num(output["max_rel_diff"]),
+                        "-" if cosine is None else f"{cosine:.6f}",
+                        verdict,
+                    ]
+                )
+    return headers, rows
+
+
+def latency_table(report: dict[str, Any]) -> Table:
+    headers = ["backend", "shape", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "vs eager", "runs"]
+    rows = [
+        [
+            s["backend"],
+            s["label"],
+            _num(s["p50_ms"]),
+            _num(s["p90_ms"]),
+            _num(s["p99_ms"]),
+            f"{s['throughput_per_s']:.1f}",
+            "-" if s["speedup_vs_eager"] is None else f"{s['speedup_vs_eager']:.2f}x",
+            str(s["runs"]),
+        ]
+        for s in report["latency"]
+    ]
+    return headers, rows
+
+
+def _markdown_table(table: Table) -> str:
+    headers, rows = table
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    conversion = report["conversion"]
+    attempts = "; ".join(
+        f"{a['exporter']}: {'ok' if a['succeeded'] else 'failed: ' + str(a['error'])} ({a['seconds']:.1f} s)"
+        for a in conversion["attempts"]
+    )
+    source = report["source"]
+    parts = [
+        f"# Export report: {report['name']}",
+        "",
+        f"**Status: {report['status'].upper()}**",
+        "",
+        f"- Source: `{source['checkpoint']}` ({source['format']}, {source['parameter_count']:,} parameters, "
+        f"{source['file_size']:,} bytes, sha256 `{source['sha256'][:16]}...`)",
+        f"- ONNX: opset {conversion['opset']}, {conversion['exporter']} exporter, shipped the "
+        f"{conversion['shipped']} model ({conversion['node_count']} nodes as exported, "
+        f"{conversion['simplified_node_count'] or '-'} simplified)",
+        f"- Exporter attempts: {attempts}",
+        f"- Environment: Python {env['python']}, {packages}",
+        f"- Machine: {env['cpu']} ({', '.join(env['cpu_flags']) or 'no SIMD flags read'}), "
+        f"{env['threads']} threads of {env['logical_cpus']} logical CPUs",
+        f"- Inputs: {', '.join(i['spec'] for i in report['input_spec']['inputs'])} (seed {report['seed']})",
+        "",
+        "## Stages",
+        "",
+        _markdown_table(stage_table(report)),
+        "",
+        "## Parity against PyTorch eager",
+        "",
+        "Element passes when |a - b| <= atol + rtol * |b| "
+        f"(atol={report['parity'][0]['tolerance']['atol']:g}, rtol={report['parity'][0]['tolerance']['rtol']:g}).",
+        "",
+        _markdown_table(parity_table(report)),
+        "",
+        "## Latency",
+        "",
+    ]
+    if report["latency"]:
+        timing = report["timing"]
+        parts += [
+            f"Same threads for every backend; {timing['warmup']} warm-up runs, then at least "
+            f"{timing['min_runs']} runs and {timing['min_seconds']} s.",
+            "",
+            _markdown_table(latency_table(report)),
+        ]
+    else:
+        parts.append("Not measured.")
+    if report["notes"]:
+        parts += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,154 @@
+"""Backend runners: one contract, ``run(inputs) -> outputs``, for every way of executing a model.
+
+Verification and benchmarking are written once against ``Runner``; a new backend is one subclass. Inputs and
+outputs are numpy arrays keyed by input name / listed in the model's flattened output order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+__all__ = [
+    "CallConvention",
+    "EagerRunner",
+    "OnnxRuntimeRunner",
+    "Runner",
+    "flatten_outputs",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CallConvention:
+    """How named inputs map onto ``forward``: by keyword when every name is a parameter, else positionally."""
+
+    positional: tuple[str, ...]
+    keyword: tuple[str, ...] = ()
+    by_name: bool = False
+
+    @classmethod
+    def for_module(cls, module: torch.nn.Module, names: Sequence[str]) -> CallConvention:
+        parameters = _forward_parameters(module)
+        if parameters is None or not set(names) <= set(parameters):
+            return cls(tuple(names))
+        positional: list[str] = []
+        for parameter in parameters:
+            if parameter not in names:
+                break
+            positional.append(parameter)
+        keyword = tuple(n for n in names if n not in positional)
+        return cls(tuple(positional), keyword, by_name=True)
+
+    def split(self, values: Mapping[str, T]) -> tuple[tuple[T, ...], dict[str, T]]:
+        return tuple(values[n] for n in self.positional), {n: values[n] for n in self.keyword}
+
+
+def _forward_parameters(module: torch.nn.Module) -> list[str] | None:
+    forward = module.forward
+    schema = getattr(forward, "schema", None)
+    if schema is not None:  # TorchScript methods have no Python signature
+        return [a.name for a in schema.arguments if a.name != "self"]
+    try:
+        signature = inspect.signature(forward)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in signature.parameters.values()):
+        return None
+    return [p.name for p in signature.parameters.values() if p.kind in kinds]
+
+
+def flatten_outputs(outputs: Any) -> list[tuple[str, torch.Tensor]]:
+    """Flatten a (nested) tuple/list/dict of tensors in pytree order, naming each leaf by its path.
+
+    The order is the one ``torch.onnx.export`` uses for graph outputs, so names line up across backends.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return [("output", outputs)]
+    leaves, _ = pytree.tree_flatten_with_path(outputs)
+    flat: list[tuple[str, torch.Tensor]] = []
+    for path, leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            name = ".".join(_key_name(k) for k in path) or f"output_{len(flat)}"
+            flat.append((name, leaf))
+    return flat
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+class Runner(ABC):
+    """Runs one backend. Subclasses implement ``_infer``; the base checks inputs the same way for all."""
+
+    name: str = "runner"
+
+    def __init__(self, input_names: Sequence[str]) -> None:
+        self.input_names = tuple(input_names)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"{self.name}: missing inputs {missing}")
+        return self._infer({n: inputs[n] for n in self.input_names})
+
+    @abstractmethod
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class EagerRunner(Runner):
+    """The PyTorch model itself, under ``inference_mode``; the reference every other backend is judged by."""
+
+    name = "pytorch-eager"
+
+    def __init__(self, module: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__(input_names)
+        self.module = module
+        self.convention = CallConvention.for_module(module, input_names)
+        self.output_names: list[str] = []
+
+    def call(self, inputs: Mapping[str, np.ndarray]) -> Any:
+        tensors = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()}
+        args, kwargs = self.convention.split(tensors)
+        with torch.inference_mode():
+            return self.module(*args, **kwargs)
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        flat = flatten_outputs(self.call(inputs))
+        self.output_names = [name for name, _ in flat]
+        return [t.detach().cpu().numpy() for _, t in flat]
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file in an ONNX Runtime CPU session with a fixed intra-op thread count."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        super().__init__([i.name for i in self.session.get_inputs()])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(None, inputs))  # type: ignore[arg-type]

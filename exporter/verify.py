@@ -1,0 +1,238 @@
+"""Verification stage: run a backend on golden inputs and judge each output against the reference.
+
+An element passes when ``|a - b| <= atol + rtol * |b|`` (``b`` the reference), NaN/Inf must appear exactly
+where the reference has them, integer and bool outputs must match exactly, and shapes must be equal, so a
+dim that conversion froze fails loudly instead of broadcasting quietly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import InputSpecError
+from exporter.runners import Runner
+from exporter.specs import InputSpec, ShapeCase, make_inputs
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "CaseResult",
+    "GoldenCase",
+    "OutputComparison",
+    "ParityResult",
+    "Tolerance",
+    "compare_outputs",
+    "make_golden",
+    "verify_runner",
+]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Float tolerances. The defaults fit float32 kernels that sum in a different order than PyTorch's."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+DEFAULT_TOLERANCE = Tolerance()
+
+
+@dataclass
+class GoldenCase:
+    """Inputs drawn for one shape case and the reference backend's outputs on them."""
+
+    case: ShapeCase
+    seed: int
+    inputs: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+    output_names: list[str]
+
+    @property
+    def file_stem(self) -> str:
+        return self.case.name
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    reference_shape: list[int]
+    max_abs_diff: float | None
+    max_rel_diff: float | None
+    cosine: float | None
+    mismatched: int
+    total: int
+    nonfinite_mismatch: int
+    passed: bool
+    message: str | None = None
+
+
+@dataclass
+class CaseResult:
+    case: str
+    sizes: dict[str, int]
+    input_shapes: dict[str, list[int]]
+    outputs: list[OutputComparison] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs)
+
+
+@dataclass
+class ParityResult:
+    """One backend judged against the reference at every shape case."""
+
+    backend: str
+    artifact: str
+    reference: str
+    tolerance: Tolerance
+    cases: list[CaseResult]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.passed for c in self.cases)
+
+    def failures(self) -> list[str]:
+        lines = []
+        for case in self.cases:
+            if case.error:
+                lines.append(f"{case.case}: {case.error}")
+            lines.extend(
+                f"{case.case}/{o.name}: {o.message or 'outside tolerance'}"
+                for o in case.outputs
+                if not o.passed
+            )
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "artifact": self.artifact,
+            "reference": self.reference,
+            "tolerance": asdict(self.tolerance),
+            "passed": self.passed,
+            "cases": [{**asdict(c), "passed": c.passed} for c in self.cases],
+        }
+
+
+def make_golden(
+    reference: Runner, spec: InputSpec, cases: Sequence[ShapeCase], seed: int
+) -> list[GoldenCase]:
+    """Draw seeded inputs for every case and record the reference's outputs.
+
+    Raises:
+        InputSpecError: the reference model itself fails at a case, so the spec allows sizes the model
+            does not; the message names the case and the shapes.
+    """
+    golden = []
+    for index, case in enumerate(cases):
+        case_seed = seed + index
+        inputs = make_inputs(spec, case.sizes, case_seed)
+        try:
+            outputs = reference.run(inputs)
+        except Exception as error:
+            raise InputSpecError(
+                f"the PyTorch model fails on inputs drawn from the spec at shape case '{case.name}' "
+                f"({case.describe(spec)}): {type(error).__name__}: {_first_line(error)}; check --input "
+                "names, dtypes and dims, or narrow the dim's range in a recipe"
+            ) from error
+        if not outputs:
+            raise InputSpecError("the PyTorch model returned no tensors; nothing to verify")
+        names = list(getattr(reference, "output_names", [])) or [f"output_{i}" for i in range(len(outputs))]
+        golden.append(GoldenCase(case, case_seed, inputs, outputs, names))
+    return golden
+
+
+def verify_runner(
+    runner: Runner, golden: Sequence[GoldenCase], tolerance: Tolerance, artifact: str
+) -> ParityResult:
+    """Run ``runner`` on every golden case and compare output by output (in flattened order)."""
+    results = []
+    for item in golden:
+        result = CaseResult(
+            case=item.case.name,
+            sizes=dict(item.case.sizes),
+            input_shapes={n: list(a.shape) for n, a in item.inputs.items()},
+        )
+        try:
+            outputs = runner.run(item.inputs)
+        except Exception as error:
+            result.error = f"{runner.name} failed to run: {type(error).__name__}: {_first_line(error)}"
+            results.append(result)
+            continue
+        if len(outputs) != len(item.outputs):
+            result.error = f"{runner.name} returned {len(outputs)} outputs, the reference {len(item.outputs)}"
+        for name, expected, actual in zip(item.output_names, item.outputs, outputs, strict=False):
+            result.outputs.append(compare_outputs(name, actual, expected, tolerance))
+        results.append(result)
+    return ParityResult(runner.name, artifact, "pytorch-eager", tolerance, results)
+
+
+def compare_outputs(
+    name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance
+) -> OutputComparison:
+    """Compare one output with the reference; every number is reported, pass/fail uses atol + rtol*|b|."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    base = {"name": name, "shape": list(actual.shape), "reference_shape": list(expected.shape)}
+    if actual.shape != expected.shape:
+        return OutputComparison(
+            **base,
+            max_abs_diff=None,
+            max_rel_diff=None,
+            cosine=None,
+            mismatched=int(expected.size),
+            total=int(expected.size),
+            nonfinite_mismatch=0,
+            passed=False,
+            message=f"shape {list(actual.shape)} != reference {list(expected.shape)} (a dim was frozen?)",
+        )
+    exact = expected.dtype.kind in "biu"
+    a = actual.astype(np.float64)
+    b = expected.astype(np.float64)
+    finite_a, finite_b = np.isfinite(a), np.isfinite(b)
+    same_special = (~finite_b) & ((a == b) | (np.isnan(a) & np.isnan(b)))
+    nonfinite_mismatch = int(np.count_nonzero((~finite_a | ~finite_b) & ~same_special))
+    both = finite_a & finite_b
+    diff = np.where(both, np.abs(a - b), 0.0)
+    allowed = 0.0 if exact else tolerance.atol + tolerance.rtol * np.abs(b)
+    bad = (diff > allowed) & both
+    mismatched = int(np.count_nonzero(bad)) + nonfinite_mismatch
+    rel = np.where(both, diff / np.maximum(np.abs(b), np.finfo(np.float64).tiny), 0.0)
+    message = None
+    if nonfinite_mismatch:
+        message = f"{nonfinite_mismatch} NaN/Inf values differ from the reference"
+    elif mismatched:
+        message = (
+            f"{mismatched}/{expected.size} elements outside atol={tolerance.atol:g} rtol={tolerance.rtol:g}"
+        )
+    return OutputComparison(
+        **base,
+        max_abs_diff=float(diff.max(initial=0.0)),
+        max_rel_diff=float(rel.max(initial=0.0)),
+        cosine=_cosine(np.where(both, a, 0.0), np.where(both, b, 0.0)),
+        mismatched=mismatched,
+        total=int(expected.size),
+        nonfinite_mismatch=nonfinite_mismatch,
+        passed=mismatched == 0,
+        message=message,
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a.ravel(), b.ravel()) / (na * nb))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
