@@ -72,7 +72,10 @@ class _RichProgress:
             self.status.stop()
             self.status = None
         mark = self._MARKS[record.status]
-        self.console.print(f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{record.detail}[/]")
+        detail = "" if record.status is StageStatus.FAILED and record.name != "verify" else record.detail
+        self.console.print(
+            f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{detail}[/]", highlight=False
+        )
 
     def step(self, message: str, done: int, total: int) -> None:
         if self.status is not None:
@@ -96,7 +99,9 @@ def _rich_table(title: str, table: RowTable) -> Table:
 
 def _print_summary(result: ExportResult) -> None:
     report = result.report
-    out.print(_rich_table("Parity against PyTorch eager", parity_table(report)))
+    shipped = {**report, "parity": [p for p in report["parity"] if p["artifact"] == result.shipped]}
+    title = f"Parity of the shipped ({result.shipped}) model against PyTorch eager"
+    out.print(_rich_table(title, parity_table(shipped)))
     if report["latency"]:
         out.print(_rich_table(f"Latency ({report['environment']['threads']} threads)", latency_table(report)))
     for note in report["notes"]:

@@ -185,7 +185,7 @@ def _is_tensor_mapping(value: Any) -> bool:
 
 
 def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str, torch.Tensor]:
-    if _is_tensor_mapping(payload):
+    if _is_tensor_mapping(payload) or (isinstance(payload, Mapping) and not payload):
         return payload  # type: ignore[no-any-return]
     if isinstance(payload, Mapping):
         for key in STATE_DICT_KEYS:

@@ -361,9 +361,10 @@ def _report(
         notes.append(
             f"the {failed.exporter} exporter failed ({failed.error}); fell back to {conversion.exporter}"
         )
+    notes.extend(_frozen_dim_hint(shipped_parity, options.spec, conversion.exporter))
     if conversion.simplify_error:
         notes.append(f"onnxsim not applied: {conversion.simplify_error}")
-    elif shipped != "simplified":
+    elif shipped != "simplified" and shipped_parity.passed:
         notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -384,6 +385,26 @@ def _report(
         "notes": notes,
         "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
     }
+
+
+def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> list[str]:
+    """Name the dims whose other sizes fail while the export shape passes: the signature of a frozen dim."""
+    export_case = next((c for c in parity.cases if c.case == "export"), None)
+    if export_case is None or not export_case.passed:
+        return []
+    example = spec.example_sizes
+    moved = sorted(
+        {label for c in parity.cases if not c.passed for label, size in c.sizes.items() if size != example[label]}
+    )
+    if not moved:
+        return []
+    advice = (
+        "the torchscript exporter traces, freezing sizes that Python code turns into ints; try "
+        "--onnx-exporter dynamo"
+        if exporter == "torchscript"
+        else "look for code that turns these sizes into Python ints or constants"
+    )
+    return [f"passes at the export shape but fails when {', '.join(moved)} change: a dynamic dim was frozen ({advice})"]
 
 
 def _manifest(

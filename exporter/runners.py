@@ -7,6 +7,7 @@ outputs are numpy arrays keyed by input name / listed in the model's flattened o
 from __future__ import annotations
 
 import inspect
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,10 +146,25 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # run errors are raised and reported by us, not logged by ORT
+        ort.set_default_logger_severity(4)
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         super().__init__([i.name for i in self.session.get_inputs()])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self.session.run(None, inputs))  # type: ignore[arg-type]
+        try:
+            return list(self.session.run(None, inputs))  # type: ignore[arg-type]
+        except Exception as error:
+            raise RuntimeError(_short_ort_error(str(error))) from error
+
+
+_ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+
+
+def _short_ort_error(text: str) -> str:
+    """ONNX Runtime errors carry source paths and assertion text; keep the node and the final sentence."""
+    node = _ORT_NODE.search(text)
+    tail = text.rsplit(" was false. ", 1)[-1] if " was false. " in text else text.splitlines()[0]
+    tail = re.sub(r"^.*?Status Message: ", "", tail).strip()
+    return f"{node.group(1)} node '{node.group(2)}': {tail}" if node else tail

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 import re
 import time
 import warnings
@@ -34,7 +37,10 @@ __all__ = [
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1
-_OPERATOR = re.compile(r"\b(aten(?:::|\.)[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)?|prim::\w+)")
+_OPERATOR = re.compile(r"\b(aten(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?|prim::\w+)")
+_OVERLOAD = re.compile(r"OpOverload\(op='([\w.]+)'")
+_CALL_SITE = re.compile(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in \w+\s*\n\s*(.+)')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class OnnxExporterChoice(StrEnum):
@@ -285,20 +291,32 @@ def _moving_output_axes(request: OnnxConversionRequest) -> dict[str, dict[int, s
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Keep exporter chatter off the user's terminal; what matters is recorded in the attempt."""
-    sink = io.StringIO()
-    loggers = [
-        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
-    ]
+    """Keep exporter chatter (Python prints, logging, and C++ writes to fd 1/2) off the user's terminal.
+
+    What matters is recorded in the attempt; ``--debug`` leaves the terminal alone.
+    """
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _unique(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -311,15 +329,19 @@ def _unique(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def _explain(error: BaseException) -> str:
-    """One line: the exception's type and first line, plus the operator it names, if any."""
-    text = str(error).strip()
-    first = text.splitlines()[0][:240] if text else ""
-    operator = _OPERATOR.search(text)
-    cause = error.__cause__
-    if not operator and cause is not None:
-        operator = _OPERATOR.search(str(cause))
-        first = first or str(cause).strip().splitlines()[0][:240]
-    line = f"{type(error).__name__}: {first}"
+    """One line: what failed, the operator or construct it names, and where in the user's code."""
+    text = _ANSI.sub("", str(error)).strip()
+    summary = text.split("## Exception summary", 1)[1].strip() if "## Exception summary" in text else ""
+    if summary:
+        first = summary.splitlines()[0]
+        first = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", first)
+    else:
+        first = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    line = first[:300]
+    operator = _OPERATOR.search(text) or _OVERLOAD.search(text)
     if operator and operator.group(1) not in line:
         line += f" [operator {operator.group(1)}]"
+    where = _CALL_SITE.search(text)
+    if where:
+        line += f" at {Path(where.group(1)).name}:{where.group(2)} `{where.group(3).strip()}`"
     return line
