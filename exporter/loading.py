@@ -177,15 +177,11 @@ def _torch_load(request: LoadRequest) -> Any:
 
 
 def _is_tensor_mapping(value: Any) -> bool:
-    return (
-        isinstance(value, Mapping)
-        and len(value) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-    )
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
 def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str, torch.Tensor]:
-    if _is_tensor_mapping(payload) or (isinstance(payload, Mapping) and not payload):
+    if _is_tensor_mapping(payload):
         return payload  # type: ignore[no-any-return]
     if isinstance(payload, Mapping):
         for key in STATE_DICT_KEYS:

@@ -393,9 +393,12 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
     if export_case is None or not export_case.passed:
         return []
     example = spec.example_sizes
-    moved = sorted(
-        {label for c in parity.cases if not c.passed for label, size in c.sizes.items() if size != example[label]}
-    )
+    def changed(case: CaseResult) -> set[str]:
+        return {label for label, size in case.sizes.items() if size != example[label]}
+
+    suspects = set().union(*(changed(c) for c in parity.cases if not c.passed))
+    cleared = set().union(*(changed(c) for c in parity.cases if c.passed and len(changed(c)) == 1))
+    moved = sorted(suspects - cleared) or sorted(suspects)
     if not moved:
         return []
     advice = (
@@ -404,7 +407,7 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
         if exporter == "torchscript"
         else "look for code that turns these sizes into Python ints or constants"
     )
-    return [f"passes at the export shape but fails when {', '.join(moved)} change: a dynamic dim was frozen ({advice})"]
+    return [f"passes at the export shape but fails when {', '.join(moved)} change{'s' if len(moved) == 1 else ''}: a dynamic dim was frozen ({advice})"]
 
 
 def _manifest(

@@ -1,0 +1,193 @@
+"""Tiny real models shared by every stage's tests, each with the input specs it is exported with.
+
+Factories are referenced by the CLI as ``tests/models.py:<factory>``; ``MODELS`` maps a short name to the
+factory and the ``--input`` specs, so a test can say ``MODELS["attention"]`` and get both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+MODELS_FILE = Path(__file__).resolve()
+
+
+class MLPWithBatchNorm(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear, Kaiming init: eval mode must freeze BN and Dropout."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, classes: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, classes),
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)  # (B, classes)
+
+
+class SmallConvNet(nn.Module):
+    """Conv-BN-ReLU feature extractor with a linear head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.head(self.features(image).flatten(1))  # (B, classes)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm self-attention + MLP block over a dynamic sequence."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.norm1(tokens)  # (B, T, C)
+        attended, _ = self.attention(h, h, h, need_weights=False)
+        tokens = tokens + attended
+        return tokens + self.mlp(self.norm2(tokens))  # (B, T, C)
+
+
+class TwoInputsDictOutput(nn.Module):
+    """Two inputs (features and a bool mask) and a nested dict/tuple output."""
+
+    def __init__(self, dim: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, features: Tensor, mask: Tensor) -> dict[str, object]:
+        h = torch.tanh(self.proj(features)) * mask.unsqueeze(-1).to(features.dtype)  # (B, T, C)
+        pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, C)
+        return {"logits": self.head(pooled), "extras": (pooled, h.amax(dim=(1, 2)))}
+
+
+class FrozenSeqLen(nn.Module):
+    """Turns a dynamic size into a Python int: a trace records it as a constant, freezing the dim."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = int(x.shape[1])
+        return x + torch.arange(n, dtype=x.dtype)
+
+
+class DataDependentGate(nn.Module):
+    """Branches on a tensor's value: torch.export refuses it, the TorchScript-based exporter traces it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.abs().sum() >= 0:  # always true, so the traced branch is the right one
+            return torch.relu(self.linear(x))
+        return self.linear(x)
+
+
+@torch.library.custom_op("exporter_tests::opaque", mutates_args=())
+def opaque(x: Tensor) -> Tensor:
+    """A custom operator with no ONNX translation: no exporter can convert it."""
+    return x * 2
+
+
+@opaque.register_fake
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+class UsesOpaqueOp(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return opaque(x) + 1
+
+
+def make_mlp(features: int = 16) -> MLPWithBatchNorm:
+    torch.manual_seed(0)
+    model = MLPWithBatchNorm(features)
+    _warm_batchnorm(model, torch.randn(64, features))
+    return model
+
+
+def make_conv() -> SmallConvNet:
+    torch.manual_seed(0)
+    model = SmallConvNet()
+    _warm_batchnorm(model, torch.randn(16, 3, 16, 16))
+    return model
+
+
+def make_attention() -> AttentionBlock:
+    torch.manual_seed(0)
+    return AttentionBlock()
+
+
+def make_two_inputs() -> TwoInputsDictOutput:
+    torch.manual_seed(0)
+    return TwoInputsDictOutput()
+
+
+def make_frozen() -> FrozenSeqLen:
+    return FrozenSeqLen()
+
+
+def make_gate() -> DataDependentGate:
+    torch.manual_seed(0)
+    return DataDependentGate()
+
+
+def make_opaque() -> UsesOpaqueOp:
+    return UsesOpaqueOp()
+
+
+def _warm_batchnorm(model: nn.Module, batch: Tensor) -> None:
+    """Give BatchNorm non-trivial running stats, as a trained model has."""
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    model.eval()
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    factory: str
+    inputs: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{MODELS_FILE}:{self.factory}"
+
+    def build(self) -> nn.Module:
+        return globals()[self.factory]().eval()  # type: ignore[no-any-return]
+
+
+MODELS: dict[str, TinyModel] = {
+    "mlp": TinyModel("make_mlp", ("x:float32:batch=4,16",)),
+    "conv": TinyModel("make_conv", ("image:float32:batch=2,3,16,16",)),
+    "attention": TinyModel("make_attention", ("tokens:float32:batch=2,seq=7,32",)),
+    "two_inputs": TinyModel("make_two_inputs", ("features:float32:batch=2,seq=5,8", "mask:bool:batch=2,seq=5")),
+    "frozen": TinyModel("make_frozen", ("x:float32:batch=2,seq=5",)),
+    "gate": TinyModel("make_gate", ("x:float32:batch=2,4",)),
+    "opaque": TinyModel("make_opaque", ("x:float32:batch=2,4",)),
+}

@@ -1,0 +1,138 @@
+"""End to end through ``exporter.export``: real torch.onnx, onnxsim and ONNX Runtime on tiny models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter.errors import ConversionError, ExitCode, UsageError
+from exporter.pipeline import ExportOptions, StageStatus, export
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv", "attention", "two_inputs"])
+def test_tiny_models_export_and_verify_at_several_shapes(name: str, options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for(name)
+    result = export(options)
+    assert result.exit_code is ExitCode.OK, result.report["parity"]
+    shipped = next(p for p in result.parity if p.artifact == result.shipped)
+    assert len(shipped.cases) >= (3 if name != "conv" else 3)
+    assert all(s.status is StageStatus.PASSED for s in result.stages)
+    assert (options.out_dir / "model.onnx").is_file()
+
+
+def test_dynamic_sequence_dim_is_symbolic_in_the_onnx_graph(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("attention"))
+    model = onnx.load(str(result.out_dir / "model.onnx"))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] == "batch" and dims[1] == "seq" and dims[2] == 32
+    cases = {c.case: c.sizes for c in result.parity[-1].cases}
+    assert cases["seq-min"]["seq"] == 1 and cases["seq-large"]["seq"] > 7
+
+
+def test_two_inputs_dict_output_names_every_leaf(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("two_inputs"))
+    assert result.conversion.output_names == ["logits", "extras.0", "extras.1"]
+    assert result.conversion.input_names == ["features", "mask"]
+    golden = np.load(result.out_dir / "golden" / "export.outputs.npz")
+    assert sorted(golden.files) == ["extras.0", "extras.1", "logits"]
+
+
+def test_frozen_dim_fails_verification_and_still_writes_the_report(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("frozen", onnx_exporter="torchscript")
+    result = export(options)
+    assert result.exit_code is ExitCode.VERIFICATION_FAILED
+    shipped = next(p for p in result.parity if p.artifact == result.shipped)
+    by_case = {c.case: c.passed for c in shipped.cases}
+    assert by_case["export"] is True
+    assert by_case["seq-large"] is False and by_case["seq-min"] is False
+    report = json.loads((options.out_dir / "report.json").read_text())
+    assert report["status"] == "failed"
+    assert any("frozen" in note and "seq" in note for note in report["notes"])
+    assert "FAIL" in (options.out_dir / "report.md").read_text()
+
+
+def test_dynamo_failure_falls_back_to_torchscript_exporter_and_says_why(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    result = export(options_for("gate"))
+    assert [a.exporter for a in result.conversion.attempts] == ["dynamo", "torchscript"]
+    assert not result.conversion.attempts[0].succeeded
+    assert "data-dependent" in (result.conversion.attempts[0].error or "")
+    assert result.conversion.exporter == "torchscript"
+    assert result.exit_code is ExitCode.OK
+    assert any("fell back to torchscript" in note for note in result.report["notes"])
+
+
+def test_dynamo_only_reports_the_dynamo_failure(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("gate", onnx_exporter="dynamo")
+    with pytest.raises(ConversionError, match="dynamo exporter"):
+        export(options)
+    assert not options.out_dir.exists()
+
+
+def test_unconvertible_operator_is_named_and_leaves_no_folder(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("opaque")
+    with pytest.raises(ConversionError, match="exporter_tests.opaque|exporter_tests::opaque") as caught:
+        export(options)
+    assert caught.value.exit_code is ExitCode.CONVERSION_FAILED
+    assert not options.out_dir.exists()
+    assert not any(p.name.startswith(".") for p in options.out_dir.parent.iterdir())
+
+
+def test_simplified_model_ships_when_it_verifies(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("conv"))
+    assert result.conversion.simplified_path is not None
+    assert result.shipped == "simplified"
+    assert result.report["conversion"]["shipped"] == "simplified"
+
+
+def test_no_simplify_ships_the_exported_model(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("mlp", simplify=False))
+    assert result.shipped == "exported"
+    assert result.conversion.simplify_error == "skipped: --no-simplify"
+
+
+def test_opset_is_selectable_and_recorded(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("mlp", opset=18))
+    model = onnx.load(str(result.out_dir / "model.onnx"))
+    assert next(o.version for o in model.opset_import if o.domain == "") == 18
+    assert json.loads((result.out_dir / "manifest.json").read_text())["onnx"]["opset"] == 18
+
+
+def test_latency_is_measured_for_eager_and_onnxruntime_per_batch_size(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    result = export(options_for("mlp", threads=1))
+    rows = {(s.backend, s.batch) for s in result.latency}
+    assert rows == {(b, n) for b in ("pytorch-eager", "onnxruntime") for n in (1, 2)}
+    assert all(s.threads == 1 and s.runs >= 3 and s.p50_ms <= s.p99_ms for s in result.latency)
+    eager = [s for s in result.latency if s.backend == "pytorch-eager"]
+    assert all(s.speedup_vs_eager == 1.0 for s in eager)
+
+
+def test_existing_output_folder_is_refused_without_force(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("mlp")
+    options.out_dir.mkdir(parents=True)
+    (options.out_dir / "keep.txt").write_text("user data")
+    with pytest.raises(UsageError, match="--force"):
+        export(options)
+    assert (options.out_dir / "keep.txt").read_text() == "user data"
+
+
+def test_force_replaces_the_folder_only_when_the_new_one_is_complete(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    options = options_for("opaque", force=True)
+    options.out_dir.mkdir(parents=True)
+    (options.out_dir / "old.txt").write_text("previous run")
+    with pytest.raises(ConversionError):
+        export(options)
+    assert (options.out_dir / "old.txt").exists(), "a failed run must not destroy the previous artifacts"
+    good = options_for("mlp", force=True, out=options.out_dir)
+    export(good)
+    assert not (options.out_dir / "old.txt").exists()
+    assert (options.out_dir / "model.onnx").exists()
