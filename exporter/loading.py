@@ -152,7 +152,7 @@ def _torch_load(request: LoadRequest) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error).lower() and "weights only" not in str(error).lower():
+        if not _needs_unsafe_globals(str(error)):
             raise LoadError(
                 f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated "
                 f"({_first_line(error)})"
@@ -174,6 +174,11 @@ def _torch_load(request: LoadRequest) -> Any:
             f"cannot unpickle trusted checkpoint '{path}': {_first_line(error)} "
             "(its classes must be importable from the current directory)"
         ) from error
+
+
+def _needs_unsafe_globals(message: str) -> bool:
+    """A weights-only refusal because the pickle names Python classes, as opposed to a corrupt stream."""
+    return "Weights only load failed" in message and ("GLOBAL" in message or "Unsupported global" in message)
 
 
 def _is_tensor_mapping(value: Any) -> bool:
