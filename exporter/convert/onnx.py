@@ -241,11 +241,32 @@ def _export_dynamo(request: OnnxConversionRequest, path: Path) -> None:
             dynamic_shapes=_dynamic_shapes(request, convention),
             opset_version=request.opset,
             input_names=[*convention.positional, *convention.keyword],
-            output_names=list(request.output_names),
         )
     if program is None:
         raise RuntimeError("the dynamo exporter returned no program")
+    _name_outputs(program.model, request.output_names)
     program.save(str(path))
+
+
+def _name_outputs(model: Any, names: Sequence[str]) -> None:
+    """Give graph outputs the model's pytree names, first moving aside internal values that hold them.
+
+    (Passing ``output_names`` to the exporter collides when an internal node is already called, say,
+    ``embedding``, which breaks single static assignment.)
+    """
+    outputs = list(model.graph.outputs)
+    if len(outputs) != len(names):
+        raise RuntimeError(f"the exported graph has {len(outputs)} outputs, the model returns {len(names)} tensors")
+    wanted = set(names)
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name in wanted and value not in outputs:
+                value.name = f"{value.name}__internal"
+    for value in model.graph.inputs:
+        if value.name in wanted:
+            raise RuntimeError(f"output name '{value.name}' is also an input name")
+    for value, name in zip(outputs, names, strict=True):
+        value.name = name
 
 
 def _export_torchscript(request: OnnxConversionRequest, path: Path) -> None:
