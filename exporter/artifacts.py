@@ -63,7 +63,7 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
 
 
 def write_golden(folder: Path, golden: Sequence[GoldenCase]) -> list[dict[str, Any]]:
-    """Write ``<case>.inputs.npz`` / ``<case>.outputs.npz`` per shape case; return the index for the manifest."""
+    """Write ``<case>.inputs.npz`` and ``<case>.outputs.npz`` per shape case; return the manifest's index."""
     folder.mkdir(parents=True, exist_ok=True)
     index = []
     for item in golden:

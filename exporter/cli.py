@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import typer
 from rich.console import Console
@@ -50,7 +51,7 @@ def _root() -> None:
 class _RichProgress:
     """Shows the running stage as a spinner and prints each finished stage on its own line."""
 
-    _MARKS = {
+    _MARKS: ClassVar[dict[StageStatus, str]] = {
         StageStatus.PASSED: "[green]ok[/]",
         StageStatus.FAILED: "[red]FAILED[/]",
         StageStatus.SKIPPED: "[yellow]skipped[/]",
@@ -112,16 +113,12 @@ def _print_summary(result: ExportResult) -> None:
     )
 
 
-def _settings_from_flags(**flags: Any) -> dict[str, Any]:
-    return {key: value for key, value in flags.items() if value is not None}
-
-
 @app.command("export")
 def export_command(
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
-            help="Checkpoint: TorchScript archive, torch.export .pt2, state_dict/.safetensors, or pickled module."
+            help="TorchScript archive, torch.export .pt2, state_dict, .safetensors or pickled module."
         ),
     ] = None,
     to: Annotated[list[Target], typer.Option("--to", help="Target format.")] = [Target.onnx],  # noqa: B006
@@ -140,7 +137,8 @@ def export_command(
         list[str] | None,
         typer.Option(
             "--input",
-            help="NAME:DTYPE:DIMS[:LOW..HIGH], once per input. DIMS: comma-separated ints (static) or label=size "
+            help="NAME:DTYPE:DIMS[:LOW..HIGH], once per input. DIMS: comma-separated ints (static) or "
+            "label=size "
             "(dynamic; a label shared by inputs is one dim). Ints are drawn from [LOW, HIGH). "
             "E.g. image:float32:batch=1,3,224,224 or input_ids:int64:batch=2,seq=128:0..30522",
         ),
@@ -189,57 +187,71 @@ def export_command(
     Exit codes: 0 passed; 1 verification failed (report still written); 2 bad input or usage;
     3 conversion failed.
     """
+    flags = {
+        "checkpoint": checkpoint,
+        "name": name,
+        "out": out_dir,
+        "model_ref": model,
+        "model_kwargs": model_kwargs,
+        "atol": atol,
+        "rtol": rtol,
+        "opset": opset,
+        "threads": threads,
+        "onnx_exporter": onnx_exporter.value if onnx_exporter else None,
+        "simplify": simplify,
+        "seed": seed,
+        "benchmark": benchmark,
+        "trust_checkpoint": trust_checkpoint or None,
+        "targets": tuple(t.value for t in to),
+        "force": force,
+    }
+    result = _guarded(debug, lambda: _run(_build_options(recipe, flags, inputs or [])))
+    _print_summary(result)
+    raise typer.Exit(int(result.exit_code))
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
     try:
-        settings: dict[str, Any] = {}
-        spec_tensors: list[Any] = []
-        dims: tuple[Any, ...] = ()
-        if recipe is not None:
-            loaded_recipe = load_recipe(recipe)
-            settings.update(loaded_recipe.settings)
-            spec_tensors, dims = list(loaded_recipe.inputs), loaded_recipe.dims
-        kwargs = None
-        if model_kwargs is not None:
-            try:
-                kwargs = json.loads(model_kwargs)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"--model-kwargs is not valid JSON: {error}") from None
-            if not isinstance(kwargs, dict):
-                raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 16}'")
-        settings.update(
-            _settings_from_flags(
-                checkpoint=checkpoint,
-                name=name,
-                out=out_dir,
-                model_ref=model,
-                model_kwargs=kwargs,
-                atol=atol,
-                rtol=rtol,
-                opset=opset,
-                threads=threads,
-                onnx_exporter=onnx_exporter.value if onnx_exporter else None,
-                simplify=simplify,
-                seed=seed,
-                benchmark=benchmark,
-            )
-        )
-        settings["targets"] = tuple(t.value for t in to)
-        settings["force"] = force
-        settings["trust_checkpoint"] = trust_checkpoint or settings.get("trust_checkpoint", False)
-        if "checkpoint" not in settings:
-            raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")
-        base = InputSpec(tuple(spec_tensors), dims) if spec_tensors else None
-        cli_tensors = [parse_tensor_spec(text) for text in inputs or []]
-        if base is None:
-            settings["spec"] = InputSpec(tuple(cli_tensors))
-        else:
-            settings["spec"] = base.with_overrides(cli_tensors)
-        options = ExportOptions.from_settings(settings)
-        progress = _RichProgress(out)
-        out.print(f"[bold]exporter[/] {options.checkpoint} -> onnx ({options.threads} threads)")
-        try:
-            result = export(options, progress)
-        finally:
-            progress.close()
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--model-kwargs is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 16}'")
+    return value
+
+
+def _build_options(recipe: Path | None, flags: dict[str, Any], input_texts: list[str]) -> ExportOptions:
+    """Recipe settings first, flags given on the command line over them; ``--input`` replaces by name."""
+    settings: dict[str, Any] = {}
+    spec: InputSpec | None = None
+    if recipe is not None:
+        loaded = load_recipe(recipe)
+        settings.update(loaded.settings)
+        spec = InputSpec(loaded.inputs, loaded.dims) if loaded.inputs else None
+    flags = {**flags, "model_kwargs": _json_object(flags.get("model_kwargs"))}
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    if "checkpoint" not in settings:
+        raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")
+    cli_tensors = [parse_tensor_spec(text) for text in input_texts]
+    settings["spec"] = spec.with_overrides(cli_tensors) if spec else InputSpec(tuple(cli_tensors))
+    return ExportOptions.from_settings(settings)
+
+
+def _run(options: ExportOptions) -> ExportResult:
+    progress = _RichProgress(out)
+    out.print(f"[bold]exporter[/] {options.checkpoint} -> onnx ({options.threads} threads)", highlight=False)
+    try:
+        return export(options, progress)
+    finally:
+        progress.close()
+
+
+def _guarded(debug: bool, action: Callable[[], ExportResult]) -> ExportResult:
+    """Turn errors into one line and their exit code; ``--debug`` lets the traceback through instead."""
+    try:
+        return action()
     except ExporterError as error:
         if debug:
             raise
@@ -248,15 +260,13 @@ def export_command(
     except Exception as error:
         if debug:
             raise
+        first = str(error).splitlines()[0] if str(error) else ""
         err.print(
-            f"[red]internal error:[/] {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
-            "(rerun with --debug for the traceback)",
+            f"[red]internal error:[/] {type(error).__name__}: {first} (rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(int(ExitCode.CONVERSION_FAILED)) from None
-    _print_summary(result)
-    raise typer.Exit(int(result.exit_code))
 
 
 def main() -> None:

@@ -182,7 +182,9 @@ def _needs_unsafe_globals(message: str) -> bool:
 
 
 def _is_tensor_mapping(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
 
 
 def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str, torch.Tensor]:

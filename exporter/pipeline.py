@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -248,11 +249,25 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             golden_index = write_golden(staging / "golden", golden)
             stages.records["write"].status = StageStatus.PASSED
             report = _report(
-                options, environment, loaded, conversion, parity, shipped, latency, stages.list()
+                options=options,
+                environment=environment,
+                loaded=loaded,
+                conversion=conversion,
+                parity=parity,
+                shipped=shipped,
+                latency=latency,
+                stages=stages.list(),
             )
             write_json(staging / "report.json", report)
             (staging / "report.md").write_text(render_markdown(report))
-            manifest = _manifest(options, environment, loaded, conversion, golden_index, staging)
+            manifest = _manifest(
+                options=options,
+                environment=environment,
+                loaded=loaded,
+                conversion=conversion,
+                golden_index=golden_index,
+                staging=staging,
+            )
             write_json(staging / "manifest.json", manifest)
             record.detail = str(options.out_dir)
     return ExportResult(options.out_dir, stages.list(), loaded, conversion, parity, shipped, latency, report)
@@ -298,6 +313,8 @@ def _verify_candidates(
             results.append(ParityResult("onnxruntime", label, "pytorch-eager", options.tolerance, [failure]))
             continue
         result = verify_runner(runner, golden, options.tolerance, label)
+        del runner
+        gc.collect()
         results.append(result)
         if result.passed:
             return results, path, label
@@ -307,7 +324,11 @@ def _verify_candidates(
 def _benchmark(
     eager: EagerRunner, model_path: Path, options: ExportOptions, listener: ProgressListener
 ) -> list[LatencyStats]:
-    """Time eager and ONNX Runtime alike at each batch size (or at the export shape without a batch dim)."""
+    """Time eager and ONNX Runtime alike at each batch size (or at the export shape without a batch dim).
+
+    One backend at a time: an idle ONNX Runtime session's spinning thread pool slowed eager PyTorch by
+    100x on a 2-core machine, so no session is alive while eager is timed.
+    """
     spec = options.spec
     sizes = spec.example_sizes
     plans: list[tuple[str, int | None, dict[str, int]]]
@@ -317,20 +338,34 @@ def _benchmark(
         plans = [(f"{options.batch_dim}={b}", b, {**sizes, options.batch_dim: b}) for b in legal]
     else:
         plans = [("export shape", None, dict(sizes))]
-    runners: list[Runner] = [eager, OnnxRuntimeRunner(model_path, options.threads)]
+    inputs = [
+        make_inputs(spec, plan_sizes, options.seed + 1000 + i) for i, (_, _, plan_sizes) in enumerate(plans)
+    ]
+    factories: list[Callable[[], Runner]] = [
+        lambda: eager,
+        lambda: OnnxRuntimeRunner(model_path, options.threads),
+    ]
     results: list[LatencyStats] = []
-    total = len(plans) * len(runners)
-    for plan_index, (label, batch, plan_sizes) in enumerate(plans):
-        inputs = make_inputs(spec, plan_sizes, options.seed + 1000 + plan_index)
-        base: LatencyStats | None = None
-        for runner in runners:
+    total = len(plans) * len(factories)
+    for factory in factories:
+        runner = factory()
+        for (label, batch, _), plan_inputs in zip(plans, inputs, strict=True):
             listener.step(f"timing {runner.name} at {label}", len(results), total)
-            stats = measure_latency(
-                runner, inputs, config=options.timing, threads=options.threads, label=label, batch=batch
+            results.append(
+                measure_latency(
+                    runner,
+                    plan_inputs,
+                    config=options.timing,
+                    threads=options.threads,
+                    label=label,
+                    batch=batch,
+                )
             )
-            base = base or stats
-            stats.speedup_vs_eager = base.p50_ms / stats.p50_ms if stats.p50_ms > 0 else None
-            results.append(stats)
+        del runner
+        gc.collect()
+    baseline = {s.label: s.p50_ms for s in results if s.backend == eager.name}
+    for stats in results:
+        stats.speedup_vs_eager = baseline[stats.label] / stats.p50_ms if stats.p50_ms > 0 else None
     listener.step("timing done", total, total)
     return results
 
@@ -345,6 +380,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _report(
+    *,
     options: ExportOptions,
     environment: dict[str, Any],
     loaded: LoadedModel,
@@ -393,6 +429,7 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
     if export_case is None or not export_case.passed:
         return []
     example = spec.example_sizes
+
     def changed(case: CaseResult) -> set[str]:
         return {label for label, size in case.sizes.items() if size != example[label]}
 
@@ -407,10 +444,14 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
         if exporter == "torchscript"
         else "look for code that turns these sizes into Python ints or constants"
     )
-    return [f"passes at the export shape but fails when {', '.join(moved)} change{'s' if len(moved) == 1 else ''}: a dynamic dim was frozen ({advice})"]
+    verb = "changes" if len(moved) == 1 else "change"
+    return [
+        f"passes at the export shape but fails when {', '.join(moved)} {verb}: a dim was frozen ({advice})"
+    ]
 
 
 def _manifest(
+    *,
     options: ExportOptions,
     environment: dict[str, Any],
     loaded: LoadedModel,

@@ -125,7 +125,8 @@ def load_recipe(path: Path) -> Recipe:
     version = data.get("schema_version", RECIPE_SCHEMA_VERSION)
     if version != RECIPE_SCHEMA_VERSION:
         raise RecipeError(
-            f"{where}: schema_version {version} is not supported (this exporter reads {RECIPE_SCHEMA_VERSION})"
+            f"{where}: schema_version {version} is not supported "
+            f"(this exporter reads {RECIPE_SCHEMA_VERSION})"
         )
     base = path.resolve().parent
     model, inputs = data.get("model", {}), data.get("inputs", {})
@@ -160,7 +161,9 @@ def load_recipe(path: Path) -> Recipe:
 
 def _validate(data: Mapping[str, Any], where: str) -> None:
     for key, value in data.items():
-        if isinstance(value, dict) and key in _SCHEMA and key != "":
+        if key in _SCHEMA and key != "":
+            if not isinstance(value, dict):
+                raise RecipeError(f"{where}: [{key}] must be a table, got {value!r}")
             _check_table(key, value, where)
         elif key not in _SCHEMA[""]:
             known = ", ".join([*_SCHEMA[""], *(f"[{s}]" for s in _SCHEMA if s)])

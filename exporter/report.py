@@ -97,6 +97,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for a in conversion["attempts"]
     )
     source = report["source"]
+    tolerance = report["parity"][0]["tolerance"]
     parts = [
         f"# Export report: {report['name']}",
         "",
@@ -120,7 +121,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Parity against PyTorch eager",
         "",
         "Element passes when |a - b| <= atol + rtol * |b| "
-        f"(atol={report['parity'][0]['tolerance']['atol']:g}, rtol={report['parity'][0]['tolerance']['rtol']:g}).",
+        f"(atol={tolerance['atol']:g}, rtol={tolerance['rtol']:g}).",
         "",
         _markdown_table(parity_table(report)),
         "",

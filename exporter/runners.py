@@ -40,11 +40,11 @@ class CallConvention:
     @classmethod
     def for_module(cls, module: torch.nn.Module, names: Sequence[str]) -> CallConvention:
         parameters = _forward_parameters(module)
-        if parameters is None or not set(names) <= set(parameters):
+        if parameters is None or not set(names) <= {name for name, _ in parameters}:
             return cls(tuple(names))
         positional: list[str] = []
-        for parameter in parameters:
-            if parameter not in names:
+        for parameter, keyword_only in parameters:
+            if parameter not in names or keyword_only:
                 break
             positional.append(parameter)
         keyword = tuple(n for n in names if n not in positional)
@@ -54,11 +54,12 @@ class CallConvention:
         return tuple(values[n] for n in self.positional), {n: values[n] for n in self.keyword}
 
 
-def _forward_parameters(module: torch.nn.Module) -> list[str] | None:
+def _forward_parameters(module: torch.nn.Module) -> list[tuple[str, bool]] | None:
+    """``forward``'s parameters as (name, keyword-only), or None when they cannot be named."""
     forward = module.forward
     schema = getattr(forward, "schema", None)
     if schema is not None:  # TorchScript methods have no Python signature
-        return [a.name for a in schema.arguments if a.name != "self"]
+        return [(a.name, a.kwarg_only) for a in schema.arguments if a.name != "self"]
     try:
         signature = inspect.signature(forward)
     except (TypeError, ValueError):
@@ -66,7 +67,11 @@ def _forward_parameters(module: torch.nn.Module) -> list[str] | None:
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in signature.parameters.values()):
         return None
-    return [p.name for p in signature.parameters.values() if p.kind in kinds]
+    return [
+        (p.name, p.kind is inspect.Parameter.KEYWORD_ONLY)
+        for p in signature.parameters.values()
+        if p.kind in kinds
+    ]
 
 
 def flatten_outputs(outputs: Any) -> list[tuple[str, torch.Tensor]]:
@@ -122,7 +127,7 @@ class EagerRunner(Runner):
         self.output_names: list[str] = []
 
     def call(self, inputs: Mapping[str, np.ndarray]) -> Any:
-        tensors = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()}
+        tensors = {n: torch.from_numpy(np.require(a, requirements=["C", "W"])) for n, a in inputs.items()}
         args, kwargs = self.convention.split(tensors)
         with torch.inference_mode():
             return self.module(*args, **kwargs)

@@ -8,6 +8,7 @@ without a range floats are standard normal and integers are drawn from ``[0, 10)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ class InputSpec:
                         f"{seen} in another input; a shared label must have one size"
                     )
         known = {d.label for d in self.dynamic_dims}
-        for label, size in sizes.items():
+        for label in sizes:
             if label not in known:
                 object.__setattr__(self, "dynamic_dims", (*self.dynamic_dims, DynamicDim(label)))
         for dyn in self.dynamic_dims:
@@ -228,8 +229,14 @@ def parse_tensor_spec(text: str) -> TensorSpec:
         low, high = _parse_range(parts[3].strip(), where)
         if dtype == "bool":
             raise InputSpecError(f"{where}: a bool input takes no LOW..HIGH range")
-        if DTYPES[dtype].kind in "iu" and not (low.is_integer() and high.is_integer()):
-            raise InputSpecError(f"{where}: integer input needs an integer range, got {parts[3]}")
+        if DTYPES[dtype].kind in "iu":
+            if not (low.is_integer() and high.is_integer()):
+                raise InputSpecError(f"{where}: integer input needs an integer range, got {parts[3]}")
+            info = np.iinfo(DTYPES[dtype])
+            if low < info.min or high - 1 > info.max:
+                raise InputSpecError(
+                    f"{where}: range {parts[3]} does not fit {dtype} ([{info.min}, {info.max + 1}))"
+                )
     return TensorSpec(name, dtype, dims, low, high)
 
 
@@ -259,6 +266,8 @@ def _parse_range(text: str, where: str) -> tuple[float, float]:
         low, high = float(low_text), float(high_text)
     except ValueError:
         raise InputSpecError(f"{where}: range '{text}' must be LOW..HIGH, e.g. 0..30522") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InputSpecError(f"{where}: range '{text}' must be finite")
     if not low < high:
         raise InputSpecError(f"{where}: range '{text}' needs LOW < HIGH")
     return low, high
@@ -279,7 +288,7 @@ def shape_cases(spec: InputSpec) -> list[ShapeCase]:
     cases = [ShapeCase("export", dict(example))]
     if not spec.dynamic_dims:
         return cases
-    smallest = {d.label: d.min if d.min > 0 else 1 for d in spec.dynamic_dims}
+    smallest = {d.label: d.min for d in spec.dynamic_dims}
     larger = {d.label: larger_size(d, example[d.label]) or example[d.label] for d in spec.dynamic_dims}
     following = {
         d.label: example[d.label] + 1 if d.max is None or example[d.label] < d.max else example[d.label]
@@ -304,7 +313,7 @@ def make_inputs(spec: InputSpec, sizes: Mapping[str, int], seed: int) -> dict[st
         shape = tensor.shape(sizes)
         dtype = tensor.numpy_dtype
         if dtype.kind == "b":
-            arrays[tensor.name] = rng.random(shape) < 0.5
+            arrays[tensor.name] = np.asarray(rng.random(shape) < 0.5)
         elif dtype.kind in "iu":
             low, high = (int(tensor.low), int(tensor.high)) if tensor.low is not None else _DEFAULT_INT_RANGE
             arrays[tensor.name] = rng.integers(low, high, size=shape, dtype=dtype)

@@ -16,7 +16,7 @@ MODELS_FILE = Path(__file__).resolve()
 
 
 class MLPWithBatchNorm(nn.Module):
-    """Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear, Kaiming init: eval mode must freeze BN and Dropout."""
+    """Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear, Kaiming init; eval mode freezes BN and Dropout."""
 
     def __init__(self, features: int = 16, hidden: int = 32, classes: int = 4) -> None:
         super().__init__()
@@ -186,7 +186,9 @@ MODELS: dict[str, TinyModel] = {
     "mlp": TinyModel("make_mlp", ("x:float32:batch=4,16",)),
     "conv": TinyModel("make_conv", ("image:float32:batch=2,3,16,16",)),
     "attention": TinyModel("make_attention", ("tokens:float32:batch=2,seq=7,32",)),
-    "two_inputs": TinyModel("make_two_inputs", ("features:float32:batch=2,seq=5,8", "mask:bool:batch=2,seq=5")),
+    "two_inputs": TinyModel(
+        "make_two_inputs", ("features:float32:batch=2,seq=5,8", "mask:bool:batch=2,seq=5")
+    ),
     "frozen": TinyModel("make_frozen", ("x:float32:batch=2,seq=5",)),
     "gate": TinyModel("make_gate", ("x:float32:batch=2,4",)),
     "opaque": TinyModel("make_opaque", ("x:float32:batch=2,4",)),

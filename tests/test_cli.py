@@ -30,8 +30,12 @@ def _model_args(name: str) -> list[str]:
     return args
 
 
-def test_success_exits_0_and_prints_tables(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:
-    code, output = _invoke(state_dict_checkpoint("mlp"), "--to", "onnx", *_model_args("mlp"), "--out", tmp_path / "a")
+def test_success_exits_0_and_prints_tables(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    code, output = _invoke(
+        state_dict_checkpoint("mlp"), "--to", "onnx", *_model_args("mlp"), "--out", tmp_path / "a"
+    )
     assert code == 0, output
     assert "Parity" in output and "PASSED" in output
     assert (tmp_path / "a" / "model.onnx").is_file()
@@ -39,7 +43,12 @@ def test_success_exits_0_and_prints_tables(tmp_path: Path, state_dict_checkpoint
 
 def test_verification_failure_exits_1(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:
     code, output = _invoke(
-        state_dict_checkpoint("frozen"), *_model_args("frozen"), "--onnx-exporter", "torchscript", "--out", tmp_path / "f"
+        state_dict_checkpoint("frozen"),
+        *_model_args("frozen"),
+        "--onnx-exporter",
+        "torchscript",
+        "--out",
+        tmp_path / "f",
     )
     assert code == 1, output
     assert "FAILED" in output and "frozen" in output
@@ -72,7 +81,10 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str | 
         "untrusted pickle": ([pickled, *mlp], "--trust-checkpoint"),
         "bad spec": ([checkpoint, "--model", MODELS["mlp"].ref, "--input", "x:float33:4,16"], "DTYPE"),
         "no inputs": ([checkpoint, "--model", MODELS["mlp"].ref], "--input"),
-        "wrong shape": ([checkpoint, "--model", MODELS["mlp"].ref, "--input", "x:float32:batch=4,15"], "fails on inputs"),
+        "wrong shape": (
+            [checkpoint, "--model", MODELS["mlp"].ref, "--input", "x:float32:batch=4,15"],
+            "fails on inputs",
+        ),
         "bad kwargs": ([checkpoint, *mlp, "--model-kwargs", "{oops"], "--model-kwargs"),
         "occupied out": ([checkpoint, *mlp, "--out", occupied], "--force"),
         "bad recipe": ([checkpoint, *mlp, "--recipe", bad_recipe], "atoll"),
@@ -150,16 +162,40 @@ enabled = false
 def test_help_documents_the_contract() -> None:
     result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0
-    for flag in ["--to", "--model", "--model-kwargs", "--input", "--recipe", "--out", "--force", "--atol", "--rtol",
-                 "--opset", "--threads", "--trust-checkpoint", "--debug"]:
+    for flag in [
+        "--to",
+        "--model",
+        "--model-kwargs",
+        "--input",
+        "--recipe",
+        "--out",
+        "--force",
+        "--atol",
+        "--rtol",
+        "--opset",
+        "--threads",
+        "--trust-checkpoint",
+        "--debug",
+    ]:
         assert flag in result.output
     assert "NAME:DTYPE:DIMS" in result.output
 
 
 @pytest.mark.slow
-def test_python_dash_m_runs_the_same_cli(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:
-    command = [sys.executable, "-m", "exporter", "export", str(state_dict_checkpoint("mlp")), *_model_args("mlp")]
-    completed = subprocess.run([*command, "--out", str(tmp_path / "m")], capture_output=True, text=True, check=False)
+def test_python_dash_m_runs_the_same_cli(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "export",
+        str(state_dict_checkpoint("mlp")),
+        *_model_args("mlp"),
+    ]
+    completed = subprocess.run(
+        [*command, "--out", str(tmp_path / "m")], capture_output=True, text=True, check=False
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "exporter", "export", str(tmp_path / "nope.pt"), "--input", "x:float32:1"],

@@ -103,7 +103,9 @@ def test_only_what_the_file_sets_is_in_settings(tmp_path: Path) -> None:
     assert recipe.settings == {"atol": 0.5}
 
 
-def test_checkpoint_is_relative_to_the_recipe_not_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_is_relative_to_the_recipe_not_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(tmp_path, '[model]\ncheckpoint = "model.pt"\n', name="deep/er/recipe.toml")
     monkeypatch.chdir(tmp_path)
     checkpoint = load_recipe(Path("deep/er/recipe.toml")).settings["checkpoint"]

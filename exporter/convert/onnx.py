@@ -10,9 +10,9 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +39,9 @@ __all__ = [
 PROTOBUF_LIMIT = 2**31 - 1
 _OPERATOR = re.compile(r"\b(aten(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?|prim::\w+)")
 _OVERLOAD = re.compile(r"OpOverload\(op='([\w.]+)'")
-_CALL_SITE = re.compile(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in \w+\s*\n\s*(.+)')
+_CALL_SITE = re.compile(
+    r'The following call raised this error:\s*File "([^"]+)", line (\d+), in \w+\s*\n\s*(.+)'
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -256,7 +258,9 @@ def _name_outputs(model: Any, names: Sequence[str]) -> None:
     """
     outputs = list(model.graph.outputs)
     if len(outputs) != len(names):
-        raise RuntimeError(f"the exported graph has {len(outputs)} outputs, the model returns {len(names)} tensors")
+        raise RuntimeError(
+            f"the exported graph has {len(outputs)} outputs, the model returns {len(names)} tensors"
+        )
     wanted = set(names)
     for node in model.graph:
         for value in node.outputs:
@@ -316,7 +320,10 @@ def _quiet() -> Any:
 
     What matters is recorded in the attempt; ``--debug`` leaves the terminal alone.
     """
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

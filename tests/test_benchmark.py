@@ -1,0 +1,134 @@
+"""Latency stage: the structure of the stats and the stopping rule; timing values are never asserted."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from exporter.benchmark import LatencyStats, TimingConfig, measure_latency
+from exporter.runners import EagerRunner
+
+TINY = TimingConfig(warmup=1, min_runs=3, min_seconds=0.0, max_runs=5, max_seconds=1.0)
+
+
+class CountingModel(nn.Module):
+    """A tiny real model that counts how often it is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.linear(x)
+
+
+def runner_and_inputs(batch: int = 2) -> tuple[EagerRunner, CountingModel, dict[str, np.ndarray]]:
+    model = CountingModel().eval()
+    inputs = {"x": np.random.default_rng(0).standard_normal((batch, 4)).astype(np.float32)}
+    return EagerRunner(model, ["x"]), model, inputs
+
+
+def test_stats_structure() -> None:
+    runner, _, inputs = runner_and_inputs(batch=2)
+    stats = measure_latency(runner, inputs, config=TINY, threads=3, label="batch=2", batch=2)
+    assert isinstance(stats, LatencyStats)
+    assert stats.backend == "pytorch-eager"
+    assert stats.label == "batch=2"
+    assert stats.batch == 2
+    assert stats.threads == 3
+    assert stats.input_shapes == {"x": [2, 4]}
+    assert stats.speedup_vs_eager is None
+    assert TINY.min_runs <= stats.runs <= TINY.max_runs
+
+
+def test_percentiles_are_ordered_and_positive() -> None:
+    runner, _, inputs = runner_and_inputs()
+    stats = measure_latency(runner, inputs, config=TINY, threads=1, label="x", batch=2)
+    values = [stats.min_ms, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.mean_ms]
+    assert all(math.isfinite(v) and v > 0 for v in values)
+    assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+    assert stats.min_ms <= stats.mean_ms
+
+
+def test_throughput_counts_samples_at_the_median() -> None:
+    runner, _, inputs = runner_and_inputs(batch=4)
+    stats = measure_latency(runner, inputs, config=TINY, threads=1, label="b4", batch=4)
+    assert stats.throughput_per_s == 4 * 1000.0 / stats.p50_ms
+
+
+def test_throughput_counts_calls_without_a_batch_dim() -> None:
+    runner, _, inputs = runner_and_inputs()
+    stats = measure_latency(runner, inputs, config=TINY, threads=1, label="static", batch=None)
+    assert stats.batch is None
+    assert stats.throughput_per_s == 1000.0 / stats.p50_ms
+
+
+def test_warmup_runs_are_not_timed() -> None:
+    runner, model, inputs = runner_and_inputs()
+    config = TimingConfig(warmup=4, min_runs=3, min_seconds=0.0, max_runs=3, max_seconds=1.0)
+    stats = measure_latency(runner, inputs, config=config, threads=1, label="x", batch=2)
+    assert stats.runs == 3
+    assert model.calls == config.warmup + stats.runs
+
+
+def test_max_runs_caps_min_runs() -> None:
+    runner, _, inputs = runner_and_inputs()
+    config = TimingConfig(warmup=0, min_runs=100, min_seconds=0.0, max_runs=4, max_seconds=10.0)
+    stats = measure_latency(runner, inputs, config=config, threads=1, label="x", batch=2)
+    assert stats.runs == 4
+
+
+def test_stops_at_min_runs_when_min_seconds_is_zero() -> None:
+    runner, _, inputs = runner_and_inputs()
+    config = TimingConfig(warmup=0, min_runs=6, min_seconds=0.0, max_runs=1000, max_seconds=10.0)
+    stats = measure_latency(runner, inputs, config=config, threads=1, label="x", batch=2)
+    assert stats.runs == 6
+
+
+def test_keeps_running_until_min_seconds() -> None:
+    runner, _, inputs = runner_and_inputs()
+    config = TimingConfig(warmup=0, min_runs=1, min_seconds=0.05, max_runs=10**9, max_seconds=5.0)
+    started = time.perf_counter()
+    stats = measure_latency(runner, inputs, config=config, threads=1, label="x", batch=2)
+    assert time.perf_counter() - started >= config.min_seconds
+    assert stats.runs >= config.min_runs
+
+
+def test_max_seconds_stops_before_min_runs() -> None:
+    runner, _, inputs = runner_and_inputs()
+    config = TimingConfig(warmup=0, min_runs=10**9, min_seconds=0.0, max_runs=10**9, max_seconds=0.05)
+    stats = measure_latency(runner, inputs, config=config, threads=1, label="x", batch=2)
+    assert 1 <= stats.runs < config.min_runs
+
+
+def test_to_json_has_every_field() -> None:
+    runner, _, inputs = runner_and_inputs()
+    stats = measure_latency(runner, inputs, config=TINY, threads=2, label="batch=2", batch=2)
+    stats.speedup_vs_eager = 1.5
+    data = stats.to_json()
+    assert set(data) == {
+        "backend",
+        "label",
+        "batch",
+        "input_shapes",
+        "threads",
+        "runs",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "mean_ms",
+        "min_ms",
+        "throughput_per_s",
+        "speedup_vs_eager",
+    }
+    assert data["runs"] == stats.runs
+    assert data["input_shapes"] == {"x": [2, 4]}
+    assert data["speedup_vs_eager"] == 1.5
+    assert all(isinstance(data[k], float) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms"))

@@ -1,0 +1,56 @@
+"""The README cannot lie: its demo command is the Makefile's and it runs; its documented flags exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _readme_commands() -> list[str]:
+    """``exporter export ...`` commands in bash blocks, with backslash continuations joined."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        joined = block.replace("\\\n", " ")
+        commands += [
+            " ".join(line.split()) for line in joined.splitlines() if line.startswith("exporter export")
+        ]
+    return commands
+
+
+def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
+    assert "make demo" in README and "make test" in README
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_demo_command_is_what_make_demo_runs() -> None:
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    demo = next(c for c in _readme_commands() if "digits" in c)
+    for token in shlex.split(demo)[2:]:
+        assert token in makefile, f"{token!r} is in the README's demo command but not in `make demo`"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", _readme_commands())
+def test_readme_command_runs_and_verifies_at_three_shapes(command: str, tmp_path: Path) -> None:
+    args = shlex.split(command)[1:]
+    completed = subprocess.run(
+        [sys.executable, "-m", "exporter", *args, "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    shipped = next(p for p in report["parity"] if p["artifact"] == report["conversion"]["shipped"])
+    assert len(shipped["cases"]) >= 3 and shipped["passed"]
+    assert {row["backend"] for row in report["latency"]} == {"pytorch-eager", "onnxruntime"}
