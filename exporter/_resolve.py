@@ -39,7 +39,7 @@ def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]
         target = getattr(target, name)
     if not callable(target):
         raise UsageError(f"{option} '{ref}': '{attr_path}' is not callable")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def _import(module_part: str) -> Any:

@@ -257,6 +257,11 @@ def _guarded(debug: bool, action: Callable[[], ExportResult]) -> ExportResult:
             raise
         err.print(f"[red]error ({error.stage}):[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(int(error.exit_code)) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err.print("[red]interrupted[/]: nothing was written")
+        raise typer.Exit(130) from None
     except Exception as error:
         if debug:
             raise
@@ -275,4 +280,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -65,5 +65,6 @@ def collect_environment(threads: int) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_flags": cpu_flags(),
         "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
         "threads": threads,
     }

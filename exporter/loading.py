@@ -189,12 +189,12 @@ def _is_tensor_mapping(value: Any) -> bool:
 
 def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str, torch.Tensor]:
     if _is_tensor_mapping(payload):
-        return payload  # type: ignore[no-any-return]
+        return payload
     if isinstance(payload, Mapping):
         for key in STATE_DICT_KEYS:
             if _is_tensor_mapping(payload.get(key)):
                 notes.append(f"weights taken from the checkpoint's '{key}' entry")
-                return payload[key]  # type: ignore[no-any-return]
+                return payload[key]
         keys = ", ".join(repr(k) for k in list(payload)[:8])
         raise LoadError(
             f"checkpoint '{path}' is a dict without a state_dict (keys: {keys}); expected tensors at the top "

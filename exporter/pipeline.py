@@ -34,6 +34,7 @@ from exporter.convert.onnx import (
     OnnxConversionRequest,
     OnnxExporterChoice,
     convert_to_onnx,
+    move_onnx_model,
 )
 from exporter.environment import collect_environment
 from exporter.errors import ExitCode, UsageError
@@ -101,7 +102,7 @@ class ExportOptions:
     opset: int | None = None
     onnx_exporter: OnnxExporterChoice = OnnxExporterChoice.AUTO
     simplify: bool = True
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
     benchmark: bool = True
     batch_dim: str = "batch"
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -243,8 +244,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             stages.skip("benchmark", "disabled")
 
         with stages.run("write") as record:
-            model_path = staging / "model.onnx"
-            shipped_path.replace(model_path)
+            move_onnx_model(shipped_path, staging / "model.onnx")
             _cleanup_build(build_dir)
             golden_index = write_golden(staging / "golden", golden)
             stages.records["write"].status = StageStatus.PASSED
@@ -414,12 +414,34 @@ def _report(
         "source": loaded.to_json(),
         "input_spec": options.spec.to_json(),
         "seed": options.seed,
+        "settings": _settings_json(options),
         "conversion": {**conversion.to_json(), "shipped": shipped},
         "parity": [p.to_json() for p in parity],
         "latency": [s.to_json() for s in latency],
         "timing": vars(options.timing),
         "notes": notes,
         "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
+    }
+
+
+def _settings_json(options: ExportOptions) -> dict[str, Any]:
+    """The options as run, so a report says exactly what was asked for."""
+    return {
+        "checkpoint": str(options.checkpoint),
+        "targets": list(options.targets),
+        "model": options.model_ref,
+        "model_kwargs": dict(options.model_kwargs),
+        "trust_checkpoint": options.trust_checkpoint,
+        "atol": options.atol,
+        "rtol": options.rtol,
+        "seed": options.seed,
+        "opset_requested": options.opset,
+        "onnx_exporter": options.onnx_exporter.value,
+        "simplify": options.simplify,
+        "threads": options.threads,
+        "benchmark": options.benchmark,
+        "batch_dim": options.batch_dim,
+        "batch_sizes": list(options.batch_sizes),
     }
 
 

@@ -159,7 +159,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return list(self.session.run(None, inputs))  # type: ignore[arg-type]
+            return list(self.session.run(None, inputs))
         except Exception as error:
             raise RuntimeError(_short_ort_error(str(error))) from error
 

@@ -315,7 +315,9 @@ def make_inputs(spec: InputSpec, sizes: Mapping[str, int], seed: int) -> dict[st
         if dtype.kind == "b":
             arrays[tensor.name] = np.asarray(rng.random(shape) < 0.5)
         elif dtype.kind in "iu":
-            low, high = (int(tensor.low), int(tensor.high)) if tensor.low is not None else _DEFAULT_INT_RANGE
+            low, high = _DEFAULT_INT_RANGE
+            if tensor.low is not None and tensor.high is not None:
+                low, high = int(tensor.low), int(tensor.high)
             arrays[tensor.name] = rng.integers(low, high, size=shape, dtype=dtype)
         elif tensor.low is not None and tensor.high is not None:
             arrays[tensor.name] = rng.uniform(tensor.low, tensor.high, size=shape).astype(dtype)

@@ -179,7 +179,11 @@ def compare_outputs(
 ) -> OutputComparison:
     """Compare one output with the reference; every number is reported, pass/fail uses atol + rtol*|b|."""
     actual, expected = np.asarray(actual), np.asarray(expected)
-    base = {"name": name, "shape": list(actual.shape), "reference_shape": list(expected.shape)}
+    base: dict[str, Any] = {
+        "name": name,
+        "shape": list(actual.shape),
+        "reference_shape": list(expected.shape),
+    }
     if actual.shape != expected.shape:
         return OutputComparison(
             **base,

@@ -34,6 +34,7 @@ __all__ = [
     "OnnxConversionRequest",
     "OnnxExporterChoice",
     "convert_to_onnx",
+    "move_onnx_model",
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -155,6 +156,23 @@ def convert_to_onnx(request: OnnxConversionRequest) -> OnnxConversion:
             "construct; --debug shows the full error"
         )
     return _finish(request, path, attempts)
+
+
+def move_onnx_model(source: Path, target: Path) -> None:
+    """Move an ONNX file and the external-data files it references (kept relative to the model)."""
+    model = onnx.load(str(source), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    for location in locations:
+        destination = target.parent / location
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        (source.parent / location).replace(destination)
+    source.replace(target)
 
 
 def _finish(request: OnnxConversionRequest, path: Path, attempts: list[ExportAttempt]) -> OnnxConversion:
