@@ -80,7 +80,8 @@ class _RichProgress:
 
     def step(self, message: str, done: int, total: int) -> None:
         if self.status is not None:
-            self.status.update(f"[bold]{self.stage}[/] {message} ({done}/{total})")
+            count = f" ({done}/{total})" if total else ""
+            self.status.update(f"[bold]{self.stage}[/] {message}{count}")
 
     def close(self) -> None:
         if self.status is not None:

@@ -69,7 +69,8 @@ class ProgressListener(Protocol):
 
     def stage_started(self, stage: str) -> None: ...
     def stage_finished(self, record: StageRecord) -> None: ...
-    def step(self, message: str, done: int, total: int) -> None: ...
+    def step(self, message: str, done: int, total: int) -> None:
+        """Progress inside a stage; ``total`` 0 means the count is unknown."""
 
 
 class _Silent:
@@ -224,7 +225,10 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     with staging_dir(options.out_dir, options.force) as staging:
         build_dir = staging / "_build"
         with stages.run("convert") as record:
-            conversion = convert_to_onnx(_conversion_request(options, loaded, golden, build_dir))
+            conversion = convert_to_onnx(
+                _conversion_request(options, loaded, golden, build_dir),
+                progress=lambda message: listener.step(message, 0, 0),
+            )
             fallback = " after fallback" if len(conversion.attempts) > 1 else ""
             record.detail = f"{conversion.exporter} exporter{fallback}, opset {conversion.opset}"
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from exporter.errors import ConversionError, ExitCode, UsageError
-from exporter.pipeline import ExportOptions, StageStatus, export
+from exporter.pipeline import ExportOptions, StageRecord, StageStatus, export
+from tests.models import MODELS
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv", "attention", "two_inputs"])
@@ -144,3 +148,57 @@ def test_force_replaces_the_folder_only_when_the_new_one_is_complete(
     export(good)
     assert not (options.out_dir / "old.txt").exists()
     assert (options.out_dir / "model.onnx").exists()
+
+
+def _save_in_format(fmt: str, path: Path) -> tuple[Path, dict[str, object]]:
+    model = MODELS["mlp"].build()
+    if fmt == "torchscript":
+        torch.jit.script(model).save(str(path.with_suffix(".ts")))
+        return path.with_suffix(".ts"), {"model_ref": None}
+    if fmt == "exported_program":
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(model, (torch.randn(4, 16),), dynamic_shapes=({0: batch},))
+        torch.export.save(program, path.with_suffix(".pt2"))
+        return path.with_suffix(".pt2"), {"model_ref": None}
+    if fmt == "safetensors":
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, str(path.with_suffix(".safetensors"))
+        )
+        return path.with_suffix(".safetensors"), {}
+    torch.save(model, path)
+    return path, {"model_ref": None, "trust_checkpoint": True}
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported_program", "safetensors", "pickled_module"])
+def test_every_checkpoint_format_exports_end_to_end(
+    fmt: str, tmp_path: Path, options_for: Callable[..., ExportOptions]
+) -> None:
+    checkpoint, overrides = _save_in_format(fmt, tmp_path / "model.pt")
+    result = export(options_for("mlp", checkpoint=checkpoint, **overrides))
+    assert result.loaded.format.value == fmt
+    assert result.exit_code is ExitCode.OK, result.parity[-1].failures()
+    expected = ["torchscript"] if fmt == "torchscript" else ["dynamo"]
+    assert [a.exporter for a in result.conversion.attempts if a.succeeded] == expected
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def stage_started(self, stage: str) -> None:
+        self.events.append(f"start {stage}")
+
+    def stage_finished(self, record: StageRecord) -> None:
+        self.events.append(f"{record.status.value} {record.name}")
+
+    def step(self, message: str, done: int, total: int) -> None:
+        self.events.append(f"step {message}")
+
+
+def test_progress_listener_sees_every_stage_and_steps(options_for: Callable[..., ExportOptions]) -> None:
+    recorder = _Recorder()
+    export(options_for("mlp"), recorder)
+    finished = [e for e in recorder.events if e.startswith("passed")]
+    assert finished == ["passed load", "passed convert", "passed verify", "passed benchmark", "passed write"]
+    assert "step dynamo exporter" in recorder.events and "step onnxsim" in recorder.events
+    assert any(e.startswith("step timing onnxruntime") for e in recorder.events)

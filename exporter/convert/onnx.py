@@ -118,7 +118,9 @@ class OnnxConversion:
         }
 
 
-def convert_to_onnx(request: OnnxConversionRequest) -> OnnxConversion:
+def convert_to_onnx(
+    request: OnnxConversionRequest, progress: Callable[[str], None] | None = None
+) -> OnnxConversion:
     """Export, check, infer shapes and simplify. Exporters are tried in order; every attempt is recorded.
 
     Raises:
@@ -132,8 +134,10 @@ def convert_to_onnx(request: OnnxConversionRequest) -> OnnxConversion:
         strategies.append(("dynamo", _export_dynamo))
     if request.exporter in (OnnxExporterChoice.AUTO, OnnxExporterChoice.TORCHSCRIPT):
         strategies.append(("torchscript", _export_torchscript))
+    report = progress or (lambda message: None)
     attempts: list[ExportAttempt] = []
     for name, strategy in strategies:
+        report(f"{name} exporter")
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught, _quiet():
             warnings.simplefilter("always")
@@ -155,7 +159,7 @@ def convert_to_onnx(request: OnnxConversionRequest) -> OnnxConversion:
             f"ONNX conversion failed ({tried}). Try another --opset, --onnx-exporter, or rewrite that "
             "construct; --debug shows the full error"
         )
-    return _finish(request, path, attempts)
+    return _finish(request, path, attempts, report)
 
 
 def move_onnx_model(source: Path, target: Path) -> None:
@@ -175,7 +179,9 @@ def move_onnx_model(source: Path, target: Path) -> None:
     source.replace(target)
 
 
-def _finish(request: OnnxConversionRequest, path: Path, attempts: list[ExportAttempt]) -> OnnxConversion:
+def _finish(
+    request: OnnxConversionRequest, path: Path, attempts: list[ExportAttempt], report: Callable[[str], None]
+) -> OnnxConversion:
     model = onnx.load(str(path), load_external_data=False)
     external = path.stat().st_size > PROTOBUF_LIMIT or any(
         init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
@@ -194,12 +200,14 @@ def _finish(request: OnnxConversionRequest, path: Path, attempts: list[ExportAtt
         result.shape_inference_error = "skipped: model uses external data"
         result.simplify_error = "skipped: onnxsim cannot handle models past the 2 GB protobuf limit"
         return result
+    report("shape inference")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
         onnx.save(inferred, str(path))
     except Exception as exc:
         result.shape_inference_error = _explain(exc)
     if request.simplify:
+        report("onnxsim")
         _simplify(path, result)
     else:
         result.simplify_error = "skipped: --no-simplify"
