@@ -16,6 +16,7 @@ __all__ = [
     "LoadError",
     "RecipeError",
     "UsageError",
+    "first_line",
 ]
 
 
@@ -64,3 +65,9 @@ class ConversionError(ExporterError):
 
     exit_code = ExitCode.CONVERSION_FAILED
     stage = "convert"
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from exporter._resolve import resolve_callable
-from exporter.errors import LoadError
+from exporter.errors import LoadError, first_line
 
 __all__ = ["CheckpointFormat", "LoadRequest", "LoadedModel", "load_model", "sha256_file"]
 
@@ -143,7 +143,7 @@ def _guard(path: Path, what: str, load: Any) -> Any:
         return load()
     except Exception as error:
         raise LoadError(
-            f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {_first_line(error)}"
+            f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {first_line(error)}"
         ) from error
 
 
@@ -155,7 +155,7 @@ def _torch_load(request: LoadRequest) -> Any:
         if not _needs_unsafe_globals(str(error)):
             raise LoadError(
                 f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated "
-                f"({_first_line(error)})"
+                f"({first_line(error)})"
             ) from error
         if not request.trust_checkpoint:
             raise LoadError(
@@ -165,13 +165,13 @@ def _torch_load(request: LoadRequest) -> Any:
             ) from None
     except Exception as error:
         raise LoadError(
-            f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({_first_line(error)})"
+            f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({first_line(error)})"
         ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise LoadError(
-            f"cannot unpickle trusted checkpoint '{path}': {_first_line(error)} "
+            f"cannot unpickle trusted checkpoint '{path}': {first_line(error)} "
             "(its classes must be importable from the current directory)"
         ) from error
 
@@ -226,7 +226,7 @@ def _build_with_weights(
         module = factory(**dict(request.model_kwargs))
     except Exception as error:
         raise LoadError(
-            f"--model {request.model_ref} raised {type(error).__name__}: {_first_line(error)} "
+            f"--model {request.model_ref} raised {type(error).__name__}: {first_line(error)} "
             "(check --model-kwargs)"
         ) from error
     if not isinstance(module, torch.nn.Module):
@@ -252,8 +252,3 @@ def _build_with_weights(
         )
     module.load_state_dict(weights, strict=True)
     return module
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

@@ -37,7 +37,7 @@ from exporter.convert.onnx import (
     move_onnx_model,
 )
 from exporter.environment import collect_environment
-from exporter.errors import ExitCode, UsageError
+from exporter.errors import ExitCode, UsageError, first_line
 from exporter.loading import LoadedModel, LoadRequest, load_model
 from exporter.report import REPORT_SCHEMA_VERSION, render_markdown
 from exporter.runners import EagerRunner, OnnxRuntimeRunner, Runner
@@ -313,7 +313,7 @@ def _verify_candidates(
         try:
             runner: Runner = OnnxRuntimeRunner(path, options.threads)
         except Exception as error:
-            failure = CaseResult("load", {}, {}, error=f"ONNX Runtime cannot load it: {_first_line(error)}")
+            failure = CaseResult("load", {}, {}, error=f"ONNX Runtime cannot load it: {first_line(error)}")
             results.append(ParityResult("onnxruntime", label, "pytorch-eager", options.tolerance, [failure]))
             continue
         result = verify_runner(runner, golden, options.tolerance, label)
@@ -376,11 +376,6 @@ def _benchmark(
 
 def _cleanup_build(build_dir: Path) -> None:
     shutil.rmtree(build_dir, ignore_errors=True)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _report(

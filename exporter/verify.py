@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import InputSpecError
+from exporter.errors import InputSpecError, first_line
 from exporter.runners import Runner
 from exporter.specs import InputSpec, ShapeCase, make_inputs
 
@@ -139,7 +139,7 @@ def make_golden(
         except Exception as error:
             raise InputSpecError(
                 f"the PyTorch model fails on inputs drawn from the spec at shape case '{case.name}' "
-                f"({case.describe(spec)}): {type(error).__name__}: {_first_line(error)}; check --input "
+                f"({case.describe(spec)}): {type(error).__name__}: {first_line(error)}; check --input "
                 "names, dtypes and dims, or narrow the dim's range in a recipe"
             ) from error
         if not outputs:
@@ -163,7 +163,7 @@ def verify_runner(
         try:
             outputs = runner.run(item.inputs)
         except Exception as error:
-            result.error = f"{runner.name} failed to run: {type(error).__name__}: {_first_line(error)}"
+            result.error = f"{runner.name} failed to run: {type(error).__name__}: {first_line(error)}"
             results.append(result)
             continue
         if len(outputs) != len(item.outputs):
@@ -237,8 +237,3 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return float(np.dot(a.ravel(), b.ravel()) / (na * nb))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
