@@ -69,5 +69,11 @@ class ConversionError(ExporterError):
 
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type name), for one-line reports."""
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    line = lines[-1] if lines[0] in _GENERIC_HEADERS else lines[0]  # TorchScript puts the real error last
+    return line.removeprefix(f"{type(error).__name__}: ")[:limit]
+
+
+_GENERIC_HEADERS = {"The following operation failed in the TorchScript interpreter."}
