@@ -16,6 +16,7 @@ import numpy as np
 
 from exporter.errors import UsageError
 from exporter.loading import sha256_file
+from exporter.quantize.calibration import SampleSet
 from exporter.verify import GoldenCase
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "staging_dir",
     "write_golden",
     "write_json",
+    "write_sample_golden",
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -82,6 +84,20 @@ def write_golden(folder: Path, golden: Sequence[GoldenCase]) -> list[dict[str, A
             }
         )
     return index
+
+
+def write_sample_golden(folder: Path, stem: str, samples: SampleSet, limit: int = 16) -> dict[str, Any]:
+    """Keep (up to ``limit``) int8 evaluation inputs, keyed ``<input>.<index>``, for later re-checks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = samples.samples[:limit]
+    arrays = {f"{name}.{index}": array for index, sample in enumerate(kept) for name, array in sample.items()}
+    np.savez(folder / f"{stem}.inputs.npz", **arrays)  # type: ignore[arg-type]
+    return {
+        "case": stem,
+        "samples": len(kept),
+        "inputs": f"{folder.name}/{stem}.inputs.npz",
+        "source": samples.source,
+    }
 
 
 def file_inventory(root: Path, exclude: Sequence[str] = ()) -> dict[str, dict[str, Any]]:

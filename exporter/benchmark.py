@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from exporter.runners import Runner
+from exporter.specs import InputSpec, make_inputs
 
-__all__ = ["LatencyStats", "TimingConfig", "measure_latency"]
+__all__ = ["BatchPlan", "LatencyStats", "TimingConfig", "batch_plans", "measure_latency"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,32 @@ class TimingConfig:
     min_seconds: float = 1.0
     max_runs: int = 5000
     max_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One shape to time at: a label for tables, the batch size (None without a batch dim), the inputs."""
+
+    label: str
+    batch: int | None
+    inputs: dict[str, np.ndarray]
+
+
+def batch_plans(spec: InputSpec, batch_dim: str, batch_sizes: tuple[int, ...], seed: int) -> list[BatchPlan]:
+    """Each legal batch size when the spec has ``batch_dim``, else the export shape; inputs drawn once."""
+    sizes = spec.example_sizes
+    if batch_dim in sizes:
+        dim = spec.dim(batch_dim)
+        legal = [b for b in batch_sizes if b >= dim.min and (dim.max is None or b <= dim.max)]
+        shapes: list[tuple[str, int | None, dict[str, int]]] = [
+            (f"{batch_dim}={b}", b, {**sizes, batch_dim: b}) for b in legal
+        ]
+    else:
+        shapes = [("export shape", None, dict(sizes))]
+    return [
+        BatchPlan(label, batch, make_inputs(spec, plan_sizes, seed + 1000 + index))
+        for index, (label, batch, plan_sizes) in enumerate(shapes)
+    ]
 
 
 @dataclass
@@ -43,6 +70,7 @@ class LatencyStats:
     min_ms: float
     throughput_per_s: float
     speedup_vs_eager: float | None = None
+    speedup_vs_float: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,7 @@ from exporter.errors import ExitCode, ExporterError, UsageError
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, StageStatus, export
 from exporter.recipe import load_recipe
 from exporter.report import Table as RowTable
-from exporter.report import latency_table, parity_table
+from exporter.report import latency_table, parity_table, quantization_table
 from exporter.specs import InputSpec, parse_tensor_spec
 
 app = typer.Typer(
@@ -35,6 +35,20 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 class Target(StrEnum):
     onnx = "onnx"
+
+
+class QuantizeFlag(StrEnum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+    qat = "qat"
+    int8 = "int8"
+
+
+class CalibrationMethodFlag(StrEnum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
 
 
 class OnnxExporterFlag(StrEnum):
@@ -104,6 +118,10 @@ def _print_summary(result: ExportResult) -> None:
     shipped = {**report, "parity": [p for p in report["parity"] if p["artifact"] == result.shipped]}
     title = f"Parity of the shipped ({result.shipped}) model against PyTorch eager"
     out.print(_rich_table(title, parity_table(shipped)))
+    if report["quantization"]:
+        out.print(
+            _rich_table(f"Int8 ({report['quantization']['budget']['text']})", quantization_table(report))
+        )
     if report["latency"]:
         out.print(_rich_table(f"Latency ({report['environment']['threads']} threads)", latency_table(report)))
     for note in report["notes"]:
@@ -181,6 +199,35 @@ def export_command(
         bool | None, typer.Option("--benchmark/--no-benchmark", help="Measure latency [default: on].")
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name [default: checkpoint stem].")] = None,
+    quantize: Annotated[
+        QuantizeFlag | None,
+        typer.Option(
+            "--quantize",
+            help="int8 mode: dynamic, static, qat, or int8 (try all, ship the fastest within budget).",
+        ),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration",
+            help="Calibration data: .npz (one array per input, samples on axis 0), a folder of .npy/.npz/.pt "
+            "samples, or package.module:callable [default: drawn from the spec, with a warning].",
+        ),
+    ] = None,
+    calibration_samples: Annotated[
+        int | None, typer.Option("--calibration-samples", min=1, help="Calibration samples [default: 64].")
+    ] = None,
+    calibration_method: Annotated[
+        CalibrationMethodFlag | None,
+        typer.Option("--calibration-method", help="Static ranges [default: minmax]."),
+    ] = None,
+    min_cosine: Annotated[
+        float | None, typer.Option("--min-cosine", help="int8 budget: min cosine per sample [default: 0.99].")
+    ] = None,
+    min_top1: Annotated[
+        float | None, typer.Option("--min-top1", help="int8 budget: min top-1 agreement of 2-D outputs.")
+    ] = None,
+    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="int8 budget: min SQNR in dB.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Export CHECKPOINT to ONNX, verify it against PyTorch at several shapes, time it, write artifacts.
@@ -206,7 +253,17 @@ def export_command(
         "targets": tuple(t.value for t in to),
         "force": force,
     }
-    result = _guarded(debug, lambda: _run(_build_options(recipe, flags, inputs or [])))
+    quantization_flags = {
+        "mode": quantize.value if quantize else None,
+        "calibration": calibration,
+        "samples": calibration_samples,
+        "method": calibration_method.value if calibration_method else None,
+        "min_cosine": min_cosine,
+        "min_top1": min_top1,
+        "min_sqnr_db": min_sqnr,
+    }
+    quantization = {k: v for k, v in quantization_flags.items() if v is not None}
+    result = _guarded(debug, lambda: _run(_build_options(recipe, flags, quantization, inputs or [])))
     _print_summary(result)
     raise typer.Exit(int(result.exit_code))
 
@@ -223,7 +280,9 @@ def _json_object(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _build_options(recipe: Path | None, flags: dict[str, Any], input_texts: list[str]) -> ExportOptions:
+def _build_options(
+    recipe: Path | None, flags: dict[str, Any], quantization_flags: dict[str, Any], input_texts: list[str]
+) -> ExportOptions:
     """Recipe settings first, flags given on the command line over them; ``--input`` replaces by name."""
     settings: dict[str, Any] = {}
     spec: InputSpec | None = None
@@ -232,7 +291,10 @@ def _build_options(recipe: Path | None, flags: dict[str, Any], input_texts: list
         settings.update(loaded.settings)
         spec = InputSpec(loaded.inputs, loaded.dims) if loaded.inputs else None
     flags = {**flags, "model_kwargs": _json_object(flags.get("model_kwargs"))}
+    quantization = {**settings.get("quantization", {}), **quantization_flags}
     settings.update({key: value for key, value in flags.items() if value is not None})
+    if quantization:
+        settings["quantization"] = quantization
     if "checkpoint" not in settings:
         raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")
     cli_tensors = [parse_tensor_spec(text) for text in input_texts]

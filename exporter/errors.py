@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "CalibrationError",
     "ConversionError",
     "ExitCode",
     "ExporterError",
@@ -58,6 +59,12 @@ class LoadError(ExporterError):
     """A checkpoint that is missing, unreadable, untrusted or does not fit the model."""
 
     stage = "load"
+
+
+class CalibrationError(ExporterError):
+    """Calibration or evaluation data that is missing, unreadable or does not fit the input spec."""
+
+    stage = "calibration"
 
 
 class ConversionError(ExporterError):

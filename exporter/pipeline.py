@@ -12,8 +12,9 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,8 +28,9 @@ from exporter.artifacts import (
     staging_dir,
     write_golden,
     write_json,
+    write_sample_golden,
 )
-from exporter.benchmark import LatencyStats, TimingConfig, measure_latency
+from exporter.benchmark import LatencyStats, TimingConfig, batch_plans, measure_latency
 from exporter.convert.onnx import (
     OnnxConversion,
     OnnxConversionRequest,
@@ -39,14 +41,22 @@ from exporter.convert.onnx import (
 from exporter.environment import collect_environment
 from exporter.errors import ExitCode, UsageError, first_line
 from exporter.loading import LoadedModel, LoadRequest, load_model
+from exporter.quantize import (
+    QuantizationResult,
+    QuantizeOptions,
+    QuantMode,
+    choose_formats,
+    load_samples,
+    run_quantization,
+)
 from exporter.report import REPORT_SCHEMA_VERSION, render_markdown
 from exporter.runners import EagerRunner, OnnxRuntimeRunner, Runner
-from exporter.specs import InputSpec, make_inputs, shape_cases
+from exporter.specs import InputSpec, shape_cases
 from exporter.verify import CaseResult, GoldenCase, ParityResult, Tolerance, make_golden, verify_runner
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
 
-STAGES = ("load", "convert", "verify", "benchmark", "write")
+STAGES = ("load", "convert", "verify", "quantize", "benchmark", "write")
 
 
 class StageStatus(StrEnum):
@@ -108,6 +118,7 @@ class ExportOptions:
     batch_dim: str = "batch"
     batch_sizes: tuple[int, ...] = (1, 8)
     timing: TimingConfig = field(default_factory=TimingConfig)
+    quantization: QuantizeOptions = field(default_factory=QuantizeOptions)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
@@ -126,6 +137,8 @@ class ExportOptions:
             values["checkpoint"] = Path(values["checkpoint"])
         if "out" in values and values["out"] is not None:
             values["out"] = Path(values["out"])
+        if isinstance(values.get("quantization"), Mapping):
+            values["quantization"] = QuantizeOptions(**values["quantization"])
         return cls(**values)
 
     @property
@@ -153,10 +166,12 @@ class ExportResult:
     shipped: str
     latency: list[LatencyStats]
     report: dict[str, Any]
+    quantization: QuantizationResult | None = None
 
     @property
     def passed(self) -> bool:
-        return any(p.passed and p.artifact == self.shipped for p in self.parity)
+        float_passed = any(p.passed and p.artifact == self.shipped for p in self.parity)
+        return float_passed and (self.quantization is None or self.quantization.passed)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -239,42 +254,130 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
                 "" if parity[-1].passed else f": {parity[-1].failures()[0]}"
             )
 
+        quantization: QuantizationResult | None = None
+        if options.quantization.mode is QuantMode.NONE:
+            stages.skip("quantize", "not requested")
+        elif not parity[-1].passed:
+            stages.skip("quantize", "the float model failed verification")
+        else:
+            with stages.run("quantize") as record:
+                quantization = _quantize(
+                    options=options,
+                    loaded=loaded,
+                    float_onnx=shipped_path,
+                    golden=golden,
+                    work_dir=build_dir / "int8",
+                    listener=listener,
+                )
+                record.status = StageStatus.PASSED if quantization.passed else StageStatus.FAILED
+                record.detail = _quantize_detail(quantization)
+
         latency: list[LatencyStats] = []
+        timed = [("onnxruntime", shipped_path)]
+        chosen = quantization.chosen if quantization else None
+        if chosen is not None and chosen.path is not None:
+            timed.append(("onnxruntime-int8", chosen.path))
         if options.benchmark:
             with stages.run("benchmark") as record:
-                latency = _benchmark(eager, shipped_path, options, listener)
+                latency = _benchmark(eager, timed, options, listener)
                 record.detail = f"{len(latency)} timings, {options.threads} threads"
         else:
             stages.skip("benchmark", "disabled")
 
         with stages.run("write") as record:
-            move_onnx_model(shipped_path, staging / "model.onnx")
-            _cleanup_build(build_dir)
-            golden_index = write_golden(staging / "golden", golden)
-            stages.records["write"].status = StageStatus.PASSED
-            report = _report(
-                options=options,
-                environment=environment,
-                loaded=loaded,
-                conversion=conversion,
-                parity=parity,
-                shipped=shipped,
-                latency=latency,
-                stages=stages.list(),
-            )
-            write_json(staging / "report.json", report)
-            (staging / "report.md").write_text(render_markdown(report))
-            manifest = _manifest(
-                options=options,
-                environment=environment,
-                loaded=loaded,
-                conversion=conversion,
-                golden_index=golden_index,
+            run = _Run(environment, loaded, golden, conversion, parity, shipped, quantization, latency)
+            report = _write(
                 staging=staging,
+                build_dir=build_dir,
+                shipped_path=shipped_path,
+                options=options,
+                run=run,
+                stages=stages,
             )
-            write_json(staging / "manifest.json", manifest)
             record.detail = str(options.out_dir)
-    return ExportResult(options.out_dir, stages.list(), loaded, conversion, parity, shipped, latency, report)
+    return ExportResult(
+        options.out_dir, stages.list(), loaded, conversion, parity, shipped, latency, report, quantization
+    )
+
+
+@dataclass
+class _Run:
+    """Everything the stages produced, for the report and the manifest."""
+
+    environment: dict[str, Any]
+    loaded: LoadedModel
+    golden: Sequence[GoldenCase]
+    conversion: OnnxConversion
+    parity: list[ParityResult]
+    shipped: str
+    quantization: QuantizationResult | None
+    latency: list[LatencyStats]
+
+
+def _write(
+    *, staging: Path, build_dir: Path, shipped_path: Path, options: ExportOptions, run: _Run, stages: _Stages
+) -> dict[str, Any]:
+    """Fill the staging folder: models, golden files, report.json/.md and manifest.json (hashing the rest)."""
+    move_onnx_model(shipped_path, staging / "model.onnx")
+    chosen = run.quantization.chosen if run.quantization else None
+    if chosen is not None and chosen.path is not None:
+        move_onnx_model(chosen.path, staging / "model.int8.onnx")
+    golden_index = write_golden(staging / "golden", run.golden)
+    if run.quantization is not None:
+        golden_index.append(write_sample_golden(staging / "golden", "int8-eval", run.quantization.evaluation))
+    _cleanup_build(build_dir)
+    stages.records["write"].status = StageStatus.PASSED
+    report = _report(options, run, stages.list())
+    write_json(staging / "report.json", report)
+    (staging / "report.md").write_text(render_markdown(report))
+    write_json(staging / "manifest.json", _manifest(options, run, golden_index, staging))
+    return report
+
+
+def _quantize(
+    *,
+    options: ExportOptions,
+    loaded: LoadedModel,
+    float_onnx: Path,
+    golden: Sequence[GoldenCase],
+    work_dir: Path,
+    listener: ProgressListener,
+) -> QuantizationResult:
+    """Load calibration (and evaluation) samples, then build, judge and time the int8 candidates."""
+    settings = options.quantization
+    held_out = max(8, settings.samples // 4)
+    samples = load_samples(settings.calibration, options.spec, settings.samples + held_out, options.seed)
+    if settings.eval_data:
+        calibration = samples
+        evaluation = load_samples(settings.eval_data, options.spec, 100_000, options.seed)
+    else:
+        calibration, evaluation = samples.split(held_out / (settings.samples + held_out))
+    return run_quantization(
+        settings,
+        module=loaded.module,
+        spec=options.spec,
+        float_onnx=float_onnx,
+        golden=golden,
+        calibration=calibration,
+        evaluation=evaluation,
+        formats=choose_formats(),
+        plans=batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed),
+        timing=options.timing,
+        threads=options.threads,
+        work_dir=work_dir,
+        step=lambda message: listener.step(message, 0, 0),
+    )
+
+
+def _quantize_detail(result: QuantizationResult) -> str:
+    chosen = result.chosen
+    if chosen is None:
+        return f"{len(result.candidates)} candidates, none shipped"
+    size = chosen.size_bytes / result.float_size if result.float_size else 0
+    return (
+        f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float, size x{size:.2f}, "
+        f"min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
+    )
 
 
 def _conversion_request(
@@ -326,43 +429,30 @@ def _verify_candidates(
 
 
 def _benchmark(
-    eager: EagerRunner, model_path: Path, options: ExportOptions, listener: ProgressListener
+    eager: EagerRunner, models: Sequence[tuple[str, Path]], options: ExportOptions, listener: ProgressListener
 ) -> list[LatencyStats]:
-    """Time eager and ONNX Runtime alike at each batch size (or at the export shape without a batch dim).
+    """Time eager and each ONNX model alike at each batch size (or at the export shape without a batch dim).
 
     One backend at a time: an idle ONNX Runtime session's spinning thread pool slowed eager PyTorch by
-    100x on a 2-core machine, so no session is alive while eager is timed.
+    100x on a 2-core machine, so no session is alive while another backend is timed.
     """
-    spec = options.spec
-    sizes = spec.example_sizes
-    plans: list[tuple[str, int | None, dict[str, int]]]
-    if options.batch_dim in sizes:
-        dim = spec.dim(options.batch_dim)
-        legal = [b for b in options.batch_sizes if b >= dim.min and (dim.max is None or b <= dim.max)]
-        plans = [(f"{options.batch_dim}={b}", b, {**sizes, options.batch_dim: b}) for b in legal]
-    else:
-        plans = [("export shape", None, dict(sizes))]
-    inputs = [
-        make_inputs(spec, plan_sizes, options.seed + 1000 + i) for i, (_, _, plan_sizes) in enumerate(plans)
-    ]
-    factories: list[Callable[[], Runner]] = [
-        lambda: eager,
-        lambda: OnnxRuntimeRunner(model_path, options.threads),
-    ]
+    plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
+    factories: list[Callable[[], Runner]] = [lambda: eager]
+    factories += [partial(OnnxRuntimeRunner, path, options.threads, name=name) for name, path in models]
     results: list[LatencyStats] = []
     total = len(plans) * len(factories)
     for factory in factories:
         runner = factory()
-        for (label, batch, _), plan_inputs in zip(plans, inputs, strict=True):
-            listener.step(f"timing {runner.name} at {label}", len(results), total)
+        for plan in plans:
+            listener.step(f"timing {runner.name} at {plan.label}", len(results), total)
             results.append(
                 measure_latency(
                     runner,
-                    plan_inputs,
+                    plan.inputs,
                     config=options.timing,
                     threads=options.threads,
-                    label=label,
-                    batch=batch,
+                    label=plan.label,
+                    batch=plan.batch,
                 )
             )
         del runner
@@ -378,17 +468,9 @@ def _cleanup_build(build_dir: Path) -> None:
     shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _report(
-    *,
-    options: ExportOptions,
-    environment: dict[str, Any],
-    loaded: LoadedModel,
-    conversion: OnnxConversion,
-    parity: list[ParityResult],
-    shipped: str,
-    latency: list[LatencyStats],
-    stages: list[StageRecord],
-) -> dict[str, Any]:
+def _report(options: ExportOptions, run: _Run, stages: list[StageRecord]) -> dict[str, Any]:
+    environment, loaded, conversion, parity = run.environment, run.loaded, run.conversion, run.parity
+    shipped, latency, quantization = run.shipped, run.latency, run.quantization
     shipped_parity = next(p for p in parity if p.artifact == shipped)
     notes = list(loaded.notes)
     if len(conversion.attempts) > 1:
@@ -401,10 +483,13 @@ def _report(
         notes.append(f"onnxsim not applied: {conversion.simplify_error}")
     elif shipped != "simplified" and shipped_parity.passed:
         notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
+    if quantization is not None:
+        notes.extend(quantization.notes)
+    passed = shipped_parity.passed and (quantization is None or quantization.passed)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
-        "status": "passed" if shipped_parity.passed else "failed",
+        "status": "passed" if passed else "failed",
         "stages": [
             {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
             for s in stages
@@ -418,6 +503,7 @@ def _report(
         "parity": [p.to_json() for p in parity],
         "latency": [s.to_json() for s in latency],
         "timing": vars(options.timing),
+        "quantization": quantization.to_json() if quantization else None,
         "notes": notes,
         "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
     }
@@ -441,6 +527,23 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
         "benchmark": options.benchmark,
         "batch_dim": options.batch_dim,
         "batch_sizes": list(options.batch_sizes),
+        "quantization": asdict(options.quantization),
+    }
+
+
+def _int8_manifest(quantization: QuantizationResult | None) -> dict[str, Any] | None:
+    chosen = quantization.chosen if quantization else None
+    if quantization is None or chosen is None:
+        return None
+    return {
+        "file": "model.int8.onnx",
+        "candidate": chosen.name,
+        "engine": chosen.engine,
+        "settings": chosen.settings,
+        "float_layers": [e.node for e in chosen.float_layers],
+        "budget": asdict(quantization.options.budget),
+        "formats": asdict(quantization.formats),
+        "calibration": quantization.calibration.source,
     }
 
 
@@ -472,14 +575,14 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
 
 
 def _manifest(
-    *,
-    options: ExportOptions,
-    environment: dict[str, Any],
-    loaded: LoadedModel,
-    conversion: OnnxConversion,
-    golden_index: list[dict[str, Any]],
-    staging: Path,
+    options: ExportOptions, run: _Run, golden_index: list[dict[str, Any]], staging: Path
 ) -> dict[str, Any]:
+    environment, loaded, conversion, quantization = (
+        run.environment,
+        run.loaded,
+        run.conversion,
+        run.quantization,
+    )
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": options.model_name,
@@ -505,6 +608,7 @@ def _manifest(
         },
         "input_spec": options.spec.to_json(),
         "tolerance": {"atol": options.atol, "rtol": options.rtol},
+        "int8": _int8_manifest(quantization),
         "seed": options.seed,
         "golden": golden_index,
         "files": file_inventory(staging, exclude=("manifest.json",)),

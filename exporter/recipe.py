@@ -39,6 +39,7 @@ __all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "load_recipe"]
 
 RECIPE_SCHEMA_VERSION = 1
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
+QUANT_MODES = ("none", "dynamic", "static", "qat", "int8")
 TARGETS = ("onnx",)
 
 Check = Callable[[Any], bool]
@@ -82,6 +83,25 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "atol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "rtol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "seed": (_is_int, "an integer"),
+    },
+    "quantize": {
+        "mode": (lambda v: v in QUANT_MODES, f"one of {', '.join(QUANT_MODES)}"),
+        "calibration": (lambda v: isinstance(v, str), "a path or package.module:callable"),
+        "samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "method": (lambda v: v in ("minmax", "entropy", "percentile"), "minmax, entropy or percentile"),
+        "min_cosine": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
+        "min_top1": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        "min_sqnr_db": (_is_number, "a number (dB)"),
+        "max_abs": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "max_float_layers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "qat_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "qat_lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+        "qat_train": (lambda v: isinstance(v, str) and ":" in v, "package.module:callable"),
+        "eval_data": (
+            lambda v: isinstance(v, str),
+            "a path or package.module:callable yielding (inputs, label)",
+        ),
+        "metric": (lambda v: isinstance(v, str) and ":" in v, "package.module:callable(outputs, labels)"),
     },
     "benchmark": {
         "threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -151,6 +171,15 @@ def load_recipe(path: Path) -> Recipe:
     settings.update({renames[k]: v for k, v in export.items()})
     settings.update(verify)
     settings.update({("benchmark" if k == "enabled" else k): v for k, v in bench.items()})
+    quantize = dict(data.get("quantize", {}))
+    for key in ("calibration", "eval_data"):
+        if key in quantize:
+            quantize[key] = _relative_source(quantize[key], base)
+    for key in ("qat_train", "metric"):
+        if key in quantize:
+            quantize[key] = _relative_ref(quantize[key], base)
+    if quantize:
+        settings["quantization"] = quantize
     try:
         specs = tuple(parse_tensor_spec(s) for s in inputs.get("specs", []))
     except InputSpecError as error:
@@ -191,6 +220,14 @@ def _parse_dim(label: str, value: Any, where: str) -> DynamicDim:
         if not _is_int(item) or item < 0:
             raise RecipeError(f"{where}: [inputs.dims].{label}.{key} must be an integer >= 0, got {item!r}")
     return DynamicDim(label, value.get("min", 1), value.get("max"))
+
+
+def _relative_source(source: str, base: Path) -> str:
+    """A data path relative to the recipe, or a callable reference."""
+    module, sep, _ = source.rpartition(":")
+    if sep and not (base / source).exists() and (module.endswith(".py") or "/" not in module):
+        return _relative_ref(source, base)
+    return str(base / source)
 
 
 def _relative_ref(ref: str, base: Path) -> str:

@@ -12,6 +12,7 @@ __all__ = [
     "Table",
     "latency_table",
     "parity_table",
+    "quantization_table",
     "render_markdown",
     "stage_table",
 ]
@@ -81,6 +82,57 @@ def latency_table(report: dict[str, Any]) -> Table:
     return headers, rows
 
 
+def quantization_table(report: dict[str, Any]) -> Table:
+    """One row per int8 candidate: verdict, size and speed against float, worst parity over outputs."""
+    headers = [
+        "candidate",
+        "status",
+        "size vs float",
+        "p50 vs float",
+        "min cosine",
+        "SQNR dB",
+        "top-1 agree",
+        "accuracy",
+        "float layers",
+    ]
+    quant = report["quantization"]
+    rows = []
+    if quant["float"]["accuracy"] is not None:
+        accuracy = f"{quant['float']['accuracy']:.4f}"
+        rows.append(["float (reference)", "-", "1.00x", "1.00x", "-", "-", "-", accuracy, "-"])
+    for c in quant["candidates"]:
+        outputs = c["outputs"]
+        if c["error"]:
+            status = f"FAILED to build: {c['error']}"
+        elif not c["budget_passed"]:
+            misses = [o["message"] for o in outputs if o["message"]] + c["shape_errors"]
+            status = "FAIL budget: " + "; ".join(misses[:2])
+        else:
+            status = "within budget"
+        if c["chosen"]:
+            status = "SHIPPED, " + status
+        elif c["budget_passed"] and not c["faster_than_float"]:
+            status += ", SLOWER than float"
+        per_batch = ", ".join(
+            f"{s['label']} x{1 / s['speedup_vs_float']:.2f}" for s in c["latency"] if s["speedup_vs_float"]
+        )
+        top1 = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
+        rows.append(
+            [
+                c["name"],
+                status,
+                "-" if c["size_ratio"] is None else f"{c['size_ratio']:.2f}x",
+                per_batch or "-",
+                "-" if not outputs else f"{min(o['min_cosine'] for o in outputs):.4f}",
+                "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
+                "-" if not top1 else f"{min(top1):.3f}",
+                "-" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
+                ", ".join(f"{e['node']} ({e['introduced_db']:.1f} dB)" for e in c["float_layers"]) or "-",
+            ]
+        )
+    return headers, rows
+
+
 def _markdown_table(table: Table) -> str:
     headers, rows = table
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -138,6 +190,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     else:
         parts.append("Not measured.")
+    quant = report.get("quantization")
+    if quant:
+        calibration = quant["calibration"]
+        formats = quant["formats"]
+        parts += [
+            "",
+            "## Int8",
+            "",
+            f"Mode `{quant['mode']}`; budget: {quant['budget']['text']}. "
+            f"Calibration: {calibration['source']} "
+            f"({calibration['samples']} samples, {calibration['method']}); "
+            f"parity judged on {calibration['evaluation_samples']} held-out samples from "
+            f"{calibration['evaluation_source']}. Formats: activations {formats['activation']}, weights "
+            f"{formats['weight']} ({formats['reason']}). "
+            "Size and p50 are ratios to the float ONNX model in ONNX Runtime, timed side by side.",
+            "",
+            _markdown_table(quantization_table(report)),
+        ]
     if report["notes"]:
         parts += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
     return "\n".join(parts) + "\n"

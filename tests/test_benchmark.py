@@ -127,6 +127,7 @@ def test_to_json_has_every_field() -> None:
         "min_ms",
         "throughput_per_s",
         "speedup_vs_eager",
+        "speedup_vs_float",
     }
     assert data["runs"] == stats.runs
     assert data["input_shapes"] == {"x": [2, 4]}

@@ -6,6 +6,7 @@ weights are in ``digits_cnn.pt`` (see ``train.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ class DigitsCNN(nn.Module):
         dropout: Dropout probability before the final linear layer.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 16, dropout: float = 0.1) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 64, dropout: float = 0.1) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, width, kernel_size=3, padding=1),
@@ -55,7 +56,7 @@ class DigitsCNN(nn.Module):
         return self.classifier(x)  # (B, 2*width, 4, 4) -> (B, num_classes)
 
 
-def build_model(num_classes: int = 10, width: int = 16) -> DigitsCNN:
+def build_model(num_classes: int = 10, width: int = 64) -> DigitsCNN:
     """Build an untrained :class:`DigitsCNN`.
 
     Args:
@@ -85,3 +86,23 @@ def load_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     with np.load(DATA_PATH) as data:
         idx = data[f"{split}_idx"]
         return data["images"][idx], data["labels"][idx]
+
+
+def calibration_samples() -> Iterator[dict[str, np.ndarray]]:
+    """Training images, one per sample, for int8 calibration (``--calibration ...:calibration_samples``)."""
+    images, _ = load_digits("train")
+    for image in images:
+        yield {"image": image[None]}  # (1, 1, 8, 8)
+
+
+def held_out_samples() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Held-out test images with their labels, for float vs int8 accuracy."""
+    images, labels = load_digits("test")
+    for image, label in zip(images, labels, strict=True):
+        yield {"image": image[None]}, int(label)
+
+
+def accuracy(outputs: list[list[np.ndarray]], labels: list[int]) -> float:
+    """Top-1 accuracy of the logits (each sample's first output) against the labels."""
+    predictions = [int(sample[0].argmax()) for sample in outputs]
+    return float(np.mean([p == y for p, y in zip(predictions, labels, strict=True)]))

@@ -6,13 +6,7 @@ The simplified model is only a candidate: verification decides whether it ships 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
 import re
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +18,7 @@ from typing import Any
 import onnx
 import torch
 
+from exporter._quiet import quiet
 from exporter.errors import ConversionError
 from exporter.runners import CallConvention, flatten_outputs
 from exporter.specs import InputSpec
@@ -34,6 +29,7 @@ __all__ = [
     "OnnxConversionRequest",
     "OnnxExporterChoice",
     "convert_to_onnx",
+    "dynamic_shapes_for",
     "move_onnx_model",
 ]
 
@@ -139,7 +135,7 @@ def convert_to_onnx(
     for name, strategy in strategies:
         report(f"{name} exporter")
         started = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught, _quiet():
+        with warnings.catch_warnings(record=True) as caught, quiet():
             warnings.simplefilter("always")
             try:
                 strategy(request, path)
@@ -220,7 +216,7 @@ def _simplify(path: Path, result: OnnxConversion) -> None:
     started = time.perf_counter()
     target = path.with_name("model.simplified.onnx")
     try:
-        with warnings.catch_warnings(), _quiet():
+        with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore")
             simplified, check_ok = onnxsim.simplify(onnx.load(str(path)))
         if not check_ok:
@@ -234,14 +230,15 @@ def _simplify(path: Path, result: OnnxConversion) -> None:
     result.simplify_seconds = time.perf_counter() - started
 
 
-def _dynamic_shapes(request: OnnxConversionRequest, convention: CallConvention) -> Any:
+def dynamic_shapes_for(spec: InputSpec, convention: CallConvention) -> Any:
+    """``torch.export`` dynamic shapes for the spec, keyed like the call (by name or by position)."""
     dims = {
         d.label: torch.export.Dim(d.label, min=d.min, **({"max": d.max} if d.max is not None else {}))
-        for d in request.spec.dynamic_dims
+        for d in spec.dynamic_dims
     }
     per_input = {
         t.name: {axis: dims[d.label] for axis, d in enumerate(t.dims) if d.label} or None
-        for t in request.spec.tensors
+        for t in spec.tensors
     }
     if convention.by_name:
         return {name: per_input[name] for name in (*convention.positional, *convention.keyword)}
@@ -266,7 +263,7 @@ def _export_dynamo(request: OnnxConversionRequest, path: Path) -> None:
             args,
             kwargs=kwargs,
             dynamo=True,
-            dynamic_shapes=_dynamic_shapes(request, convention),
+            dynamic_shapes=dynamic_shapes_for(request.spec, convention),
             opset_version=request.opset,
             input_names=[*convention.positional, *convention.keyword],
         )
@@ -338,39 +335,6 @@ def _moving_output_axes(request: OnnxConversionRequest) -> dict[str, dict[int, s
         if moving:
             axes[name] = moving
     return axes
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """Keep exporter chatter (Python prints, logging, and C++ writes to fd 1/2) off the user's terminal.
-
-    What matters is recorded in the attempt; ``--debug`` leaves the terminal alone.
-    """
-    loggers = [
-        logging.getLogger(n)
-        for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
 
 
 def _unique(caught: list[warnings.WarningMessage]) -> list[str]:

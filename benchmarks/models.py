@@ -1,0 +1,126 @@
+"""Benchmark models with random weights, built without downloads: a ResNet-18 and a small BERT-like encoder.
+
+Each builder is also a factory for the exporter (the defaults give the benchmark shapes), e.g.
+``--model benchmarks/models.py:build_resnet18`` or ``--model benchmarks/models.py:build_bert_encoder``.
+Weights are seeded (``torch.manual_seed(0)``), so two calls build the same model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BasicBlock", "BertEncoder", "ResNet18", "build_bert_encoder", "build_resnet18"]
+
+SEED = 0
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a residual (projected when the shape changes)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 layout (torchvision's module names): 7x7 stem, maxpool, 4 stages of 2 BasicBlocks, fc."""
+
+    def __init__(self, num_classes: int = 1000, layers: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_channels = 64
+        stages = []
+        for index, (channels, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+            stride = 1 if index == 0 else 2
+            stage = []
+            for block in range(blocks):
+                stage.append(BasicBlock(in_channels, channels, stride if block == 0 else 1))
+                in_channels = channels
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _init_resnet(model: ResNet18) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def build_resnet18(num_classes: int = 1000) -> nn.Module:
+    """A ResNet-18 with seeded random weights and BatchNorm running stats from a few random batches."""
+    torch.manual_seed(SEED)
+    model = ResNet18(num_classes)
+    _init_resnet(model)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(4, 3, 224, 224))
+    return model.eval()
+
+
+class BertEncoder(nn.Module):
+    """A ``transformers`` BertModel whose output is the attention-masked mean of its last hidden state."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def build_bert_encoder(
+    layers: int = 6, hidden: int = 384, heads: int = 12, vocab: int = 30522, max_len: int = 512
+) -> nn.Module:
+    """A BERT-like encoder (random weights from a config, nothing downloaded), returning (B, hidden)."""
+    from transformers import BertConfig, BertModel
+
+    config_kwargs: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+        "max_position_embeddings": max_len,
+    }
+    if hasattr(BertConfig(), "_attn_implementation"):  # transformers >= 4.36 picks sdpa unless told
+        config_kwargs["attn_implementation"] = "eager"
+    torch.manual_seed(SEED)
+    config = BertConfig(**config_kwargs)
+    model = BertEncoder(BertModel(config, add_pooling_layer=False))
+    return model.eval()

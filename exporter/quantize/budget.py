@@ -1,0 +1,104 @@
+"""Int8 parity budget: how far a quantized model's outputs may move from the float model's.
+
+Float tolerances (``atol + rtol*|b|``) cannot hold for int8, so an int8 candidate is judged per output by
+the minimum cosine similarity over samples, the signal-to-quantization-noise ratio (SQNR, dB) and, for
+2-D outputs, top-1 agreement. Only cosine is gated by default; top-1 (say, for a classifier's logits), SQNR
+and max abs diff are gated when a threshold is given, since a 2-D output may as well be an embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Int8Comparison", "ParityBudget", "compare_int8"]
+
+
+@dataclass(frozen=True)
+class ParityBudget:
+    """Default: cosine >= 0.99 on every sample of every output; other thresholds are opt-in."""
+
+    min_cosine: float = 0.99
+    min_top1: float | None = None
+    min_sqnr_db: float | None = None
+    max_abs: float | None = None
+
+    def describe(self) -> str:
+        parts = [f"cosine >= {self.min_cosine:g}"]
+        if self.min_top1 is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1:g} (2-D outputs)")
+        if self.min_sqnr_db is not None:
+            parts.append(f"SQNR >= {self.min_sqnr_db:g} dB")
+        if self.max_abs is not None:
+            parts.append(f"max abs diff <= {self.max_abs:g}")
+        return ", ".join(parts)
+
+
+@dataclass
+class Int8Comparison:
+    """One output of an int8 candidate against the float reference, over all evaluation samples."""
+
+    name: str
+    samples: int
+    min_cosine: float
+    sqnr_db: float
+    max_abs_diff: float
+    top1_agreement: float | None
+    passed: bool
+    message: str | None = None
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.einsum("ij,ij->i", a, b)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    return np.where(both_zero, 1.0, np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0))
+
+
+def compare_int8(
+    name: str, actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], budget: ParityBudget
+) -> Int8Comparison:
+    """Compare per-sample outputs (each with its batch dim) of the candidate and the float reference."""
+    if len(actual) != len(expected) or any(
+        a.shape != b.shape for a, b in zip(actual, expected, strict=False)
+    ):
+        return Int8Comparison(
+            name, len(expected), 0.0, -math.inf, math.inf, None, False, "output shapes differ"
+        )
+    rows_a = np.concatenate([_rows(a) for a in actual]).astype(np.float64)
+    rows_b = np.concatenate([_rows(b) for b in expected]).astype(np.float64)
+    if not np.all(np.isfinite(rows_a)):
+        return Int8Comparison(
+            name, len(expected), 0.0, -math.inf, math.inf, None, False, "NaN/Inf in the output"
+        )
+    noise = float(np.sum((rows_a - rows_b) ** 2))
+    signal = float(np.sum(rows_b**2))
+    sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+    min_cosine = float(_cosine_rows(rows_a, rows_b).min())
+    max_abs = float(np.abs(rows_a - rows_b).max(initial=0.0))
+    classifier = (
+        expected[0].ndim == 2 and expected[0].shape[1] >= 2 and expected[0].dtype.kind == "f"
+    )  # (B, C)
+    top1 = float(np.mean(rows_a.argmax(axis=1) == rows_b.argmax(axis=1))) if classifier else None
+    misses = []
+    if min_cosine < budget.min_cosine:
+        misses.append(f"min cosine {min_cosine:.4f} < {budget.min_cosine:g}")
+    if top1 is not None and budget.min_top1 is not None and top1 < budget.min_top1:
+        misses.append(f"top-1 agreement {top1:.3f} < {budget.min_top1:g}")
+    if budget.min_sqnr_db is not None and sqnr < budget.min_sqnr_db:
+        misses.append(f"SQNR {sqnr:.1f} dB < {budget.min_sqnr_db:g}")
+    if budget.max_abs is not None and max_abs > budget.max_abs:
+        misses.append(f"max abs {max_abs:.3g} > {budget.max_abs:g}")
+    return Int8Comparison(
+        name, len(expected), min_cosine, sqnr, max_abs, top1, not misses, "; ".join(misses) or None
+    )
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """One row per sample (first axis), or the whole array as one row when it has no batch dim."""
+    if array.ndim <= 1:
+        return array.reshape(1, -1)
+    return array.reshape(array.shape[0], -1)

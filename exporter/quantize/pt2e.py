@@ -1,0 +1,145 @@
+"""Int8 through torchao's PT2E flow: ``torch.export`` -> prepare (observers or fake-quant) -> calibrate or
+train -> convert. The converted graph holds quantize/dequantize ops, which the dynamo ONNX exporter turns
+into QuantizeLinear/DequantizeLinear, so PT2E also ends in an ONNX artifact.
+
+QAT trains with a recipe's hook (``package.module:callable`` given the prepared model, returning it trained)
+or, with nothing but unlabeled inputs, by distillation: the float model's outputs are the targets.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporter._quiet import quiet
+from exporter.convert.onnx import dynamic_shapes_for
+from exporter.runners import CallConvention, flatten_outputs
+from exporter.specs import InputSpec, make_inputs
+
+__all__ = ["quantize_pt2e"]
+
+Sample = dict[str, np.ndarray]
+
+
+def _tensors(sample: Sample) -> dict[str, torch.Tensor]:
+    return {n: torch.from_numpy(np.require(a, requirements=["C", "W"])) for n, a in sample.items()}
+
+
+def _quantizer(is_qat: bool) -> Any:
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return quantizer
+
+
+def quantize_pt2e(
+    module: torch.nn.Module,
+    spec: InputSpec,
+    calibration: Sequence[Sample],
+    *,
+    qat: bool = False,
+    train_hook: Callable[[torch.nn.Module], torch.nn.Module | None] | None = None,
+    steps: int = 50,
+    lr: float = 1e-4,
+) -> torch.nn.Module:
+    """Return the converted (int8 reference) module; it runs in eager and exports to ONNX as QDQ.
+
+    Raises:
+        RuntimeError: the model cannot go through ``torch.export`` or the quantizer (a TorchScript module,
+            say); the caller records it as a failed candidate.
+    """
+    with quiet():  # torchao's import logs about optional CUDA kernels
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+    if isinstance(module, torch.jit.ScriptModule):
+        raise RuntimeError("TorchScript modules cannot go through torch.export, which PT2E needs")
+    convention = CallConvention.for_module(module, spec.names)
+    student = copy.deepcopy(module)
+    student.train(qat)
+    # torch.export specializes dims of size 0 and 1, so trace at sizes of at least 2 where the range allows.
+    sizes = {d.label: min(max(2, spec.example_sizes[d.label]), d.max or 2**31) for d in spec.dynamic_dims}
+    args, kwargs = convention.split(_tensors(make_inputs(spec, sizes, seed=0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(
+            student, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes_for(spec, convention)
+        )
+        graph = program.module()
+        if not qat:
+            prepared = prepare_pt2e(graph, _quantizer(False))
+            _calibrate(prepared, convention, calibration)
+        else:
+            prepared = prepare_qat_pt2e(graph, _quantizer(True))
+            # Calibrate the fake-quant ranges first (eval mode: BatchNorm keeps its statistics), then train.
+            move_exported_model_to_eval(prepared)
+            _calibrate(prepared, convention, calibration)
+            if train_hook is not None:
+                move_exported_model_to_train(prepared)
+                prepared = train_hook(prepared) or prepared
+            else:
+                # Distillation keeps BatchNorm and Dropout in eval mode: the teacher's statistics are the
+                # ones to match, and re-estimating them from calibration batches drifted the student away.
+                _distill(
+                    student=prepared,
+                    teacher=module,
+                    convention=convention,
+                    samples=calibration,
+                    steps=steps,
+                    lr=lr,
+                )
+            move_exported_model_to_eval(prepared)
+        return convert_pt2e(prepared)
+
+
+def _calibrate(prepared: torch.nn.Module, convention: CallConvention, samples: Sequence[Sample]) -> None:
+    with torch.no_grad():
+        for sample in samples:
+            args, kwargs = convention.split(_tensors(sample))
+            prepared(*args, **kwargs)
+
+
+def _minibatches(samples: Sequence[Sample], size: int) -> list[Sample]:
+    """Stack samples along axis 0 (batch) when their other dims agree: BatchNorm in training mode needs
+    more than one sample per step."""
+    batches: list[Sample] = []
+    for start in range(0, len(samples), size):
+        group = samples[start : start + size]
+        try:
+            batches.append({n: np.concatenate([s[n] for s in group]) for n in group[0]})
+        except ValueError:
+            batches.extend(group)
+    return batches
+
+
+def _distill(
+    *,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    convention: CallConvention,
+    samples: Sequence[Sample],
+    steps: int,
+    lr: float,
+) -> None:
+    """Fine-tune the fake-quantized student to reproduce the float teacher's outputs (MSE, all outputs)."""
+    parameters = [p for p in student.parameters() if p.requires_grad]
+    if not parameters:
+        return
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    teacher.eval()
+    batches = _minibatches(samples, size=16)
+    for step in range(steps):
+        args, kwargs = convention.split(_tensors(batches[step % len(batches)]))
+        with torch.no_grad():
+            targets = [t for _, t in flatten_outputs(teacher(*args, **kwargs)) if t.is_floating_point()]
+        outputs = [t for _, t in flatten_outputs(student(*args, **kwargs)) if t.is_floating_point()]
+        loss = sum(torch.nn.functional.mse_loss(o, t) for o, t in zip(outputs, targets, strict=True))
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[union-attr]
+        optimizer.step()
