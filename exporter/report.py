@@ -127,7 +127,7 @@ def quantization_table(report: dict[str, Any]) -> Table:
                 "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
                 "-" if not top1 else f"{min(top1):.3f}",
                 "-" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
-                ", ".join(f"{e['node']} ({e['introduced_db']:.1f} dB)" for e in c["float_layers"]) or "-",
+                ", ".join(f"{e['node']} (caused {e['caused']:.2g})" for e in c["float_layers"]) or "-",
             ]
         )
     return headers, rows

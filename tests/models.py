@@ -108,6 +108,41 @@ class DataDependentGate(nn.Module):
         return self.linear(x)
 
 
+class LSTMClassifier(nn.Module):
+    """Embedding-free sequence classifier: a 2-layer LSTM over features, last step to logits."""
+
+    def __init__(self, features: int = 12, hidden: int = 24, classes: int = 3) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, sequence: Tensor) -> Tensor:
+        states, _ = self.lstm(sequence)  # (B, T, H)
+        return self.head(states[:, -1])  # (B, classes)
+
+
+class FragileMLP(nn.Module):
+    """One hidden unit of ``middle`` fires 2000x larger than the rest: per-tensor int8 on that activation
+    wipes out every other unit, so only keeping the layers around it in float meets a parity budget."""
+
+    def __init__(self, features: int = 16, hidden: int = 32) -> None:
+        super().__init__()
+        self.first = nn.Linear(features, hidden)
+        self.middle = nn.Linear(hidden, hidden)
+        self.last = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, 8)
+        with torch.no_grad():
+            self.middle.weight[0] *= 2000.0
+            self.middle.bias[0] = 2000.0
+            self.last.weight[:, 0] = 0.0  # the outlier unit does not reach the output
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.first(x))  # (B, H)
+        h = torch.relu(self.middle(h))  # (B, H), unit 0 ~ 2000x the others
+        h = torch.relu(self.last(h))  # (B, H)
+        return self.head(h)  # (B, 8)
+
+
 @torch.library.custom_op("exporter_tests::opaque", mutates_args=())
 def opaque(x: Tensor) -> Tensor:
     """A custom operator with no ONNX translation: no exporter can convert it."""
@@ -157,6 +192,16 @@ def make_gate() -> DataDependentGate:
     return DataDependentGate()
 
 
+def make_lstm() -> LSTMClassifier:
+    torch.manual_seed(0)
+    return LSTMClassifier()
+
+
+def make_fragile() -> FragileMLP:
+    torch.manual_seed(0)
+    return FragileMLP()
+
+
 def make_opaque() -> UsesOpaqueOp:
     return UsesOpaqueOp()
 
@@ -192,4 +237,6 @@ MODELS: dict[str, TinyModel] = {
     "frozen": TinyModel("make_frozen", ("x:float32:batch=2,seq=5",)),
     "gate": TinyModel("make_gate", ("x:float32:batch=2,4",)),
     "opaque": TinyModel("make_opaque", ("x:float32:batch=2,4",)),
+    "lstm": TinyModel("make_lstm", ("sequence:float32:batch=2,seq=6,12",)),
+    "fragile": TinyModel("make_fragile", ("x:float32:batch=2,16",)),
 }

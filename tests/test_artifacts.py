@@ -66,7 +66,14 @@ def test_golden_outputs_reproduce_with_onnxruntime(exported: Path) -> None:
 def test_report_json_and_markdown_agree_on_status(exported: Path) -> None:
     report = json.loads((exported / "report.json").read_text())
     assert report["status"] == "passed" and report["schema_version"] == 1
-    assert [s["name"] for s in report["stages"]] == ["load", "convert", "verify", "quantize", "benchmark", "write"]
+    assert [s["name"] for s in report["stages"]] == [
+        "load",
+        "convert",
+        "verify",
+        "quantize",
+        "benchmark",
+        "write",
+    ]
     markdown = (exported / "report.md").read_text()
     assert "**Status: PASSED**" in markdown
     assert markdown.count("| pass |") == sum(len(c["outputs"]) for c in report["parity"][-1]["cases"])

@@ -79,7 +79,11 @@ def quantize_pt2e(
             prepared = prepare_qat_pt2e(graph, _quantizer(True))
             # Calibrate the fake-quant ranges first (eval mode: BatchNorm keeps its statistics), then train.
             move_exported_model_to_eval(prepared)
-            _calibrate(prepared, convention, calibration)
+            # QAT's fake-quant observers average ranges slowly (0.01 per step): give them enough passes.
+            batches = _minibatches(calibration, size=16)
+            _calibrate(
+                prepared, convention, [batches[i % len(batches)] for i in range(max(50, len(batches)))]
+            )
             if train_hook is not None:
                 move_exported_model_to_train(prepared)
                 prepared = train_hook(prepared) or prepared

@@ -35,7 +35,7 @@ from exporter.quantize.onnx_ort import (
     quantize_static_ort,
 )
 from exporter.quantize.pt2e import quantize_pt2e
-from exporter.quantize.sensitivity import LayerError, layer_errors
+from exporter.quantize.sensitivity import LayerError, producers, quantizable_nodes, shortlist
 from exporter.runners import EagerRunner, OnnxRuntimeRunner
 from exporter.specs import InputSpec
 from exporter.verify import GoldenCase
@@ -50,6 +50,9 @@ class QuantMode(StrEnum):
     QAT = "qat"
     INT8 = "int8"
 
+
+PROBE_LIMIT = 24  # layers measured one by one when a mode misses the budget
+STEP_WIDTH = 6  # layers tried at each later step of the greedy search
 
 CANDIDATES_FOR: dict[QuantMode, tuple[str, ...]] = {
     QuantMode.DYNAMIC: ("dynamic-ort",),
@@ -415,6 +418,11 @@ def _judge(
     del runner
 
 
+def _error(candidate: Candidate) -> float:
+    """1 - the worst per-sample cosine over outputs: the quantity the default budget gates."""
+    return max((1.0 - o.min_cosine for o in candidate.outputs), default=1.0)
+
+
 def _keep_sensitive_layers_in_float(
     candidate: Candidate,
     context: QuantizeContext,
@@ -422,22 +430,62 @@ def _keep_sensitive_layers_in_float(
     evaluation: SampleSet,
     golden: Sequence[GoldenCase],
 ) -> None:
-    """Rank nodes by the error they introduce and re-quantize with the worst 1, 2, 4, ... kept in float."""
+    """Greedy forward selection of layers to keep in float, each step measured by re-quantizing.
+
+    A move keeps one layer in float, or a layer together with the layer producing its input: an outlier
+    tensor's int8 range is set at both ends, so often only the pair helps. Step one tries every
+    shortlisted layer (a proxy picks ``PROBE_LIMIT`` when there are more); later steps the ``STEP_WIDTH``
+    best remaining. Stops when the budget holds, when nothing helps, or at ``max_float_layers`` / half the
+    layers (beyond that little int8 is left to ship).
+    """
     assert candidate.path is not None
-    context.step(f"{candidate.name}: finding sensitive layers")
-    ranking = layer_errors(context.preprocessed, candidate.path, evaluation.samples[:8], context.threads)
-    ranking = [e for e in ranking if e.introduced_db > 0]
     builder = _ORT_BUILDERS[candidate.name]
-    limit = min(context.options.max_float_layers, len(ranking))
-    counts = sorted({min(2**i, limit) for i in range(limit.bit_length() + 1)} - {0})
-    for count in counts:
-        kept = ranking[:count]
-        context.step(f"{candidate.name}: keeping {count} layer(s) in float")
+    nodes = dict(quantizable_nodes(context.preprocessed))
+    context.step(f"{candidate.name}: shortlisting sensitive layers")
+    pool = shortlist(
+        context.preprocessed, candidate.path, evaluation.samples[:8], context.threads, PROBE_LIMIT
+    )
+    pool += [n for n in nodes if n not in pool][: max(0, PROBE_LIMIT - len(pool))]
+    limit = min(context.options.max_float_layers, max(1, len(nodes) // 2))
+    trial = Candidate(
+        candidate.name, candidate.engine, path=context.work_dir / f"{candidate.name}.trial.onnx"
+    )
+    assert trial.path is not None
+    upstream = producers(context.preprocessed)
+    kept: list[LayerError] = []
+    baseline = error = _error(candidate)
+    while len(kept) < limit and pool:
+        names = [e.node for e in kept]
+        moves: list[tuple[str, ...]] = []
+        for node in pool[: len(pool) if not kept else STEP_WIDTH]:
+            moves.append((node,))
+            moves.extend((p, node) for p in upstream.get(node, []) if p not in names and p != node)
+        tried: list[tuple[float, tuple[str, ...]]] = []
+        for move in moves:
+            if len(kept) + len(move) > limit:
+                continue
+            context.step(f"{candidate.name}: trying {', '.join(move)} in float")
+            builder(context, trial.path, names + list(move))
+            _judge(trial, context, reference, evaluation, golden)
+            tried.append((_error(trial), move))
+        if not tried:
+            break
+        tried.sort(key=lambda item: item[0])  # stable: ties keep the proxy's order
+        best_error, best = tried[0]
+        if best_error >= error:
+            break  # nothing left helps
+        kept += [LayerError(node, nodes[node], error, best_error) for node in best]
+        pool = [node for node in pool if node not in best]
+        error = best_error
         builder(context, candidate.path, [e.node for e in kept])
-        candidate.float_layers = kept
+        candidate.float_layers = list(kept)
         _judge(candidate, context, reference, evaluation, golden)
         if candidate.budget_passed:
             return
+    if kept and error >= baseline:  # nothing helped: ship no float layers for nothing
+        builder(context, candidate.path, [])
+        candidate.float_layers = []
+        _judge(candidate, context, reference, evaluation, golden)
 
 
 def _time_all(

@@ -1,9 +1,11 @@
-"""Which layers an int8 model cannot afford to quantize: the error each node *adds*, measured by running
-the float and the quantized ONNX models side by side with every intermediate tensor exposed.
+"""Which layers an int8 model cannot afford to quantize.
 
-For each float node, the SQNR of its output (float vs int8 model) is compared with the worst SQNR of its
-inputs; the drop is the error that node's quantization introduced. Tensor names survive ONNX Runtime's
-quantizers (QDQ and dynamic alike), so the same names are looked up in both models.
+The measure that decides is direct: re-quantize with one layer kept in float and see how much the model's
+output error shrinks (``LayerError``, computed by the search). With many layers that is too slow, so a cheap
+proxy picks the layers worth trying: run the float and the int8 ONNX models side by side with every
+intermediate tensor exposed, and rank nodes by the SQNR their output lost relative to their inputs. The
+proxy is only a shortlist: ONNX Runtime's QDQ quantizer drops Relu nodes and renames tensors, so some
+names do not line up.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import onnx
 
 from exporter.runners import OnnxRuntimeRunner
 
-__all__ = ["LayerError", "layer_errors"]
+__all__ = ["LayerError", "producers", "quantizable_nodes", "shortlist"]
 
+_FUSED_ACTIVATIONS = {"Relu", "Clip"}
+_CAP_DB = 60.0
 QUANTIZABLE = {
     "Conv",
     "ConvTranspose",
@@ -36,22 +40,46 @@ QUANTIZABLE = {
 
 @dataclass
 class LayerError:
+    """The output error (1 - worst min-cosine over outputs) with every layer quantized, and with this one
+    kept in float: their difference is the error this layer's quantization causes."""
+
     node: str
     op_type: str
-    input_sqnr_db: float
-    output_sqnr_db: float
+    error_all_int8: float
+    error_kept_float: float
 
     @property
-    def introduced_db(self) -> float:
-        """How many dB of SQNR this node lost (larger is worse)."""
-        if math.isinf(self.input_sqnr_db) and math.isinf(self.output_sqnr_db):
-            return 0.0
-        if math.isinf(self.input_sqnr_db):
-            return 200.0 - self.output_sqnr_db
-        return self.input_sqnr_db - self.output_sqnr_db
+    def caused(self) -> float:
+        return self.error_all_int8 - self.error_kept_float
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "introduced_db": round(self.introduced_db, 2)}
+        return {**asdict(self), "caused": self.caused}
+
+
+def quantizable_nodes(model_path: Path) -> list[tuple[str, str]]:
+    """(name, op type) of every node an int8 quantizer would touch, in graph order."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [(n.name, n.op_type) for n in graph.node if n.op_type in QUANTIZABLE and n.name]
+
+
+def producers(model_path: Path) -> dict[str, list[str]]:
+    """For each quantizable node, the quantizable nodes that produce its activation inputs (looking
+    through Relu/Clip): the other end of the tensor whose int8 range may be the problem."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    made_by = {output: node for node in graph.node for output in node.output}
+    result: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE or not node.name:
+            continue
+        found = []
+        for name in node.input:
+            producer = made_by.get(name)
+            while producer is not None and producer.op_type in _FUSED_ACTIVATIONS:
+                producer = made_by.get(producer.input[0])
+            if producer is not None and producer.op_type in QUANTIZABLE and producer.name:
+                found.append(producer.name)
+        result[node.name] = found
+    return result
 
 
 def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
@@ -72,10 +100,10 @@ def _expose(model_path: Path, names: Sequence[str], target: Path) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def layer_errors(
-    float_path: Path, quant_path: Path, samples: Sequence[dict[str, np.ndarray]], threads: int
-) -> list[LayerError]:
-    """Per quantizable node of the float model, the SQNR its int8 counterpart lost; worst first."""
+def shortlist(
+    float_path: Path, quant_path: Path, samples: Sequence[dict[str, np.ndarray]], threads: int, size: int
+) -> list[str]:
+    """Up to ``size`` quantizable node names, those whose output SQNR dropped most first (the proxy)."""
     graph = onnx.load(str(float_path), load_external_data=False).graph
     floats = [t.name for t in graph.input if t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     tensors = [o for node in graph.node for o in node.output if o]
@@ -100,12 +128,28 @@ def layer_errors(
         if sums[name]
     }
     sqnr.update(dict.fromkeys(floats, math.inf))
-    errors = []
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        if node.op_type not in QUANTIZABLE or not node.output or node.output[0] not in sqnr:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def effective_output(name: str) -> str:
+        """QDQ fuses a following Relu/Clip into the quantized op, which then produces the Relu's output."""
+        following = consumers.get(name, [])
+        if name not in sqnr and len(following) == 1 and following[0].op_type in _FUSED_ACTIVATIONS:
+            return following[0].output[0]
+        return name
+
+    drops: dict[str, float] = {}
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE or not node.name:
             continue
+        output = sqnr.get(effective_output(node.output[0])) if node.output else None
         inputs = [sqnr[i] for i in node.input if i in sqnr]
-        errors.append(
-            LayerError(node.name, node.op_type, min(inputs, default=math.inf), sqnr[node.output[0]])
-        )
-    return sorted(errors, key=lambda e: (-e.introduced_db, e.output_sqnr_db))
+        if output is None:
+            drops[node.name] = 0.0  # unmatched names: tried after the ranked ones
+        else:
+            # Cap at about int8's best SQNR, so an exactly known graph input does not outrank everything.
+            before = min(min(inputs, default=math.inf), _CAP_DB)
+            drops[node.name] = before - min(output, _CAP_DB)
+    return sorted(drops, key=lambda name: -drops[name])[:size]
