@@ -39,7 +39,7 @@ from exporter.convert.onnx import (
     move_onnx_model,
 )
 from exporter.environment import collect_environment
-from exporter.errors import ExitCode, UsageError, first_line
+from exporter.errors import ConversionError, ExitCode, UsageError, first_line
 from exporter.loading import LoadedModel, LoadRequest, load_model
 from exporter.quantize import (
     QuantizationResult,
@@ -352,7 +352,7 @@ def _quantize(
         evaluation = load_samples(settings.eval_data, options.spec, 100_000, options.seed)
     else:
         calibration, evaluation = samples.split(held_out / (settings.samples + held_out))
-    return run_quantization(
+    result = run_quantization(
         settings,
         module=loaded.module,
         spec=options.spec,
@@ -367,6 +367,10 @@ def _quantize(
         work_dir=work_dir,
         step=lambda message: listener.step(message, 0, 0),
     )
+    if result.none_built:
+        reasons = "; ".join(f"{c.name}: {c.error}" for c in result.candidates)
+        raise ConversionError(f"--quantize {settings.mode.value}: no int8 model could be built ({reasons})")
+    return result
 
 
 def _quantize_detail(result: QuantizationResult) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "make_inputs",
     "parse_tensor_spec",
     "shape_cases",
+    "trace_sizes",
 ]
 
 DTYPES: dict[str, np.dtype] = {
@@ -303,6 +304,14 @@ def shape_cases(spec: InputSpec) -> list[ShapeCase]:
         if all(case.sizes != seen.sizes for seen in cases):
             cases.append(case)
     return cases
+
+
+def trace_sizes(spec: InputSpec) -> dict[str, int]:
+    """Dynamic-dim sizes to trace at: torch.export specializes sizes 0 and 1, so at least 2 where legal."""
+    return {
+        d.label: max(2, spec.example_sizes[d.label]) if d.max is None or d.max >= 2 else d.max
+        for d in spec.dynamic_dims
+    }
 
 
 def make_inputs(spec: InputSpec, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:

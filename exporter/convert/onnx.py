@@ -140,6 +140,9 @@ def convert_to_onnx(
             try:
                 strategy(request, path)
                 onnx.checker.check_model(str(path), full_check=True)
+                frozen = _frozen_dims(path, request.spec)
+                if frozen:
+                    raise RuntimeError(f"the exported graph froze dynamic dims: {', '.join(frozen)}")
                 error = None
             except Exception as exc:
                 error = _explain(exc)
@@ -173,6 +176,23 @@ def move_onnx_model(source: Path, target: Path) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         (source.parent / location).replace(destination)
     source.replace(target)
+
+
+def _frozen_dims(path: Path, spec: InputSpec) -> list[str]:
+    """Graph inputs whose spec-dynamic dims came out as fixed numbers: caught here, before verification,
+    so the next exporter gets its turn (torch 2.13's dynamo exporter does this to an LSTM's sequence dim
+    on the second export in a process)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {i.name: list(i.type.tensor_type.shape.dim) for i in graph.input}
+    frozen = []
+    for tensor in spec.tensors:
+        dims = shapes.get(tensor.name)
+        if dims is None or len(dims) != len(tensor.dims):
+            continue
+        for axis, (dim, spec_dim) in enumerate(zip(dims, tensor.dims, strict=True)):
+            if spec_dim.label and dim.HasField("dim_value"):
+                frozen.append(f"{tensor.name}[{axis}] ({spec_dim.label}) = {dim.dim_value}")
+    return frozen
 
 
 def _finish(

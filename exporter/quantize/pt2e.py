@@ -19,7 +19,7 @@ import torch
 from exporter._quiet import quiet
 from exporter.convert.onnx import dynamic_shapes_for
 from exporter.runners import CallConvention, flatten_outputs
-from exporter.specs import InputSpec, make_inputs
+from exporter.specs import InputSpec, make_inputs, trace_sizes
 
 __all__ = ["quantize_pt2e"]
 
@@ -64,8 +64,7 @@ def quantize_pt2e(
     student = copy.deepcopy(module)
     student.train(qat)
     # torch.export specializes dims of size 0 and 1, so trace at sizes of at least 2 where the range allows.
-    sizes = {d.label: min(max(2, spec.example_sizes[d.label]), d.max or 2**31) for d in spec.dynamic_dims}
-    args, kwargs = convention.split(_tensors(make_inputs(spec, sizes, seed=0)))
+    args, kwargs = convention.split(_tensors(make_inputs(spec, trace_sizes(spec), seed=0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(

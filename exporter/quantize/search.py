@@ -37,7 +37,7 @@ from exporter.quantize.onnx_ort import (
 from exporter.quantize.pt2e import quantize_pt2e
 from exporter.quantize.sensitivity import LayerError, producers, quantizable_nodes, shortlist
 from exporter.runners import EagerRunner, OnnxRuntimeRunner
-from exporter.specs import InputSpec
+from exporter.specs import InputSpec, make_inputs, trace_sizes
 from exporter.verify import GoldenCase
 
 __all__ = ["Candidate", "QuantMode", "QuantizationResult", "QuantizeOptions", "run_quantization"]
@@ -163,6 +163,10 @@ class QuantizationResult:
         return next((c for c in self.candidates if c.chosen), None)
 
     @property
+    def none_built(self) -> bool:
+        return all(c.error is not None for c in self.candidates)
+
+    @property
     def passed(self) -> bool:
         """Parity held for what ships; when nothing ships only because int8 was slower, that is no failure."""
         if self.chosen is not None:
@@ -251,8 +255,7 @@ def _build_pt2e(context: QuantizeContext, target: Path, qat: bool) -> dict[str, 
         lr=context.options.qat_lr,
     )
     example = {
-        n: torch.from_numpy(np.require(a, requirements=["C", "W"]))
-        for n, a in context.calibration.samples[0].items()
+        n: torch.from_numpy(a) for n, a in make_inputs(context.spec, trace_sizes(context.spec), 0).items()
     }
     conversion = convert_to_onnx(
         OnnxConversionRequest(
@@ -496,7 +499,8 @@ def _time_all(
     threads: int,
 ) -> list[LatencyStats]:
     """Float and every built candidate in ONNX Runtime, side by side, one session alive at a time."""
-    models = [("onnxruntime", float_onnx)] + [(f"int8 {c.name}", c.path) for c in candidates if c.path]
+    timed = [c for c in candidates if c.path is not None and not c.shape_errors]
+    models = [("onnxruntime", float_onnx)] + [(f"int8 {c.name}", c.path) for c in timed]
     stats: dict[str, list[LatencyStats]] = {}
     for label, path in models:
         assert path is not None
@@ -510,9 +514,7 @@ def _time_all(
         del runner
         gc.collect()
     float_stats = stats["onnxruntime"]
-    for candidate in candidates:
-        if candidate.path is None:
-            continue
+    for candidate in timed:
         candidate.latency = stats[f"int8 {candidate.name}"]
         ratios = [
             c.p50_ms / f.p50_ms for c, f in zip(candidate.latency, float_stats, strict=True) if f.p50_ms > 0
