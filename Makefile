@@ -17,9 +17,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/exporter export examples/digits/digits_cnn.pt \
-		--model examples/digits/model.py:build_model \
-		--input image:float32:batch=1,1,8,8 \
-		--to onnx --out $(DEMO_OUT) --force
+		--recipe recipes/digits_cnn.toml \
+		--to onnx --quantize int8 --out $(DEMO_OUT) --force
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

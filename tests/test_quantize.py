@@ -1,0 +1,333 @@
+"""Int8: the parity budget, calibration data, format choice, candidate selection, and every mode end to end
+on tiny real models (ONNX Runtime quantization and torchao PT2E, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from exporter.cli import app
+from exporter.errors import CalibrationError, ConversionError, ExitCode
+from exporter.pipeline import ExportOptions, export
+from exporter.quantize import (
+    Candidate,
+    ParityBudget,
+    QuantizeOptions,
+    QuantMode,
+    choose_formats,
+    compare_int8,
+    load_samples,
+)
+from exporter.quantize.budget import Int8Comparison
+from exporter.quantize.search import _choose
+from exporter.specs import InputSpec, parse_tensor_spec
+from tests.models import MODELS
+
+IMAGE_SPEC = InputSpec((parse_tensor_spec("image:float32:batch=1,3,8,8"),))
+TWO_SPEC = InputSpec(
+    (parse_tensor_spec("features:float32:batch=2,seq=5,8"), parse_tensor_spec("mask:bool:batch=2,seq=5"))
+)
+
+
+# ---- the budget -------------------------------------------------------------------------------------------
+
+
+def test_identical_outputs_pass_with_infinite_sqnr() -> None:
+    outputs = [np.arange(10, dtype=np.float32).reshape(1, 10) + 1]
+    result = compare_int8("logits", outputs, outputs, ParityBudget())
+    assert result.passed and result.min_cosine == pytest.approx(1.0) and math.isinf(result.sqnr_db)
+    assert result.top1_agreement == 1.0
+
+
+def test_min_cosine_is_the_worst_sample() -> None:
+    rng = np.random.default_rng(0)
+    expected = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(4)]
+    actual = [e.copy() for e in expected]
+    actual[2] = -actual[2]
+    result = compare_int8("y", actual, expected, ParityBudget(min_cosine=0.99))
+    assert result.min_cosine == pytest.approx(-1.0)
+    assert not result.passed and "min cosine" in (result.message or "")
+
+
+def test_top1_is_reported_but_gated_only_when_asked() -> None:
+    expected = [np.array([[1.0, 0.9]], dtype=np.float32)]
+    actual = [np.array([[0.9, 1.0]], dtype=np.float32)]
+    loose = compare_int8("logits", actual, expected, ParityBudget(min_cosine=0.9))
+    assert loose.top1_agreement == 0.0 and loose.passed
+    strict = compare_int8("logits", actual, expected, ParityBudget(min_cosine=0.9, min_top1=0.5))
+    assert not strict.passed and "top-1" in (strict.message or "")
+
+
+def test_sqnr_and_max_abs_gates() -> None:
+    expected = [np.ones((1, 100), dtype=np.float32)]
+    actual = [expected[0] + 0.1]
+    result = compare_int8("y", actual, expected, ParityBudget(min_cosine=0.9, min_sqnr_db=30.0, max_abs=0.05))
+    assert result.sqnr_db == pytest.approx(20.0, abs=0.01)
+    assert not result.passed and "SQNR" in (result.message or "") and "max abs" in (result.message or "")
+
+
+def test_nan_and_shape_mismatch_fail() -> None:
+    expected = [np.ones((1, 4), dtype=np.float32)]
+    assert not compare_int8("y", [np.full((1, 4), np.nan, np.float32)], expected, ParityBudget()).passed
+    assert not compare_int8("y", [np.ones((1, 5), np.float32)], expected, ParityBudget()).passed
+
+
+# ---- calibration data -------------------------------------------------------------------------------------
+
+
+def test_npz_samples_along_the_batch_axis(tmp_path: Path) -> None:
+    path = tmp_path / "cal.npz"
+    np.savez(path, image=np.random.default_rng(0).random((10, 3, 8, 8)).astype(np.float64))
+    samples = load_samples(path, IMAGE_SPEC, limit=6, seed=0)
+    assert len(samples.samples) == 6 and not samples.synthetic
+    assert samples.samples[0]["image"].shape == (1, 3, 8, 8)
+    assert samples.samples[0]["image"].dtype == np.float32
+
+
+def test_npz_with_one_whole_input_per_sample(tmp_path: Path) -> None:
+    path = tmp_path / "cal.npz"
+    np.savez(path, image=np.zeros((4, 2, 3, 8, 8), np.float32))
+    samples = load_samples(path, IMAGE_SPEC, limit=10, seed=0)
+    assert [s["image"].shape for s in samples.samples] == [(2, 3, 8, 8)] * 4
+
+
+def test_directory_of_npy_and_pt_samples(tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    single.mkdir()
+    for i in range(3):
+        np.save(single / f"{i}.npy", np.zeros((1, 3, 8, 8), np.float32))
+    assert len(load_samples(single, IMAGE_SPEC, limit=10, seed=0).samples) == 3
+    double = tmp_path / "double"
+    double.mkdir()
+    torch.save(
+        {"features": torch.zeros(1, 4, 8), "mask": torch.ones(1, 4, dtype=torch.bool)}, double / "a.pt"
+    )
+    samples = load_samples(double, TWO_SPEC, limit=10, seed=0)
+    assert samples.samples[0]["mask"].dtype == np.bool_
+
+
+def test_callable_with_labels(tmp_path: Path) -> None:
+    module = tmp_path / "data.py"
+    module.write_text(
+        "import numpy as np\n"
+        "def pairs():\n"
+        "    for i in range(5):\n"
+        "        yield {'image': np.full((1, 3, 8, 8), i, np.float32)}, i % 2\n"
+    )
+    samples = load_samples(f"{module}:pairs", IMAGE_SPEC, limit=4, seed=0)
+    assert samples.labels == [0, 1, 0, 1]
+    calibration, held_out = samples.split(0.25)
+    assert len(calibration.samples) == 3 and len(held_out.samples) == 1 and held_out.labels == [1]
+
+
+def test_no_source_draws_synthetic_samples() -> None:
+    samples = load_samples(None, IMAGE_SPEC, limit=5, seed=0)
+    assert samples.synthetic and len(samples.samples) == 5
+    assert samples.samples[0]["image"].shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"img": np.zeros((2, 3, 8, 8), np.float32)}, "no array for input 'image'"),
+        ({"image": np.zeros((2, 3, 9, 8), np.float32)}, "size 9 at axis 2"),
+        ({"image": np.zeros((2, 8, 8), np.float32)}, "rank 3"),
+        ({"image": np.zeros((2, 3, 8, 8), np.int64)}, "int64"),
+    ],
+)
+def test_mismatched_npz_names_the_input(tmp_path: Path, arrays: dict[str, np.ndarray], expected: str) -> None:
+    path = tmp_path / "cal.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    with pytest.raises(CalibrationError, match=expected) as caught:
+        load_samples(path, IMAGE_SPEC, limit=4, seed=0)
+    assert caught.value.exit_code is ExitCode.BAD_INPUT
+
+
+def test_missing_source_and_npy_for_two_inputs(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="not found"):
+        load_samples(tmp_path / "nope.npz", IMAGE_SPEC, limit=4, seed=0)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "0.npy", np.zeros((1, 5, 8), np.float32))
+    with pytest.raises(CalibrationError, match=r"single-input models"):
+        load_samples(folder, TWO_SPEC, limit=4, seed=0)
+
+
+# ---- formats and selection ---------------------------------------------------------------------------------
+
+
+def test_formats_follow_the_cpu() -> None:
+    vnni = choose_formats(["avx2", "avx512f", "avx512_vnni"])
+    assert vnni.vnni and not vnni.reduce_range_static and (vnni.activation, vnni.weight) == ("uint8", "int8")
+    avx2 = choose_formats(["avx2", "fma"])
+    assert not avx2.vnni and avx2.reduce_range_static and "saturates" in avx2.reason
+
+
+def _candidate(name: str, ratio: float, passed: bool = True) -> Candidate:
+    output = Int8Comparison("y", 4, 0.999 if passed else 0.5, 40.0, 0.01, None, passed)
+    return Candidate(name, "test", outputs=[output], p50_ratio=ratio)
+
+
+def test_int8_ships_the_fastest_within_budget_and_never_a_slower_one() -> None:
+    notes: list[str] = []
+    candidates = [
+        _candidate("a", 0.6),
+        _candidate("b", 0.4, passed=False),
+        _candidate("c", 0.5),
+        _candidate("d", 1.3),
+    ]
+    _choose(QuantMode.INT8, candidates, notes)
+    assert [c.name for c in candidates if c.chosen] == ["c"]
+    assert any("d is SLOWER" in n for n in notes)
+    slow = [_candidate("d", 1.3)]
+    _choose(QuantMode.INT8, slow, notes)
+    assert not slow[0].chosen and any("no int8 model shipped" in n for n in notes)
+
+
+def test_an_explicit_mode_ships_within_budget_even_when_slower_flagged() -> None:
+    notes: list[str] = []
+    candidates = [_candidate("static-ort", 1.2), _candidate("static-pt2e", 1.1)]
+    _choose(QuantMode.STATIC, candidates, notes)
+    assert [c.name for c in candidates if c.chosen] == ["static-pt2e"]
+    assert sum("SLOWER" in n for n in notes) == 2
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+
+
+def _quantized(
+    options_for: Callable[..., ExportOptions],
+    name: str,
+    mode: str,
+    out: Path | None = None,
+    **settings: object,
+) -> ExportOptions:
+    quantization = QuantizeOptions(mode=QuantMode(mode), samples=16, qat_steps=5, **settings)  # type: ignore[arg-type]
+    extra = {"out": out} if out else {}
+    return options_for(name, quantization=quantization, benchmark=False, **extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("conv", "dynamic"),
+        ("conv", "static"),
+        ("conv", "qat"),
+        ("mlp", "dynamic"),
+        ("mlp", "static"),
+        ("mlp", "qat"),
+        ("attention", "dynamic"),
+        ("attention", "static"),
+        ("attention", "qat"),
+        ("lstm", "dynamic"),
+        ("lstm", "static"),
+    ],
+)
+def test_every_mode_writes_an_int8_model_within_budget(
+    name: str, mode: str, options_for: Callable[..., ExportOptions]
+) -> None:
+    options = _quantized(options_for, name, mode)
+    result = export(options)
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    assert result.quantization is not None
+    chosen = result.quantization.chosen
+    assert chosen is not None and chosen.budget_passed
+    assert chosen.name.startswith({"dynamic": "dynamic", "static": "static", "qat": "qat"}[mode])
+    int8_path = options.out_dir / "model.int8.onnx"
+    session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    inputs = dict(np.load(options.out_dir / "golden" / "export.inputs.npz"))
+    expected = np.load(options.out_dir / "golden" / "export.outputs.npz")
+    output = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})[0]
+    assert output.shape == expected[expected.files[0]].shape
+    manifest = json.loads((options.out_dir / "manifest.json").read_text())
+    assert manifest["int8"]["file"] == "model.int8.onnx" and manifest["int8"]["candidate"] == chosen.name
+    assert "model.int8.onnx" in manifest["files"]
+    report = json.loads((options.out_dir / "report.json").read_text())
+    listed = {c["name"]: c for c in report["quantization"]["candidates"]}
+    assert listed[chosen.name]["chosen"] and listed[chosen.name]["size_ratio"] is not None
+    assert all(c["latency"] for c in listed.values() if c["error"] is None)
+    assert "## Int8" in (options.out_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_fragile_layer_is_kept_in_float_until_the_budget_holds(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    options = _quantized(options_for, "fragile", "static")
+    result = export(options)
+    assert result.quantization is not None
+    static_ort = next(c for c in result.quantization.candidates if c.name == "static-ort")
+    kept = [e.node for e in static_ort.float_layers]
+    assert static_ort.budget_passed and 1 <= len(kept) <= 2
+    assert "node_linear_1" in kept  # the layer whose output holds the outlier unit
+    assert all(e.caused > 0 for e in static_ort.float_layers[-1:])
+    report = (options.out_dir / "report.md").read_text()
+    assert all(node in report for node in kept)
+    plain = options.out_dir.parent / "fragile-plain"
+    without = export(_quantized(options_for, "fragile", "static", max_float_layers=0, out=plain))
+    ort_only = next(c for c in without.quantization.candidates if c.name == "static-ort")  # type: ignore[union-attr]
+    assert not ort_only.budget_passed, (
+        "the fragile layer must break plain static int8, or this test proves nothing"
+    )
+
+
+@pytest.mark.slow
+def test_int8_mode_lists_every_candidate(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(_quantized(options_for, "conv", "int8"))
+    assert result.quantization is not None
+    names = [c.name for c in result.quantization.candidates]
+    assert names == ["dynamic-ort", "static-ort", "static-pt2e", "qat-pt2e"]
+    chosen = result.quantization.chosen
+    if chosen is not None:
+        assert chosen.faster_than_float and chosen.budget_passed
+        eligible = [c for c in result.quantization.candidates if c.budget_passed and c.faster_than_float]
+        assert chosen.p50_ratio == min(c.p50_ratio for c in eligible if c.p50_ratio is not None)
+
+
+@pytest.mark.slow
+def test_qat_on_an_lstm_is_a_conversion_failure_naming_why(options_for: Callable[..., ExportOptions]) -> None:
+    options = _quantized(options_for, "lstm", "qat")
+    with pytest.raises(ConversionError, match="qat-pt2e") as caught:
+        export(options)
+    assert caught.value.exit_code is ExitCode.CONVERSION_FAILED
+    assert not options.out_dir.exists()
+
+
+def test_bad_calibration_data_exits_2(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:
+    bad = tmp_path / "cal.npz"
+    np.savez(bad, wrong_name=np.zeros((4, 3, 16, 16), np.float32))
+    args = ["export", str(state_dict_checkpoint("conv")), "--model", MODELS["conv"].ref]
+    args += ["--input", MODELS["conv"].inputs[0], "--quantize", "static", "--calibration", str(bad)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out"), "--no-benchmark"])
+    assert result.exit_code == 2, result.output
+    assert "no array for input 'image'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_quantize_section_resolves_paths(tmp_path: Path) -> None:
+    from exporter.errors import RecipeError
+    from exporter.recipe import load_recipe
+
+    (tmp_path / "cal.npz").write_bytes(b"")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[quantize]\nmode = "static"\ncalibration = "cal.npz"\nmetric = "data.py:accuracy"\n'
+        'eval_data = "pkg.mod:pairs"\nmin_top1 = 0.98\n'
+    )
+    settings = load_recipe(recipe).settings["quantization"]
+    assert settings["calibration"] == str(tmp_path / "cal.npz")
+    assert settings["metric"] == f"{tmp_path / 'data.py'}:accuracy"
+    assert settings["eval_data"] == "pkg.mod:pairs"
+    assert QuantizeOptions(**settings).budget.min_top1 == 0.98
+    recipe.write_text('[quantize]\nmode = "int4"\n')
+    with pytest.raises(RecipeError, match=r"\[quantize\]\.mode"):
+        load_recipe(recipe)
