@@ -212,6 +212,9 @@ class QuantizeContext:
     work_dir: Path
     formats: Int8Formats
     calibration: SampleSet
+    evaluation: SampleSet
+    reference: list[list[np.ndarray]]
+    golden: Sequence[GoldenCase]
     threads: int
     step: Callable[[str], None]
 
@@ -327,17 +330,29 @@ def run_quantization(
     note = preprocess(float_onnx, preprocessed)
     if note:
         notes.append(note)
-    context = QuantizeContext(
-        options, module, spec, float_onnx, preprocessed, work_dir, formats, calibration, threads, step
-    )
     eager = EagerRunner(module, spec.names)
     reference = [eager.run(sample) for sample in evaluation.samples]
+    context = QuantizeContext(
+        options=options,
+        module=module,
+        spec=spec,
+        float_onnx=float_onnx,
+        preprocessed=preprocessed,
+        work_dir=work_dir,
+        formats=formats,
+        calibration=calibration,
+        evaluation=evaluation,
+        reference=reference,
+        golden=golden,
+        threads=threads,
+        step=step,
+    )
     metric = resolve_callable(options.metric, option="metric") if options.metric else None
     float_accuracy = _accuracy(metric, reference, evaluation)
     candidates = []
     for name in CANDIDATES_FOR[options.mode]:
         step(f"building {name}")
-        candidate = _build(name, context, reference, evaluation, golden)
+        candidate = _build(name, context)
         if candidate.path is not None and metric is not None:
             runner = OnnxRuntimeRunner(candidate.path, threads)
             candidate.accuracy = _accuracy(metric, [runner.run(s) for s in evaluation.samples], evaluation)
@@ -359,13 +374,7 @@ def run_quantization(
     )
 
 
-def _build(
-    name: str,
-    context: QuantizeContext,
-    reference: Sequence[list[np.ndarray]],
-    evaluation: SampleSet,
-    golden: Sequence[GoldenCase],
-) -> Candidate:
+def _build(name: str, context: QuantizeContext) -> Candidate:
     candidate = Candidate(name, _ENGINES[name])
     target = context.work_dir / f"{name}.onnx"
     started = time.perf_counter()
@@ -375,9 +384,9 @@ def _build(
         else:
             candidate.settings = _build_pt2e(context, target, qat=name.startswith("qat"))
         candidate.path = target
-        _judge(candidate, context, reference, evaluation, golden)
+        _judge(candidate, context)
         if not candidate.budget_passed and name in _ORT_BUILDERS and not candidate.shape_errors:
-            _keep_sensitive_layers_in_float(candidate, context, reference, evaluation, golden)
+            _keep_sensitive_layers_in_float(candidate, context)
     except Exception as error:
         candidate.error = f"{type(error).__name__}: {first_line(error)}"
         candidate.path = None
@@ -388,24 +397,18 @@ def _build(
     return candidate
 
 
-def _judge(
-    candidate: Candidate,
-    context: QuantizeContext,
-    reference: Sequence[list[np.ndarray]],
-    evaluation: SampleSet,
-    golden: Sequence[GoldenCase],
-) -> None:
+def _judge(candidate: Candidate, context: QuantizeContext) -> None:
     """Parity on held-out samples against eager float, and the right shapes at every golden shape case."""
     assert candidate.path is not None
     runner = OnnxRuntimeRunner(candidate.path, context.threads)
-    outputs = [runner.run(sample) for sample in evaluation.samples]
-    names = golden[0].output_names
+    outputs = [runner.run(sample) for sample in context.evaluation.samples]
+    names = context.golden[0].output_names
     candidate.outputs = [
-        compare_int8(name, [o[i] for o in outputs], [r[i] for r in reference], context.options.budget)
+        compare_int8(name, [o[i] for o in outputs], [r[i] for r in context.reference], context.options.budget)
         for i, name in enumerate(names)
     ]
     candidate.shape_errors = []
-    for case in golden:
+    for case in context.golden:
         try:
             produced = runner.run(case.inputs)
         except Exception as error:
@@ -426,13 +429,7 @@ def _error(candidate: Candidate) -> float:
     return max((1.0 - o.min_cosine for o in candidate.outputs), default=1.0)
 
 
-def _keep_sensitive_layers_in_float(
-    candidate: Candidate,
-    context: QuantizeContext,
-    reference: Sequence[list[np.ndarray]],
-    evaluation: SampleSet,
-    golden: Sequence[GoldenCase],
-) -> None:
+def _keep_sensitive_layers_in_float(candidate: Candidate, context: QuantizeContext) -> None:
     """Greedy forward selection of layers to keep in float, each step measured by re-quantizing.
 
     A move keeps one layer in float, or a layer together with the layer producing its input: an outlier
@@ -446,7 +443,7 @@ def _keep_sensitive_layers_in_float(
     nodes = dict(quantizable_nodes(context.preprocessed))
     context.step(f"{candidate.name}: shortlisting sensitive layers")
     pool = shortlist(
-        context.preprocessed, candidate.path, evaluation.samples[:8], context.threads, PROBE_LIMIT
+        context.preprocessed, candidate.path, context.evaluation.samples[:8], context.threads, PROBE_LIMIT
     )
     pool += [n for n in nodes if n not in pool][: max(0, PROBE_LIMIT - len(pool))]
     limit = min(context.options.max_float_layers, max(1, len(nodes) // 2))
@@ -469,7 +466,7 @@ def _keep_sensitive_layers_in_float(
                 continue
             context.step(f"{candidate.name}: trying {', '.join(move)} in float")
             builder(context, trial.path, names + list(move))
-            _judge(trial, context, reference, evaluation, golden)
+            _judge(trial, context)
             tried.append((_error(trial), move))
         if not tried:
             break
@@ -482,13 +479,13 @@ def _keep_sensitive_layers_in_float(
         error = best_error
         builder(context, candidate.path, [e.node for e in kept])
         candidate.float_layers = list(kept)
-        _judge(candidate, context, reference, evaluation, golden)
+        _judge(candidate, context)
         if candidate.budget_passed:
             return
     if kept and error >= baseline:  # nothing helped: ship no float layers for nothing
         builder(context, candidate.path, [])
         candidate.float_layers = []
-        _judge(candidate, context, reference, evaluation, golden)
+        _judge(candidate, context)
 
 
 def _time_all(
