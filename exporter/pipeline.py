@@ -45,6 +45,7 @@ from exporter.quantize import (
     QuantizationResult,
     QuantizeOptions,
     QuantMode,
+    SampleSet,
     choose_formats,
     load_samples,
     run_quantization,
@@ -236,6 +237,8 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         eager = EagerRunner(loaded.module, options.spec.names)
         cases = shape_cases(options.spec)
         golden = make_golden(eager, options.spec, cases, options.seed)
+        # Bad calibration data is bad input: find it before minutes of conversion, not after.
+        samples = _int8_samples(options) if options.quantization.mode is not QuantMode.NONE else None
 
     with staging_dir(options.out_dir, options.force) as staging:
         build_dir = staging / "_build"
@@ -255,13 +258,14 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             )
 
         quantization: QuantizationResult | None = None
-        if options.quantization.mode is QuantMode.NONE:
+        if samples is None:
             stages.skip("quantize", "not requested")
         elif not parity[-1].passed:
             stages.skip("quantize", "the float model failed verification")
         else:
             with stages.run("quantize") as record:
                 quantization = _quantize(
+                    samples=samples,
                     options=options,
                     loaded=loaded,
                     float_onnx=shipped_path,
@@ -269,8 +273,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
                     work_dir=build_dir / "int8",
                     listener=listener,
                 )
-                record.status = StageStatus.PASSED if quantization.passed else StageStatus.FAILED
-                record.detail = _quantize_detail(quantization)
+                record.status, record.detail = _quantize_status(quantization)
 
         latency: list[LatencyStats] = []
         timed = [("onnxruntime", shipped_path)]
@@ -334,8 +337,19 @@ def _write(
     return report
 
 
+def _int8_samples(options: ExportOptions) -> tuple[SampleSet, SampleSet]:
+    """Calibration and held-out evaluation samples (a recipe's labelled ``eval_data`` when it has one)."""
+    settings = options.quantization
+    held_out = max(8, settings.samples // 4)
+    samples = load_samples(settings.calibration, options.spec, settings.samples + held_out, options.seed)
+    if settings.eval_data:
+        return samples, load_samples(settings.eval_data, options.spec, 100_000, options.seed)
+    return samples.split(held_out / (settings.samples + held_out))
+
+
 def _quantize(
     *,
+    samples: tuple[SampleSet, SampleSet],
     options: ExportOptions,
     loaded: LoadedModel,
     float_onnx: Path,
@@ -343,15 +357,9 @@ def _quantize(
     work_dir: Path,
     listener: ProgressListener,
 ) -> QuantizationResult:
-    """Load calibration (and evaluation) samples, then build, judge and time the int8 candidates."""
+    """Build, judge and time the int8 candidates."""
     settings = options.quantization
-    held_out = max(8, settings.samples // 4)
-    samples = load_samples(settings.calibration, options.spec, settings.samples + held_out, options.seed)
-    if settings.eval_data:
-        calibration = samples
-        evaluation = load_samples(settings.eval_data, options.spec, 100_000, options.seed)
-    else:
-        calibration, evaluation = samples.split(held_out / (settings.samples + held_out))
+    calibration, evaluation = samples
     result = run_quantization(
         settings,
         module=loaded.module,
@@ -373,12 +381,13 @@ def _quantize(
     return result
 
 
-def _quantize_detail(result: QuantizationResult) -> str:
+def _quantize_status(result: QuantizationResult) -> tuple[StageStatus, str]:
+    status = StageStatus.PASSED if result.passed else StageStatus.FAILED
     chosen = result.chosen
     if chosen is None:
-        return f"{len(result.candidates)} candidates, none shipped"
+        return status, f"{len(result.candidates)} candidates, none shipped"
     size = chosen.size_bytes / result.float_size if result.float_size else 0
-    return (
+    return status, (
         f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float, size x{size:.2f}, "
         f"min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
     )
