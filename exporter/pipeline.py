@@ -5,26 +5,20 @@
 
 from __future__ import annotations
 
-import datetime
 import gc
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from exporter.artifacts import (
-    MANIFEST_SCHEMA_VERSION,
     check_output_dir,
-    file_inventory,
     staging_dir,
     write_golden,
     write_json,
@@ -38,6 +32,7 @@ from exporter.convert.onnx import (
     convert_to_onnx,
     move_onnx_model,
 )
+from exporter.documents import RunRecord, build_manifest, build_report
 from exporter.environment import collect_environment
 from exporter.errors import ConversionError, ExitCode, UsageError, first_line
 from exporter.loading import LoadedModel, LoadRequest, load_model
@@ -50,49 +45,13 @@ from exporter.quantize import (
     load_samples,
     run_quantization,
 )
-from exporter.report import REPORT_SCHEMA_VERSION, render_markdown
+from exporter.report import render_markdown
 from exporter.runners import EagerRunner, OnnxRuntimeRunner, Runner
 from exporter.specs import InputSpec, shape_cases
+from exporter.stages import ProgressListener, SilentListener, StageRecord, StageStatus, StageTracker
 from exporter.verify import CaseResult, GoldenCase, ParityResult, Tolerance, make_golden, verify_runner
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
-
-STAGES = ("load", "convert", "verify", "quantize", "benchmark", "write")
-
-
-class StageStatus(StrEnum):
-    NOT_RUN = "not run"
-    PASSED = "passed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-@dataclass
-class StageRecord:
-    name: str
-    status: StageStatus = StageStatus.NOT_RUN
-    seconds: float = 0.0
-    detail: str = ""
-
-
-class ProgressListener(Protocol):
-    """What the pipeline tells its caller while it runs (the CLI draws it with rich)."""
-
-    def stage_started(self, stage: str) -> None: ...
-    def stage_finished(self, record: StageRecord) -> None: ...
-    def step(self, message: str, done: int, total: int) -> None:
-        """Progress inside a stage; ``total`` 0 means the count is unknown."""
-
-
-class _Silent:
-    def stage_started(self, stage: str) -> None:
-        pass
-
-    def stage_finished(self, record: StageRecord) -> None:
-        pass
-
-    def step(self, message: str, done: int, total: int) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -179,40 +138,6 @@ class ExportResult:
         return ExitCode.OK if self.passed else ExitCode.VERIFICATION_FAILED
 
 
-class _Stages:
-    def __init__(self, listener: ProgressListener) -> None:
-        self.records = {name: StageRecord(name) for name in STAGES}
-        self.listener = listener
-
-    @contextmanager
-    def run(self, name: str) -> Iterator[StageRecord]:
-        record = self.records[name]
-        self.listener.stage_started(name)
-        started = time.perf_counter()
-        try:
-            yield record
-        except BaseException as error:
-            record.status = StageStatus.FAILED
-            record.detail = record.detail or (
-                str(error).splitlines()[0] if str(error) else type(error).__name__
-            )
-            raise
-        else:
-            if record.status is StageStatus.NOT_RUN:
-                record.status = StageStatus.PASSED
-        finally:
-            record.seconds = time.perf_counter() - started
-            self.listener.stage_finished(record)
-
-    def skip(self, name: str, why: str) -> None:
-        record = self.records[name]
-        record.status, record.detail = StageStatus.SKIPPED, why
-        self.listener.stage_finished(record)
-
-    def list(self) -> list[StageRecord]:
-        return list(self.records.values())
-
-
 def export(options: ExportOptions, listener: ProgressListener | None = None) -> ExportResult:
     """Run the whole pipeline; the artifacts folder appears only once complete.
 
@@ -224,8 +149,8 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     if tuple(options.targets) != ("onnx",):
         raise UsageError(f"--to {','.join(options.targets)}: only 'onnx' is available in this version")
     check_output_dir(options.out_dir, options.force)
-    listener = listener or _Silent()
-    stages = _Stages(listener)
+    listener = listener or SilentListener()
+    stages = StageTracker(listener)
     torch.set_num_threads(options.threads)
     environment = collect_environment(options.threads)
 
@@ -288,7 +213,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             stages.skip("benchmark", "disabled")
 
         with stages.run("write") as record:
-            run = _Run(environment, loaded, golden, conversion, parity, shipped, quantization, latency)
+            run = RunRecord(environment, loaded, golden, conversion, parity, shipped, quantization, latency)
             report = _write(
                 staging=staging,
                 build_dir=build_dir,
@@ -303,22 +228,14 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     )
 
 
-@dataclass
-class _Run:
-    """Everything the stages produced, for the report and the manifest."""
-
-    environment: dict[str, Any]
-    loaded: LoadedModel
-    golden: Sequence[GoldenCase]
-    conversion: OnnxConversion
-    parity: list[ParityResult]
-    shipped: str
-    quantization: QuantizationResult | None
-    latency: list[LatencyStats]
-
-
 def _write(
-    *, staging: Path, build_dir: Path, shipped_path: Path, options: ExportOptions, run: _Run, stages: _Stages
+    *,
+    staging: Path,
+    build_dir: Path,
+    shipped_path: Path,
+    options: ExportOptions,
+    run: RunRecord,
+    stages: StageTracker,
 ) -> dict[str, Any]:
     """Fill the staging folder: models, golden files, report.json/.md and manifest.json (hashing the rest)."""
     move_onnx_model(shipped_path, staging / "model.onnx")
@@ -330,10 +247,10 @@ def _write(
         golden_index.append(write_sample_golden(staging / "golden", "int8-eval", run.quantization.evaluation))
     _cleanup_build(build_dir)
     stages.records["write"].status = StageStatus.PASSED
-    report = _report(options, run, stages.list())
+    report = build_report(options, run, stages.list())
     write_json(staging / "report.json", report)
     (staging / "report.md").write_text(render_markdown(report))
-    write_json(staging / "manifest.json", _manifest(options, run, golden_index, staging))
+    write_json(staging / "manifest.json", build_manifest(options, run, golden_index, staging))
     return report
 
 
@@ -479,150 +396,3 @@ def _benchmark(
 
 def _cleanup_build(build_dir: Path) -> None:
     shutil.rmtree(build_dir, ignore_errors=True)
-
-
-def _report(options: ExportOptions, run: _Run, stages: list[StageRecord]) -> dict[str, Any]:
-    environment, loaded, conversion, parity = run.environment, run.loaded, run.conversion, run.parity
-    shipped, latency, quantization = run.shipped, run.latency, run.quantization
-    shipped_parity = next(p for p in parity if p.artifact == shipped)
-    notes = list(loaded.notes)
-    if len(conversion.attempts) > 1:
-        failed = conversion.attempts[0]
-        notes.append(
-            f"the {failed.exporter} exporter failed ({failed.error}); fell back to {conversion.exporter}"
-        )
-    notes.extend(_frozen_dim_hint(shipped_parity, options.spec, conversion.exporter))
-    if conversion.simplify_error:
-        notes.append(f"onnxsim not applied: {conversion.simplify_error}")
-    elif shipped != "simplified" and shipped_parity.passed:
-        notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
-    if quantization is not None:
-        notes.extend(quantization.notes)
-    passed = shipped_parity.passed and (quantization is None or quantization.passed)
-    return {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "name": options.model_name,
-        "status": "passed" if passed else "failed",
-        "stages": [
-            {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
-            for s in stages
-        ],
-        "environment": environment,
-        "source": loaded.to_json(),
-        "input_spec": options.spec.to_json(),
-        "seed": options.seed,
-        "settings": _settings_json(options),
-        "conversion": {**conversion.to_json(), "shipped": shipped},
-        "parity": [p.to_json() for p in parity],
-        "latency": [s.to_json() for s in latency],
-        "timing": vars(options.timing),
-        "quantization": quantization.to_json() if quantization else None,
-        "notes": notes,
-        "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
-    }
-
-
-def _settings_json(options: ExportOptions) -> dict[str, Any]:
-    """The options as run, so a report says exactly what was asked for."""
-    return {
-        "checkpoint": str(options.checkpoint),
-        "targets": list(options.targets),
-        "model": options.model_ref,
-        "model_kwargs": dict(options.model_kwargs),
-        "trust_checkpoint": options.trust_checkpoint,
-        "atol": options.atol,
-        "rtol": options.rtol,
-        "seed": options.seed,
-        "opset_requested": options.opset,
-        "onnx_exporter": options.onnx_exporter.value,
-        "simplify": options.simplify,
-        "threads": options.threads,
-        "benchmark": options.benchmark,
-        "batch_dim": options.batch_dim,
-        "batch_sizes": list(options.batch_sizes),
-        "quantization": asdict(options.quantization),
-    }
-
-
-def _int8_manifest(quantization: QuantizationResult | None) -> dict[str, Any] | None:
-    chosen = quantization.chosen if quantization else None
-    if quantization is None or chosen is None:
-        return None
-    return {
-        "file": "model.int8.onnx",
-        "candidate": chosen.name,
-        "engine": chosen.engine,
-        "settings": chosen.settings,
-        "float_layers": [e.node for e in chosen.float_layers],
-        "budget": asdict(quantization.options.budget),
-        "formats": asdict(quantization.formats),
-        "calibration": quantization.calibration.source,
-    }
-
-
-def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> list[str]:
-    """Name the dims whose other sizes fail while the export shape passes: the signature of a frozen dim."""
-    export_case = next((c for c in parity.cases if c.case == "export"), None)
-    if export_case is None or not export_case.passed:
-        return []
-    example = spec.example_sizes
-
-    def changed(case: CaseResult) -> set[str]:
-        return {label for label, size in case.sizes.items() if size != example[label]}
-
-    suspects = set().union(*(changed(c) for c in parity.cases if not c.passed))
-    cleared = set().union(*(changed(c) for c in parity.cases if c.passed and len(changed(c)) == 1))
-    moved = sorted(suspects - cleared) or sorted(suspects)
-    if not moved:
-        return []
-    advice = (
-        "the torchscript exporter traces, freezing sizes that Python code turns into ints; try "
-        "--onnx-exporter dynamo"
-        if exporter == "torchscript"
-        else "look for code that turns these sizes into Python ints or constants"
-    )
-    verb = "changes" if len(moved) == 1 else "change"
-    return [
-        f"passes at the export shape but fails when {', '.join(moved)} {verb}: a dim was frozen ({advice})"
-    ]
-
-
-def _manifest(
-    options: ExportOptions, run: _Run, golden_index: list[dict[str, Any]], staging: Path
-) -> dict[str, Any]:
-    environment, loaded, conversion, quantization = (
-        run.environment,
-        run.loaded,
-        run.conversion,
-        run.quantization,
-    )
-    return {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "name": options.model_name,
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "tool": {"name": "exporter", "version": environment["exporter"]},
-        "versions": environment["packages"] | {"python": environment["python"]},
-        "machine": {k: environment[k] for k in ("platform", "cpu", "cpu_flags", "logical_cpus")},
-        "threads": options.threads,
-        "source": {
-            "checkpoint": str(loaded.checkpoint),
-            "format": loaded.format.value,
-            "sha256": loaded.sha256,
-            "bytes": loaded.file_size,
-            "model": options.model_ref,
-            "model_kwargs": dict(options.model_kwargs),
-        },
-        "onnx": {
-            "file": "model.onnx",
-            "opset": conversion.opset,
-            "exporter": conversion.exporter,
-            "input_names": conversion.input_names,
-            "output_names": conversion.output_names,
-        },
-        "input_spec": options.spec.to_json(),
-        "tolerance": {"atol": options.atol, "rtol": options.rtol},
-        "int8": _int8_manifest(quantization),
-        "seed": options.seed,
-        "golden": golden_index,
-        "files": file_inventory(staging, exclude=("manifest.json",)),
-    }

@@ -1,0 +1,186 @@
+"""The documents a run leaves behind: ``report.json`` (everything measured, with notes a reader needs)
+and ``manifest.json`` (what the artifacts are, with hashes and versions). Both carry ``schema_version``."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.artifacts import MANIFEST_SCHEMA_VERSION, file_inventory
+from exporter.benchmark import LatencyStats
+from exporter.convert.onnx import OnnxConversion
+from exporter.loading import LoadedModel
+from exporter.quantize import QuantizationResult
+from exporter.report import REPORT_SCHEMA_VERSION
+from exporter.specs import InputSpec
+from exporter.stages import StageRecord
+from exporter.verify import CaseResult, GoldenCase, ParityResult
+
+if TYPE_CHECKING:
+    from exporter.pipeline import ExportOptions
+
+__all__ = ["RunRecord", "build_manifest", "build_report"]
+
+
+@dataclass
+class RunRecord:
+    """Everything the stages produced, for the report and the manifest."""
+
+    environment: dict[str, Any]
+    loaded: LoadedModel
+    golden: Sequence[GoldenCase]
+    conversion: OnnxConversion
+    parity: list[ParityResult]
+    shipped: str
+    quantization: QuantizationResult | None
+    latency: list[LatencyStats]
+
+
+def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecord]) -> dict[str, Any]:
+    environment, loaded, conversion, parity = run.environment, run.loaded, run.conversion, run.parity
+    shipped, latency, quantization = run.shipped, run.latency, run.quantization
+    shipped_parity = next(p for p in parity if p.artifact == shipped)
+    notes = list(loaded.notes)
+    if len(conversion.attempts) > 1:
+        failed = conversion.attempts[0]
+        notes.append(
+            f"the {failed.exporter} exporter failed ({failed.error}); fell back to {conversion.exporter}"
+        )
+    notes.extend(_frozen_dim_hint(shipped_parity, options.spec, conversion.exporter))
+    if conversion.simplify_error:
+        notes.append(f"onnxsim not applied: {conversion.simplify_error}")
+    elif shipped != "simplified" and shipped_parity.passed:
+        notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
+    if quantization is not None:
+        notes.extend(quantization.notes)
+    passed = shipped_parity.passed and (quantization is None or quantization.passed)
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "name": options.model_name,
+        "status": "passed" if passed else "failed",
+        "stages": [
+            {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
+            for s in stages
+        ],
+        "environment": environment,
+        "source": loaded.to_json(),
+        "input_spec": options.spec.to_json(),
+        "seed": options.seed,
+        "settings": _settings_json(options),
+        "conversion": {**conversion.to_json(), "shipped": shipped},
+        "parity": [p.to_json() for p in parity],
+        "latency": [s.to_json() for s in latency],
+        "timing": vars(options.timing),
+        "quantization": quantization.to_json() if quantization else None,
+        "notes": notes,
+        "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
+    }
+
+
+def _settings_json(options: ExportOptions) -> dict[str, Any]:
+    """The options as run, so a report says exactly what was asked for."""
+    return {
+        "checkpoint": str(options.checkpoint),
+        "targets": list(options.targets),
+        "model": options.model_ref,
+        "model_kwargs": dict(options.model_kwargs),
+        "trust_checkpoint": options.trust_checkpoint,
+        "atol": options.atol,
+        "rtol": options.rtol,
+        "seed": options.seed,
+        "opset_requested": options.opset,
+        "onnx_exporter": options.onnx_exporter.value,
+        "simplify": options.simplify,
+        "threads": options.threads,
+        "benchmark": options.benchmark,
+        "batch_dim": options.batch_dim,
+        "batch_sizes": list(options.batch_sizes),
+        "quantization": asdict(options.quantization),
+    }
+
+
+def _int8_manifest(quantization: QuantizationResult | None) -> dict[str, Any] | None:
+    chosen = quantization.chosen if quantization else None
+    if quantization is None or chosen is None:
+        return None
+    return {
+        "file": "model.int8.onnx",
+        "candidate": chosen.name,
+        "engine": chosen.engine,
+        "settings": chosen.settings,
+        "float_layers": [e.node for e in chosen.float_layers],
+        "budget": asdict(quantization.options.budget),
+        "formats": asdict(quantization.formats),
+        "calibration": quantization.calibration.source,
+    }
+
+
+def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> list[str]:
+    """Name the dims whose other sizes fail while the export shape passes: the signature of a frozen dim."""
+    export_case = next((c for c in parity.cases if c.case == "export"), None)
+    if export_case is None or not export_case.passed:
+        return []
+    example = spec.example_sizes
+
+    def changed(case: CaseResult) -> set[str]:
+        return {label for label, size in case.sizes.items() if size != example[label]}
+
+    suspects = set().union(*(changed(c) for c in parity.cases if not c.passed))
+    cleared = set().union(*(changed(c) for c in parity.cases if c.passed and len(changed(c)) == 1))
+    moved = sorted(suspects - cleared) or sorted(suspects)
+    if not moved:
+        return []
+    advice = (
+        "the torchscript exporter traces, freezing sizes that Python code turns into ints; try "
+        "--onnx-exporter dynamo"
+        if exporter == "torchscript"
+        else "look for code that turns these sizes into Python ints or constants"
+    )
+    verb = "changes" if len(moved) == 1 else "change"
+    return [
+        f"passes at the export shape but fails when {', '.join(moved)} {verb}: a dim was frozen ({advice})"
+    ]
+
+
+def build_manifest(
+    options: ExportOptions, run: RunRecord, golden_index: list[dict[str, Any]], staging: Path
+) -> dict[str, Any]:
+    environment, loaded, conversion, quantization = (
+        run.environment,
+        run.loaded,
+        run.conversion,
+        run.quantization,
+    )
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": options.model_name,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "tool": {"name": "exporter", "version": environment["exporter"]},
+        "versions": environment["packages"] | {"python": environment["python"]},
+        "machine": {k: environment[k] for k in ("platform", "cpu", "cpu_flags", "logical_cpus")},
+        "threads": options.threads,
+        "source": {
+            "checkpoint": str(loaded.checkpoint),
+            "format": loaded.format.value,
+            "sha256": loaded.sha256,
+            "bytes": loaded.file_size,
+            "model": options.model_ref,
+            "model_kwargs": dict(options.model_kwargs),
+        },
+        "onnx": {
+            "file": "model.onnx",
+            "opset": conversion.opset,
+            "exporter": conversion.exporter,
+            "input_names": conversion.input_names,
+            "output_names": conversion.output_names,
+        },
+        "input_spec": options.spec.to_json(),
+        "tolerance": {"atol": options.atol, "rtol": options.rtol},
+        "int8": _int8_manifest(quantization),
+        "seed": options.seed,
+        "golden": golden_index,
+        "files": file_inventory(staging, exclude=("manifest.json",)),
+    }

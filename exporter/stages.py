@@ -1,0 +1,84 @@
+"""Stage bookkeeping: a status per stage (not run, passed, failed, skipped), its time, and what the
+pipeline tells a listener (the CLI's progress display) while it runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = ["STAGES", "ProgressListener", "SilentListener", "StageRecord", "StageStatus", "StageTracker"]
+
+STAGES = ("load", "convert", "verify", "quantize", "benchmark", "write")
+
+
+class StageStatus(StrEnum):
+    NOT_RUN = "not run"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: StageStatus = StageStatus.NOT_RUN
+    seconds: float = 0.0
+    detail: str = ""
+
+
+class ProgressListener(Protocol):
+    """What the pipeline tells its caller while it runs (the CLI draws it with rich)."""
+
+    def stage_started(self, stage: str) -> None: ...
+    def stage_finished(self, record: StageRecord) -> None: ...
+    def step(self, message: str, done: int, total: int) -> None:
+        """Progress inside a stage; ``total`` 0 means the count is unknown."""
+
+
+class SilentListener:
+    def stage_started(self, stage: str) -> None:
+        pass
+
+    def stage_finished(self, record: StageRecord) -> None:
+        pass
+
+    def step(self, message: str, done: int, total: int) -> None:
+        pass
+
+
+class StageTracker:
+    def __init__(self, listener: ProgressListener) -> None:
+        self.records = {name: StageRecord(name) for name in STAGES}
+        self.listener = listener
+
+    @contextmanager
+    def run(self, name: str) -> Iterator[StageRecord]:
+        record = self.records[name]
+        self.listener.stage_started(name)
+        started = time.perf_counter()
+        try:
+            yield record
+        except BaseException as error:
+            record.status = StageStatus.FAILED
+            record.detail = record.detail or (
+                str(error).splitlines()[0] if str(error) else type(error).__name__
+            )
+            raise
+        else:
+            if record.status is StageStatus.NOT_RUN:
+                record.status = StageStatus.PASSED
+        finally:
+            record.seconds = time.perf_counter() - started
+            self.listener.stage_finished(record)
+
+    def skip(self, name: str, why: str) -> None:
+        record = self.records[name]
+        record.status, record.detail = StageStatus.SKIPPED, why
+        self.listener.stage_finished(record)
+
+    def list(self) -> list[StageRecord]:
+        return list(self.records.values())
