@@ -257,10 +257,11 @@ def _write(
 def _int8_samples(options: ExportOptions) -> tuple[SampleSet, SampleSet]:
     """Calibration and held-out evaluation samples (a recipe's labelled ``eval_data`` when it has one)."""
     settings = options.quantization
+    if settings.eval_data:
+        calibration = load_samples(settings.calibration, options.spec, settings.samples, options.seed)
+        return calibration, load_samples(settings.eval_data, options.spec, 100_000, options.seed)
     held_out = max(8, settings.samples // 4)
     samples = load_samples(settings.calibration, options.spec, settings.samples + held_out, options.seed)
-    if settings.eval_data:
-        return samples, load_samples(settings.eval_data, options.spec, 100_000, options.seed)
     return samples.split(held_out / (settings.samples + held_out))
 
 

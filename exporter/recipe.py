@@ -26,6 +26,7 @@ Example (``recipes/digits_cnn.toml``)::
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ def load_recipe(path: Path) -> Recipe:
     if "name" in data:
         settings["name"] = data["name"]
     if "checkpoint" in model:
-        settings["checkpoint"] = base / model["checkpoint"]
+        settings["checkpoint"] = Path(_join(base, model["checkpoint"]))
     if "factory" in model:
         settings["model_ref"] = _relative_ref(model["factory"], base)
     if "kwargs" in model:
@@ -227,12 +228,17 @@ def _relative_source(source: str, base: Path) -> str:
     module, sep, _ = source.rpartition(":")
     if sep and not (base / source).exists() and (module.endswith(".py") or "/" not in module):
         return _relative_ref(source, base)
-    return str(base / source)
+    return _join(base, source)
+
+
+def _join(base: Path, relative: str) -> str:
+    """``base / relative`` without ``..`` segments, so reports show readable paths."""
+    return os.path.normpath(base / relative)
 
 
 def _relative_ref(ref: str, base: Path) -> str:
     """``file.py:callable`` references are relative to the recipe; module references stay as written."""
     module, _, attr = ref.rpartition(":")
     if module.endswith(".py") and not Path(module).is_absolute():
-        return f"{base / module}:{attr}"
+        return f"{_join(base, module)}:{attr}"
     return ref

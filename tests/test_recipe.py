@@ -66,7 +66,7 @@ def test_full_recipe_settings(tmp_path: Path) -> None:
     assert recipe.settings == {
         "name": "digits_cnn",
         "checkpoint": folder / "weights/digits_cnn.pt",
-        "model_ref": f"{folder / '../src/model.py'}:build_model",
+        "model_ref": f"{(folder.parent / 'src' / 'model.py')}:build_model",
         "model_kwargs": {"width": 16, "name": "cnn"},
         "trust_checkpoint": True,
         "targets": ["onnx"],
