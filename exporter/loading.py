@@ -143,7 +143,7 @@ def _guard(path: Path, what: str, load: Any) -> Any:
         return load()
     except Exception as error:
         raise LoadError(
-            f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {first_line(error)}"
+            f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {_cause(error)}"
         ) from error
 
 
@@ -154,8 +154,7 @@ def _torch_load(request: LoadRequest) -> Any:
     except pickle.UnpicklingError as error:
         if not _needs_unsafe_globals(str(error)):
             raise LoadError(
-                f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated "
-                f"({first_line(error)})"
+                f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({_cause(error)})"
             ) from error
         if not request.trust_checkpoint:
             raise LoadError(
@@ -165,7 +164,7 @@ def _torch_load(request: LoadRequest) -> Any:
             ) from None
     except Exception as error:
         raise LoadError(
-            f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({first_line(error)})"
+            f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({_cause(error)})"
         ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -252,3 +251,10 @@ def _build_with_weights(
         )
     module.load_state_dict(weights, strict=True)
     return module
+
+
+def _cause(error: BaseException) -> str:
+    """The first sentence of a reader's error: torch's zip errors run on for several more."""
+    line = first_line(error, 400)
+    sentence = line.split(". ", 1)[0]
+    return sentence if len(sentence) <= 160 else sentence[:157] + "..."
