@@ -21,8 +21,9 @@ from exporter.errors import ExitCode, ExporterError, UsageError
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, StageStatus, export
 from exporter.recipe import load_recipe
 from exporter.report import Table as RowTable
-from exporter.report import latency_table, parity_table, quantization_table
+from exporter.report import latency_matrix, parity_matrix, parity_table, quantization_table
 from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.targets import expand_targets
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +36,22 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 class Target(StrEnum):
     onnx = "onnx"
+    torchscript = "torchscript"
+    compile = "compile"
+    all = "all"
+
+
+class TorchScriptModeFlag(StrEnum):
+    auto = "auto"
+    script = "script"
+    trace = "trace"
+
+
+class CompileModeFlag(StrEnum):
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
 
 
 class QuantizeFlag(StrEnum):
@@ -115,21 +132,28 @@ def _rich_table(title: str, table: RowTable) -> Table:
 
 def _print_summary(result: ExportResult) -> None:
     report = result.report
-    shipped = {**report, "parity": [p for p in report["parity"] if p["artifact"] == result.shipped]}
-    title = f"Parity of the shipped ({result.shipped}) model against PyTorch eager"
-    out.print(_rich_table(title, parity_table(shipped)))
+    out.print(
+        _rich_table("Parity matrix: shipped artifact x shape case, worst max abs diff", parity_matrix(report))
+    )
+    failing = [b for b in result.backends if not b.passed]
+    if failing:
+        shipped = {
+            **report,
+            "parity": [p.to_json() for b in failing for p in b.parity if p.artifact == b.shipped],
+        }
+        out.print(_rich_table("Parity failures in detail", parity_table(shipped)))
     if report["quantization"]:
         out.print(
             _rich_table(f"Int8 ({report['quantization']['budget']['text']})", quantization_table(report))
         )
     if report["latency"]:
-        out.print(_rich_table(f"Latency ({report['environment']['threads']} threads)", latency_table(report)))
+        title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
+        out.print(_rich_table(title, latency_matrix(report)))
     for note in report["notes"]:
         out.print(f"[yellow]note:[/] {note}")
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
-    out.print(
-        f"{verdict}  artifacts in [bold]{result.out_dir}[/] (model.onnx, golden/, manifest.json, report.md)"
-    )
+    files = ", ".join([*(b.file for b in result.backends if b.file), "golden/", "manifest.json", "report.md"])
+    out.print(f"{verdict}  artifacts in [bold]{result.out_dir}[/] ({files})")
 
 
 @app.command("export")
@@ -140,7 +164,14 @@ def export_command(
             help="TorchScript archive, torch.export .pt2, state_dict, .safetensors or pickled module."
         ),
     ] = None,
-    to: Annotated[list[Target], typer.Option("--to", help="Target format.")] = [Target.onnx],  # noqa: B006
+    to: Annotated[
+        list[Target] | None,
+        typer.Option(
+            "--to",
+            help="Target: onnx, torchscript, compile (torch.compile + AOTInductor model.pt2), or all; "
+            "repeat for several [default: onnx].",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -228,9 +259,20 @@ def export_command(
         float | None, typer.Option("--min-top1", help="int8 budget: min top-1 agreement of 2-D outputs.")
     ] = None,
     min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="int8 budget: min SQNR in dB.")] = None,
+    torchscript_mode: Annotated[
+        TorchScriptModeFlag | None,
+        typer.Option(
+            "--torchscript-mode",
+            help="script keeps control flow, trace records one path; auto: script, then trace.",
+        ),
+    ] = None,
+    compile_mode: Annotated[
+        CompileModeFlag | None, typer.Option("--compile-mode", help="torch.compile mode [default: default].")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Export CHECKPOINT to ONNX, verify it against PyTorch at several shapes, time it, write artifacts.
+    """Export CHECKPOINT (ONNX, TorchScript, torch.compile/AOTInductor), verify every backend against PyTorch
+    at several shapes, time them alike, write artifacts.
 
     Exit codes: 0 passed; 1 verification failed (report still written); 2 bad input or usage;
     3 conversion failed.
@@ -250,7 +292,9 @@ def export_command(
         "seed": seed,
         "benchmark": benchmark,
         "trust_checkpoint": trust_checkpoint or None,
-        "targets": tuple(t.value for t in to),
+        "targets": tuple(t.value for t in to) if to else None,
+        "torchscript_mode": torchscript_mode.value if torchscript_mode else None,
+        "compile_mode": compile_mode.value if compile_mode else None,
         "force": force,
     }
     quantization_flags = {
@@ -304,7 +348,10 @@ def _build_options(
 
 def _run(options: ExportOptions) -> ExportResult:
     progress = _RichProgress(out)
-    out.print(f"[bold]exporter[/] {options.checkpoint} -> onnx ({options.threads} threads)", highlight=False)
+    targets = ", ".join(expand_targets(options.targets))
+    out.print(
+        f"[bold]exporter[/] {options.checkpoint} -> {targets} ({options.threads} threads)", highlight=False
+    )
     try:
         return export(options, progress)
     finally:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION, file_inventory
+from exporter.backends import BackendResult
 from exporter.benchmark import LatencyStats
 from exporter.convert.onnx import OnnxConversion
 from exporter.loading import LoadedModel
@@ -32,31 +33,71 @@ class RunRecord:
     environment: dict[str, Any]
     loaded: LoadedModel
     golden: Sequence[GoldenCase]
-    conversion: OnnxConversion
-    parity: list[ParityResult]
-    shipped: str
+    conversion: OnnxConversion | None
+    backends: list[BackendResult]
     quantization: QuantizationResult | None
     latency: list[LatencyStats]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def onnx(self) -> BackendResult | None:
+        return next((b for b in self.backends if b.target == "onnx"), None)
 
 
-def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecord]) -> dict[str, Any]:
-    environment, loaded, conversion, parity = run.environment, run.loaded, run.conversion, run.parity
-    shipped, latency, quantization = run.shipped, run.latency, run.quantization
-    shipped_parity = next(p for p in parity if p.artifact == shipped)
-    notes = list(loaded.notes)
+def _onnx_notes(conversion: OnnxConversion, backend: BackendResult, spec: InputSpec) -> list[str]:
+    notes = []
+    shipped, shipped_parity = backend.shipped, backend.shipped_parity
     if len(conversion.attempts) > 1:
         failed = conversion.attempts[0]
         notes.append(
             f"the {failed.exporter} exporter failed ({failed.error}); fell back to {conversion.exporter}"
         )
-    notes.extend(_frozen_dim_hint(shipped_parity, options.spec, conversion.exporter))
+    notes.extend(_frozen_dim_hint(shipped_parity, spec, conversion.exporter))
     if conversion.simplify_error:
         notes.append(f"onnxsim not applied: {conversion.simplify_error}")
     elif shipped != "simplified" and shipped_parity.passed:
         notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
+    return notes
+
+
+def _backend_notes(backend: BackendResult) -> list[str]:
+    """Why a backend did not ship its best candidate, and anything its conversion recorded."""
+    notes = [f"{backend.backend}: {note}" for note in backend.notes]
+    conversion = backend.conversion
+    if backend.backend == "torchscript":
+        attempts = conversion.get("attempts", [])
+        if len(attempts) > 1:
+            notes.append(
+                f"torchscript: torch.jit.{attempts[0]['exporter']} failed ({attempts[0]['error']}); "
+                f"fell back to torch.jit.{attempts[-1]['exporter']}"
+            )
+        best = conversion.get("candidates", [backend.shipped])[0]
+        if backend.shipped != best and backend.passed:
+            notes.append(f"torchscript: the {best} archive failed verification; shipped {backend.shipped}")
+        notes.extend(
+            f"torchscript: {label} archive not made: {why}" for label, why in conversion["skipped"].items()
+        )
+    if backend.backend == "torch-compile" and conversion.get("recompiles"):
+        notes.append(
+            f"torch-compile: recompiled {conversion['recompiles']} times after the first compile "
+            f"({conversion['graphs']} graphs, {conversion['compile_seconds_total']:.1f} s compiling): "
+            "sizes outside the dynamic graph's guards (e.g. size 1, or a kernel's size range) get their own"
+        )
+    return notes
+
+
+def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecord]) -> dict[str, Any]:
+    environment, loaded, latency, quantization = run.environment, run.loaded, run.latency, run.quantization
+    notes = list(loaded.notes)
+    onnx_backend = run.onnx
+    if run.conversion is not None and onnx_backend is not None:
+        notes.extend(_onnx_notes(run.conversion, onnx_backend, options.spec))
+    for backend in run.backends:
+        notes.extend(_backend_notes(backend))
+    notes.extend(run.notes)
     if quantization is not None:
         notes.extend(quantization.notes)
-    passed = shipped_parity.passed and (quantization is None or quantization.passed)
+    passed = all(b.passed for b in run.backends) and (quantization is None or quantization.passed)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
@@ -70,13 +111,18 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "input_spec": options.spec.to_json(),
         "seed": options.seed,
         "settings": _settings_json(options),
-        "conversion": {**conversion.to_json(), "shipped": shipped},
-        "parity": [p.to_json() for p in parity],
+        "conversion": onnx_backend.conversion if onnx_backend else None,
+        "backends": [b.to_json() for b in run.backends],
+        "parity": [p.to_json() for b in run.backends for p in b.parity],
         "latency": [s.to_json() for s in latency],
         "timing": vars(options.timing),
         "quantization": quantization.to_json() if quantization else None,
         "notes": notes,
-        "artifacts": {"model": "model.onnx", "golden": "golden/", "manifest": "manifest.json"},
+        "artifacts": {
+            **{b.backend: b.file for b in run.backends if b.file},
+            "golden": "golden/",
+            "manifest": "manifest.json",
+        },
     }
 
 
@@ -93,6 +139,8 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
         "seed": options.seed,
         "opset_requested": options.opset,
         "onnx_exporter": options.onnx_exporter.value,
+        "torchscript_mode": options.torchscript_mode,
+        "compile_mode": options.compile_mode,
         "simplify": options.simplify,
         "threads": options.threads,
         "benchmark": options.benchmark,
@@ -100,6 +148,13 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
         "batch_sizes": list(options.batch_sizes),
         "quantization": asdict(options.quantization),
     }
+
+
+_LOADERS = {
+    "onnxruntime": "onnxruntime.InferenceSession",
+    "torchscript": "torch.jit.load",
+    "aotinductor": "torch._inductor.aoti_load_package",
+}
 
 
 def _int8_manifest(quantization: QuantizationResult | None) -> dict[str, Any] | None:
@@ -154,6 +209,7 @@ def build_manifest(
         run.conversion,
         run.quantization,
     )
+    onnx_backend = run.onnx
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": options.model_name,
@@ -172,11 +228,27 @@ def build_manifest(
         },
         "onnx": {
             "file": "model.onnx",
+            "candidate": onnx_backend.shipped,
             "opset": conversion.opset,
             "exporter": conversion.exporter,
             "input_names": conversion.input_names,
             "output_names": conversion.output_names,
-        },
+        }
+        if conversion is not None and onnx_backend is not None
+        else None,
+        "artifacts": [
+            {
+                "backend": b.backend,
+                "file": b.file,
+                "candidate": b.shipped,
+                "verified": b.passed,
+                "loader": _LOADERS[b.backend],
+                **({"call": b.conversion["call"]} if "call" in b.conversion else {}),
+            }
+            for b in run.backends
+            if b.file
+        ],
+        "output_names": run.golden[0].output_names,
         "input_spec": options.spec.to_json(),
         "tolerance": {"atol": options.atol, "rtol": options.rtol},
         "int8": _int8_manifest(quantization),

@@ -24,7 +24,16 @@ from exporter.artifacts import (
     write_json,
     write_sample_golden,
 )
+from exporter.backends import ArtifactCandidate, BackendResult, arbitrate_float_backends, verify_backend
 from exporter.benchmark import LatencyStats, TimingConfig, batch_plans, measure_latency
+from exporter.convert.compile import (
+    AotPackage,
+    CompiledModel,
+    CompileRequest,
+    compile_model,
+    cpp_compiler,
+    package_aot_inductor,
+)
 from exporter.convert.onnx import (
     OnnxConversion,
     OnnxConversionRequest,
@@ -32,9 +41,16 @@ from exporter.convert.onnx import (
     convert_to_onnx,
     move_onnx_model,
 )
+from exporter.convert.torchscript import (
+    TorchScriptConversion,
+    TorchScriptMode,
+    TorchScriptRequest,
+    convert_to_torchscript,
+    trace_failure_message,
+)
 from exporter.documents import RunRecord, build_manifest, build_report
 from exporter.environment import collect_environment
-from exporter.errors import ConversionError, ExitCode, UsageError, first_line
+from exporter.errors import ConversionError, ExitCode, UsageError
 from exporter.loading import LoadedModel, LoadRequest, load_model
 from exporter.quantize import (
     QuantizationResult,
@@ -46,10 +62,18 @@ from exporter.quantize import (
     run_quantization,
 )
 from exporter.report import render_markdown
-from exporter.runners import EagerRunner, OnnxRuntimeRunner, Runner
-from exporter.specs import InputSpec, shape_cases
+from exporter.runners import (
+    AotInductorRunner,
+    CallConvention,
+    EagerRunner,
+    OnnxRuntimeRunner,
+    Runner,
+    TorchScriptRunner,
+)
+from exporter.specs import InputSpec, make_inputs, shape_cases, trace_sizes
 from exporter.stages import ProgressListener, SilentListener, StageRecord, StageStatus, StageTracker
-from exporter.verify import CaseResult, GoldenCase, ParityResult, Tolerance, make_golden, verify_runner
+from exporter.targets import expand_targets
+from exporter.verify import GoldenCase, ParityResult, Tolerance, make_golden
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
 
@@ -79,6 +103,8 @@ class ExportOptions:
     batch_sizes: tuple[int, ...] = (1, 8)
     timing: TimingConfig = field(default_factory=TimingConfig)
     quantization: QuantizeOptions = field(default_factory=QuantizeOptions)
+    torchscript_mode: str = "auto"
+    compile_mode: str = "default"
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
@@ -121,17 +147,29 @@ class ExportResult:
     out_dir: Path
     stages: list[StageRecord]
     loaded: LoadedModel
-    conversion: OnnxConversion
-    parity: list[ParityResult]
-    shipped: str
+    conversion: OnnxConversion | None
+    backends: list[BackendResult]
     latency: list[LatencyStats]
     report: dict[str, Any]
     quantization: QuantizationResult | None = None
 
     @property
+    def parity(self) -> list[ParityResult]:
+        """Every candidate of every backend, in the order verified."""
+        return [p for b in self.backends for p in b.parity]
+
+    @property
+    def shipped(self) -> str | None:
+        """The ONNX candidate that ships (``simplified`` or ``exported``), None without an ONNX target."""
+        return next((b.shipped for b in self.backends if b.target == "onnx"), None)
+
+    def backend(self, name: str) -> BackendResult:
+        return next(b for b in self.backends if b.backend == name)
+
+    @property
     def passed(self) -> bool:
-        float_passed = any(p.passed and p.artifact == self.shipped for p in self.parity)
-        return float_passed and (self.quantization is None or self.quantization.passed)
+        floats_passed = bool(self.backends) and all(b.passed for b in self.backends)
+        return floats_passed and (self.quantization is None or self.quantization.passed)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -146,9 +184,15 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     Raises:
         ExporterError: bad input (exit 2) or conversion failure (exit 3); nothing is written then.
     """
-    if tuple(options.targets) != ("onnx",):
-        raise UsageError(f"--to {','.join(options.targets)}: only 'onnx' is available in this version")
+    targets = expand_targets(options.targets)
+    if options.quantization.mode is not QuantMode.NONE and "onnx" not in targets:
+        raise UsageError(
+            f"--quantize {options.quantization.mode.value} builds int8 ONNX models: add --to onnx "
+            "(or --to all)"
+        )
     check_output_dir(options.out_dir, options.force)
+    if "compile" in targets:
+        cpp_compiler()
     listener = listener or SilentListener()
     stages = StageTracker(listener)
     torch.set_num_threads(options.threads)
@@ -168,77 +212,213 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     with staging_dir(options.out_dir, options.force) as staging:
         build_dir = staging / "_build"
         with stages.run("convert") as record:
-            conversion = convert_to_onnx(
-                _conversion_request(options, loaded, golden, build_dir),
-                progress=lambda message: listener.step(message, 0, 0),
+            conversions = _convert(
+                targets, options, loaded=loaded, golden=golden, build_dir=build_dir, listener=listener
             )
-            fallback = " after fallback" if len(conversion.attempts) > 1 else ""
-            record.detail = f"{conversion.exporter} exporter{fallback}, opset {conversion.opset}"
+            record.detail = conversions.describe()
 
         with stages.run("verify") as record:
-            parity, shipped_path, shipped = _verify_candidates(conversion, golden, options, listener)
-            record.status = StageStatus.PASSED if parity[-1].passed else StageStatus.FAILED
-            record.detail = f"{shipped} model, {len(golden)} shapes" + (
-                "" if parity[-1].passed else f": {parity[-1].failures()[0]}"
+            backends, verify_notes = _verify_backends(conversions, golden, options, loaded, listener)
+            failing = [b for b in backends if not b.passed]
+            record.status = StageStatus.FAILED if failing else StageStatus.PASSED
+            record.detail = f"{len(backends)} backends x {len(golden)} shapes" + "".join(
+                f"; {b.backend}: {(b.notes or b.shipped_parity.failures())[0]}" for b in failing
             )
-
-        quantization: QuantizationResult | None = None
-        if samples is None:
-            stages.skip("quantize", "not requested")
-        elif not parity[-1].passed:
-            stages.skip("quantize", "the float model failed verification")
-        else:
-            with stages.run("quantize") as record:
-                quantization = _quantize(
-                    samples=samples,
-                    options=options,
-                    loaded=loaded,
-                    float_onnx=shipped_path,
-                    golden=golden,
-                    work_dir=build_dir / "int8",
-                    listener=listener,
-                )
-                record.status, record.detail = _quantize_status(quantization)
+        quantization = _quantize_stage(
+            stages,
+            samples=samples,
+            options=options,
+            loaded=loaded,
+            onnx_backend=next((b for b in backends if b.target == "onnx"), None),
+            golden=golden,
+            work_dir=build_dir / "int8",
+            listener=listener,
+        )
 
         latency: list[LatencyStats] = []
-        timed = [("onnxruntime", shipped_path)]
-        chosen = quantization.chosen if quantization else None
-        if chosen is not None and chosen.path is not None:
-            timed.append(("onnxruntime-int8", chosen.path))
         if options.benchmark:
             with stages.run("benchmark") as record:
-                latency = _benchmark(eager, timed, options, listener)
+                latency = _benchmark(
+                    eager, _timed_runners(backends, quantization, options, loaded), options, listener
+                )
                 record.detail = f"{len(latency)} timings, {options.threads} threads"
         else:
             stages.skip("benchmark", "disabled")
 
         with stages.run("write") as record:
-            run = RunRecord(environment, loaded, golden, conversion, parity, shipped, quantization, latency)
-            report = _write(
-                staging=staging,
-                build_dir=build_dir,
-                shipped_path=shipped_path,
-                options=options,
-                run=run,
-                stages=stages,
+            conversions.refresh(backends)
+            run = RunRecord(
+                environment, loaded, golden, conversions.onnx, backends, quantization, latency, verify_notes
             )
+            report = _write(staging=staging, build_dir=build_dir, options=options, run=run, stages=stages)
             record.detail = str(options.out_dir)
+    for backend in backends:
+        backend.runner = None
     return ExportResult(
-        options.out_dir, stages.list(), loaded, conversion, parity, shipped, latency, report, quantization
+        options.out_dir, stages.list(), loaded, conversions.onnx, backends, latency, report, quantization
     )
+
+
+@dataclass
+class Conversions:
+    """What the convert stage made, one field per target (None when not requested)."""
+
+    onnx: OnnxConversion | None = None
+    torchscript: TorchScriptConversion | None = None
+    compiled: CompiledModel | None = None
+    aot: AotPackage | None = None
+
+    def refresh(self, backends: Sequence[BackendResult]) -> None:
+        """Copy the compile counters into the torch-compile backend (timing may have compiled more)."""
+        for backend in backends:
+            if backend.backend == "torch-compile" and self.compiled:
+                backend.conversion = self.compiled.to_json()
+
+    def describe(self) -> str:
+        parts = []
+        if self.onnx:
+            fallback = " after fallback" if len(self.onnx.attempts) > 1 else ""
+            parts.append(f"onnx: {self.onnx.exporter} exporter{fallback}, opset {self.onnx.opset}")
+        if self.torchscript:
+            fallback = " after fallback" if len(self.torchscript.attempts) > 1 else ""
+            parts.append(f"torchscript: {self.torchscript.method}{fallback}")
+        if self.compiled:
+            parts.append(f"torch.compile: {self.compiled.first_compile_seconds:.1f} s to compile")
+        if self.aot:
+            parts.append(f"AOTInductor: {self.aot.export_seconds + self.aot.package_seconds:.1f} s")
+        return "; ".join(parts)
+
+
+def _convert(
+    targets: Sequence[str],
+    options: ExportOptions,
+    *,
+    loaded: LoadedModel,
+    golden: Sequence[GoldenCase],
+    build_dir: Path,
+    listener: ProgressListener,
+) -> Conversions:
+    def step(message: str) -> None:
+        listener.step(message, 0, 0)
+
+    conversions = Conversions()
+    if "onnx" in targets:
+        conversions.onnx = convert_to_onnx(
+            _conversion_request(options, loaded, golden, build_dir / "onnx"), progress=step
+        )
+    if "torchscript" in targets:
+        request = TorchScriptRequest(
+            loaded.module,
+            options.spec,
+            _tensors(golden[0].inputs),
+            build_dir / "torchscript",
+            TorchScriptMode(options.torchscript_mode),
+        )
+        conversions.torchscript = convert_to_torchscript(request, progress=step)
+    if "compile" in targets:
+        compile_request = CompileRequest(
+            loaded.module,
+            options.spec,
+            _tensors(
+                make_inputs(
+                    options.spec, {**options.spec.example_sizes, **trace_sizes(options.spec)}, options.seed
+                )
+            ),
+            build_dir / "aotinductor",
+            options.compile_mode,
+            loaded.exported_program,
+        )
+        conversions.compiled = compile_model(compile_request, options.threads, progress=step)
+        conversions.aot = package_aot_inductor(compile_request, progress=step)
+    return conversions
+
+
+def _verify_backends(
+    conversions: Conversions,
+    golden: Sequence[GoldenCase],
+    options: ExportOptions,
+    loaded: LoadedModel,
+    listener: ProgressListener,
+) -> tuple[list[BackendResult], list[str]]:
+    """Every backend through the same verification; then float64 arbitration and the trace diagnosis."""
+    names = options.spec.names
+
+    def step(message: str) -> None:
+        listener.step(message, 0, 0)
+
+    def verify(
+        backend: str, target: str, file: str | None, candidates: list[ArtifactCandidate], **kw: Any
+    ) -> BackendResult:
+        return verify_backend(
+            backend=backend,
+            target=target,
+            file=file,
+            candidates=candidates,
+            golden=golden,
+            tolerance=options.tolerance,
+            step=step,
+            **kw,
+        )
+
+    backends: list[BackendResult] = []
+    if conversions.onnx:
+        onnx_candidates = [
+            ArtifactCandidate(label, path, partial(OnnxRuntimeRunner, path, options.threads))
+            for label, path in conversions.onnx.candidates()
+        ]
+        result = verify("onnxruntime", "onnx", "model.onnx", onnx_candidates)
+        result.conversion = {**conversions.onnx.to_json(), "shipped": result.shipped}
+        backends.append(result)
+    if conversions.torchscript:
+        ts = conversions.torchscript
+        ts_candidates = [
+            ArtifactCandidate(label, path, partial(TorchScriptRunner, path, names))
+            for label, path in ts.candidates()
+        ]
+        result = verify("torchscript", "torchscript", "model.ts", ts_candidates)
+        result.conversion = ts.to_json()
+        if ts.method == "trace" and not result.passed:
+            failed = [c.case for c in result.shipped_parity.cases if not c.passed]
+            result.notes.append(trace_failure_message(failed, ts.tracer_warnings))
+        backends.append(result)
+    if conversions.compiled:
+        compiled = conversions.compiled
+        result = verify(
+            "torch-compile",
+            "compile",
+            None,
+            [ArtifactCandidate("compiled", None, lambda: compiled.runner)],
+            keep_runner=True,
+        )
+        backends.append(result)
+    if conversions.aot:
+        aot = conversions.aot
+        candidate = ArtifactCandidate(
+            "packaged", aot.path, partial(AotInductorRunner, aot.path, aot.convention, names)
+        )
+        result = verify("aotinductor", "compile", "model.pt2", [candidate])
+        result.conversion = aot.to_json()
+        backends.append(result)
+    note = arbitrate_float_backends(backends, loaded.module, golden, names)
+    return backends, [note] if note else []
 
 
 def _write(
     *,
     staging: Path,
     build_dir: Path,
-    shipped_path: Path,
     options: ExportOptions,
     run: RunRecord,
     stages: StageTracker,
 ) -> dict[str, Any]:
     """Fill the staging folder: models, golden files, report.json/.md and manifest.json (hashing the rest)."""
-    move_onnx_model(shipped_path, staging / "model.onnx")
+    for backend in run.backends:
+        if backend.file is None or backend.path is None:
+            continue
+        if backend.target == "onnx":
+            move_onnx_model(backend.path, staging / backend.file)
+        else:
+            backend.path.replace(staging / backend.file)
     chosen = run.quantization.chosen if run.quantization else None
     if chosen is not None and chosen.path is not None:
         move_onnx_model(chosen.path, staging / "model.int8.onnx")
@@ -252,6 +432,38 @@ def _write(
     (staging / "report.md").write_text(render_markdown(report))
     write_json(staging / "manifest.json", build_manifest(options, run, golden_index, staging))
     return report
+
+
+def _quantize_stage(
+    stages: StageTracker,
+    *,
+    samples: tuple[SampleSet, SampleSet] | None,
+    options: ExportOptions,
+    loaded: LoadedModel,
+    onnx_backend: BackendResult | None,
+    golden: Sequence[GoldenCase],
+    work_dir: Path,
+    listener: ProgressListener,
+) -> QuantizationResult | None:
+    """int8 from the shipped float ONNX model, when asked for and that model verified."""
+    if samples is None:
+        stages.skip("quantize", "not requested")
+        return None
+    if onnx_backend is None or not onnx_backend.passed or onnx_backend.path is None:
+        stages.skip("quantize", "the float ONNX model failed verification")
+        return None
+    with stages.run("quantize") as record:
+        quantization = _quantize(
+            samples=samples,
+            options=options,
+            loaded=loaded,
+            float_onnx=onnx_backend.path,
+            golden=golden,
+            work_dir=work_dir,
+            listener=listener,
+        )
+        record.status, record.detail = _quantize_status(quantization)
+    return quantization
 
 
 def _int8_samples(options: ExportOptions) -> tuple[SampleSet, SampleSet]:
@@ -311,12 +523,14 @@ def _quantize_status(result: QuantizationResult) -> tuple[StageStatus, str]:
     )
 
 
+def _tensors(inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()}
+
+
 def _conversion_request(
     options: ExportOptions, loaded: LoadedModel, golden: Sequence[GoldenCase], work_dir: Path
 ) -> OnnxConversionRequest:
-    def tensors(inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()}
-
+    tensors = _tensors
     export_case = golden[0]
     probe = next((g for g in golden[1:] if g.case.name == "large"), golden[-1] if len(golden) > 1 else None)
     return OnnxConversionRequest(
@@ -333,46 +547,50 @@ def _conversion_request(
     )
 
 
-def _verify_candidates(
-    conversion: OnnxConversion,
-    golden: Sequence[GoldenCase],
+def _timed_runners(
+    backends: Sequence[BackendResult],
+    quantization: QuantizationResult | None,
     options: ExportOptions,
-    listener: ProgressListener,
-) -> tuple[list[ParityResult], Path, str]:
-    """Verify candidates best first (simplified, then as exported) and ship the first that passes."""
-    results: list[ParityResult] = []
-    candidates = conversion.candidates()
-    for index, (label, path) in enumerate(candidates):
-        listener.step(f"verifying the {label} ONNX model", index, len(candidates))
-        try:
-            runner: Runner = OnnxRuntimeRunner(path, options.threads)
-        except Exception as error:
-            failure = CaseResult("load", {}, {}, error=f"ONNX Runtime cannot load it: {first_line(error)}")
-            results.append(ParityResult("onnxruntime", label, "pytorch-eager", options.tolerance, [failure]))
-            continue
-        result = verify_runner(runner, golden, options.tolerance, label)
-        del runner
-        gc.collect()
-        results.append(result)
-        if result.passed:
-            return results, path, label
-    return results, conversion.model_path, "exported"
+    loaded: LoadedModel,
+) -> list[Callable[[], Runner]]:
+    """Factories for the shipped artifact of every backend (and the int8 model), opened one at a time."""
+    names = options.spec.names
+    factories: list[Callable[[], Runner]] = []
+    for backend in backends:
+        path = backend.path
+        if backend.backend == "onnxruntime" and path is not None:
+            factories.append(partial(OnnxRuntimeRunner, path, options.threads, name="onnxruntime"))
+            chosen = quantization.chosen if quantization else None
+            if chosen is not None and chosen.path is not None:
+                factories.append(
+                    partial(OnnxRuntimeRunner, chosen.path, options.threads, name="onnxruntime-int8")
+                )
+        elif backend.backend == "torchscript" and path is not None:
+            factories.append(partial(TorchScriptRunner, path, names))
+        elif backend.backend == "torch-compile" and backend.runner is not None:
+            factories.append(partial(lambda runner: runner, backend.runner))
+        elif backend.backend == "aotinductor" and path is not None:
+            convention = CallConvention.for_module(loaded.module, names)
+            factories.append(partial(AotInductorRunner, path, convention, names))
+    return factories
 
 
 def _benchmark(
-    eager: EagerRunner, models: Sequence[tuple[str, Path]], options: ExportOptions, listener: ProgressListener
+    eager: EagerRunner,
+    factories: Sequence[Callable[[], Runner]],
+    options: ExportOptions,
+    listener: ProgressListener,
 ) -> list[LatencyStats]:
-    """Time eager and each ONNX model alike at each batch size (or at the export shape without a batch dim).
+    """Time eager and every backend alike at each batch size (or at the export shape without a batch dim).
 
     One backend at a time: an idle ONNX Runtime session's spinning thread pool slowed eager PyTorch by
     100x on a 2-core machine, so no session is alive while another backend is timed.
     """
     plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
-    factories: list[Callable[[], Runner]] = [lambda: eager]
-    factories += [partial(OnnxRuntimeRunner, path, options.threads, name=name) for name, path in models]
+    everything: list[Callable[[], Runner]] = [lambda: eager, *factories]
     results: list[LatencyStats] = []
-    total = len(plans) * len(factories)
-    for factory in factories:
+    total = len(plans) * len(everything)
+    for factory in everything:
         runner = factory()
         for plan in plans:
             listener.step(f"timing {runner.name} at {plan.label}", len(results), total)

@@ -35,13 +35,15 @@ from typing import Any
 
 from exporter.errors import InputSpecError, RecipeError
 from exporter.specs import DynamicDim, TensorSpec, parse_tensor_spec
+from exporter.targets import COMPILE_MODES, TORCHSCRIPT_MODES
+from exporter.targets import TARGETS as _TARGETS
 
 __all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "load_recipe"]
 
 RECIPE_SCHEMA_VERSION = 1
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
 QUANT_MODES = ("none", "dynamic", "static", "qat", "int8")
-TARGETS = ("onnx",)
+TARGETS = (*_TARGETS, "all")
 
 Check = Callable[[Any], bool]
 
@@ -79,6 +81,8 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "opset": (lambda v: _is_int(v) and 7 <= v <= 30, "an integer opset between 7 and 30"),
         "onnx_exporter": (lambda v: v in ONNX_EXPORTERS, f"one of {', '.join(ONNX_EXPORTERS)}"),
         "simplify": (lambda v: isinstance(v, bool), "true or false"),
+        "torchscript_mode": (lambda v: v in TORCHSCRIPT_MODES, f"one of {', '.join(TORCHSCRIPT_MODES)}"),
+        "compile_mode": (lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     },
     "verify": {
         "atol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
@@ -168,6 +172,8 @@ def load_recipe(path: Path) -> Recipe:
         "onnx_exporter": "onnx_exporter",
         "simplify": "simplify",
         "targets": "targets",
+        "torchscript_mode": "torchscript_mode",
+        "compile_mode": "compile_mode",
     }
     settings.update({renames[k]: v for k, v in export.items()})
     settings.update(verify)

@@ -10,7 +10,9 @@ from typing import Any
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "Table",
+    "latency_matrix",
     "latency_table",
+    "parity_matrix",
     "parity_table",
     "quantization_table",
     "render_markdown",
@@ -82,6 +84,55 @@ def latency_table(report: dict[str, Any]) -> Table:
     return headers, rows
 
 
+def parity_matrix(report: dict[str, Any]) -> Table:
+    """Backend x shape case for every backend's shipped artifact: verdict and worst abs diff over outputs."""
+    shipped = [
+        next(p for p in report["parity"] if p["backend"] == b["backend"] and p["artifact"] == b["shipped"])
+        for b in report["backends"]
+    ]
+    names = list(dict.fromkeys(c["case"] for p in shipped for c in p["cases"]))
+    headers = ["backend", "artifact", *names]
+    rows = []
+    for parity in shipped:
+        by_case = {c["case"]: c for c in parity["cases"]}
+        cells = []
+        for name in names:
+            case = by_case.get(name)
+            if case is None:
+                cells.append("-")
+                continue
+            passed = case["passed"]
+            diffs = [o["max_abs_diff"] for o in case["outputs"] if o["max_abs_diff"] is not None]
+            worst = f" {_num(max(diffs), 2)}" if diffs else ""
+            if case["error"]:
+                cells.append("FAIL error")
+            else:
+                arbitrated = "*" if parity.get("float64_arbitrated") and passed else ""
+                cells.append(("pass" if passed else "FAIL") + worst + arbitrated)
+        artifact = parity["artifact"]
+        rows.append([parity["backend"], artifact, *cells])
+    return headers, rows
+
+
+def latency_matrix(report: dict[str, Any]) -> Table:
+    """Backend x batch: p50 in ms and speedup against eager PyTorch at the same batch."""
+    labels = list(dict.fromkeys(s["label"] for s in report["latency"]))
+    backends = list(dict.fromkeys(s["backend"] for s in report["latency"]))
+    cells = {(s["backend"], s["label"]): s for s in report["latency"]}
+    rows = []
+    for backend in backends:
+        row = [backend]
+        for label in labels:
+            stats = cells.get((backend, label))
+            if stats is None:
+                row.append("-")
+                continue
+            speedup = stats["speedup_vs_eager"]
+            row.append(f"{_num(stats['p50_ms'])}" + ("" if speedup is None else f" ({speedup:.2f}x)"))
+        rows.append(row)
+    return ["backend", *(f"p50 ms {label}" for label in labels)], rows
+
+
 def quantization_table(report: dict[str, Any]) -> Table:
     """One row per int8 candidate: verdict, size and speed against float, worst parity over outputs."""
     headers = [
@@ -140,14 +191,46 @@ def _markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
+def _backend_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    conversion = report["conversion"]
+    if conversion is not None:
+        attempts = "; ".join(
+            f"{a['exporter']}: {'ok' if a['succeeded'] else 'failed: ' + str(a['error'])} "
+            f"({a['seconds']:.1f} s)"
+            for a in conversion["attempts"]
+        )
+        lines += [
+            f"- ONNX: opset {conversion['opset']}, {conversion['exporter']} exporter, shipped the "
+            f"{conversion['shipped']} model ({conversion['node_count']} nodes as exported, "
+            f"{conversion['simplified_node_count'] or '-'} simplified)",
+            f"- ONNX exporter attempts: {attempts}",
+        ]
+    for backend in report["backends"]:
+        details = backend["conversion"]
+        if backend["backend"] == "torchscript":
+            lines.append(
+                f"- TorchScript: torch.jit.{details['method']}, shipped the {backend['shipped']} archive "
+                f"(`{backend['file']}`, loaded back with torch.jit.load)"
+            )
+        elif backend["backend"] == "torch-compile":
+            lines.append(
+                f"- torch.compile: inductor, mode {details['mode']}, first compile "
+                f"{details['first_compile_seconds']:.1f} s, {details['graphs']} graphs "
+                f"({details['recompiles']} recompiles, "
+                f"{details['compile_seconds_total']:.1f} s compiling in all)"
+            )
+        elif backend["backend"] == "aotinductor":
+            lines.append(
+                f"- AOTInductor: `{backend['file']}` (torch.export {details['export_seconds']:.1f} s, "
+                f"compile and package {details['package_seconds']:.1f} s), loaded with aoti_load_package"
+            )
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
-    conversion = report["conversion"]
-    attempts = "; ".join(
-        f"{a['exporter']}: {'ok' if a['succeeded'] else 'failed: ' + str(a['error'])} ({a['seconds']:.1f} s)"
-        for a in conversion["attempts"]
-    )
     source = report["source"]
     tolerance = report["parity"][0]["tolerance"]
     parts = [
@@ -157,10 +240,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"- Source: `{source['checkpoint']}` ({source['format']}, {source['parameter_count']:,} parameters, "
         f"{source['file_size']:,} bytes, sha256 `{source['sha256'][:16]}...`)",
-        f"- ONNX: opset {conversion['opset']}, {conversion['exporter']} exporter, shipped the "
-        f"{conversion['shipped']} model ({conversion['node_count']} nodes as exported, "
-        f"{conversion['simplified_node_count'] or '-'} simplified)",
-        f"- Exporter attempts: {attempts}",
+        *_backend_lines(report),
         f"- Environment: Python {env['python']}, {packages}",
         f"- Machine: {env['cpu']} ({', '.join(env['cpu_flags']) or 'no SIMD flags read'}), "
         f"{env['threads']} threads of {env['logical_cpus']} logical CPUs",
@@ -170,10 +250,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         _markdown_table(stage_table(report)),
         "",
-        "## Parity against PyTorch eager",
+        "## Parity matrix (shipped artifact of each backend x shape case)",
         "",
-        "Element passes when |a - b| <= atol + rtol * |b| "
-        f"(atol={tolerance['atol']:g}, rtol={tolerance['rtol']:g}).",
+        "Element passes when |a - b| <= atol + rtol * |b| against PyTorch eager float32 "
+        f"(atol={tolerance['atol']:g}, rtol={tolerance['rtol']:g}); cells show the worst max abs diff; "
+        "`*` marks a pass by float64 arbitration.",
+        "",
+        _markdown_table(parity_matrix(report)),
+        "",
+        "## Parity details (every candidate, case and output)",
         "",
         _markdown_table(parity_table(report)),
         "",
@@ -184,7 +269,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         timing = report["timing"]
         parts += [
             f"Same threads for every backend; {timing['warmup']} warm-up runs, then at least "
-            f"{timing['min_runs']} runs and {timing['min_seconds']} s.",
+            f"{timing['min_runs']} runs and {timing['min_seconds']} s. Speedup is against eager PyTorch.",
+            "",
+            _markdown_table(latency_matrix(report)),
             "",
             _markdown_table(latency_table(report)),
         ]

@@ -283,10 +283,11 @@ def larger_size(dim: DynamicDim, example: int) -> int | None:
 
 
 def shape_cases(spec: InputSpec) -> list[ShapeCase]:
-    """Sizes to verify at: the export shape, every dynamic dim at its minimum, one above the example, about
-    twice the example, then each dim moved alone. A dim that conversion froze fails at least one of them."""
+    """Sizes to verify at: the export shape, the export shape again with other values, every dynamic dim at
+    its minimum, one above the example, about twice the example, then each dim moved alone. A dim that
+    conversion froze fails at least one of them; a branch a trace froze on values fails ``values``."""
     example = spec.example_sizes
-    cases = [ShapeCase("export", dict(example))]
+    cases = [ShapeCase("export", dict(example)), ShapeCase("values", dict(example))]
     if not spec.dynamic_dims:
         return cases
     smallest = {d.label: d.min for d in spec.dynamic_dims}

@@ -233,17 +233,18 @@ def test_to_json_describes_every_input() -> None:
 # --- shape_cases -------------------------------------------------------------------------------------
 
 
-def test_static_spec_has_only_the_export_case() -> None:
+def test_static_spec_has_the_export_case_and_other_values() -> None:
     cases = shape_cases(spec_of("x:float32:2,3"))
-    assert [c.name for c in cases] == ["export"]
-    assert cases[0].sizes == {}
+    assert [c.name for c in cases] == ["export", "values"]
+    assert cases[0].sizes == cases[1].sizes == {}
 
 
 def test_one_dynamic_dim_gets_min_and_larger_sizes() -> None:
     cases = shape_cases(spec_of("x:float32:batch=4,16"))
     assert cases[0].name == "export"
     assert cases[0].sizes == {"batch": 4}
-    sizes = [c.sizes["batch"] for c in cases]
+    assert cases[1].name == "values" and cases[1].sizes == {"batch": 4}
+    sizes = [c.sizes["batch"] for c in cases[1:]]
     assert 1 in sizes  # the smallest legal size
     assert any(s > 4 for s in sizes)
     assert len(sizes) == len(set(sizes))
@@ -284,7 +285,7 @@ def test_two_dynamic_dims_are_also_moved_alone() -> None:
     ],
 )
 def test_no_duplicate_size_sets(texts: tuple[str, ...], dims: tuple[DynamicDim, ...]) -> None:
-    cases = shape_cases(spec_of(*texts, dims=dims))
+    cases = [c for c in shape_cases(spec_of(*texts, dims=dims)) if c.name != "values"]
     size_sets = [tuple(sorted(c.sizes.items())) for c in cases]
     assert len(size_sets) == len(set(size_sets))
     names = [c.name for c in cases]

@@ -1,0 +1,209 @@
+"""TorchScript conversion: ``torch.jit.script`` keeps Python control flow, ``torch.jit.trace`` records the one
+path the example inputs took. The archive is saved plain, frozen, and frozen + optimized for inference;
+verification loads each back and ships the best one that still matches eager PyTorch.
+
+A trace that froze a branch or a loop count is caught by verification at other shapes and values, never
+here: ``trace_failure_message`` turns that failure into advice.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporter._quiet import quiet
+from exporter.convert.onnx import ExportAttempt
+from exporter.errors import ConversionError, first_line
+from exporter.runners import CallConvention
+from exporter.specs import InputSpec
+
+__all__ = [
+    "TorchScriptConversion",
+    "TorchScriptMode",
+    "TorchScriptRequest",
+    "convert_to_torchscript",
+    "trace_failure_message",
+]
+
+_SOURCE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+class TorchScriptMode(StrEnum):
+    AUTO = "auto"
+    SCRIPT = "script"
+    TRACE = "trace"
+
+
+@dataclass(frozen=True)
+class TorchScriptRequest:
+    module: torch.nn.Module
+    spec: InputSpec
+    example_inputs: Mapping[str, torch.Tensor]
+    work_dir: Path
+    mode: TorchScriptMode = TorchScriptMode.AUTO
+
+
+@dataclass
+class TorchScriptConversion:
+    """Saved archives, best first, and how they were made."""
+
+    method: str
+    attempts: list[ExportAttempt]
+    archives: list[tuple[str, Path]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    tracer_warnings: list[str] = field(default_factory=list)
+
+    def candidates(self) -> list[tuple[str, Path]]:
+        """Archives to verify, best first: optimized for inference, frozen, then as scripted/traced."""
+        return list(self.archives)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "attempts": [vars(a) for a in self.attempts],
+            "candidates": [label for label, _ in self.archives],
+            "skipped": self.skipped,
+            "tracer_warnings": self.tracer_warnings,
+        }
+
+
+def convert_to_torchscript(
+    request: TorchScriptRequest, progress: Callable[[str], None] | None = None
+) -> TorchScriptConversion:
+    """Script or trace (``auto``: script, falling back to trace with the reason recorded), then save.
+
+    Raises:
+        ConversionError: neither scripting nor tracing (as the mode allows) produced a module.
+    """
+    report = progress or (lambda message: None)
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(request.module, torch.jit.ScriptModule):
+        attempt = ExportAttempt("script", True, 0.0, None, ["the checkpoint is already TorchScript"])
+        return _save(
+            request.module,
+            "script",
+            attempts=[attempt],
+            tracer_warnings=[],
+            work_dir=request.work_dir,
+            report=report,
+        )
+    methods: list[tuple[str, Callable[[TorchScriptRequest], torch.jit.ScriptModule]]] = []
+    if request.mode in (TorchScriptMode.AUTO, TorchScriptMode.SCRIPT):
+        methods.append(("script", _script))
+    if request.mode in (TorchScriptMode.AUTO, TorchScriptMode.TRACE):
+        methods.append(("trace", _trace))
+    attempts: list[ExportAttempt] = []
+    for method, build in methods:
+        report(f"torch.jit.{method}")
+        started = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught, quiet():
+            warnings.simplefilter("always")
+            try:
+                module = build(request)
+                error = None
+            except Exception as exc:
+                error = _explain(exc)
+        tracer = _unique(w for w in caught if issubclass(w.category, torch.jit.TracerWarning))
+        attempts.append(ExportAttempt(method, error is None, time.perf_counter() - started, error, tracer))
+        if error is None:
+            return _save(
+                module,
+                method,
+                attempts=attempts,
+                tracer_warnings=tracer,
+                work_dir=request.work_dir,
+                report=report,
+            )
+    tried = "; ".join(f"torch.jit.{a.exporter}: {a.error}" for a in attempts)
+    advice = (
+        "try --torchscript-mode trace (one recorded path, checked at other shapes)"
+        if request.mode is TorchScriptMode.SCRIPT
+        else "rewrite that construct or drop --to torchscript"
+    )
+    raise ConversionError(f"TorchScript conversion failed ({tried}); {advice}")
+
+
+def _script(request: TorchScriptRequest) -> torch.jit.ScriptModule:
+    return torch.jit.script(request.module)
+
+
+def _trace(request: TorchScriptRequest) -> torch.jit.ScriptModule:
+    convention = CallConvention.for_module(request.module, request.spec.names)
+    args, kwargs = convention.split(request.example_inputs)
+    if kwargs:
+        return torch.jit.trace(
+            request.module, example_kwarg_inputs=dict(request.example_inputs), check_trace=False, strict=False
+        )
+    return torch.jit.trace(request.module, args, check_trace=False, strict=False)
+
+
+def _save(
+    module: torch.jit.ScriptModule,
+    method: str,
+    *,
+    attempts: list[ExportAttempt],
+    tracer_warnings: list[str],
+    work_dir: Path,
+    report: Callable[[str], None],
+) -> TorchScriptConversion:
+    """Save the optimized, frozen and plain archives (each loaded back later; freezing can fail)."""
+    module = module.eval()
+    plain = work_dir / "model.plain.ts"
+    torch.jit.save(module, str(plain))
+    archives: list[tuple[str, Path]] = []
+    skipped: dict[str, str] = {}
+    steps: list[tuple[str, Callable[[torch.jit.ScriptModule], torch.jit.ScriptModule]]] = [
+        ("optimized", lambda m: torch.jit.optimize_for_inference(torch.jit.freeze(m))),
+        ("frozen", torch.jit.freeze),
+    ]
+    for label, transform in steps:
+        report(f"{label} archive")
+        try:
+            with warnings.catch_warnings(), quiet():
+                warnings.simplefilter("ignore")
+                transformed = transform(torch.jit.load(str(plain)).eval())
+            path = work_dir / f"model.{label}.ts"
+            torch.jit.save(transformed, str(path))
+            archives.append((label, path))
+        except Exception as exc:
+            skipped[label] = _explain(exc)
+    archives.append(("scripted" if method == "script" else "traced", plain))
+    return TorchScriptConversion(method, attempts, archives, skipped, tracer_warnings)
+
+
+def trace_failure_message(failed_cases: list[str], tracer_warnings: list[str]) -> str:
+    """Why a traced archive that fails verification almost always fails: the trace froze control flow."""
+    hint = f"; the tracer warned: {tracer_warnings[0]}" if tracer_warnings else ""
+    return (
+        "tracing froze control flow: the traced archive diverges from eager PyTorch at "
+        f"{', '.join(failed_cases)} (a branch or loop recorded for the example inputs only){hint}; "
+        "use --torchscript-mode script"
+    )
+
+
+def _unique(caught: Any) -> list[str]:
+    seen: list[str] = []
+    for item in caught:
+        text = first_line(item.message)[:200]
+        if text and text not in seen:
+            seen.append(text)
+    return seen[:5]
+
+
+def _explain(error: BaseException) -> str:
+    """TorchScript errors are a paragraph plus a source excerpt: keep the first line and the user's line."""
+    text = str(error).strip()
+    line = f"{type(error).__name__}: {first_line(error)}"[:300]
+    locations = [m for m in _SOURCE_LINE.finditer(text) if "site-packages" not in m.group(1)]
+    if locations:
+        where = locations[-1]
+        line += f" at {Path(where.group(1)).name}:{where.group(2)}"
+    return line
