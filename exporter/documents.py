@@ -71,9 +71,13 @@ def _backend_notes(backend: BackendResult) -> list[str]:
                 f"torchscript: torch.jit.{attempts[0]['exporter']} failed ({attempts[0]['error']}); "
                 f"fell back to torch.jit.{attempts[-1]['exporter']}"
             )
-        best = conversion.get("candidates", [backend.shipped])[0]
-        if backend.shipped != best and backend.passed:
-            notes.append(f"torchscript: the {best} archive failed verification; shipped {backend.shipped}")
+        best = backend.parity[0]
+        if backend.shipped != best.artifact and backend.passed:
+            why = (best.failures() or ["outside tolerance"])[0]
+            notes.append(
+                f"torchscript: the {best.artifact} archive failed verification ({why}); "
+                f"shipped {backend.shipped}"
+            )
         notes.extend(
             f"torchscript: {label} archive not made: {why}" for label, why in conversion["skipped"].items()
         )

@@ -143,6 +143,41 @@ class FragileMLP(nn.Module):
         return self.head(h)  # (B, 8)
 
 
+class LSTMCellStack(nn.Module):
+    """Two LSTMCells stepped over time in a Python loop: script keeps the loop, a trace unrolls it to the
+    traced sequence length (a frozen loop count)."""
+
+    def __init__(self, features: int = 6, hidden: int = 12) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.cells = nn.ModuleList([nn.LSTMCell(features, hidden), nn.LSTMCell(hidden, hidden)])
+
+    def forward(self, sequence: Tensor) -> Tensor:
+        batch = sequence.size(0)
+        h = [sequence.new_zeros(batch, self.hidden) for _ in range(2)]
+        c = [sequence.new_zeros(batch, self.hidden) for _ in range(2)]
+        for t in range(sequence.size(1)):
+            x = sequence[:, t]  # (B, F)
+            for index, cell in enumerate(self.cells):
+                h[index], c[index] = cell(x, (h[index], c[index]))
+                x = h[index]
+        return h[-1]  # (B, H)
+
+
+class DepthGate(nn.Module):
+    """Picks its depth from the input's values: a trace records the depth of its example only."""
+
+    def __init__(self, features: int = 8) -> None:
+        super().__init__()
+        self.layer = nn.Linear(features, features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        depth = 3 if float(x.sum()) > 0.0 else 1
+        for _ in range(depth):
+            x = torch.tanh(self.layer(x))
+        return x  # (B, F)
+
+
 @torch.library.custom_op("exporter_tests::opaque", mutates_args=())
 def opaque(x: Tensor) -> Tensor:
     """A custom operator with no ONNX translation: no exporter can convert it."""
@@ -202,6 +237,16 @@ def make_fragile() -> FragileMLP:
     return FragileMLP()
 
 
+def make_cell_stack() -> LSTMCellStack:
+    torch.manual_seed(0)
+    return LSTMCellStack()
+
+
+def make_depth_gate() -> DepthGate:
+    torch.manual_seed(0)
+    return DepthGate()
+
+
 def make_opaque() -> UsesOpaqueOp:
     return UsesOpaqueOp()
 
@@ -239,4 +284,6 @@ MODELS: dict[str, TinyModel] = {
     "opaque": TinyModel("make_opaque", ("x:float32:batch=2,4",)),
     "lstm": TinyModel("make_lstm", ("sequence:float32:batch=2,seq=6,12",)),
     "fragile": TinyModel("make_fragile", ("x:float32:batch=2,16",)),
+    "cell_stack": TinyModel("make_cell_stack", ("sequence:float32:batch=2,seq=5,6",)),
+    "depth_gate": TinyModel("make_depth_gate", ("x:float32:batch=2,8",)),
 }

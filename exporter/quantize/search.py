@@ -217,11 +217,26 @@ class QuantizeContext:
     golden: Sequence[GoldenCase]
     threads: int
     step: Callable[[str], None]
+    dynamic_reduce_range: bool | None = None
 
 
 def _build_dynamic(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
-    quantize_dynamic_ort(context.preprocessed, target, context.formats, exclude)
-    return {"per_channel": True, "weight_type": context.formats.weight, "reduce_range": False}
+    """Full-range int8 weights; without VNNI also 7-bit (``reduce_range``), measured once, better kept."""
+    if context.dynamic_reduce_range is None:
+        context.dynamic_reduce_range = False
+        if not context.formats.vnni:
+            errors = {}
+            for reduce_range in (False, True):
+                trial = Candidate("dynamic-ort", "onnxruntime", path=target)
+                quantize_dynamic_ort(
+                    context.preprocessed, target, context.formats, exclude, reduce_range=reduce_range
+                )
+                _judge(trial, context)
+                errors[reduce_range] = _error(trial)
+            context.dynamic_reduce_range = errors[True] < errors[False]
+    reduce_range = context.dynamic_reduce_range
+    quantize_dynamic_ort(context.preprocessed, target, context.formats, exclude, reduce_range=reduce_range)
+    return {"per_channel": True, "weight_type": context.formats.weight, "reduce_range": reduce_range}
 
 
 def _build_static_ort(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
