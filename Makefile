@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/exporter export examples/digits/digits_cnn.pt \
 		--recipe recipes/digits_cnn.toml \
-		--to onnx --quantize int8 --out $(DEMO_OUT) --force
+		--to all --quantize int8 --out $(DEMO_OUT) --force
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -206,3 +206,64 @@ def test_python_dash_m_runs_the_same_cli(
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr + missing.stdout
     assert "does not exist" in missing.stderr
+
+
+def test_torchscript_target_prints_both_matrices(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    args = [a for a in _model_args("cell_stack") if a != "--no-benchmark"]
+    code, output = _invoke(
+        state_dict_checkpoint("cell_stack"),
+        "--to",
+        "torchscript",
+        "--torchscript-mode",
+        "script",
+        *args,
+        "--out",
+        tmp_path / "ts",
+    )
+    assert code == 0, output
+    assert "Parity matrix" in output and "Latency matrix" in output
+    assert "torchscript" in output and "model.ts" in output
+    assert (tmp_path / "ts" / "model.ts").is_file() and not (tmp_path / "ts" / "model.onnx").exists()
+
+
+def test_trace_mode_on_a_time_loop_exits_1_and_suggests_script(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    code, output = _invoke(
+        state_dict_checkpoint("cell_stack"),
+        "--to",
+        "torchscript",
+        "--torchscript-mode",
+        "trace",
+        *_model_args("cell_stack"),
+        "--out",
+        tmp_path / "tr",
+    )
+    assert code == 1, output
+    assert "tracing froze control flow" in output and "--torchscript-mode script" in output
+
+
+def test_quantize_without_an_onnx_target_exits_2(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    code, output = _invoke(
+        state_dict_checkpoint("mlp"),
+        "--to",
+        "torchscript",
+        "--quantize",
+        "int8",
+        *_model_args("mlp"),
+        "--out",
+        tmp_path / "q",
+    )
+    assert code == 2, output
+    assert "add --to onnx" in output and "Traceback" not in output
+    assert not (tmp_path / "q").exists()
+
+
+def test_unknown_target_exits_2(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:
+    code, output = _invoke(state_dict_checkpoint("mlp"), "--to", "tensorrt", *_model_args("mlp"))
+    assert code == 2
+    assert "tensorrt" in output

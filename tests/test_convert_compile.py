@@ -36,7 +36,10 @@ def _no_compiler() -> Any:
 
 
 def test_missing_cpp_compiler_is_a_clear_conversion_error() -> None:
-    with _no_compiler(), pytest.raises(ConversionError, match=r"needs a C\+\+ compiler.*apt-get install g\+\+"):
+    with (
+        _no_compiler(),
+        pytest.raises(ConversionError, match=r"needs a C\+\+ compiler.*apt-get install g\+\+"),
+    ):
         cpp_compiler()
 
 
@@ -82,7 +85,12 @@ def test_every_backend_verifies_at_three_or_more_shapes(
 ) -> None:
     result = export(options_for(name, targets=("all",)))
     assert result.exit_code is ExitCode.OK, [b.shipped_parity.failures() for b in result.backends]
-    assert [b.backend for b in result.backends] == ["onnxruntime", "torchscript", "torch-compile", "aotinductor"]
+    assert [b.backend for b in result.backends] == [
+        "onnxruntime",
+        "torchscript",
+        "torch-compile",
+        "aotinductor",
+    ]
     for backend in result.backends:
         assert len(backend.shipped_parity.cases) >= 3
         assert len({tuple(c.sizes.items()) for c in backend.shipped_parity.cases}) >= 3
@@ -117,7 +125,11 @@ for case in ("export", "large"):
     print(case, got.shape)
 """
     completed = subprocess.run(
-        [sys.executable, "-c", script, str(result.out_dir)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, str(result.out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "export" in completed.stdout and "large" in completed.stdout

@@ -72,7 +72,9 @@ def test_script_only_mode_reports_a_script_failure_as_a_conversion_error(tmp_pat
             return x * len({id(x): 1})
 
     spec = InputSpec((parse_tensor_spec("x:float32:batch=2,3"),))
-    request = TorchScriptRequest(Unscriptable(), spec, {"x": torch.ones(2, 3)}, tmp_path, TorchScriptMode.SCRIPT)
+    request = TorchScriptRequest(
+        Unscriptable(), spec, {"x": torch.ones(2, 3)}, tmp_path, TorchScriptMode.SCRIPT
+    )
     with pytest.raises(ConversionError, match=r"torch\.jit\.script: .*--torchscript-mode trace"):
         convert_to_torchscript(request)
 

@@ -54,6 +54,12 @@ def test_readme_command_runs_and_verifies_at_three_shapes(command: str, tmp_path
     shipped = next(p for p in report["parity"] if p["artifact"] == report["conversion"]["shipped"])
     assert len(shipped["cases"]) >= 3 and shipped["passed"]
     assert {"pytorch-eager", "onnxruntime"} <= {row["backend"] for row in report["latency"]}
+    if "all" in args:
+        backends = {b["backend"]: b for b in report["backends"]}
+        assert set(backends) == {"onnxruntime", "torchscript", "torch-compile", "aotinductor"}
+        assert all(b["passed"] for b in backends.values()), backends
+        assert set(backends) <= {row["backend"] for row in report["latency"]}
+        assert "Parity matrix" in completed.stdout and "Latency matrix" in completed.stdout
     if "--quantize" in args:
         quantization = report["quantization"]
         assert quantization["float"]["accuracy"] is not None, (

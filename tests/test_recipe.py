@@ -27,10 +27,12 @@ dims.batch = { min = 1, max = 256 }
 dims.seq = { max = 64 }
 
 [export]
-targets = ["onnx"]
+targets = ["onnx", "torchscript"]
 opset = 18
 onnx_exporter = "dynamo"
 simplify = false
+torchscript_mode = "script"
+compile_mode = "max-autotune"
 
 [verify]
 atol = 1e-5
@@ -69,10 +71,12 @@ def test_full_recipe_settings(tmp_path: Path) -> None:
         "model_ref": f"{(folder.parent / 'src' / 'model.py')}:build_model",
         "model_kwargs": {"width": 16, "name": "cnn"},
         "trust_checkpoint": True,
-        "targets": ["onnx"],
+        "targets": ["onnx", "torchscript"],
         "opset": 18,
         "onnx_exporter": "dynamo",
         "simplify": False,
+        "torchscript_mode": "script",
+        "compile_mode": "max-autotune",
         "atol": 1e-5,
         "rtol": 0.01,
         "seed": 7,
@@ -197,6 +201,8 @@ def test_unknown_key_in_a_section(tmp_path: Path, section: str, key: str) -> Non
         ("[inputs]\ndims = 3\n", "[inputs].dims"),
         ('[export]\ntargets = "onnx"\n', "[export].targets"),
         ('[export]\ntargets = ["tflite"]\n', "[export].targets"),
+        ('[export]\ntorchscript_mode = "freeze"\n', "[export].torchscript_mode"),
+        ('[export]\ncompile_mode = "fast"\n', "[export].compile_mode"),
         ("[export]\nopset = 6\n", "[export].opset"),
         ("[export]\nopset = 31\n", "[export].opset"),
         ('[export]\nopset = "17"\n', "[export].opset"),

@@ -1,0 +1,28 @@
+"""``--to`` targets: ``all`` expands, order is canonical, unknown names are usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.errors import ExitCode, UsageError
+from exporter.targets import TARGET_BACKENDS, TARGETS, expand_targets
+
+
+def test_all_expands_to_every_target_in_order() -> None:
+    assert expand_targets(["all"]) == TARGETS == ("onnx", "torchscript", "compile")
+
+
+def test_duplicates_collapse_and_order_is_canonical() -> None:
+    assert expand_targets(["compile", "onnx", "compile"]) == ("onnx", "compile")
+
+
+@pytest.mark.parametrize("requested", [["tensorrt"], []])
+def test_unknown_or_missing_targets_are_usage_errors(requested: list[str]) -> None:
+    with pytest.raises(UsageError, match="--to") as raised:
+        expand_targets(requested)
+    assert raised.value.exit_code is ExitCode.BAD_INPUT
+
+
+def test_every_target_names_its_backends() -> None:
+    assert set(TARGET_BACKENDS) == set(TARGETS)
+    assert TARGET_BACKENDS["compile"] == ("torch-compile", "aotinductor")
