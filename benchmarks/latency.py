@@ -1,4 +1,4 @@
-"""Print eager PyTorch vs ONNX Runtime latency for recipes, measured by the export pipeline itself."""
+"""Print every backend's latency against eager PyTorch for recipes, measured by the export pipeline itself."""
 
 from __future__ import annotations
 
@@ -21,16 +21,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("recipes", nargs="*", type=Path, default=sorted((ROOT / "recipes").glob("*.toml")))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--to", nargs="+", default=["all"], help="targets, as exporter export --to")
     args = parser.parse_args()
     console = Console()
-    table = Table(title="Latency: eager PyTorch vs ONNX Runtime (p50 speedup at the same threads)")
+    table = Table(title="Latency: every backend vs eager PyTorch (p50 speedup at the same threads)")
     for column in ("model", "backend", "shape", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "vs eager"):
         table.add_column(column)
     threads = None
     with tempfile.TemporaryDirectory() as scratch:
         for path in args.recipes:
             recipe = load_recipe(path)
-            settings = {**recipe.settings, "out": Path(scratch) / path.stem}
+            settings = {**recipe.settings, "out": Path(scratch) / path.stem, "targets": args.to}
             if args.threads:
                 settings["threads"] = args.threads
             settings["spec"] = InputSpec(recipe.inputs, recipe.dims)

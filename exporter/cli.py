@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,8 @@ from exporter.report import Table as RowTable
 from exporter.report import latency_matrix, parity_matrix, parity_table, quantization_table
 from exporter.specs import InputSpec, parse_tensor_spec
 from exporter.targets import expand_targets
+
+T = TypeVar("T")
 
 app = typer.Typer(
     add_completion=False,
@@ -358,7 +360,7 @@ def _run(options: ExportOptions) -> ExportResult:
         progress.close()
 
 
-def _guarded(debug: bool, action: Callable[[], ExportResult]) -> ExportResult:
+def _guarded(debug: bool, action: Callable[[], T]) -> T:
     """Turn errors into one line and their exit code; ``--debug`` lets the traceback through instead."""
     try:
         return action()
@@ -382,6 +384,300 @@ def _guarded(debug: bool, action: Callable[[], ExportResult]) -> ExportResult:
             soft_wrap=True,
         )
         raise typer.Exit(int(ExitCode.CONVERSION_FAILED)) from None
+
+
+def _write_json(target: Path | None, payload: Any) -> None:
+    """``--json FILE`` writes the document; ``--json -`` prints it instead of the tables."""
+    if target is None:
+        return
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+
+def _checks_table(title: str, checks: list[dict[str, Any]]) -> Table:
+    rows = [
+        [
+            c["name"],
+            "pass" if c["passed"] else ("FAIL" if c["kind"] != "latency" else "FAIL latency"),
+            c["detail"],
+        ]
+        for c in checks
+    ]
+    return _rich_table(title, (["check", "result", "detail"], rows))
+
+
+@app.command("verify")
+def verify_command(
+    folder: Annotated[Path, typer.Argument(help="An artifacts folder written by exporter export.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Re-derive the reference from this PyTorch checkpoint, not golden files."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Factory for --checkpoint [default: the manifest's].")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow unpickling --checkpoint (only files you trust).")
+    ] = False,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline", help="A baseline run's report.json; its artifacts are re-timed in this run."
+        ),
+    ] = None,
+    max_latency_regression: Annotated[
+        str | None,
+        typer.Option(
+            "--max-latency-regression", help="Allowed p50 slowdown vs --baseline, e.g. 10% [default: 10%]."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Threads [default: all CPUs].")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write results as JSON (- for stdout).")
+    ] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Re-check an artifacts folder: file hashes, every artifact on its golden inputs, the int8 budget, and
+    latency against a baseline.
+
+    Exit codes: 0 every check holds; 1 a file was modified or missing, or parity failed; 2 bad input;
+    4 a latency budget was missed (parity held).
+    """
+
+    def action() -> Any:
+        from exporter.gate import LatencyBudget, VerifyRequest, parse_percent, verify_artifacts
+
+        if max_latency_regression is not None and baseline is None:
+            raise UsageError("--max-latency-regression needs --baseline OLD/report.json to compare with")
+        latency = None
+        if baseline is not None:
+            if not baseline.is_file():
+                raise UsageError(
+                    f"--baseline '{baseline}' does not exist; pass a report.json of an earlier run"
+                )
+            latency = LatencyBudget(baseline, parse_percent(max_latency_regression or "10%"))
+        request = VerifyRequest(folder, checkpoint, model, trust_checkpoint, latency)
+        if threads:
+            request = VerifyRequest(folder, checkpoint, model, trust_checkpoint, latency, threads)
+        with out.status("[bold]verify[/] ...") as status:
+            return verify_artifacts(request, step=lambda message: status.update(f"[bold]verify[/] {message}"))
+
+    result = _guarded(debug, action)
+    payload = result.to_json()
+    if str(json_out) != "-":
+        out.print(_checks_table(f"exporter verify {folder}", payload["checks"]))
+    _write_json(json_out, payload)
+    if junit is not None:
+        from exporter.runs import write_junit
+
+        write_junit(junit, [_as_run_result(payload)])
+    from exporter.gate import describe_exit
+
+    if str(json_out) != "-":
+        verdict = (
+            "[green]PASSED[/]" if result.exit_code == 0 else f"[red]FAILED (exit {int(result.exit_code)})[/]"
+        )
+        out.print(f"{verdict}  {describe_exit(result)}", highlight=False)
+    raise typer.Exit(int(result.exit_code))
+
+
+def _as_run_result(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "recipe": payload["folder"],
+        "name": payload["name"],
+        "checks": payload["checks"],
+        "seconds": round(sum(c["seconds"] for c in payload["checks"]), 2),
+        "not_applicable": {},
+    }
+
+
+@app.command("run")
+def run_command(
+    paths: Annotated[list[Path], typer.Argument(help="Recipe files or folders of recipes.")],
+    out_root: Annotated[Path, typer.Option("--out", help="Parent folder of each recipe's artifacts.")] = Path(
+        "artifacts"
+    ),
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Recipes run in parallel processes.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Threads per recipe [default: CPUs / jobs].")
+    ] = None,
+    benchmark: Annotated[bool, typer.Option("--benchmark/--no-benchmark", help="Measure latency.")] = True,
+    baseline_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline", help="Folder of an earlier run's artifacts (<name>/report.json per recipe)."
+        ),
+    ] = None,
+    max_latency_regression: Annotated[
+        str | None, typer.Option("--max-latency-regression", help="Allowed p50 slowdown vs --baseline.")
+    ] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write results as JSON (- for stdout).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Export and gate every recipe: one summary table, one exit code (2, then 3, then 1, then 4 win)."""
+    from exporter.gate import parse_percent
+    from exporter.runs import RunRequest, find_recipes, merge_exit_codes, run_recipes, write_junit
+
+    def action() -> list[dict[str, Any]]:
+        if max_latency_regression is not None and baseline_dir is None:
+            raise UsageError("--max-latency-regression needs --baseline DIR to compare with")
+        budget = parse_percent(max_latency_regression or "10%") if baseline_dir else None
+        request = RunRequest(
+            tuple(find_recipes(paths)), out_root, jobs, threads, benchmark, baseline_dir, budget
+        )
+        quiet_json = str(json_out) == "-"
+
+        def done(result: dict[str, Any]) -> None:
+            if not quiet_json:
+                mark = "[green]ok[/]" if result["exit_code"] == 0 else f"[red]exit {result['exit_code']}[/]"
+                out.print(f"  {result['name']:<24} {mark:<22} {result['seconds']:7.1f} s", highlight=False)
+
+        if not quiet_json:
+            out.print(
+                f"[bold]exporter run[/] {len(request.recipes)} recipes, {jobs} at a time", highlight=False
+            )
+        return run_recipes(request, done)
+
+    results = _guarded(debug, action)
+    code = merge_exit_codes([r["exit_code"] for r in results])
+    rows = []
+    for r in results:
+        failed = [c for c in r["checks"] if not c["passed"]]
+        passed = len(r["checks"]) - len(failed)
+        rows.append(
+            [
+                r["name"],
+                str(r["exit_code"]),
+                ", ".join(r["targets"]) or "-",
+                f"{passed}/{len(r['checks'])}",
+                f"{r['seconds']:.1f} s",
+                failed[0]["detail"].splitlines()[0] if failed else "",
+            ]
+        )
+    if str(json_out) != "-":
+        out.print(
+            _rich_table("Recipes", (["recipe", "exit", "backends", "checks", "time", "first failure"], rows))
+        )
+        verdict = "[green]PASSED[/]" if code == 0 else f"[red]FAILED (exit {int(code)})[/]"
+        out.print(f"{verdict}  {sum(r['exit_code'] == 0 for r in results)}/{len(results)} recipes passed")
+    _write_json(json_out, {"exit_code": int(code), "recipes": results})
+    if junit is not None:
+        write_junit(junit, results)
+    raise typer.Exit(int(code))
+
+
+@app.command("recipes")
+def recipes_command(
+    folder: Annotated[Path, typer.Argument(help="A folder of recipes.")] = Path("recipes"),
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """List the recipes in FOLDER: name, pattern, targets, and targets that do not apply (and why)."""
+    from exporter.runs import find_recipes
+
+    def action() -> list[Any]:
+        return [load_recipe(path) for path in find_recipes([folder])]
+
+    rows = []
+    for recipe in _guarded(debug, action):
+        rows.append(
+            [
+                recipe.path.name,
+                str(recipe.settings.get("name", recipe.path.stem)),
+                recipe.description,
+                ", ".join(recipe.settings.get("targets", ["onnx"])),
+                "; ".join(f"{t}: {why}" for t, why in recipe.not_applicable.items()) or "-",
+            ]
+        )
+    out.print(
+        _rich_table(f"Recipes in {folder}", (["file", "name", "pattern", "targets", "not applicable"], rows))
+    )
+
+
+@app.command("inspect")
+def inspect_command(
+    file: Annotated[Path, typer.Argument(help="A checkpoint (any format export reads) or an .onnx model.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Factory for weights-only checkpoints.")
+    ] = None,
+    model_kwargs: Annotated[
+        str | None, typer.Option("--model-kwargs", help="JSON kwargs for --model.")
+    ] = None,
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", help="NAME:DTYPE:DIMS to report output shapes.")
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow unpickling (only files you trust).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the summary as JSON (- for stdout).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Summarize a checkpoint (layers, parameters, output shapes) or an ONNX model (I/O, operators, opset)."""
+    from exporter.summary import summarize_checkpoint, summarize_onnx
+
+    def action() -> dict[str, Any]:
+        if not file.is_file():
+            raise UsageError(f"'{file}' does not exist")
+        if file.suffix == ".onnx":
+            return summarize_onnx(file)
+        spec = InputSpec(tuple(parse_tensor_spec(t) for t in inputs or []))
+        return summarize_checkpoint(
+            file,
+            model_ref=model,
+            model_kwargs=_json_object(model_kwargs),
+            trust_checkpoint=trust_checkpoint,
+            spec=spec,
+        )
+
+    summary = _guarded(debug, action)
+    if str(json_out) != "-":
+        _print_inspection(summary)
+    _write_json(json_out, summary)
+
+
+def _print_inspection(summary: dict[str, Any]) -> None:
+    size = f"{summary['bytes'] / 1e6:.2f} MB"
+    if summary["kind"] == "onnx":
+        opsets = ", ".join(f"{d} {v}" for d, v in summary["opsets"].items())
+        out.print(
+            f"[bold]{summary['file']}[/]: ONNX, opset {opsets}, IR {summary['ir_version']}, "
+            f"{summary['nodes']} nodes, {summary['parameters']:,} parameters, {size} ({summary['producer']})",
+            highlight=False,
+        )
+        io_rows = [
+            [kind, v["name"], v["dtype"], str(v["shape"])]
+            for kind in ("inputs", "outputs")
+            for v in summary[kind]
+        ]
+        out.print(_rich_table("Inputs and outputs", (["", "name", "dtype", "shape"], io_rows)))
+        op_rows = [[op, str(count)] for op, count in summary["operators"].items()]
+        out.print(_rich_table("Operators", (["operator", "count"], op_rows)))
+        return
+    out.print(
+        f"[bold]{summary['file']}[/]: {summary['format']}, {summary['model']}, {summary['parameters']:,} "
+        f"parameters ({summary['trainable_parameters']:,} trainable, {summary['buffers']:,} in buffers), "
+        f"{size}",
+        highlight=False,
+    )
+    layer_rows = [[layer["name"], layer["type"], f"{layer['parameters']:,}"] for layer in summary["layers"]]
+    out.print(_rich_table("Layers", (["layer", "type", "parameters"], layer_rows)))
+    if summary["outputs"]:
+        rows = [[o["name"], o["dtype"], str(o["shape"])] for o in summary["outputs"]]
+        title = f"Outputs for inputs {summary['input_shapes']}"
+        out.print(_rich_table(title, (["output", "dtype", "shape"], rows)))
 
 
 def main() -> None:

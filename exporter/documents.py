@@ -255,6 +255,7 @@ def build_manifest(
         "output_names": run.golden[0].output_names,
         "input_spec": options.spec.to_json(),
         "tolerance": {"atol": options.atol, "rtol": options.rtol},
+        "benchmark": {"batch_dim": options.batch_dim, "batch_sizes": list(options.batch_sizes)},
         "int8": _int8_manifest(quantization),
         "seed": options.seed,
         "golden": golden_index,

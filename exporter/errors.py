@@ -28,6 +28,7 @@ class ExitCode(IntEnum):
     VERIFICATION_FAILED = 1
     BAD_INPUT = 2
     CONVERSION_FAILED = 3
+    LATENCY_REGRESSED = 4
 
 
 class ExporterError(Exception):

@@ -221,7 +221,8 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             backends, verify_notes = _verify_backends(conversions, golden, options, loaded, listener)
             failing = [b for b in backends if not b.passed]
             record.status = StageStatus.FAILED if failing else StageStatus.PASSED
-            record.detail = f"{len(backends)} backends x {len(golden)} shapes" + "".join(
+            plural = "s" if len(backends) != 1 else ""
+            record.detail = f"{len(backends)} backend{plural} x {len(golden)} shapes" + "".join(
                 f"; {b.backend}: {(b.notes or b.shipped_parity.failures())[0]}" for b in failing
             )
         quantization = _quantize_stage(

@@ -83,6 +83,14 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "simplify": (lambda v: isinstance(v, bool), "true or false"),
         "torchscript_mode": (lambda v: v in TORCHSCRIPT_MODES, f"one of {', '.join(TORCHSCRIPT_MODES)}"),
         "compile_mode": (lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
+        "not_applicable": (
+            lambda v: (
+                isinstance(v, dict)
+                and set(v) <= set(_TARGETS)
+                and all(isinstance(r, str) and r.strip() for r in v.values())
+            ),
+            f"a table of target = reason (targets: {', '.join(_TARGETS)})",
+        ),
     },
     "verify": {
         "atol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
@@ -129,6 +137,8 @@ class Recipe:
     inputs: tuple[TensorSpec, ...] = ()
     dims: tuple[DynamicDim, ...] = ()
     settings: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -175,7 +185,13 @@ def load_recipe(path: Path) -> Recipe:
         "torchscript_mode": "torchscript_mode",
         "compile_mode": "compile_mode",
     }
-    settings.update({renames[k]: v for k, v in export.items()})
+    not_applicable = dict(export.get("not_applicable", {}))
+    clash = set(not_applicable) & set(export.get("targets", []))
+    if clash:
+        raise RecipeError(
+            f"{where}: [export] lists {', '.join(sorted(clash))} both in targets and not_applicable"
+        )
+    settings.update({renames[k]: v for k, v in export.items() if k != "not_applicable"})
     settings.update(verify)
     settings.update({("benchmark" if k == "enabled" else k): v for k, v in bench.items()})
     quantize = dict(data.get("quantize", {}))
@@ -192,7 +208,7 @@ def load_recipe(path: Path) -> Recipe:
     except InputSpecError as error:
         raise RecipeError(f"{where}: [inputs].specs: {error}") from None
     dims = tuple(_parse_dim(label, value, where) for label, value in inputs.get("dims", {}).items())
-    return Recipe(path, specs, dims, settings)
+    return Recipe(path, specs, dims, settings, data.get("description", ""), not_applicable)
 
 
 def _validate(data: Mapping[str, Any], where: str) -> None:

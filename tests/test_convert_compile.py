@@ -133,3 +133,20 @@ for case in ("export", "large"):
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "export" in completed.stdout and "large" in completed.stdout
+
+
+def test_a_dim_the_model_pins_fails_aot_packaging_naming_the_dim(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    options = options_for("lstm", targets=("compile",))  # nn.LSTM turns the sequence length into a constant
+    with pytest.raises(ConversionError, match=r"pins dynamic dim 'seq' to 6.*leave compile out of --to"):
+        export(options)
+    assert not options.out_dir.exists()
+
+
+def test_a_torchscript_checkpoint_cannot_be_compiled(tmp_path: Path) -> None:
+    scripted = torch.jit.script(MODELS["mlp"].build())
+    spec = InputSpec((parse_tensor_spec("x:float32:batch=4,16"),))
+    request = CompileRequest(scripted, spec, {"x": torch.ones(4, 16)}, tmp_path)
+    with pytest.raises(ConversionError, match="needs the Python model"):
+        compile_model(request, threads=1)

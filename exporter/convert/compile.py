@@ -6,6 +6,7 @@ Both need a C++ compiler (inductor generates C++ for CPU); its absence is a clea
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -103,6 +104,31 @@ def cpp_compiler() -> str:
         ) from None
 
 
+_SPECIALIZED = re.compile(
+    r"You marked (\w+) as dynamic but your code specialized it to be a constant \((\d+)\)"
+)
+
+
+def _export_reason(error: BaseException) -> str:
+    """torch.export's constraint errors are paragraphs; say which dim the model pins and to what."""
+    pinned = _SPECIALIZED.findall(str(error))
+    if pinned:
+        dims = ", ".join(f"'{name}' to {size}" for name, size in pinned)
+        return (
+            f"the model's code pins dynamic dim {dims}, so it cannot stay dynamic (make it static in the "
+            "input spec, or change the code that turns the size into a constant)"
+        )
+    return f"{type(error).__name__}: {first_line(error)}"
+
+
+def _refuse_torchscript(module: torch.nn.Module) -> None:
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ConversionError(
+            "--to compile needs the Python model: torch.compile and torch.export cannot take a TorchScript "
+            "archive; pass a state_dict with --model, or leave compile out of --to"
+        )
+
+
 def compile_model(
     request: CompileRequest, threads: int, progress: Callable[[str], None] | None = None
 ) -> CompiledModel:
@@ -112,6 +138,7 @@ def compile_model(
         ConversionError: no C++ compiler, or inductor failed on the model.
     """
     compiler = cpp_compiler()
+    _refuse_torchscript(request.module)
     (progress or (lambda message: None))("torch.compile (inductor)")
     dynamic_axes = {t.name: [axis for axis, d in enumerate(t.dims) if d.label] for t in request.spec.tensors}
     runner = CompiledRunner(request.module, request.spec.names, dynamic_axes=dynamic_axes, mode=request.mode)
@@ -140,6 +167,8 @@ def package_aot_inductor(
     from torch._inductor import aoti_compile_and_package
 
     cpp_compiler()
+    if request.exported_program is None:
+        _refuse_torchscript(request.module)
     report = progress or (lambda message: None)
     convention = CallConvention.for_module(request.module, request.spec.names)
     args, kwargs = convention.split(request.example_inputs)
@@ -153,8 +182,8 @@ def package_aot_inductor(
             )
         except Exception as error:
             raise ConversionError(
-                f"AOTInductor: torch.export failed: {type(error).__name__}: {first_line(error)}; the "
-                "torch-compile backend may still work, but there is no deployable package"
+                f"AOTInductor: torch.export failed: {_export_reason(error)}; without it there is no "
+                "deployable package (leave compile out of --to to export the other targets)"
             ) from error
         exported = time.perf_counter()
         report("AOTInductor compile and package")
