@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= artifacts/digits_cnn
 
-.PHONY: demo test lint clean
+.PHONY: demo test gate lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy exporter
 	$(PY) -m pytest
+
+# The CI gate over the bundled recipes (exit codes as documented in the README).
+gate: $(STAMP)
+	$(VENV)/bin/exporter run recipes/ --jobs 2 --out artifacts/gate \
+		--junit artifacts/gate/junit.xml --json artifacts/gate/run.json
 
 clean:
 	rm -rf $(VENV) artifacts/*/

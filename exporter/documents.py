@@ -182,6 +182,18 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
     export_case = next((c for c in parity.cases if c.case == "export"), None)
     if export_case is None or not export_case.passed:
         return []
+    values_case = next((c for c in parity.cases if c.case == "values"), None)
+    if values_case is not None and not values_case.passed:
+        frozen_by = (
+            "the torchscript exporter traces one path"
+            if exporter == "torchscript"
+            else "the graph holds one path"
+        )
+        return [
+            "passes at the export shape but fails at the same shape with other values: a branch or loop that "
+            f"depends on input values was frozen ({frozen_by}); rewrite it with tensor ops (torch.where, "
+            "torch.cond) or leave onnx out of --to"
+        ]
     example = spec.example_sizes
 
     def changed(case: CaseResult) -> set[str]:

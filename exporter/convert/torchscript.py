@@ -190,9 +190,11 @@ def trace_failure_message(failed_cases: list[str], tracer_warnings: list[str]) -
 
 
 def _unique(caught: Any) -> list[str]:
+    """First sentences of the warnings, deduplicated (tracer warnings wrap one sentence over lines)."""
     seen: list[str] = []
     for item in caught:
-        text = first_line(item.message)[:200]
+        flat = " ".join(str(item.message).split())
+        text = (flat.split(". ")[0].rstrip(".") + ".")[:200] if flat else ""
         if text and text not in seen:
             seen.append(text)
     return seen[:5]
