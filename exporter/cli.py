@@ -271,6 +271,14 @@ def export_command(
     compile_mode: Annotated[
         CompileModeFlag | None, typer.Option("--compile-mode", help="torch.compile mode [default: default].")
     ] = None,
+    optimize: Annotated[
+        str | None,
+        typer.Option(
+            "--optimize",
+            help="ONNX graph optimization: auto, none, or steps from transformer,ort,fp16 (comma-separated); "
+            "a step is kept only if it verifies and is not slower [default: auto].",
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Export CHECKPOINT (ONNX, TorchScript, torch.compile/AOTInductor), verify every backend against PyTorch
@@ -309,7 +317,12 @@ def export_command(
         "min_sqnr_db": min_sqnr,
     }
     quantization = {k: v for k, v in quantization_flags.items() if v is not None}
-    result = _guarded(debug, lambda: _run(_build_options(recipe, flags, quantization, inputs or [])))
+    result = _guarded(
+        debug,
+        lambda: _run(
+            _build_options(recipe, flags, quantization, inputs or [], _optimization_flags(optimize))
+        ),
+    )
     _print_summary(result)
     raise typer.Exit(int(result.exit_code))
 
@@ -326,8 +339,28 @@ def _json_object(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _optimization_flags(text: str | None) -> dict[str, Any]:
+    """``--optimize auto|none|step,step``, checked against the known steps."""
+    if text is None:
+        return {}
+    from exporter.optimize import OPTIMIZE_STEPS
+
+    steps = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in steps if s not in {"auto", "none", *OPTIMIZE_STEPS}]
+    if unknown or not steps:
+        raise UsageError(
+            f"--optimize {','.join(unknown) or text!r}: use auto, none, or steps from "
+            f"{', '.join(OPTIMIZE_STEPS)}"
+        )
+    return {"steps": steps}
+
+
 def _build_options(
-    recipe: Path | None, flags: dict[str, Any], quantization_flags: dict[str, Any], input_texts: list[str]
+    recipe: Path | None,
+    flags: dict[str, Any],
+    quantization_flags: dict[str, Any],
+    input_texts: list[str],
+    optimization_flags: dict[str, Any] | None = None,
 ) -> ExportOptions:
     """Recipe settings first, flags given on the command line over them; ``--input`` replaces by name."""
     settings: dict[str, Any] = {}
@@ -338,9 +371,12 @@ def _build_options(
         spec = InputSpec(loaded.inputs, loaded.dims) if loaded.inputs else None
     flags = {**flags, "model_kwargs": _json_object(flags.get("model_kwargs"))}
     quantization = {**settings.get("quantization", {}), **quantization_flags}
+    optimization = {**settings.get("optimization", {}), **(optimization_flags or {})}
     settings.update({key: value for key, value in flags.items() if value is not None})
     if quantization:
         settings["quantization"] = quantization
+    if optimization:
+        settings["optimization"] = optimization
     if "checkpoint" not in settings:
         raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")
     cli_tensors = [parse_tensor_spec(text) for text in input_texts]
@@ -607,7 +643,12 @@ def recipes_command(
 
 @app.command("inspect")
 def inspect_command(
-    file: Annotated[Path, typer.Argument(help="A checkpoint (any format export reads) or an .onnx model.")],
+    file: Annotated[
+        Path | None, typer.Argument(help="A checkpoint (any format export reads) or an .onnx model.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option("--recipe", help="Take checkpoint, factory and inputs from a recipe.")
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Factory for weights-only checkpoints.")
     ] = None,
@@ -629,16 +670,28 @@ def inspect_command(
     from exporter.summary import summarize_checkpoint, summarize_onnx
 
     def action() -> dict[str, Any]:
-        if not file.is_file():
-            raise UsageError(f"'{file}' does not exist")
-        if file.suffix == ".onnx":
-            return summarize_onnx(file)
-        spec = InputSpec(tuple(parse_tensor_spec(t) for t in inputs or []))
+        settings: dict[str, Any] = {}
+        spec: InputSpec | None = None
+        if recipe is not None:
+            loaded = load_recipe(recipe)
+            settings = dict(loaded.settings)
+            spec = InputSpec(loaded.inputs, loaded.dims)
+        path = file or settings.get("checkpoint")
+        if path is None:
+            raise UsageError("no FILE given (as an argument or in the recipe's [model].checkpoint)")
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"'{path}' does not exist")
+        if path.suffix == ".onnx":
+            return summarize_onnx(path)
+        if inputs:
+            tensors = [parse_tensor_spec(t) for t in inputs]
+            spec = spec.with_overrides(tensors) if spec else InputSpec(tuple(tensors))
         return summarize_checkpoint(
-            file,
-            model_ref=model,
-            model_kwargs=_json_object(model_kwargs),
-            trust_checkpoint=trust_checkpoint,
+            path,
+            model_ref=model or settings.get("model_ref"),
+            model_kwargs=_json_object(model_kwargs) or settings.get("model_kwargs"),
+            trust_checkpoint=trust_checkpoint or bool(settings.get("trust_checkpoint")),
             spec=spec,
         )
 
@@ -676,7 +729,8 @@ def _print_inspection(summary: dict[str, Any]) -> None:
     out.print(_rich_table("Layers", (["layer", "type", "parameters"], layer_rows)))
     if summary["outputs"]:
         rows = [[o["name"], o["dtype"], str(o["shape"])] for o in summary["outputs"]]
-        title = f"Outputs for inputs {summary['input_shapes']}"
+        shapes = " ".join(f"{name}{shape}" for name, shape in summary["input_shapes"].items())
+        title = f"Outputs for {shapes}"
         out.print(_rich_table(title, (["output", "dtype", "shape"], rows)))
 
 

@@ -14,6 +14,7 @@ from exporter.backends import BackendResult
 from exporter.benchmark import LatencyStats
 from exporter.convert.onnx import OnnxConversion
 from exporter.loading import LoadedModel
+from exporter.optimize import OptimizationResult
 from exporter.quantize import QuantizationResult
 from exporter.report import REPORT_SCHEMA_VERSION
 from exporter.specs import InputSpec
@@ -38,6 +39,7 @@ class RunRecord:
     quantization: QuantizationResult | None
     latency: list[LatencyStats]
     notes: list[str] = field(default_factory=list)
+    optimization: OptimizationResult | None = None
 
     @property
     def onnx(self) -> BackendResult | None:
@@ -46,7 +48,7 @@ class RunRecord:
 
 def _onnx_notes(conversion: OnnxConversion, backend: BackendResult, spec: InputSpec) -> list[str]:
     notes = []
-    shipped, shipped_parity = backend.shipped, backend.shipped_parity
+    shipped, shipped_parity = backend.shipped.split("+")[0], backend.shipped_parity
     if len(conversion.attempts) > 1:
         failed = conversion.attempts[0]
         notes.append(
@@ -55,7 +57,7 @@ def _onnx_notes(conversion: OnnxConversion, backend: BackendResult, spec: InputS
     notes.extend(_frozen_dim_hint(shipped_parity, spec, conversion.exporter))
     if conversion.simplify_error:
         notes.append(f"onnxsim not applied: {conversion.simplify_error}")
-    elif shipped != "simplified" and shipped_parity.passed:
+    elif shipped == "exported" and shipped_parity.passed and conversion.simplified_path is not None:
         notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
     return notes
 
@@ -121,6 +123,8 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "latency": [s.to_json() for s in latency],
         "timing": vars(options.timing),
         "quantization": quantization.to_json() if quantization else None,
+        "optimization": [r.to_json() for r in run.optimization.records] if run.optimization else None,
+        "optimization_summary": run.optimization.to_json() if run.optimization else None,
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
@@ -145,6 +149,7 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
         "onnx_exporter": options.onnx_exporter.value,
         "torchscript_mode": options.torchscript_mode,
         "compile_mode": options.compile_mode,
+        "optimization": asdict(options.optimization),
         "simplify": options.simplify,
         "threads": options.threads,
         "benchmark": options.benchmark,

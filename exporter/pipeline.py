@@ -9,7 +9,7 @@ import gc
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,14 @@ from exporter.documents import RunRecord, build_manifest, build_report
 from exporter.environment import collect_environment
 from exporter.errors import ConversionError, ExitCode, UsageError
 from exporter.loading import LoadedModel, LoadRequest, load_model
+from exporter.optimize import (
+    DECISION_TIMING,
+    OptimizationResult,
+    OptimizeOptions,
+    OptimizeRequest,
+    infer_attention_shape,
+    optimize_onnx,
+)
 from exporter.quantize import (
     QuantizationResult,
     QuantizeOptions,
@@ -105,6 +113,7 @@ class ExportOptions:
     quantization: QuantizeOptions = field(default_factory=QuantizeOptions)
     torchscript_mode: str = "auto"
     compile_mode: str = "default"
+    optimization: OptimizeOptions = field(default_factory=OptimizeOptions)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
@@ -125,6 +134,11 @@ class ExportOptions:
             values["out"] = Path(values["out"])
         if isinstance(values.get("quantization"), Mapping):
             values["quantization"] = QuantizeOptions(**values["quantization"])
+        if isinstance(values.get("optimization"), Mapping):
+            optimization = dict(values["optimization"])
+            if "steps" in optimization:
+                optimization["steps"] = tuple(optimization["steps"])
+            values["optimization"] = OptimizeOptions(**optimization)
         return cls(**values)
 
     @property
@@ -225,12 +239,24 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             record.detail = f"{len(backends)} backend{plural} x {len(golden)} shapes" + "".join(
                 f"; {b.backend}: {(b.notes or b.shipped_parity.failures())[0]}" for b in failing
             )
+        onnx_backend = next((b for b in backends if b.target == "onnx"), None)
+        optimization = _optimize_stage(
+            stages,
+            options=options,
+            module=loaded.module,
+            onnx_backend=onnx_backend,
+            alternative=_alternative_exporter(conversions, options, loaded, golden, build_dir),
+            golden=golden,
+            work_dir=build_dir / "optimized",
+            listener=listener,
+        )
         quantization = _quantize_stage(
             stages,
             samples=samples,
             options=options,
             loaded=loaded,
-            onnx_backend=next((b for b in backends if b.target == "onnx"), None),
+            onnx_backend=onnx_backend,
+            float_onnx=optimization.best.quantizable if optimization else None,
             golden=golden,
             work_dir=build_dir / "int8",
             listener=listener,
@@ -249,7 +275,15 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         with stages.run("write") as record:
             conversions.refresh(backends)
             run = RunRecord(
-                environment, loaded, golden, conversions.onnx, backends, quantization, latency, verify_notes
+                environment,
+                loaded,
+                golden,
+                conversions.onnx,
+                backends,
+                quantization,
+                latency,
+                verify_notes,
+                optimization,
             )
             report = _write(staging=staging, build_dir=build_dir, options=options, run=run, stages=stages)
             record.detail = str(options.out_dir)
@@ -435,6 +469,88 @@ def _write(
     return report
 
 
+def _optimize_stage(
+    stages: StageTracker,
+    *,
+    options: ExportOptions,
+    module: torch.nn.Module,
+    onnx_backend: BackendResult | None,
+    alternative: Callable[[], Path] | None,
+    golden: Sequence[GoldenCase],
+    work_dir: Path,
+    listener: ProgressListener,
+) -> OptimizationResult | None:
+    """Graph optimization of the verified float ONNX model; the ONNX backend then ships the fastest result."""
+    if onnx_backend is None or onnx_backend.path is None:
+        stages.skip("optimize", "no ONNX target")
+        return None
+    if not onnx_backend.passed:
+        stages.skip("optimize", "the float ONNX model failed verification")
+        return None
+    if "none" in options.optimization.steps:
+        stages.skip("optimize", "--optimize none")
+        return None
+    fast = options.timing.min_seconds < DECISION_TIMING.min_seconds
+    settings = options.optimization
+    if not settings.num_heads or not settings.hidden_size:
+        heads, hidden = infer_attention_shape(module)
+        settings = replace(
+            settings, num_heads=settings.num_heads or heads, hidden_size=settings.hidden_size or hidden
+        )
+    request = OptimizeRequest(
+        model=onnx_backend.path,
+        label=onnx_backend.shipped,
+        parity=onnx_backend.shipped_parity,
+        golden=golden,
+        tolerance=options.tolerance,
+        plans=batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed),
+        threads=options.threads,
+        work_dir=work_dir,
+        options=settings,
+        alternative=alternative,
+        timing=options.timing if fast else DECISION_TIMING,
+    )
+    with stages.run("optimize") as record:
+        result = optimize_onnx(request, step=lambda message: listener.step(message, 0, 0))
+        onnx_backend.parity += result.parity
+        onnx_backend.shipped = result.best.label
+        onnx_backend.path = result.best.path
+        onnx_backend.conversion = {**onnx_backend.conversion, "shipped": result.best.label}
+        kept = [r.name for r in result.records if r.kept]
+        dropped = [f"{r.name} ({r.reason.split(':')[0]})" for r in result.records if not r.kept]
+        speedup = result.baseline.score / result.best.score if result.best.score else 1.0
+        record.detail = (
+            f"shipped {result.best.label} (p50 x{1 / speedup:.2f} of unoptimized); "
+            f"kept {', '.join(kept) or 'nothing'}" + (f"; dropped {'; '.join(dropped)}" if dropped else "")
+        )
+    return result
+
+
+def _alternative_exporter(
+    conversions: Conversions,
+    options: ExportOptions,
+    loaded: LoadedModel,
+    golden: Sequence[GoldenCase],
+    build_dir: Path,
+) -> Callable[[], Path] | None:
+    """For a dynamo-exported graph: the TorchScript-based exporter's graph, made on demand (transformer
+    fusions match its patterns)."""
+    onnx_conversion = conversions.onnx
+    if onnx_conversion is None or onnx_conversion.exporter != "dynamo" or loaded.exported_program is not None:
+        return None
+    if options.onnx_exporter is not OnnxExporterChoice.AUTO:
+        return None
+
+    def export_alternative() -> Path:
+        request = replace(
+            _conversion_request(options, loaded, golden, build_dir / "onnx-torchscript"),
+            exporter=OnnxExporterChoice.TORCHSCRIPT,
+        )
+        return convert_to_onnx(replace(request, simplify=False)).model_path  # onnxsim hides fusable patterns
+
+    return export_alternative
+
+
 def _quantize_stage(
     stages: StageTracker,
     *,
@@ -442,6 +558,7 @@ def _quantize_stage(
     options: ExportOptions,
     loaded: LoadedModel,
     onnx_backend: BackendResult | None,
+    float_onnx: Path | None,
     golden: Sequence[GoldenCase],
     work_dir: Path,
     listener: ProgressListener,
@@ -458,7 +575,7 @@ def _quantize_stage(
             samples=samples,
             options=options,
             loaded=loaded,
-            float_onnx=onnx_backend.path,
+            float_onnx=float_onnx or onnx_backend.path,
             golden=golden,
             work_dir=work_dir,
             listener=listener,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import InputSpecError, RecipeError
+from exporter.optimize import OPTIMIZE_STEPS
 from exporter.specs import DynamicDim, TensorSpec, parse_tensor_spec
 from exporter.targets import COMPILE_MODES, TORCHSCRIPT_MODES
 from exporter.targets import TARGETS as _TARGETS
@@ -116,6 +117,15 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         ),
         "metric": (lambda v: isinstance(v, str) and ":" in v, "package.module:callable(outputs, labels)"),
     },
+    "optimize": {
+        "steps": (
+            lambda v: _is_str_list(v) and set(v) <= {"auto", "none", *OPTIMIZE_STEPS},
+            f"a list from auto, none, {', '.join(OPTIMIZE_STEPS)}",
+        ),
+        "num_heads": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: inferred from the graph)"),
+        "hidden_size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: inferred from the graph)"),
+        "max_slowdown": (lambda v: _is_number(v) and v >= 0, "a fraction >= 0, e.g. 0.03"),
+    },
     "benchmark": {
         "threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "batch_dim": (lambda v: isinstance(v, str), "a dim label"),
@@ -194,6 +204,18 @@ def load_recipe(path: Path) -> Recipe:
     settings.update({renames[k]: v for k, v in export.items() if k != "not_applicable"})
     settings.update(verify)
     settings.update({("benchmark" if k == "enabled" else k): v for k, v in bench.items()})
+    settings.update(_stage_tables(data, base))
+    try:
+        specs = tuple(parse_tensor_spec(s) for s in inputs.get("specs", []))
+    except InputSpecError as error:
+        raise RecipeError(f"{where}: [inputs].specs: {error}") from None
+    dims = tuple(_parse_dim(label, value, where) for label, value in inputs.get("dims", {}).items())
+    return Recipe(path, specs, dims, settings, data.get("description", ""), not_applicable)
+
+
+def _stage_tables(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """``[quantize]`` (paths relative to the recipe) and ``[optimize]`` as nested settings."""
+    settings: dict[str, Any] = {}
     quantize = dict(data.get("quantize", {}))
     for key in ("calibration", "eval_data"):
         if key in quantize:
@@ -203,12 +225,9 @@ def load_recipe(path: Path) -> Recipe:
             quantize[key] = _relative_ref(quantize[key], base)
     if quantize:
         settings["quantization"] = quantize
-    try:
-        specs = tuple(parse_tensor_spec(s) for s in inputs.get("specs", []))
-    except InputSpecError as error:
-        raise RecipeError(f"{where}: [inputs].specs: {error}") from None
-    dims = tuple(_parse_dim(label, value, where) for label, value in inputs.get("dims", {}).items())
-    return Recipe(path, specs, dims, settings, data.get("description", ""), not_applicable)
+    if data.get("optimize"):
+        settings["optimization"] = dict(data["optimize"])
+    return settings
 
 
 def _validate(data: Mapping[str, Any], where: str) -> None:

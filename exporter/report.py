@@ -12,6 +12,7 @@ __all__ = [
     "Table",
     "latency_matrix",
     "latency_table",
+    "optimization_table",
     "parity_matrix",
     "parity_table",
     "quantization_table",
@@ -131,6 +132,24 @@ def latency_matrix(report: dict[str, Any]) -> Table:
             row.append(f"{_num(stats['p50_ms'])}" + ("" if speedup is None else f" ({speedup:.2f}x)"))
         rows.append(row)
     return ["backend", *(f"p50 ms {label}" for label in labels)], rows
+
+
+def optimization_table(report: dict[str, Any]) -> Table:
+    """Each graph-optimization step: its input, kept or dropped and why, and the p50 it measured."""
+    headers = ["step", "input", "result", "kept", "reason", "p50 ms", "build s"]
+    rows = [
+        [
+            r["name"],
+            r["source"],
+            r["result"],
+            "yes" if r["kept"] else "no",
+            r["reason"],
+            ", ".join(f"{t['label']} {_num(t['p50_ms'])}" for t in r["latency"]) or "-",
+            f"{r['seconds']:.1f}",
+        ]
+        for r in report.get("optimization") or []
+    ]
+    return headers, rows
 
 
 def quantization_table(report: dict[str, Any]) -> Table:
@@ -277,6 +296,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     else:
         parts.append("Not measured.")
+    summary = report.get("optimization_summary")
+    if summary:
+        baseline = ", ".join(f"{t['label']} {_num(t['p50_ms'])} ms" for t in summary["baseline"]["latency"])
+        speedup = summary["speedup_vs_unoptimized"]
+        parts += [
+            "",
+            "## Graph optimization",
+            "",
+            f"Steps: {', '.join(summary['steps']) or 'none'}. Unoptimized `{summary['baseline']['label']}`: "
+            f"{baseline}. Shipped `{summary['shipped']}`"
+            + (f" (p50 x{1 / speedup:.2f} of unoptimized)" if speedup else "")
+            + f"; int8 starts from `{summary['quantization_source']}`. "
+            "A step is kept only if it verifies and is not slower than its input.",
+            "",
+            _markdown_table(optimization_table(report)),
+        ]
     quant = report.get("quantization")
     if quant:
         calibration = quant["calibration"]

@@ -12,7 +12,7 @@ from typing import Protocol
 
 __all__ = ["STAGES", "ProgressListener", "SilentListener", "StageRecord", "StageStatus", "StageTracker"]
 
-STAGES = ("load", "convert", "verify", "quantize", "benchmark", "write")
+STAGES = ("load", "convert", "verify", "optimize", "quantize", "benchmark", "write")
 
 
 class StageStatus(StrEnum):

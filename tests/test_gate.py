@@ -247,3 +247,10 @@ def test_inspect_an_onnx_model_and_a_checkpoint(exported: Path, tmp_path: Path) 
     assert summary["parameters"] == sum(p.numel() for p in MODELS["mlp"].build().parameters())
     assert any(layer["type"] == "BatchNorm1d" for layer in summary["layers"])
     assert summary["outputs"] == [{"name": "output", "dtype": "float32", "shape": [3, 4]}]
+
+
+def test_inspect_takes_checkpoint_factory_and_inputs_from_a_recipe() -> None:
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "zoo_moe.toml"
+    code, output = _invoke("inspect", "--recipe", recipe)
+    assert code == 0, output
+    assert "TopKMixtureOfExperts" in output and "experts.3.fc2" in output and "[2, 8, 32]" in output

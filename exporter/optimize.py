@@ -1,0 +1,441 @@
+"""Graph optimization stage: make the verified float ONNX model faster on CPU, one measured step at a time.
+
+Steps (``auto`` picks by what the graph contains; a recipe or ``--optimize`` can name them):
+
+- ``transformer``: ``onnxruntime.transformers`` fusions (Attention, SkipLayerNormalization, BiasGelu,
+  EmbedLayerNormalization). They match the TorchScript-based exporter's graphs far better than the dynamo
+  exporter's (on a 6-layer BERT: 6 Attention fusions against none), so for a transformer exported by dynamo
+  the TorchScript-based exporter's graph is made too and both are tried.
+- ``ort``: ONNX Runtime's own offline optimization (``ORT_ENABLE_EXTENDED``, saved), which also saves the
+  optimization work at every session start.
+- ``fp16``: float16 weights and compute (opt-in only; on CPU rarely faster and rarely within float32
+  tolerances, so it mostly shows what a dropped step looks like).
+
+A step is kept only if its output verifies against the golden cases and is not slower than its input
+(beyond ``max_slowdown``); otherwise it is dropped and the report says why. The fastest verified result
+ships. Int8 starts from the best result before the ``ort`` step (quantizers know standard and transformer
+ops, not ORT's CPU-specific fused kernels).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from exporter._quiet import quiet
+from exporter.benchmark import BatchPlan, TimingConfig, measure_latency
+from exporter.errors import first_line
+from exporter.runners import OnnxRuntimeRunner
+from exporter.verify import GoldenCase, ParityResult, Tolerance, verify_runner
+
+__all__ = [
+    "OPTIMIZE_STEPS",
+    "OptimizationResult",
+    "OptimizeOptions",
+    "StepRecord",
+    "infer_attention_shape",
+    "looks_like_transformer",
+    "optimize_onnx",
+    "resolve_steps",
+]
+
+OPTIMIZE_STEPS = ("transformer", "fp16", "ort")
+DECISION_TIMING = TimingConfig(warmup=3, min_runs=15, min_seconds=0.3, max_runs=2000, max_seconds=5.0)
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """``steps``: ("auto",), ("none",) or step names; heads/hidden 0 let ORT infer them from the graph."""
+
+    steps: tuple[str, ...] = ("auto",)
+    num_heads: int = 0
+    hidden_size: int = 0
+    max_slowdown: float = 0.03
+
+
+@dataclass
+class Variant:
+    """One verified model: where it came from, and its p50 per batch plan."""
+
+    label: str
+    path: Path
+    parity: ParityResult
+    latency: dict[str, float]
+    quantizable: Path
+
+    @property
+    def score(self) -> float:
+        """Geometric mean p50 over batch plans: one number to rank variants by."""
+        values = [v for v in self.latency.values() if v > 0]
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
+
+
+@dataclass
+class StepRecord:
+    """What one step did: kept or dropped, why, its build time and the latency it measured."""
+
+    name: str
+    source: str
+    result: str
+    kept: bool
+    reason: str
+    seconds: float
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    fused: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "result": self.result,
+            "kept": self.kept,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 3),
+            "latency": self.latency,
+            "fused": self.fused,
+        }
+
+
+@dataclass
+class OptimizationResult:
+    steps_requested: list[str]
+    records: list[StepRecord]
+    baseline: Variant
+    best: Variant
+    parity: list[ParityResult]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps_requested,
+            "baseline": {"label": self.baseline.label, "latency": _latency_rows(self.baseline.latency)},
+            "shipped": self.best.label,
+            "speedup_vs_unoptimized": self.baseline.score / self.best.score if self.best.score else None,
+            "quantization_source": self.best.quantizable.name,
+            "records": [r.to_json() for r in self.records],
+        }
+
+
+def infer_attention_shape(module: Any) -> tuple[int, int]:
+    """(heads, hidden size) of the model's attention, which the Attention fusion needs (ORT's own guess
+    from the graph fails on common exports): a Hugging Face config, ``nn.MultiheadAttention``, or a layer
+    with ``num_attention_heads`` and ``all_head_size``/``hidden_size``. (0, 0) when none is found."""
+    import torch
+
+    config = getattr(module, "config", None)
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if isinstance(heads, int) and isinstance(hidden, int):
+        return heads, hidden
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.MultiheadAttention):
+            return int(layer.num_heads), int(layer.embed_dim)
+        heads = getattr(layer, "num_attention_heads", None)
+        hidden = getattr(layer, "all_head_size", None) or getattr(layer, "hidden_size", None)
+        if isinstance(heads, int) and isinstance(hidden, int):
+            return heads, hidden
+    return 0, 0
+
+
+def looks_like_transformer(path: Path) -> bool:
+    """Softmax over MatMuls next to layer norms: an attention block, where the fusions pay off."""
+    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    has_norm = "LayerNormalization" in ops or "ReduceMean" in ops
+    return "Softmax" in ops and "MatMul" in ops and has_norm
+
+
+def resolve_steps(options: OptimizeOptions, path: Path) -> list[str]:
+    """The steps to run, in their fixed order (``auto``: transformer fusions when the graph has attention,
+    then ORT's offline optimization)."""
+    requested = set(options.steps)
+    if "none" in requested:
+        return []
+    if "auto" in requested:
+        requested.discard("auto")
+        requested.add("ort")
+        if looks_like_transformer(path):
+            requested.add("transformer")
+    return [s for s in OPTIMIZE_STEPS if s in requested]
+
+
+@dataclass(frozen=True)
+class OptimizeRequest:
+    model: Path
+    label: str
+    parity: ParityResult
+    golden: Sequence[GoldenCase]
+    tolerance: Tolerance
+    plans: Sequence[BatchPlan]
+    threads: int
+    work_dir: Path
+    options: OptimizeOptions
+    alternative: Callable[[], Path] | None = None
+    timing: TimingConfig = DECISION_TIMING
+
+
+def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None = None) -> OptimizationResult:
+    """Run the steps on the verified model (and on the alternative exporter's graph, for transformers)."""
+    report = step or (lambda message: None)
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    steps = resolve_steps(request.options, request.model)
+    report("timing the unoptimized model")
+    baseline = Variant(
+        request.label, request.model, request.parity, _time(request.model, request), request.model
+    )
+    records: list[StepRecord] = []
+    parity: list[ParityResult] = []
+    sources = [baseline]
+    if "transformer" in steps and request.alternative is not None:
+        alternative = _alternative_source(request, records, parity, report)
+        if alternative is not None:
+            sources.append(alternative)
+    finals = []
+    for source in sources:
+        current = source
+        for name in steps:
+            report(f"{name} on the {current.label} model")
+            produced = _apply(name, current, request, records, parity)
+            if produced is not None:
+                current = produced
+        finals.append(current)
+    best = min(finals, key=lambda v: v.score)
+    if best is not baseline and best.score > baseline.score * (1 + request.options.max_slowdown):
+        best = baseline
+    return OptimizationResult(steps, records, baseline, best, parity)
+
+
+def _alternative_source(
+    request: OptimizeRequest,
+    records: list[StepRecord],
+    parity: list[ParityResult],
+    report: Callable[[str], None],
+) -> Variant | None:
+    """The TorchScript-based exporter's graph of the same model, verified and timed, as a second source."""
+    assert request.alternative is not None
+    report("exporting with the TorchScript-based exporter for the transformer fusions")
+    started = time.perf_counter()
+    label = "torchscript-exporter"
+    try:
+        path = request.alternative()
+    except Exception as error:
+        records.append(
+            StepRecord(
+                "alternative exporter",
+                request.label,
+                label,
+                False,
+                f"export failed: {first_line(error)}",
+                time.perf_counter() - started,
+            )
+        )
+        return None
+    result = _verify(path, label, request)
+    parity.append(result)
+    seconds = time.perf_counter() - started
+    if not result.passed:
+        records.append(
+            StepRecord(
+                "alternative exporter",
+                request.label,
+                label,
+                False,
+                f"failed verification: {result.failures()[0]}",
+                seconds,
+            )
+        )
+        return None
+    latency = _time(path, request)
+    records.append(
+        StepRecord(
+            "alternative exporter",
+            request.label,
+            label,
+            True,
+            "verified; tried as a second source",
+            seconds,
+            _latency_rows(latency),
+        )
+    )
+    return Variant(label, path, result, latency, path)
+
+
+def _apply(
+    name: str,
+    current: Variant,
+    request: OptimizeRequest,
+    records: list[StepRecord],
+    parity: list[ParityResult],
+) -> Variant | None:
+    label = f"{current.label}+{name}"
+    target = request.work_dir / f"{label}.onnx"
+    started = time.perf_counter()
+    fused: dict[str, int] = {}
+    try:
+        with warnings.catch_warnings(), quiet():
+            warnings.simplefilter("ignore")
+            fused = _BUILDERS[name](current.path, target, request)
+    except Exception as error:
+        records.append(
+            StepRecord(
+                name,
+                current.label,
+                label,
+                False,
+                f"failed: {first_line(error)}",
+                time.perf_counter() - started,
+            )
+        )
+        return None
+    if name == "transformer" and not any(fused.values()):
+        records.append(
+            StepRecord(
+                name,
+                current.label,
+                label,
+                False,
+                "nothing fused (no attention, layer-norm or GELU pattern matched)",
+                time.perf_counter() - started,
+                fused=fused,
+            )
+        )
+        return None
+    result = _verify(target, label, request)
+    parity.append(result)
+    if not result.passed:
+        failures = result.failures()
+        records.append(
+            StepRecord(
+                name,
+                current.label,
+                label,
+                False,
+                f"failed verification: {failures[0] if failures else ''}",
+                time.perf_counter() - started,
+                fused=fused,
+            )
+        )
+        return None
+    latency = _time(target, request)
+    produced = Variant(label, target, result, latency, current.quantizable if name == "ort" else target)
+    ratio = produced.score / current.score if current.score else 1.0
+    seconds = time.perf_counter() - started
+    if ratio > 1 + request.options.max_slowdown:
+        records.append(
+            StepRecord(
+                name,
+                current.label,
+                label,
+                False,
+                f"slower: p50 x{ratio:.2f} of its input",
+                seconds,
+                _latency_rows(latency),
+                fused,
+            )
+        )
+        return None
+    records.append(
+        StepRecord(
+            name,
+            current.label,
+            label,
+            True,
+            f"verified; p50 x{ratio:.2f} of its input",
+            seconds,
+            _latency_rows(latency),
+            fused,
+        )
+    )
+    return produced
+
+
+def _verify(path: Path, label: str, request: OptimizeRequest) -> ParityResult:
+    try:
+        runner = OnnxRuntimeRunner(path, request.threads)
+    except Exception as error:
+        from exporter.verify import CaseResult
+
+        failure = CaseResult("load", {}, {}, error=f"ONNX Runtime cannot load it: {first_line(error)}")
+        return ParityResult("onnxruntime", label, "pytorch-eager", request.tolerance, [failure])
+    result = verify_runner(runner, request.golden, request.tolerance, label)
+    del runner
+    gc.collect()
+    return result
+
+
+def _time(path: Path, request: OptimizeRequest) -> dict[str, float]:
+    runner = OnnxRuntimeRunner(path, request.threads)
+    latency = {
+        plan.label: measure_latency(
+            runner,
+            plan.inputs,
+            config=DECISION_TIMING,
+            threads=request.threads,
+            label=plan.label,
+            batch=plan.batch,
+        ).p50_ms
+        for plan in request.plans
+    }
+    del runner
+    gc.collect()
+    return latency
+
+
+def _latency_rows(latency: dict[str, float]) -> list[dict[str, Any]]:
+    return [{"label": label, "p50_ms": round(p50, 4)} for label, p50 in latency.items()]
+
+
+def _transformer(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    model = optimize_model(
+        str(source),
+        model_type="bert",
+        num_heads=request.options.num_heads,
+        hidden_size=request.options.hidden_size,
+        optimization_options=options,
+    )
+    model.save_model_to_file(str(target))
+    return {
+        k: int(v) for k, v in model.get_fused_operator_statistics().items() if v and k != "LayerNormalization"
+    }
+
+
+def _ort_offline(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    options.intra_op_num_threads = request.threads
+    options.log_severity_level = 4
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    before = len(onnx.load(str(source), load_external_data=False).graph.node)
+    after = len(onnx.load(str(target), load_external_data=False).graph.node)
+    return {"nodes_before": before, "nodes_after": after}
+
+
+def _fp16(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    return {
+        "float16_initializers": sum(
+            1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16
+        )
+    }
+
+
+_BUILDERS: dict[str, Callable[[Path, Path, OptimizeRequest], dict[str, int]]] = {
+    "transformer": _transformer,
+    "ort": _ort_offline,
+    "fp16": _fp16,
+}

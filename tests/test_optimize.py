@@ -1,0 +1,104 @@
+"""Graph optimization: steps chosen by the graph, kept only when they verify and are not slower."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from exporter.cli import app
+from exporter.errors import ExitCode
+from exporter.optimize import OptimizeOptions, infer_attention_shape, resolve_steps
+from exporter.pipeline import ExportOptions, export
+from exporter.quantize import QuantizeOptions, QuantMode
+from tests.models import MODELS
+
+
+def test_a_step_that_breaks_parity_is_dropped_with_the_reason(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    result = export(options_for("mlp", optimization=OptimizeOptions(steps=("fp16",))))
+    assert result.exit_code is ExitCode.OK
+    records = result.report["optimization"]
+    fp16 = next(r for r in records if r["name"] == "fp16")
+    assert not fp16["kept"]
+    assert fp16["reason"].startswith("failed verification"), fp16["reason"]
+    assert "fp16" not in result.backend("onnxruntime").shipped
+    markdown = (result.out_dir / "report.md").read_text()
+    assert "## Graph optimization" in markdown and "failed verification" in markdown
+    stage = next(s for s in result.stages if s.name == "optimize")
+    assert "dropped fp16 (failed verification)" in stage.detail
+
+
+def test_auto_runs_ort_and_adds_transformer_fusions_for_attention(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    result = export(options_for("attention"))
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    summary = result.report["optimization_summary"]
+    assert summary["steps"] == ["transformer", "ort"]
+    names = [r["name"] for r in result.report["optimization"]]
+    assert "alternative exporter" in names and "ort" in names
+    shipped = result.backend("onnxruntime")
+    assert shipped.shipped == summary["shipped"]
+    assert shipped.shipped_parity.passed and len(shipped.shipped_parity.cases) >= 3
+    assert (result.out_dir / "model.onnx").is_file()
+
+
+def test_a_conv_net_gets_only_the_ort_step(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("conv")
+    result = export(options)
+    assert result.report["optimization_summary"]["steps"] == ["ort"]
+    assert resolve_steps(OptimizeOptions(steps=("none",)), result.out_dir / "model.onnx") == []
+
+
+def test_int8_starts_from_the_model_before_ort_kernels(options_for: Callable[..., ExportOptions]) -> None:
+    quantization = QuantizeOptions(mode=QuantMode.DYNAMIC, samples=16)
+    result = export(options_for("mlp", quantization=quantization, benchmark=False))
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    assert "+ort" not in result.report["optimization_summary"]["quantization_source"]
+
+
+def test_optimize_none_skips_the_stage(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("mlp", optimization=OptimizeOptions(steps=("none",))))
+    stage = next(s for s in result.stages if s.name == "optimize")
+    assert stage.status.value == "skipped" and result.report["optimization"] is None
+
+
+def test_attention_shape_comes_from_the_model() -> None:
+    assert infer_attention_shape(MODELS["attention"].build()) == (4, 32)
+    assert infer_attention_shape(MODELS["mlp"].build()) == (0, 0)
+
+
+def test_an_unknown_optimize_step_exits_2(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(state_dict_checkpoint("mlp")),
+            "--model",
+            MODELS["mlp"].ref,
+            "--input",
+            MODELS["mlp"].inputs[0],
+            "--optimize",
+            "turbo",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--optimize 'turbo'" in result.output or "--optimize turbo" in result.output
+
+
+@pytest.mark.parametrize("steps", [["ort"], ["transformer", "ort"], ["none"], ["auto"]])
+def test_recipe_optimize_steps_are_accepted(steps: list[str], tmp_path: Path) -> None:
+    from exporter.recipe import load_recipe
+
+    path = tmp_path / "r.toml"
+    quoted = ", ".join(f'"{s}"' for s in steps)
+    path.write_text(f"schema_version = 1\n[optimize]\nsteps = [{quoted}]\nnum_heads = 4\n")
+    assert load_recipe(path).settings["optimization"] == {"steps": steps, "num_heads": 4}
