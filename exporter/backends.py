@@ -6,6 +6,7 @@ alone are re-judged against a float64 eager reference.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class BackendResult:
     conversion: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     runner: Runner | None = field(default=None, repr=False)
+    load_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def shipped_parity(self) -> ParityResult:
@@ -67,6 +69,7 @@ class BackendResult:
             "passed": self.passed,
             "conversion": self.conversion,
             "notes": self.notes,
+            "load_seconds": {label: round(seconds, 4) for label, seconds in self.load_seconds.items()},
         }
 
 
@@ -88,11 +91,14 @@ def verify_backend(
     """
     results: list[ParityResult] = []
     kept: Runner | None = None
+    load_seconds: dict[str, float] = {}
     for candidate in candidates:
         if step:
             step(f"verifying {backend} ({candidate.label})")
+        started = time.perf_counter()
         try:
             runner = candidate.open()
+            load_seconds[candidate.label] = time.perf_counter() - started
         except Exception as error:
             failure = CaseResult("load", {}, {}, error=f"cannot load it: {first_line(error)}")
             results.append(ParityResult(backend, candidate.label, "pytorch-eager", tolerance, [failure]))
@@ -110,7 +116,9 @@ def verify_backend(
     shipped = next((r for r in results if r.passed), results[-1])
     index = results.index(shipped)
     chosen = candidates[index] if index < len(candidates) else candidates[-1]
-    return BackendResult(backend, target, file, results, shipped.artifact, chosen.path, runner=kept)
+    return BackendResult(
+        backend, target, file, results, shipped.artifact, chosen.path, runner=kept, load_seconds=load_seconds
+    )
 
 
 def arbitrate_float_backends(

@@ -154,7 +154,10 @@ def _print_summary(result: ExportResult) -> None:
     for note in report["notes"]:
         out.print(f"[yellow]note:[/] {note}")
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
-    files = ", ".join([*(b.file for b in result.backends if b.file), "golden/", "manifest.json", "report.md"])
+    int8 = ["model.int8.onnx"] if result.quantization and result.quantization.chosen else []
+    files = ", ".join(
+        [*(b.file for b in result.backends if b.file), *int8, "golden/", "manifest.json", "report.md/.html"]
+    )
     out.print(f"{verdict}  artifacts in [bold]{result.out_dir}[/] ({files})")
 
 
@@ -639,6 +642,35 @@ def recipes_command(
     out.print(
         _rich_table(f"Recipes in {folder}", (["file", "name", "pattern", "targets", "not applicable"], rows))
     )
+
+
+@app.command("report")
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="An artifacts folder with a report.json.")],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Re-render report.md and the self-contained report.html from FOLDER/report.json."""
+    from exporter.report import REPORT_SCHEMA_VERSION, render_reports
+
+    def action() -> list[Path]:
+        path = folder / "report.json"
+        try:
+            report = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(
+                f"'{path}' does not exist; pass an artifacts folder written by exporter export"
+            ) from None
+        except (OSError, json.JSONDecodeError) as error:
+            raise UsageError(f"'{path}' cannot be read as JSON: {error}") from None
+        if report.get("schema_version") != REPORT_SCHEMA_VERSION:
+            raise UsageError(
+                f"'{path}' has schema_version {report.get('schema_version')!r}; "
+                f"expected {REPORT_SCHEMA_VERSION}"
+            )
+        return render_reports(folder, report)
+
+    for written in _guarded(debug, action):
+        out.print(f"wrote {written}", highlight=False)
 
 
 @app.command("inspect")

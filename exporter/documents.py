@@ -4,6 +4,7 @@ and ``manifest.json`` (what the artifacts are, with hashes and versions). Both c
 from __future__ import annotations
 
 import datetime
+import resource
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,10 @@ from exporter.verify import CaseResult, GoldenCase, ParityResult
 if TYPE_CHECKING:
     from exporter.pipeline import ExportOptions
 
-__all__ = ["RunRecord", "build_manifest", "build_report"]
+__all__ = ["RENDERED", "RunRecord", "build_manifest", "build_report"]
+
+# Rendered from report.json (``exporter report`` re-renders them), so not hashed: report.json is.
+RENDERED = ("manifest.json", "report.md", "report.html")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class RunRecord:
     latency: list[LatencyStats]
     notes: list[str] = field(default_factory=list)
     optimization: OptimizationResult | None = None
+    load_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def onnx(self) -> BackendResult | None:
@@ -107,6 +112,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "status": "passed" if passed else "failed",
         "stages": [
             {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
@@ -124,14 +130,28 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "timing": vars(options.timing),
         "quantization": quantization.to_json() if quantization else None,
         "optimization": [r.to_json() for r in run.optimization.records] if run.optimization else None,
+        "resources": _resources(run),
         "optimization_summary": run.optimization.to_json() if run.optimization else None,
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
+            **({"onnxruntime-int8": "model.int8.onnx"} if quantization and quantization.chosen else {}),
             "golden": "golden/",
             "manifest": "manifest.json",
+            "report": "report.json, report.md, report.html",
         },
     }
+
+
+def _resources(run: RunRecord) -> dict[str, Any]:
+    """Peak resident memory of this process so far (the pipeline) and each shipped artifact's load time."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    load = {name: round(seconds, 4) for name, seconds in run.load_seconds.items()}
+    for backend in run.backends:  # without timing: the load time measured while verifying
+        seconds = backend.load_seconds.get(backend.shipped)
+        if backend.backend not in load and seconds is not None:
+            load[backend.backend] = round(seconds, 4)
+    return {"peak_rss_mb": round(peak_kb / 1024, 1), "load_seconds": load}
 
 
 def _settings_json(options: ExportOptions) -> dict[str, Any]:
@@ -276,5 +296,5 @@ def build_manifest(
         "int8": _int8_manifest(quantization),
         "seed": options.seed,
         "golden": golden_index,
-        "files": file_inventory(staging, exclude=("manifest.json",)),
+        "files": file_inventory(staging, exclude=RENDERED),
     }

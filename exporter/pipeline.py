@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
@@ -69,7 +70,7 @@ from exporter.quantize import (
     load_samples,
     run_quantization,
 )
-from exporter.report import render_markdown
+from exporter.report import render_reports
 from exporter.runners import (
     AotInductorRunner,
     CallConvention,
@@ -263,10 +264,15 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         )
 
         latency: list[LatencyStats] = []
+        load_seconds: dict[str, float] = {}
         if options.benchmark:
             with stages.run("benchmark") as record:
                 latency = _benchmark(
-                    eager, _timed_runners(backends, quantization, options, loaded), options, listener
+                    eager,
+                    _timed_runners(backends, quantization, options, loaded),
+                    options,
+                    listener,
+                    load_seconds,
                 )
                 record.detail = f"{len(latency)} timings, {options.threads} threads"
         else:
@@ -284,6 +290,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
                 latency,
                 verify_notes,
                 optimization,
+                load_seconds,
             )
             report = _write(staging=staging, build_dir=build_dir, options=options, run=run, stages=stages)
             record.detail = str(options.out_dir)
@@ -464,7 +471,7 @@ def _write(
     stages.records["write"].status = StageStatus.PASSED
     report = build_report(options, run, stages.list())
     write_json(staging / "report.json", report)
-    (staging / "report.md").write_text(render_markdown(report))
+    render_reports(staging, report)
     write_json(staging / "manifest.json", build_manifest(options, run, golden_index, staging))
     return report
 
@@ -698,18 +705,23 @@ def _benchmark(
     factories: Sequence[Callable[[], Runner]],
     options: ExportOptions,
     listener: ProgressListener,
+    load_seconds: dict[str, float],
 ) -> list[LatencyStats]:
     """Time eager and every backend alike at each batch size (or at the export shape without a batch dim).
 
     One backend at a time: an idle ONNX Runtime session's spinning thread pool slowed eager PyTorch by
-    100x on a 2-core machine, so no session is alive while another backend is timed.
+    100x on a 2-core machine, so no session is alive while another backend is timed. Each artifact's load
+    time (opening it as a deployment would) goes into ``load_seconds``.
     """
     plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
     everything: list[Callable[[], Runner]] = [lambda: eager, *factories]
     results: list[LatencyStats] = []
     total = len(plans) * len(everything)
     for factory in everything:
+        started = time.perf_counter()
         runner = factory()
+        if runner is not eager:
+            load_seconds[runner.name] = time.perf_counter() - started
         for plan in plans:
             listener.step(f"timing {runner.name} at {plan.label}", len(results), total)
             results.append(

@@ -5,6 +5,7 @@ The terminal summary (rich) and ``report.md`` both use these rows, so they never
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "parity_table",
     "quantization_table",
     "render_markdown",
+    "render_reports",
     "stage_table",
 ]
 
@@ -333,3 +335,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["notes"]:
         parts += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
     return "\n".join(parts) + "\n"
+
+
+def render_reports(folder: Path, report: dict[str, Any]) -> list[Path]:
+    """Write ``report.md`` and the self-contained ``report.html`` beside ``report.json``."""
+    from exporter.html_report import render_html
+
+    markdown, html = folder / "report.md", folder / "report.html"
+    markdown.write_text(render_markdown(report))
+    html.write_text(render_html(report))
+    return [markdown, html]
