@@ -1,7 +1,8 @@
-"""Benchmark models with random weights, built without downloads: a ResNet-18 and a small BERT-like encoder.
+"""Benchmark models with random weights, built without downloads: a ResNet-18, a small BERT-like encoder
+and an LSTM sequence classifier.
 
 Each builder is also a factory for the exporter (the defaults give the benchmark shapes), e.g.
-``--model benchmarks/models.py:build_resnet18`` or ``--model benchmarks/models.py:build_bert_encoder``.
+``--model benchmarks/models.py:build_resnet18``, ``:build_bert_encoder`` or ``:build_lstm_classifier``.
 Weights are seeded (``torch.manual_seed(0)``), so two calls build the same model.
 """
 
@@ -12,7 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "BertEncoder", "ResNet18", "build_bert_encoder", "build_resnet18"]
+__all__ = [
+    "BasicBlock",
+    "BertEncoder",
+    "LstmClassifier",
+    "ResNet18",
+    "build_bert_encoder",
+    "build_lstm_classifier",
+    "build_resnet18",
+]
 
 SEED = 0
 
@@ -124,3 +133,30 @@ def build_bert_encoder(
     config = BertConfig(**config_kwargs)
     model = BertEncoder(BertModel(config, add_pooling_layer=False))
     return model.eval()
+
+
+class LstmClassifier(nn.Module):
+    """A stacked LSTM over ``(B, steps, features)`` whose last step's output feeds a linear head.
+
+    The recurrent weights dominate its compute, which is what int8 (dynamic quantization of ``nn.LSTM`` and
+    of ONNX ``LSTM`` nodes) is meant to speed up; a CNN or an encoder does not exercise that path.
+    """
+
+    def __init__(
+        self, features: int = 128, hidden: int = 256, layers: int = 2, num_classes: int = 20
+    ) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(x)
+        return self.head(output[:, -1])
+
+
+def build_lstm_classifier(
+    features: int = 128, hidden: int = 256, layers: int = 2, num_classes: int = 20
+) -> nn.Module:
+    """A 2-layer LSTM classifier (input ``(B, 64, 128)`` in the benchmarks) with PyTorch's seeded init."""
+    torch.manual_seed(SEED)
+    return LstmClassifier(features, hidden, layers, num_classes).eval()

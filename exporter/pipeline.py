@@ -657,11 +657,19 @@ def _conversion_request(
 ) -> OnnxConversionRequest:
     tensors = _tensors
     export_case = golden[0]
-    probe = next((g for g in golden[1:] if g.case.name == "large"), golden[-1] if len(golden) > 1 else None)
+    # torch.export (and a trace) fix sizes 0 and 1: export at sizes >= 2 where the spec allows.
+    sizes = {**options.spec.example_sizes, **trace_sizes(options.spec)}
+    example = (
+        make_inputs(options.spec, sizes, options.seed)
+        if sizes != export_case.case.sizes
+        else export_case.inputs
+    )
+    others = [g for g in golden if g.case.sizes != sizes]
+    probe = next((g for g in others if g.case.name == "large"), others[-1] if others else None)
     return OnnxConversionRequest(
         module=loaded.module,
         spec=options.spec,
-        example_inputs=tensors(export_case.inputs),
+        example_inputs=tensors(example),
         probe_inputs=tensors(probe.inputs) if probe else None,
         output_names=export_case.output_names,
         work_dir=work_dir,

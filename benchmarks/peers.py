@@ -1,0 +1,1045 @@
+"""Our artifacts side by side with the paths a user would otherwise take, on three models at batch 1 and 8.
+
+Models (seeded random weights from ``benchmarks/models.py``, nothing downloaded): a 6-layer BERT-style
+sentence encoder (hidden 384, 12 heads, intermediate 1536, seq 128; the output compared is the mean-pooled
+last hidden state), a ResNet-18 (224x224) and a 2-layer LSTM classifier (64 steps of 128 features).
+
+Paths (rows), each built the way its documentation shows, then timed by the same harness:
+
+  eager              eager PyTorch fp32 under torch.inference_mode
+  torch-int8         torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+  torchscript        torch.jit.trace + torch.jit.freeze, saved and loaded back with torch.jit.load
+  compile            torch.compile(model) (inductor, default mode), timed after warm-up
+  aoti               torch.export.export + torch._inductor.aoti_compile_and_package, aoti_load_package
+  ort-dynamo         ONNX Runtime on torch.onnx.export(..., dynamo=True)
+  ort-torchscript    ONNX Runtime on torch.onnx.export(..., dynamo=False)
+  ort-int8-dynamic   quant_pre_process + quantize_dynamic(fp32, int8, weight_type=QuantType.QUInt8)
+  ort-int8-static    quant_pre_process + quantize_static(fp32, int8, reader) (QDQ defaults, 32 samples)
+  ours-fp32          exporter.pipeline.export(): the shipped model.onnx
+  ours-int8          exporter.pipeline.export() with --quantize int8: the shipped model.int8.onnx
+
+The harness: one backend alive at a time (build, check parity, time, delete, gc), the same threads for
+PyTorch and ONNX Runtime (intra-op = --threads, inter-op 1), warm-up, then at least N runs and S seconds;
+p50/p90 are numpy percentiles. Parity is against eager fp32 on 32 seeded held-out inputs; calibration uses
+32 other seeded inputs, the same ones for ONNX Runtime static int8 and for our pipeline.
+
+Run from the repository root (long on 2 cores; nothing else heavy should run meanwhile):
+
+    .venv/bin/python benchmarks/peers.py
+    .venv/bin/python benchmarks/peers.py --models lstm --quick --skip aoti,compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from exporter._quiet import quiet
+from exporter.benchmark import LatencyStats, TimingConfig, measure_latency
+from exporter.environment import collect_environment
+from exporter.errors import first_line
+from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
+from exporter.quantize import QuantizeOptions, QuantMode
+from exporter.runners import CallConvention, OnnxRuntimeRunner, Runner, flatten_outputs
+from exporter.specs import DynamicDim, InputSpec, parse_tensor_spec
+
+HERE = Path(__file__).resolve().parent
+MODELS_FILE = HERE / "models.py"
+BATCH_SIZES = (1, 8)
+EXPORT_BATCH = 2  # torch.export specializes dims of size 0 and 1, so dynamic-batch exports trace at 2
+CALIBRATION_SAMPLES = 32
+HELD_OUT_SAMPLES = 32
+PIPELINE_EVAL_SAMPLES = 8  # the pipeline holds out max(8, samples // 4) of what --calibration gives it
+EXTRA_PACKAGES = ("transformers", "torchao", "onnxscript", "rich")
+Kind = Literal["embedding", "logits"]
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def _bert_sample(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    """Token ids with [CLS]/[SEP] and right padding of random length: the masked mean pooling matters."""
+    seq = 128
+    lengths = rng.integers(16, seq + 1, size=batch)
+    ids = rng.integers(1000, 30522, size=(batch, seq), dtype=np.int64)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    ids[:, 0] = 101
+    ids[np.arange(batch), lengths - 1] = 102
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def _image_sample(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    return {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+
+
+def _sequence_sample(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal((batch, 64, 128)).astype(np.float32)}
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One benchmark model: its factory in models.py, how to draw inputs, and its pipeline input spec."""
+
+    name: str
+    factory: str
+    kind: Kind
+    draw: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
+    spec: tuple[str, ...]
+    dims: tuple[DynamicDim, ...] = ()
+
+    def sample(self, seed: int, batch: int = 1) -> dict[str, np.ndarray]:
+        return self.draw(np.random.default_rng(seed), batch)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(text.split(":", 1)[0] for text in self.spec)
+
+
+# The pipeline specs are benchmarks/int8.py's (dynamic batch; the encoder's seq up to its 512 positions).
+MODELS = {
+    "bert": ModelCase(
+        "bert",
+        "build_bert_encoder",
+        "embedding",
+        _bert_sample,
+        ("input_ids:int64:batch=1,seq=128:0..30522", "attention_mask:int64:batch=1,seq=128:1..2"),
+        (DynamicDim("seq", 1, 512),),
+    ),
+    "resnet18": ModelCase(
+        "resnet18", "build_resnet18", "logits", _image_sample, ("image:float32:batch=1,3,224,224",)
+    ),
+    "lstm": ModelCase(
+        "lstm", "build_lstm_classifier", "logits", _sequence_sample, ("x:float32:batch=1,64,128",)
+    ),
+}
+
+
+def load_factory(name: str) -> Callable[..., torch.nn.Module]:
+    """models.py by file path, so the script runs from anywhere without benchmarks being a package."""
+    spec = spec_from_file_location("_peers_benchmark_models", MODELS_FILE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {MODELS_FILE}")
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+
+PATHS: dict[str, str] = {
+    "eager": "eager PyTorch fp32",
+    "torch-int8": "PyTorch dynamic int8",
+    "torchscript": "TorchScript trace+freeze",
+    "compile": "torch.compile inductor",
+    "aoti": "AOTInductor",
+    "ort-dynamo": "ORT fp32, dynamo exporter",
+    "ort-torchscript": "ORT fp32, TorchScript exporter",
+    "ort-int8-dynamic": "ORT dynamic int8 (QUInt8)",
+    "ort-int8-static": "ORT static QDQ int8",
+    "ours-fp32": "ours fp32 (model.onnx)",
+    "ours-int8": "ours int8 (model.int8.onnx)",
+}
+
+
+@dataclass
+class Row:
+    """One path on one model; ``error`` (first line) replaces the numbers when the path failed."""
+
+    model: str
+    path: str
+    label: str
+    p50_ms: dict[int, float] = field(default_factory=dict)
+    p90_ms: dict[int, float] = field(default_factory=dict)
+    runs: dict[int, int] = field(default_factory=dict)
+    speedup: dict[int, float] = field(default_factory=dict)
+    size_mb: float | None = None
+    min_cosine: float | None = None
+    top1: float | None = None
+    build_seconds: float | None = None
+    note: str = ""
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Built:
+    """A runnable artifact and what it cost; ``cleanup`` frees what deleting the runner does not."""
+
+    runner: Runner
+    size_bytes: int | None = None
+    seconds: float | None = None
+    note: str = ""
+    cleanup: Callable[[], None] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class TorchRunner(Runner):
+    """Anything called like the model (module, frozen TorchScript, compiled module, AOTI package)."""
+
+    def __init__(self, name: str, function: Callable[..., Any], convention: CallConvention) -> None:
+        super().__init__(convention.positional + convention.keyword)
+        self.name = name
+        self.function = function
+        self.convention = convention
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args, kwargs = self.convention.split({n: torch.from_numpy(a) for n, a in inputs.items()})
+        with torch.inference_mode():
+            outputs = self.function(*args, **kwargs)
+        return [t.detach().numpy() for _, t in flatten_outputs(outputs)]
+
+
+@dataclass
+class Bench:
+    """Everything the rows of one model share: the eager model, inputs, reference outputs, scratch."""
+
+    case: ModelCase
+    model: torch.nn.Module
+    work: Path
+    threads: int
+    timing: TimingConfig
+    quick: bool
+    verbose: bool
+    log: Callable[[str], None]
+    plans: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    held_out: list[dict[str, np.ndarray]] = field(default_factory=list)
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
+    reference: list[np.ndarray] = field(default_factory=list)
+    onnx_cache: dict[bool, tuple[Path, float] | str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.case.names
+
+    @property
+    def convention(self) -> CallConvention:
+        return CallConvention.for_module(self.model, self.names)
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """Export-time example inputs at batch ``EXPORT_BATCH``, positional in the model's order."""
+        sample = self.case.sample(99, EXPORT_BATCH)
+        return tuple(torch.from_numpy(sample[n]) for n in self.names)
+
+    def directory(self, name: str) -> Path:
+        path = self.work / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def silenced(self) -> Iterator[None]:
+        """Exporters and compilers print pages; what matters ends up in the row."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.verbose:
+                yield
+            else:
+                with quiet():
+                    yield
+
+
+def file_size(path: Path) -> int:
+    """Bytes of a file, plus any ONNX external-data files it references."""
+    size = path.stat().st_size
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        locations = {
+            entry.value
+            for tensor in model.graph.initializer
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+        size += sum((path.parent / location).stat().st_size for location in locations)
+    return size
+
+
+def state_dict_size(module: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.tell()
+
+
+def compare(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Minimum per-sample cosine and top-1 agreement (argmax of the last axis) against the reference."""
+    cosines, agree = [], []
+    for got, want in zip(outputs, reference, strict=True):
+        a, b = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+        denominator = np.linalg.norm(a) * np.linalg.norm(b)
+        cosines.append(float(a @ b / denominator) if denominator > 0 else float(np.array_equal(a, b)))
+        agree.append(bool(np.array_equal(got.argmax(axis=-1), want.argmax(axis=-1))))
+    return min(cosines), sum(agree) / len(agree)
+
+
+# --------------------------------------------------------------------------------------------- peers
+
+
+def build_eager(bench: Bench) -> Built:
+    return Built(TorchRunner("eager", bench.model, bench.convention), state_dict_size(bench.model))
+
+
+def build_torch_int8(bench: Bench) -> Built:
+    """PyTorch's documented dynamic quantization; torchao's quantize_ only if that API is gone."""
+    import copy
+
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+
+            quantized = quantize_dynamic(bench.model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+            note = "torch.ao.quantization.quantize_dynamic"
+        except (ImportError, RuntimeError, NotImplementedError) as error:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+            quantized = copy.deepcopy(bench.model)
+            quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+            note = f"torchao quantize_ Int8DynamicActivationInt8WeightConfig (torch.ao: {first_line(error)})"
+    seconds = time.perf_counter() - started
+    deprecated = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    if deprecated:
+        note += f"; warns: {first_line(Exception(str(deprecated[0].message)), 90)}"
+    runner = TorchRunner("torch-int8", quantized, bench.convention)
+    return Built(runner, state_dict_size(quantized), seconds, note)
+
+
+def build_torchscript(bench: Bench) -> Built:
+    """The common recipe: trace at an example, freeze, save; loaded back as a deployment would."""
+    path = bench.directory("torchscript") / "model.pt"
+    started = time.perf_counter()
+    with bench.silenced():
+        traced = torch.jit.trace(bench.model, bench.example())
+        frozen = torch.jit.freeze(traced)
+        torch.jit.save(frozen, str(path))
+    seconds = time.perf_counter() - started
+    del traced, frozen
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    note = f"traced at batch {EXPORT_BATCH}"
+    return Built(TorchRunner("torchscript", loaded, bench.convention), file_size(path), seconds, note)
+
+
+def build_compile(bench: Bench) -> Built:
+    """``torch.compile(model)`` as documented; the first call at each batch size compiles (build time).
+
+    The note counts the graphs dynamo handed to inductor: none means the model silently ran eager (dynamo
+    skips ``nn.LSTM`` unless ``torch._dynamo.config.allow_rnn`` is set, which users rarely know).
+    """
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    compiled = torch.compile(bench.model)
+    runner = TorchRunner("compile", compiled, bench.convention)
+    started = time.perf_counter()
+    with bench.silenced():
+        for batch in BATCH_SIZES:
+            runner.run(bench.plans[batch])
+    seconds = time.perf_counter() - started
+    graphs = counters["stats"]["unique_graphs"] - before
+    note = f"{graphs} graph{'s' if graphs != 1 else ''} compiled by the first calls at b1 and b8; no file"
+    if graphs == 0:
+        note = "dynamo compiled no graph: this runs eager; no file"
+    return Built(runner, None, seconds, note, cleanup=torch._dynamo.reset)
+
+
+def _dynamic_batch(bench: Bench) -> tuple[dict[int, Any], ...]:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    return tuple({0: batch} for _ in bench.names)
+
+
+def build_aoti(bench: Bench) -> Built:
+    """torch.export with a dynamic batch, AOTInductor package, loaded with aoti_load_package."""
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    path = bench.directory("aoti") / "model.pt2"
+    started = time.perf_counter()
+    with bench.silenced():
+        program = torch.export.export(bench.model, bench.example(), dynamic_shapes=_dynamic_batch(bench))
+        aoti_compile_and_package(program, package_path=str(path))
+    seconds = time.perf_counter() - started
+    del program
+    loaded = aoti_load_package(str(path))
+    return Built(TorchRunner("aoti", loaded, bench.convention), file_size(path), seconds, "dynamic batch")
+
+
+def fp32_onnx(bench: Bench, *, dynamo: bool) -> tuple[Path, float]:
+    """``torch.onnx.export`` with a dynamic batch, once per exporter (rows 8 and 9 quantize the result)."""
+    cached = bench.onnx_cache.get(dynamo)
+    if isinstance(cached, str):
+        raise RuntimeError(f"the fp32 export failed earlier: {cached}")
+    if cached is not None:
+        return cached
+    path = bench.directory("onnx-dynamo" if dynamo else "onnx-torchscript") / "model.onnx"
+    started = time.perf_counter()
+    try:
+        with bench.silenced():
+            if dynamo:
+                torch.onnx.export(
+                    bench.model,
+                    bench.example(),
+                    str(path),
+                    input_names=list(bench.names),
+                    output_names=["output"],
+                    dynamic_shapes=_dynamic_batch(bench),
+                    dynamo=True,
+                )
+            else:
+                axes = {name: {0: "batch"} for name in (*bench.names, "output")}
+                torch.onnx.export(
+                    bench.model,
+                    bench.example(),
+                    str(path),
+                    input_names=list(bench.names),
+                    output_names=["output"],
+                    dynamic_axes=axes,
+                    dynamo=False,
+                )
+    except Exception as error:
+        bench.onnx_cache[dynamo] = f"{type(error).__name__}: {first_line(error)}"
+        raise
+    result = (path, time.perf_counter() - started)
+    bench.onnx_cache[dynamo] = result
+    return result
+
+
+def _ort(bench: Bench, path: Path, name: str, seconds: float | None, note: str = "") -> Built:
+    """ORT defaults (all graph optimizations, sequential) except intra-op threads and inter-op 1."""
+    return Built(OnnxRuntimeRunner(path, bench.threads, name=name), file_size(path), seconds, note)
+
+
+def build_ort_dynamo(bench: Bench) -> Built:
+    path, seconds = fp32_onnx(bench, dynamo=True)
+    return _ort(bench, path, "ort-dynamo", seconds)
+
+
+def build_ort_torchscript(bench: Bench) -> Built:
+    path, seconds = fp32_onnx(bench, dynamo=False)
+    return _ort(bench, path, "ort-torchscript", seconds)
+
+
+def _quantization_source(bench: Bench, name: str) -> tuple[Path, float, str]:
+    """The dynamo export (today's default exporter), pre-processed as ORT's quantization docs recommend.
+
+    Falls back to the TorchScript-based export if the dynamo one failed, and to quantizing the export as
+    is if pre-processing fails; the note says which happened.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        source, _ = fp32_onnx(bench, dynamo=True)
+        note = "from the dynamo export (build s: pre-process + quantize)"
+    except Exception as error:
+        source, _ = fp32_onnx(bench, dynamo=False)
+        note = f"from the TorchScript export (dynamo failed: {first_line(error, 80)})"
+    target = bench.directory(name) / "preprocessed.onnx"
+    started = time.perf_counter()
+    try:
+        with bench.silenced():
+            quant_pre_process(str(source), str(target))
+        note += ", quant_pre_process"
+    except Exception as error:
+        target = source
+        note += f", quant_pre_process failed ({first_line(error, 80)}): quantized as exported"
+    return target, time.perf_counter() - started, note
+
+
+def build_ort_int8_dynamic(bench: Bench) -> Built:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, seconds, note = _quantization_source(bench, "ort-int8-dynamic")
+    path = bench.directory("ort-int8-dynamic") / "model.int8.onnx"
+    started = time.perf_counter()
+    with bench.silenced():
+        quantize_dynamic(str(source), str(path), weight_type=QuantType.QUInt8)
+    return _ort(bench, path, "ort-int8-dynamic", seconds + time.perf_counter() - started, note)
+
+
+def build_ort_int8_static(bench: Bench) -> Built:
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        """The reader of ORT's docs: one input dict per ``get_next`` call, then None."""
+
+        def __init__(self, samples: Sequence[dict[str, np.ndarray]]) -> None:
+            self._samples = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._samples, None)
+
+    source, seconds, note = _quantization_source(bench, "ort-int8-static")
+    path = bench.directory("ort-int8-static") / "model.int8.onnx"
+    started = time.perf_counter()
+    with bench.silenced():
+        quantize_static(str(source), str(path), Reader(bench.calibration))
+    note += f", {len(bench.calibration)} calibration samples"
+    return _ort(bench, path, "ort-int8-static", seconds + time.perf_counter() - started, note)
+
+
+# --------------------------------------------------------------------------------------------- ours
+
+
+class PipelineLog:
+    """Prints each pipeline stage as it finishes, so a long run shows where it is."""
+
+    def __init__(self, log: Callable[[str], None], prefix: str) -> None:
+        self.log = log
+        self.prefix = prefix
+
+    def stage_started(self, stage: str) -> None:
+        pass
+
+    def stage_finished(self, record: StageRecord) -> None:
+        detail = f" {record.detail}" if record.detail else ""
+        self.log(f"{self.prefix}: {record.name} {record.status.value} in {record.seconds:.1f}s{detail}")
+
+    def step(self, message: str, done: int, total: int) -> None:
+        pass
+
+
+def run_pipeline(bench: Bench, *, quantize: bool) -> tuple[ExportResult, float]:
+    """``export()`` from a saved state_dict as a user would; benchmark stage off (we time it ourselves)."""
+    case = bench.case
+    work = bench.directory("ours-int8" if quantize else "ours-fp32")
+    checkpoint = bench.work / f"{case.name}.pt"
+    if not checkpoint.exists():
+        torch.save(bench.model.state_dict(), checkpoint)
+    calibration = bench.work / "calibration.npz"
+    if not calibration.exists():
+        samples = bench.calibration + [case.sample(4000 + i) for i in range(PIPELINE_EVAL_SAMPLES)]
+        arrays: dict[str, Any] = {n: np.concatenate([s[n] for s in samples]) for n in case.names}
+        np.savez(calibration, **arrays)
+    quantization = QuantizeOptions(
+        mode=QuantMode.INT8 if quantize else QuantMode.NONE,
+        calibration=str(calibration),
+        samples=CALIBRATION_SAMPLES,
+        qat_steps=20 if bench.quick else QuantizeOptions.qat_steps,
+    )
+    options = ExportOptions(
+        checkpoint=checkpoint,
+        spec=InputSpec(tuple(parse_tensor_spec(text) for text in case.spec), case.dims),
+        name=case.name,
+        out=work / "out",
+        force=True,
+        model_ref=f"{MODELS_FILE}:{case.factory}",
+        threads=bench.threads,
+        benchmark=False,
+        batch_sizes=BATCH_SIZES,
+        quantization=quantization,
+        timing=TimingConfig(warmup=2, min_runs=5, min_seconds=0.2, max_seconds=3.0)
+        if bench.quick
+        else TimingConfig(),
+    )
+    started = time.perf_counter()
+    with bench.silenced():
+        result = export(options, PipelineLog(bench.log, f"{case.name} ours-{'int8' if quantize else 'fp32'}"))
+    return result, time.perf_counter() - started
+
+
+def pipeline_note(result: ExportResult) -> str:
+    """Which exporter made our model.onnx (and why another was passed over), and where the time went."""
+    conversion = result.conversion
+    note = "no ONNX conversion recorded" if conversion is None else f"{conversion.exporter} exporter"
+    failed = [a for a in conversion.attempts if not a.succeeded] if conversion else []
+    if failed:
+        note += " after " + "; ".join(
+            f"{a.exporter} failed: {first_line(Exception(a.error or '?'), 120)}" for a in failed
+        )
+    ran = [r for r in result.stages if r.status.value not in ("skipped", "not run")]
+    return note + "; " + ", ".join(f"{r.name} {r.seconds:.0f}s" for r in ran)
+
+
+def pipeline_details(result: ExportResult) -> dict[str, Any]:
+    """The pipeline's own record of the run, kept in the JSON for explaining a number later."""
+    details: dict[str, Any] = {
+        "status": result.report["status"],
+        "stages": [
+            {"name": r.name, "status": r.status.value, "seconds": round(r.seconds, 1), "detail": r.detail}
+            for r in result.stages
+        ],
+        "notes": result.report["notes"],
+    }
+    if result.quantization is not None:
+        details["int8_candidates"] = [
+            {
+                "name": c.name,
+                "chosen": c.chosen,
+                "build_seconds": round(c.build_seconds, 1),
+                "min_cosine": min((o.min_cosine for o in c.outputs), default=None),
+                "p50_ratio_vs_float": c.p50_ratio,
+                "float_layers": len(c.float_layers),
+                "error": c.error,
+            }
+            for c in result.quantization.candidates
+        ]
+    return details
+
+
+def build_ours_fp32(bench: Bench) -> Built:
+    result, seconds = run_pipeline(bench, quantize=False)
+    path = result.out_dir / "model.onnx"
+    note = f"export {result.report['status']}, {result.shipped or '?'} shipped, {pipeline_note(result)}"
+    built = _ort(bench, path, "ours-fp32", seconds, note)
+    built.details = pipeline_details(result)
+    return built
+
+
+def build_ours_int8(bench: Bench) -> Built:
+    result, seconds = run_pipeline(bench, quantize=True)
+    quantization = result.quantization
+    chosen = quantization.chosen if quantization else None
+    path = result.out_dir / "model.int8.onnx"
+    if chosen is None or not path.exists():
+        notes = "; ".join(quantization.notes if quantization else result.report["notes"]) or "no reason given"
+        raise RuntimeError(f"no int8 model shipped after {seconds:.0f}s: {notes}")
+    layers = f" with {len(chosen.float_layers)} float layers" if chosen.float_layers else ""
+    note = f"shipped {chosen.name}{layers}, {pipeline_note(result)}"
+    built = _ort(bench, path, "ours-int8", seconds, note)
+    built.details = pipeline_details(result)
+    return built
+
+
+BUILDERS: dict[str, Callable[[Bench], Built]] = {
+    "eager": build_eager,
+    "torch-int8": build_torch_int8,
+    "torchscript": build_torchscript,
+    "compile": build_compile,
+    "aoti": build_aoti,
+    "ort-dynamo": build_ort_dynamo,
+    "ort-torchscript": build_ort_torchscript,
+    "ort-int8-dynamic": build_ort_int8_dynamic,
+    "ort-int8-static": build_ort_int8_static,
+    "ours-fp32": build_ours_fp32,
+    "ours-int8": build_ours_int8,
+}
+
+
+# --------------------------------------------------------------------------------------------- harness
+
+
+def time_runner(runner: Runner, bench: Bench) -> dict[int, LatencyStats]:
+    """The one timing function every row goes through (warm-up, >= N runs and >= S seconds, percentiles)."""
+    return {
+        batch: measure_latency(
+            runner, inputs, config=bench.timing, threads=bench.threads, label=f"batch={batch}", batch=batch
+        )
+        for batch, inputs in bench.plans.items()
+    }
+
+
+def run_row(bench: Bench, path: str) -> Row:
+    """Build one path, check parity, time it, then free it before the next path is built."""
+    row = Row(bench.case.name, path, PATHS[path])
+    bench.log(f"{bench.case.name} {path}: building")
+    started = time.perf_counter()
+    built: Built | None = None
+    try:
+        built = BUILDERS[path](bench)
+        row.build_seconds, row.note, row.details = built.seconds, built.note, built.details
+        row.size_mb = built.size_bytes / 1e6 if built.size_bytes else None
+        outputs = [built.runner.run(sample)[0] for sample in bench.held_out]
+        row.min_cosine, top1 = compare(outputs, bench.reference)
+        row.top1 = top1 if bench.case.kind == "logits" else None
+        bench.log(f"{bench.case.name} {path}: timing (min cosine {row.min_cosine:.4f})")
+        stats = time_runner(built.runner, bench)
+        row.p50_ms = {b: s.p50_ms for b, s in stats.items()}
+        row.p90_ms = {b: s.p90_ms for b, s in stats.items()}
+        row.runs = {b: s.runs for b, s in stats.items()}
+    except Exception as error:
+        row.error = f"{type(error).__name__}: {first_line(error, 240)}"
+        row.p50_ms, row.p90_ms, row.runs = {}, {}, {}
+        bench.log(f"{bench.case.name} {path}: FAILED {row.error}")
+    finally:
+        cleanup = built.cleanup if built else None
+        del built
+        if cleanup is not None:
+            cleanup()
+        gc.collect()
+    bench.log(f"{bench.case.name} {path}: done in {time.perf_counter() - started:.1f}s")
+    return row
+
+
+def describe_model(case: ModelCase, model: torch.nn.Module, reference: Sequence[np.ndarray]) -> str:
+    """Size, and for classifiers how close eager's top two logits are: with random weights they are near
+    ties, so top-1 agreement moves with noise a cosine of 0.999 would call negligible."""
+    parameters = sum(p.numel() for p in model.parameters())
+    text = f"{case.name}: {parameters / 1e6:.1f}M parameters"
+    if case.kind == "logits":
+        margins = []
+        for logits in reference:
+            row = logits.reshape(-1, logits.shape[-1])[0].astype(np.float64)
+            top = np.sort(row)[-2:]
+            margins.append((top[1] - top[0]) / (row.std() or 1.0))
+        text += (
+            f"; eager top-1 lead over the runner-up, in std of the logits: median {np.median(margins):.3f}, "
+            f"min {min(margins):.4f} over {len(margins)} held-out inputs"
+        )
+    return text
+
+
+def run_model(
+    case: ModelCase, paths: Sequence[str], settings: dict[str, Any], log: Callable[[str], None]
+) -> tuple[list[Row], str]:
+    """Every requested path for one model, in ``PATHS`` order, each judged against eager fp32 outputs."""
+    with tempfile.TemporaryDirectory(prefix=f"peers-{case.name}-") as scratch:
+        try:
+            torch.manual_seed(0)
+            bench = Bench(case, load_factory(case.factory)(), Path(scratch), log=log, **settings)
+            bench.plans = {b: case.sample(1000 + b, b) for b in BATCH_SIZES}
+            bench.calibration = [case.sample(2000 + i) for i in range(CALIBRATION_SAMPLES)]
+            bench.held_out = [case.sample(3000 + i) for i in range(HELD_OUT_SAMPLES)]
+            reference = TorchRunner("eager", bench.model, bench.convention)
+            bench.reference = [reference.run(sample)[0] for sample in bench.held_out]
+            del reference
+        except Exception as error:  # no model, no reference: one row says why
+            message = f"{type(error).__name__}: {first_line(error, 240)}"
+            log(f"{case.name}: FAILED to build the model: {message}")
+            return [Row(case.name, "eager", PATHS["eager"], error=message)], f"{case.name}: {message}"
+        description = describe_model(case, bench.model, bench.reference)
+        rows = [run_row(bench, path) for path in paths]
+        del bench
+        gc.collect()
+    return rows, description
+
+
+# --------------------------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    """One goal, evaluated on this run's rows: met / missed / not measured, and by how much."""
+
+    goal: str
+    status: str
+    detail: str
+
+
+def _usable(rows: Sequence[Row], model: str, path: str) -> Row | None:
+    return next(
+        (r for r in rows if r.model == model and r.path == path and r.error is None and r.p50_ms), None
+    )
+
+
+def _at_least(value: float | None, needed: float, what: str, fmt: str = "x{:.2f}") -> tuple[bool, str]:
+    """Met or not, and the margin: relative for speedups, absolute (in the value's format) otherwise."""
+    if value is None:
+        return False, f"{what} not measured"
+    shown, need = fmt.format(value), fmt.format(needed)
+    word = "over" if value >= needed else "short"
+    if fmt.startswith("x"):
+        margin = f"{abs(value / needed - 1) * 100:.1f}% {word}"
+    else:
+        margin = f"{fmt.format(abs(value - needed))} {word}"
+    return value >= needed, f"{what} {shown} (needs >= {need}; {margin})"
+
+
+def _goal(
+    goal: str, rows: Sequence[Row], model: str, path: str, checks: Callable[[Row], list[tuple[bool, str]]]
+) -> Target:
+    row = _usable(rows, model, path)
+    if row is None:
+        failed = next((r for r in rows if r.model == model and r.path == path), None)
+        reason = failed.error if failed and failed.error else f"{model} / {path} not run"
+        return Target(goal, "not measured", reason)
+    results = checks(row)
+    status = "met" if all(ok for ok, _ in results) else "missed"
+    return Target(goal, status, "; ".join(text for _, text in results))
+
+
+def evaluate_targets(rows: Sequence[Row]) -> list[Target]:
+    """The goals of the brief, measured as ratios against eager in this same run (batch 1)."""
+    targets = [
+        _goal(
+            "encoder: our fp32 ONNX >= 1.5x eager (b1)",
+            rows,
+            "bert",
+            "ours-fp32",
+            lambda r: [_at_least(r.speedup.get(1), 1.5, "speedup")],
+        ),
+        _goal(
+            "encoder: our int8 >= 2.0x eager (b1), embedding cosine >= 0.99",
+            rows,
+            "bert",
+            "ours-int8",
+            lambda r: [
+                _at_least(r.speedup.get(1), 2.0, "speedup"),
+                _at_least(r.min_cosine, 0.99, "min cosine", "{:.4f}"),
+            ],
+        ),
+        _goal(
+            "CNN: our int8 >= 4x eager (b1), top-1 agreement >= 99%",
+            rows,
+            "resnet18",
+            "ours-int8",
+            lambda r: [
+                _at_least(r.speedup.get(1), 4.0, "speedup"),
+                _at_least(r.top1, 0.99, "top-1", "{:.1%}"),
+            ],
+        ),
+    ]
+    for model in dict.fromkeys(r.model for r in rows):
+        fp32 = _usable(rows, model, "ours-fp32")
+
+        def not_slower(row: Row, fp32: Row | None = fp32) -> list[tuple[bool, str]]:
+            if fp32 is None:
+                return [(False, "our fp32 row not measured")]
+            ratios = {b: row.p50_ms[b] / fp32.p50_ms[b] for b in row.p50_ms if b in fp32.p50_ms}
+            text = ", ".join(f"b{b} x{ratio:.2f}" for b, ratio in ratios.items())
+            worst = max(ratios.values(), default=math.inf)
+            verdict = "at most x1.00 needed" if worst <= 1 else f"{(worst - 1) * 100:.0f}% slower at worst"
+            return [(worst <= 1.0, f"int8 p50 / fp32 p50: {text} ({verdict})")]
+
+        targets.append(
+            _goal(f"{model}: our int8 not slower than its float source", rows, model, "ours-int8", not_slower)
+        )
+
+    def wall(row: Row) -> list[tuple[bool, str]]:
+        seconds = row.build_seconds or math.inf
+        word = "to spare" if seconds < 180 else "over"
+        return [
+            (seconds < 180, f"export() {seconds:.0f} s (needs < 180 s; {abs(180 - seconds):.0f} s {word})")
+        ]
+
+    targets.append(
+        _goal("encoder: export + verify + quantize under 3 minutes", rows, "bert", "ours-int8", wall)
+    )
+    return targets
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+COLUMNS = (
+    "model",
+    "path",
+    "p50 ms b1",
+    "p50 ms b8",
+    "p90 ms b1",
+    "p90 ms b8",
+    "vs eager b1",
+    "vs eager b8",
+    "size MB",
+    "min cos",
+    "top-1",
+    "build s",
+    "note",
+)
+
+
+def _cells(row: Row) -> list[str]:
+    def number(value: float | None, text: str) -> str:
+        return "-" if value is None else text.format(value)
+
+    note = f"FAILED: {row.error}" if row.error else row.note
+    return [
+        row.model,
+        row.label,
+        *(number(row.p50_ms.get(b), "{:.2f}") for b in BATCH_SIZES),
+        *(number(row.p90_ms.get(b), "{:.2f}") for b in BATCH_SIZES),
+        *(number(row.speedup.get(b), "x{:.2f}") for b in BATCH_SIZES),
+        number(row.size_mb, "{:.1f}"),
+        number(row.min_cosine, "{:.4f}"),
+        number(row.top1, "{:.1%}"),
+        number(row.build_seconds, "{:.1f}"),
+        note,
+    ]
+
+
+def render_table(rows: Sequence[Row]) -> Table:
+    table = Table(title="Peers: p50/p90 latency, speedup vs eager fp32, size, parity vs eager fp32")
+    for column in COLUMNS:
+        table.add_column(
+            column,
+            justify="left" if column in ("model", "path", "note") else "right",
+            no_wrap=column != "note",
+            overflow="fold",
+        )
+    for row in rows:
+        table.add_row(*_cells(row))
+    return table
+
+
+def render_markdown(rows: Sequence[Row], targets: Sequence[Target], header: Sequence[str]) -> str:
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["# Peers benchmark", "", *(f"- {line}" for line in header), ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(escape(c) for c in _cells(row)) + " |" for row in rows]
+    lines += ["", "## Targets (ratios vs eager in this run, batch 1)", ""]
+    lines += [f"- **{t.status}** {t.goal}: {t.detail}" for t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def header_lines(environment: dict[str, Any], args: argparse.Namespace, timing: TimingConfig) -> list[str]:
+    versions = {"exporter": environment["exporter"], **environment["packages"]}
+    versions |= {p: _version(p) for p in EXTRA_PACKAGES}
+    flags = ", ".join(environment["cpu_flags"]) or "no listed SIMD flags"
+    return [
+        "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items() if version),
+        f"CPU: {environment['cpu']} ({flags}); {environment['usable_cpus']} usable CPUs; python "
+        f"{environment['python']}",
+        f"threads: {environment['threads']} (torch intra-op and ORT intra_op_num_threads; inter-op 1)",
+        f"timing: warm-up {timing.warmup}, then >= {timing.min_runs} runs and >= {timing.min_seconds} s"
+        + (
+            " (--quick: indicative only; the pipeline ran with 20 QAT steps and short timing)"
+            if args.quick
+            else ""
+        ),
+        f"parity: {HELD_OUT_SAMPLES} seeded held-out inputs at batch 1 vs eager fp32; calibration "
+        f"{CALIBRATION_SAMPLES} other seeded inputs (ORT static and our pipeline alike)",
+    ]
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all CPUs)")
+    parser.add_argument("--quick", action="store_true", help="10 runs / 0.3 s per timing, for development")
+    parser.add_argument("--runs", type=int, default=None, help="minimum timed runs (default 50, quick 10)")
+    parser.add_argument("--seconds", type=float, default=None, help="minimum timed seconds (default 2)")
+    parser.add_argument("--skip", default="", help=f"comma-separated paths to leave out: {', '.join(PATHS)}")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "results" / "peers", help="writes OUT.json and OUT.md"
+    )
+    parser.add_argument("--verbose", action="store_true", help="do not silence exporters and compilers")
+    args = parser.parse_args(argv)
+    args.model_names = [n.strip() for n in args.models.split(",") if n.strip()]
+    args.skipped = [p.strip() for p in args.skip.split(",") if p.strip()]
+    unknown = [n for n in args.model_names if n not in MODELS] + [p for p in args.skipped if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown model(s) or path(s): {', '.join(unknown)}")
+    return args
+
+
+def fill_speedups(rows: Sequence[Row]) -> None:
+    for row in rows:
+        eager = _usable(rows, row.model, "eager")
+        if eager is None:
+            continue
+        row.speedup = {
+            b: eager.p50_ms[b] / p50 for b, p50 in row.p50_ms.items() if b in eager.p50_ms and p50 > 0
+        }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or len(os.sched_getaffinity(0)) or 1
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set, or parallel work already ran
+        torch.set_num_interop_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    runs = args.runs or (10 if args.quick else 50)
+    seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 2.0)
+    timing = TimingConfig(
+        warmup=3 if args.quick else 10,
+        min_runs=runs,
+        min_seconds=seconds,
+        max_runs=1_000_000,
+        max_seconds=math.inf,
+    )
+    console = Console(width=None if sys.stdout.isatty() else 250)
+    environment = collect_environment(threads)
+    header = header_lines(environment, args, timing)
+    for line in header:
+        console.print(line, highlight=False)
+
+    # Exporters print through fd 2 while silenced; progress goes to a duplicate of the real stderr.
+    progress = os.fdopen(os.dup(2), "w", buffering=1)
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=progress, flush=True)
+
+    paths = [p for p in PATHS if p not in args.skipped]
+    settings = {"threads": threads, "timing": timing, "quick": args.quick, "verbose": args.verbose}
+    rows: list[Row] = []
+    descriptions: list[str] = []
+    # Cold compiler caches, as a first deployment sees them: build times do not depend on earlier runs.
+    with tempfile.TemporaryDirectory(prefix="peers-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        for name in args.model_names:
+            model_rows, description = run_model(MODELS[name], paths, settings, log)
+            rows += model_rows
+            descriptions.append(description)
+    header += descriptions
+    fill_speedups(rows)
+    targets = evaluate_targets(rows)
+    total = time.perf_counter() - started
+    header.append(f"total wall time: {total:.0f} s")
+
+    console.print(render_table(rows))
+    for description in descriptions:
+        console.print(description, highlight=False)
+    console.print("Targets (ratios vs eager in this run, batch 1):")
+    for target in targets:
+        colour = {"met": "green", "missed": "red"}.get(target.status, "yellow")
+        console.print(f"  [{colour}]{target.status}[/] {target.goal}: {target.detail}", highlight=False)
+    console.print(f"total {total:.0f} s", highlight=False)
+
+    out = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out.parent / f"{out.name}.json", out.parent / f"{out.name}.md"
+    report = {
+        "environment": environment | {"extra_packages": {p: _version(p) for p in EXTRA_PACKAGES}},
+        "settings": {
+            "threads": threads,
+            "quick": args.quick,
+            "models": args.model_names,
+            "skipped": args.skipped,
+            "batch_sizes": list(BATCH_SIZES),
+            "timing": asdict(timing) | {"max_seconds": None},
+            "calibration_samples": CALIBRATION_SAMPLES,
+            "held_out_samples": HELD_OUT_SAMPLES,
+            "export_batch": EXPORT_BATCH,
+        },
+        "models": descriptions,
+        "rows": [asdict(row) for row in rows],
+        "targets": [asdict(target) for target in targets],
+        "total_seconds": round(total, 1),
+    }
+    json_path.write_text(json.dumps(report, indent=2))
+    markdown_path.write_text(render_markdown(rows, targets, header))
+    console.print(f"written: {json_path} and {markdown_path}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
