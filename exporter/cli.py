@@ -278,8 +278,8 @@ def export_command(
         str | None,
         typer.Option(
             "--optimize",
-            help="ONNX graph optimization: auto, none, or steps from transformer,ort,fp16 (comma-separated); "
-            "a step is kept only if it verifies and is not slower [default: auto].",
+            help="ONNX graph optimization: auto, none, or steps from transformer,splitnorm,ort,fp16 "
+            "(comma-separated); a step is kept only if it verifies and is not slower [default: auto].",
         ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,

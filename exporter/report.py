@@ -202,6 +202,7 @@ def quantization_table(report: dict[str, Any]) -> Table:
                 ", ".join(f"{e['node']} (caused {e['caused']:.2g})" for e in c["float_layers"]) or "-",
             ]
         )
+    rows += [[name, reason, *["-"] * 7] for name, reason in quant.get("skipped", {}).items()]
     return headers, rows
 
 

@@ -10,7 +10,12 @@ from typer.testing import CliRunner
 
 from exporter.cli import app
 from exporter.errors import ExitCode
-from exporter.optimize import OptimizeOptions, infer_attention_shape, resolve_steps
+from exporter.optimize import (
+    OptimizeOptions,
+    infer_attention_shape,
+    resolve_steps,
+    split_skip_layer_norm,
+)
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize import QuantizeOptions, QuantMode
 from tests.models import MODELS
@@ -38,13 +43,74 @@ def test_auto_runs_ort_and_adds_transformer_fusions_for_attention(
     result = export(options_for("attention"))
     assert result.exit_code is ExitCode.OK, result.report["notes"]
     summary = result.report["optimization_summary"]
-    assert summary["steps"] == ["transformer", "ort"]
+    assert summary["steps"] == ["transformer", "splitnorm", "ort"]
     names = [r["name"] for r in result.report["optimization"]]
     assert "alternative exporter" in names and "ort" in names
     shipped = result.backend("onnxruntime")
     assert shipped.shipped == summary["shipped"]
     assert shipped.shipped_parity.passed and len(shipped.shipped_parity.cases) >= 3
     assert (result.out_dir / "model.onnx").is_file()
+
+
+def _skip_norm_model(path: Path, *, use_mean: bool = False, bias: bool = True) -> None:
+    """x, skip (B, S, 8) -> SkipLayerNormalization (ORT contrib op) -> y, and optionally its mean output."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=8).astype(np.float32), name)
+        for name in ("gamma", "beta", "bias")
+    ]
+    inputs = ["x", "skip", "gamma", "beta"] + (["bias"] if bias else [])
+    outputs = ["y", "mean"] if use_mean else ["y", "", "", "total"]
+    node = helper.make_node(
+        "SkipLayerNormalization", inputs, outputs, domain="com.microsoft", epsilon=1e-5, name="sln"
+    )
+    graph_outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    second = "mean" if use_mean else "total"
+    graph_outputs.append(helper.make_tensor_value_info(second, TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "s", 8]) for n in ("x", "skip")],
+        graph_outputs,
+        weights,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_splitnorm_replaces_skip_layer_norm_with_standard_ops_and_keeps_outputs(
+    tmp_path: Path, bias: bool
+) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    fused, split = tmp_path / "fused.onnx", tmp_path / "split.onnx"
+    _skip_norm_model(fused, bias=bias)
+    assert split_skip_layer_norm(fused, split) == 1
+    ops = [n.op_type for n in onnx.load(str(split)).graph.node]
+    assert ops == ["Sum", "LayerNormalization"]
+    rng = np.random.default_rng(1)
+    feed = {n: rng.normal(size=(2, 5, 8)).astype(np.float32) for n in ("x", "skip")}
+    providers = ["CPUExecutionProvider"]
+    expected = ort.InferenceSession(str(fused), providers=providers).run(None, feed)
+    produced = ort.InferenceSession(str(split), providers=providers).run(None, feed)
+    for a, b in zip(expected, produced, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_splitnorm_leaves_a_node_whose_statistics_are_used(tmp_path: Path) -> None:
+    import onnx
+
+    fused, split = tmp_path / "fused.onnx", tmp_path / "split.onnx"
+    _skip_norm_model(fused, use_mean=True)
+    assert split_skip_layer_norm(fused, split) == 0
+    assert [n.op_type for n in onnx.load(str(split)).graph.node] == ["SkipLayerNormalization"]
 
 
 def test_a_conv_net_gets_only_the_ort_step(options_for: Callable[..., ExportOptions]) -> None:

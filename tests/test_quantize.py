@@ -285,7 +285,13 @@ def test_int8_mode_lists_every_candidate(options_for: Callable[..., ExportOption
     result = export(_quantized(options_for, "conv", "int8"))
     assert result.quantization is not None
     names = [c.name for c in result.quantization.candidates]
-    assert names == ["dynamic-ort", "static-ort", "static-pt2e", "qat-pt2e"]
+    skipped = result.quantization.skipped
+    assert names + list(skipped) == ["dynamic-ort", "static-ort", "static-pt2e", "qat-pt2e"]
+    static_pt2e = next(c for c in result.quantization.candidates if c.name == "static-pt2e")
+    assert ("qat-pt2e" in skipped) == static_pt2e.budget_passed
+    if skipped:
+        report = (result.out_dir / "report.md").read_text()
+        assert "static-pt2e already meets the budget" in report
     chosen = result.quantization.chosen
     if chosen is not None:
         assert chosen.faster_than_float and chosen.budget_passed

@@ -157,6 +157,7 @@ class QuantizationResult:
     float_accuracy: float | None
     candidates: list[Candidate]
     notes: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -194,6 +195,7 @@ class QuantizationResult:
             },
             "metric": self.options.metric,
             "candidates": [c.to_json(self.float_size) for c in self.candidates],
+            "skipped": self.skipped,
             "chosen": chosen.name if chosen else None,
             "passed": self.passed,
             "notes": self.notes,
@@ -364,8 +366,13 @@ def run_quantization(
     )
     metric = resolve_callable(options.metric, option="metric") if options.metric else None
     float_accuracy = _accuracy(metric, reference, evaluation)
-    candidates = []
+    candidates: list[Candidate] = []
+    skipped: dict[str, str] = {}
     for name in CANDIDATES_FOR[options.mode]:
+        reason = _skip_reason(name, options.mode, candidates)
+        if reason is not None:
+            skipped[name] = reason
+            continue
         step(f"building {name}")
         candidate = _build(name, context)
         if candidate.path is not None and metric is not None:
@@ -386,7 +393,26 @@ def run_quantization(
         float_accuracy,
         candidates,
         notes,
+        skipped,
     )
+
+
+def _skip_reason(name: str, mode: QuantMode, built: Sequence[Candidate]) -> str | None:
+    """Why ``--quantize int8`` need not build ``name``, or None.
+
+    QAT ends in the same int8 graph as static PT2E (same quantizer, same converted ops), so it cannot be
+    faster; it only buys accuracy, at the cost of training (minutes on an encoder). When static PT2E
+    already meets the budget there is nothing for it to buy. ``--quantize qat`` always runs it.
+    """
+    if mode is not QuantMode.INT8 or name != "qat-pt2e":
+        return None
+    static = next((c for c in built if c.name == "static-pt2e"), None)
+    if static is not None and static.budget_passed:
+        return (
+            "not run: static-pt2e already meets the budget, and QAT ends in the same int8 graph, so it could "
+            "only add accuracy, not speed (--quantize qat runs it)"
+        )
+    return None
 
 
 def _build(name: str, context: QuantizeContext) -> Candidate:
