@@ -22,6 +22,7 @@ __all__ = [
     "build_bert_encoder",
     "build_lstm_classifier",
     "build_resnet18",
+    "resnet18_layout",
     "synthetic_images",
 ]
 
@@ -91,7 +92,7 @@ def _init_resnet(model: ResNet18) -> None:
 
 
 IMAGE_CLASSES = 10  # classes of synthetic_images; the head's other logits are fitted to zero
-HEAD_FIT_IMAGES = 24  # per class, drawn with seeds no benchmark input uses
+HEAD_FIT_IMAGES = 16  # per class, drawn with seeds no benchmark input uses
 
 
 def synthetic_images(seed: int, batch: int = 1, *, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +102,8 @@ def synthetic_images(seed: int, batch: int = 1, *, label: int | None = None) -> 
     every call agrees); each image adds its own phase, contrast, brightness and pixel noise. They stand in for
     real photos: a random-weight network has no reason to separate white noise, and on noise its 1000 logits
     are near-ties (the runner-up within 0.12 std of the top logit, median), so top-1 agreement measured there
-    says more about ties than about int8. On these images the fitted head gives clear margins.
+    says more about ties than about int8. On these images the fitted head is right about 81% of the time
+    (64 held-out images) with margins that vary as a trained classifier's do.
     """
     rng = np.random.default_rng(seed)
     labels = (
@@ -114,12 +116,12 @@ def synthetic_images(seed: int, batch: int = 1, *, label: int | None = None) -> 
     images = np.empty((batch, 3, 224, 224), dtype=np.float32)
     for index, cls in enumerate(labels):
         style = np.random.default_rng(10_000 + int(cls))
-        colour = style.normal(0.0, 0.6, size=3).astype(np.float32)
+        colour = style.normal(0.0, 0.3, size=3).astype(np.float32)
         angle, frequency = style.uniform(0, np.pi), style.uniform(2.0, 12.0)
         phase = rng.uniform(0, 2 * np.pi)
         wave = np.sin(frequency * np.pi * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
-        contrast, brightness = rng.uniform(0.6, 1.4), rng.normal(0.0, 0.2)
-        noise = rng.normal(0.0, 0.35, size=(3, 224, 224))
+        contrast, brightness = rng.uniform(0.2, 0.8), rng.normal(0.0, 0.2)
+        noise = rng.normal(0.0, 1.0, size=(3, 224, 224))
         images[index] = colour[:, None, None] + contrast * wave[None] + brightness + noise
     return images, labels
 
@@ -149,6 +151,11 @@ def build_resnet18(num_classes: int = 1000) -> nn.Module:
         model.fc.weight.copy_(weight)
         model.fc.bias.copy_(targets.mean(dim=0) - weight @ mean)
     return model
+
+
+def resnet18_layout(num_classes: int = 1000) -> nn.Module:
+    """The ResNet-18 modules alone, for loading a saved ``build_resnet18`` state_dict without refitting."""
+    return ResNet18(num_classes).eval()
 
 
 def _pooled_features(model: ResNet18, x: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ class QuantizeFlag(StrEnum):
 
 
 class CalibrationMethodFlag(StrEnum):
+    auto = "auto"
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
@@ -255,7 +256,11 @@ def export_command(
     ] = None,
     calibration_method: Annotated[
         CalibrationMethodFlag | None,
-        typer.Option("--calibration-method", help="Static ranges [default: minmax]."),
+        typer.Option(
+            "--calibration-method",
+            help="Static ranges; auto tries percentile and entropy when minmax misses the budget "
+            "[default: auto].",
+        ),
     ] = None,
     min_cosine: Annotated[
         float | None, typer.Option("--min-cosine", help="int8 budget: min cosine per sample [default: 0.99].")

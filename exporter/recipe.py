@@ -102,7 +102,10 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "mode": (lambda v: v in QUANT_MODES, f"one of {', '.join(QUANT_MODES)}"),
         "calibration": (lambda v: isinstance(v, str), "a path or package.module:callable"),
         "samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "method": (lambda v: v in ("minmax", "entropy", "percentile"), "minmax, entropy or percentile"),
+        "method": (
+            lambda v: v in ("auto", "minmax", "entropy", "percentile"),
+            "auto, minmax, entropy or percentile",
+        ),
         "min_cosine": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
         "min_top1": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "min_sqnr_db": (_is_number, "a number (dB)"),
