@@ -102,8 +102,8 @@ def synthetic_images(seed: int, batch: int = 1, *, label: int | None = None) -> 
     every call agrees); each image adds its own phase, contrast, brightness and pixel noise. They stand in for
     real photos: a random-weight network has no reason to separate white noise, and on noise its 1000 logits
     are near-ties (the runner-up within 0.12 std of the top logit, median), so top-1 agreement measured there
-    says more about ties than about int8. On these images the fitted head is right about 81% of the time
-    (64 held-out images) with margins that vary as a trained classifier's do.
+    says more about ties than about int8. On these images the fitted head is right about 84% of the time
+    (160 held-out images) with margins that vary as a trained classifier's do.
     """
     rng = np.random.default_rng(seed)
     labels = (
@@ -146,7 +146,10 @@ def build_resnet18(num_classes: int = 1000) -> nn.Module:
         centred = features - mean
         targets = torch.zeros(len(labels), num_classes)
         targets[torch.arange(len(labels)), labels] = 1.0
-        gram = centred.T @ centred + 1e-2 * centred.pow(2).sum() / len(labels) * torch.eye(centred.shape[1])
+        # Ridge strength: the largest whose held-out accuracy (160 other images) was within one standard
+        # error of the best over 1e-3..1e2 (the one-standard-error rule): 0.838 here, best 0.844 at 0.1.
+        ridge = 1.0 * centred.pow(2).sum() / len(labels)
+        gram = centred.T @ centred + ridge * torch.eye(centred.shape[1])
         weight = torch.linalg.solve(gram, centred.T @ targets).T  # (classes, 512)
         model.fc.weight.copy_(weight)
         model.fc.bias.copy_(targets.mean(dim=0) - weight @ mean)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.errors import UsageError, first_line
 from exporter.loading import sha256_file
 from exporter.quantize.calibration import SampleSet
 from exporter.verify import GoldenCase
@@ -23,6 +23,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "check_output_dir",
     "file_inventory",
+    "read_document",
     "staging_dir",
     "write_golden",
     "write_json",
@@ -30,6 +31,27 @@ __all__ = [
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
+
+
+def read_document(folder: Path, name: str, schema_version: int) -> dict[str, Any]:
+    """``folder/name`` (manifest.json, report.json) as a dict, at the schema version this exporter reads.
+
+    Raises:
+        UsageError: not an artifacts folder, no such file, not JSON, or another schema version.
+    """
+    if not folder.is_dir():
+        raise UsageError(f"'{folder}' is not a folder; pass an artifacts folder written by exporter export")
+    path = folder / name
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"'{folder}' has no {name}; is it an artifacts folder of exporter export?") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"'{path}' cannot be read as JSON: {first_line(error)}") from None
+    if not isinstance(document, dict) or document.get("schema_version") != schema_version:
+        found = document.get("schema_version") if isinstance(document, dict) else None
+        raise UsageError(f"'{path}' has schema_version {found!r}; this exporter reads {schema_version}")
+    return document
 
 
 def check_output_dir(out: Path, force: bool) -> None:

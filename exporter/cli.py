@@ -655,24 +655,11 @@ def report_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Re-render report.md and the self-contained report.html from FOLDER/report.json."""
+    from exporter.artifacts import read_document
     from exporter.report import REPORT_SCHEMA_VERSION, render_reports
 
     def action() -> list[Path]:
-        path = folder / "report.json"
-        try:
-            report = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(
-                f"'{path}' does not exist; pass an artifacts folder written by exporter export"
-            ) from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise UsageError(f"'{path}' cannot be read as JSON: {error}") from None
-        if report.get("schema_version") != REPORT_SCHEMA_VERSION:
-            raise UsageError(
-                f"'{path}' has schema_version {report.get('schema_version')!r}; "
-                f"expected {REPORT_SCHEMA_VERSION}"
-            )
-        return render_reports(folder, report)
+        return render_reports(folder, read_document(folder, "report.json", REPORT_SCHEMA_VERSION))
 
     for written in _guarded(debug, action):
         out.print(f"wrote {written}", highlight=False)

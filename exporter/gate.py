@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter.artifacts import MANIFEST_SCHEMA_VERSION
+from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
 from exporter.benchmark import TimingConfig, batch_plans, measure_latency
 from exporter.errors import ExitCode, UsageError, first_line
 from exporter.loading import LoadRequest, load_model, sha256_file
@@ -128,23 +128,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     Raises:
         UsageError: not an artifacts folder (no or unreadable manifest, unknown schema version).
     """
-    if not folder.is_dir():
-        raise UsageError(f"'{folder}' is not a folder; pass an artifacts folder written by exporter export")
-    path = folder / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(
-            f"'{folder}' has no manifest.json; is it an artifacts folder of exporter export?"
-        ) from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise UsageError(f"'{path}' cannot be read as JSON: {first_line(error)}") from None
-    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise UsageError(
-            f"'{path}' has schema_version {manifest.get('schema_version')!r}; this exporter reads "
-            f"{MANIFEST_SCHEMA_VERSION}"
-        )
-    return dict(manifest)
+    return read_document(folder, "manifest.json", MANIFEST_SCHEMA_VERSION)
 
 
 def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None = None) -> VerifyResult:

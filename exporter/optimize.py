@@ -204,10 +204,18 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
             sources.append(alternative)
     finals = []
     for source in sources:
-        current = source
+        current, slower = source, None
         for name in steps:
             report(f"{name} on the {current.label} model")
-            produced = _apply(name, current, request, records, parity)
+            produced, dropped = _apply(name, current, request, records, parity)
+            if slower is not None:
+                # The previous step verified but was slower alone; this one may pay for it (the
+                # transformer fusions make SkipLayerNormalization, which splitnorm then makes fast).
+                report(f"{name} on the {slower.label} model")
+                combined, _ = _apply(name, slower, request, records, parity, against=current)
+                if combined is not None and (produced is None or combined.score < produced.score):
+                    produced = combined
+            slower = dropped
             if produced is not None:
                 current = produced
         finals.append(current)
@@ -226,50 +234,35 @@ def _alternative_source(
     """The TorchScript-based exporter's graph of the same model, verified and timed, as a second source."""
     assert request.alternative is not None
     report("exporting with the TorchScript-based exporter for the transformer fusions")
-    started = time.perf_counter()
     label = "torchscript-exporter"
+    record = _recorder(records, "alternative exporter", request.label, label)
     try:
         path = request.alternative()
     except Exception as error:
-        records.append(
-            StepRecord(
-                "alternative exporter",
-                request.label,
-                label,
-                False,
-                f"export failed: {first_line(error)}",
-                time.perf_counter() - started,
-            )
-        )
+        record(False, f"export failed: {first_line(error)}")
         return None
     result = _verify(path, label, request)
     parity.append(result)
-    seconds = time.perf_counter() - started
     if not result.passed:
-        records.append(
-            StepRecord(
-                "alternative exporter",
-                request.label,
-                label,
-                False,
-                f"failed verification: {result.failures()[0]}",
-                seconds,
-            )
-        )
+        record(False, f"failed verification: {result.failures()[0]}")
         return None
     latency = _time(path, request)
-    records.append(
-        StepRecord(
-            "alternative exporter",
-            request.label,
-            label,
-            True,
-            "verified; tried as a second source",
-            seconds,
-            _latency_rows(latency),
-        )
-    )
+    record(True, "verified; tried as a second source", latency)
     return Variant(label, path, result, latency, path)
+
+
+def _recorder(records: list[StepRecord], name: str, source: str, result: str) -> Callable[..., None]:
+    """``record(kept, reason, latency=None, fused=None)``: appends one StepRecord timed from this call."""
+    started = time.perf_counter()
+
+    def record(
+        kept: bool, reason: str, latency: dict[str, float] | None = None, fused: dict[str, int] | None = None
+    ) -> None:
+        seconds = time.perf_counter() - started
+        rows = _latency_rows(latency) if latency else []
+        records.append(StepRecord(name, source, result, kept, reason, seconds, rows, dict(fused or {})))
+
+    return record
 
 
 def _apply(
@@ -278,87 +271,41 @@ def _apply(
     request: OptimizeRequest,
     records: list[StepRecord],
     parity: list[ParityResult],
-) -> Variant | None:
+    *,
+    against: Variant | None = None,
+) -> tuple[Variant | None, Variant | None]:
+    """Build, verify and time one step on ``current``: (the kept variant, or None; the variant dropped only
+    for being slower, or None). ``against`` is what it must beat, when not ``current`` itself."""
+    base = against or current
     label = f"{current.label}+{name}"
     target = request.work_dir / f"{label}.onnx"
-    started = time.perf_counter()
+    record = _recorder(records, name, current.label, label)
     fused: dict[str, int] = {}
     try:
         with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore")
             fused = _BUILDERS[name](current.path, target, request)
     except Exception as error:
-        records.append(
-            StepRecord(
-                name,
-                current.label,
-                label,
-                False,
-                f"failed: {first_line(error)}",
-                time.perf_counter() - started,
-            )
-        )
-        return None
+        record(False, f"failed: {first_line(error)}")
+        return None, None
     if name in _NOTHING_DONE and not any(fused.values()):
-        records.append(
-            StepRecord(
-                name,
-                current.label,
-                label,
-                False,
-                _NOTHING_DONE[name],
-                time.perf_counter() - started,
-                fused=fused,
-            )
-        )
-        return None
+        record(False, _NOTHING_DONE[name], fused=fused)
+        return None, None
     result = _verify(target, label, request)
     parity.append(result)
     if not result.passed:
         failures = result.failures()
-        records.append(
-            StepRecord(
-                name,
-                current.label,
-                label,
-                False,
-                f"failed verification: {failures[0] if failures else ''}",
-                time.perf_counter() - started,
-                fused=fused,
-            )
-        )
-        return None
+        record(False, f"failed verification: {failures[0] if failures else ''}", fused=fused)
+        return None, None
     latency = _time(target, request)
     produced = Variant(label, target, result, latency, current.quantizable if name == "ort" else target)
-    ratio = produced.score / _retimed_score(current, request)
-    seconds = time.perf_counter() - started
+    ratio = produced.score / _retimed_score(base, request)
+    of = "its input" if against is None else f"{base.label} (on the {current.label} model, slower alone)"
     if ratio > 1 + request.options.max_slowdown:
-        records.append(
-            StepRecord(
-                name,
-                current.label,
-                label,
-                False,
-                f"slower: p50 x{ratio:.2f} of its input",
-                seconds,
-                _latency_rows(latency),
-                fused,
-            )
-        )
-        return None
-    records.append(
-        StepRecord(
-            name,
-            current.label,
-            label,
-            True,
-            f"verified; p50 x{ratio:.2f} of its input",
-            seconds,
-            _latency_rows(latency),
-            fused,
-        )
-    )
-    return produced
+        record(False, f"slower: p50 x{ratio:.2f} of {of}", latency, fused)
+        return None, produced
+    record(True, f"verified; p50 x{ratio:.2f} of {of}", latency, fused)
+    return produced, None
 
 
 def _verify(path: Path, label: str, request: OptimizeRequest) -> ParityResult:

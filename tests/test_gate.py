@@ -154,12 +154,27 @@ def test_checkpoint_rederives_the_reference(exported: Path, tmp_path: Path) -> N
         (["verify", ".", "--max-latency-regression", "10%"], "needs --baseline"),
         (["run", "/nonexistent/recipes"], "neither a recipe file nor a folder"),
         (["inspect", "/nonexistent/model.pt"], "does not exist"),
+        (["report", "/nonexistent/folder"], "is not a folder"),
+        (["report", "."], "no report.json"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     code, output = _invoke(*args)
     assert code == 2, output
     assert message in output and "Traceback" not in output
+
+
+def test_report_rerenders_markdown_and_html_and_refuses_another_schema(copy_of: Path) -> None:
+    (copy_of / "report.md").unlink()
+    (copy_of / "report.html").write_text("stale")
+    code, output = _invoke("report", copy_of)
+    assert code == 0, output
+    assert "## " in (copy_of / "report.md").read_text()
+    assert (copy_of / "report.html").read_text().startswith("<!DOCTYPE html>")
+    report = json.loads((copy_of / "report.json").read_text())
+    (copy_of / "report.json").write_text(json.dumps(report | {"schema_version": 999}))
+    code, output = _invoke("report", copy_of)
+    assert code == 2 and "schema_version 999" in output and "Traceback" not in output
 
 
 def _recipe(folder: Path, name: str, model: str, extra: str = "") -> Path:

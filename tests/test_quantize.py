@@ -270,11 +270,18 @@ def test_fragile_layer_is_kept_in_float_until_the_budget_holds(
     assert static_ort.budget_passed and 1 <= len(kept) <= 2
     assert "node_linear_1" in kept  # the layer whose output holds the outlier unit
     assert all(e.caused > 0 for e in static_ort.float_layers[-1:])
+    tried = static_ort.settings["calibration_tried"].split("; ")
+    assert [t.split()[0] for t in tried] == ["minmax", "percentile", "entropy"]  # none fixed the outlier
+    assert static_ort.settings["calibration_method"] in {"minmax", "percentile", "entropy"}
     report = (options.out_dir / "report.md").read_text()
     assert all(node in report for node in kept)
     plain = options.out_dir.parent / "fragile-plain"
-    without = export(_quantized(options_for, "fragile", "static", max_float_layers=0, out=plain))
+    without = export(
+        _quantized(options_for, "fragile", "static", max_float_layers=0, method="minmax", out=plain)
+    )
     ort_only = next(c for c in without.quantization.candidates if c.name == "static-ort")  # type: ignore[union-attr]
+    assert ort_only.settings["calibration_method"] == "minmax"
+    assert "calibration_tried" not in ort_only.settings  # an explicit method is not searched
     assert not ort_only.budget_passed, (
         "the fragile layer must break plain static int8, or this test proves nothing"
     )
