@@ -6,7 +6,7 @@ Numbers here are measurements for the report, never assertions: tests check thei
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 from exporter.runners import Runner
 from exporter.specs import InputSpec, make_inputs
 
-__all__ = ["BatchPlan", "LatencyStats", "TimingConfig", "batch_plans", "measure_latency"]
+__all__ = ["BatchPlan", "LatencyStats", "TimingConfig", "batch_plans", "measure_latency", "p50_per_plan"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,15 @@ def measure_latency(
         min_ms=float(times.min()),
         throughput_per_s=(batch or 1) * 1000.0 / p50 if p50 > 0 else float("inf"),
     )
+
+
+def p50_per_plan(
+    runner: Runner, plans: Sequence[BatchPlan], *, config: TimingConfig, threads: int
+) -> dict[str, float]:
+    """p50 ms per plan label: what keep-or-drop and regression decisions compare."""
+    return {
+        plan.label: measure_latency(
+            runner, plan.inputs, config=config, threads=threads, label=plan.label, batch=plan.batch
+        ).p50_ms
+        for plan in plans
+    }

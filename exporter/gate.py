@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
-from exporter.benchmark import TimingConfig, batch_plans, measure_latency
+from exporter.benchmark import TimingConfig, batch_plans, p50_per_plan
 from exporter.errors import ExitCode, UsageError, first_line
 from exporter.loading import LoadRequest, load_model, sha256_file
 from exporter.quantize.budget import ParityBudget, compare_int8
@@ -369,17 +369,7 @@ def _check_latency(
                 continue
             report(f"timing {side} {entry['file']}")
             runner = open_artifact(folder, entry, spec, request.threads)
-            sides[side] = {
-                plan.label: measure_latency(
-                    runner,
-                    plan.inputs,
-                    config=request.timing,
-                    threads=request.threads,
-                    label=plan.label,
-                    batch=plan.batch,
-                ).p50_ms
-                for plan in plans
-            }
+            sides[side] = p50_per_plan(runner, plans, config=request.timing, threads=request.threads)
             del runner
             gc.collect()
         for plan in plans:

@@ -37,7 +37,7 @@ from typing import Any
 import onnx
 
 from exporter._quiet import quiet
-from exporter.benchmark import BatchPlan, TimingConfig, measure_latency
+from exporter.benchmark import BatchPlan, TimingConfig, p50_per_plan
 from exporter.errors import first_line
 from exporter.runners import OnnxRuntimeRunner
 from exporter.verify import GoldenCase, ParityResult, Tolerance, verify_runner
@@ -324,17 +324,7 @@ def _verify(path: Path, label: str, request: OptimizeRequest) -> ParityResult:
 
 def _time(path: Path, request: OptimizeRequest) -> dict[str, float]:
     runner = OnnxRuntimeRunner(path, request.threads)
-    latency = {
-        plan.label: measure_latency(
-            runner,
-            plan.inputs,
-            config=request.timing,
-            threads=request.threads,
-            label=plan.label,
-            batch=plan.batch,
-        ).p50_ms
-        for plan in request.plans
-    }
+    latency = p50_per_plan(runner, request.plans, config=request.timing, threads=request.threads)
     del runner
     gc.collect()
     return latency

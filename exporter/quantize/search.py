@@ -481,8 +481,8 @@ def _choose_calibration(candidate: Candidate, context: QuantizeContext) -> None:
     """``--calibration-method auto``: when min-max ranges miss the budget, percentile and entropy ranges are
     tried (in that order, stopping at the first within budget) and the most accurate is kept, before any
     layer is kept in float: a float layer inside an int8 chain costs a dequantize/quantize pair and its
-    float kernel (on the benchmark ResNet-18, percentile ranges lifted top-1 agreement from 95 % to 98 %
-    where min-max needed a float layer)."""
+    float kernel (on a ResNet-18 with an over-fitted head, percentile ranges lifted top-1 agreement over 64
+    images from 95.3 % to 98.4 % at the same min cosine)."""
     assert candidate.path is not None
     context.static_method = AUTO_CALIBRATION[0]
     if candidate.budget_passed or candidate.shape_errors:
