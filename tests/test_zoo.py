@@ -116,11 +116,20 @@ def test_recipe_loads_and_its_checkpoint_fits(path: Path) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_is_what_the_factory_builds(name: str) -> None:
-    """A stale checkpoint (factory changed, build_checkpoints not rerun) fails here."""
+    """A stale checkpoint (factory changed, build_checkpoints not rerun) fails here.
+
+    Seeded parameters must match exactly; BatchNorm statistics come from forward passes, whose convolution
+    kernels differ by CPU (AVX2 vs AVX-512 builds round differently: 1e-8 apart, seen here), so they
+    match within float32 rounding. A changed factory moves them by far more.
+    """
     saved = torch.load(RECIPES_DIR / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)
     built = factory_for(name)().state_dict()
     assert saved.keys() == built.keys()
-    assert all(torch.equal(saved[k], built[k]) for k in built)
+    for key, value in built.items():
+        if key.endswith(("running_mean", "running_var")):
+            assert torch.allclose(saved[key], value, rtol=1e-5, atol=1e-6), key
+        else:
+            assert torch.equal(saved[key], value), key
 
 
 def test_build_checkpoints_is_deterministic(tmp_path: Path) -> None:
