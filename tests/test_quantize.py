@@ -344,3 +344,38 @@ def test_recipe_quantize_section_resolves_paths(tmp_path: Path) -> None:
     recipe.write_text('[quantize]\nmode = "int4"\n')
     with pytest.raises(RecipeError, match=r"\[quantize\]\.mode"):
         load_recipe(recipe)
+
+
+class _SharedReluBlock(torch.nn.Module):
+    """One ReLU module applied twice, as torchvision's ResNet BasicBlock does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv1(image))  # (B, 8, H, W)
+        x = self.relu(self.conv2(x) + x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_pt2e_quantizes_a_module_called_twice() -> None:
+    """The x86 quantizer made one partition of both calls ('Input partition has more than one output
+    node'); each call now gets its own name, and the int8 graph stays close to float."""
+    from exporter.quantize.pt2e import quantize_pt2e
+
+    torch.manual_seed(0)
+    model = _SharedReluBlock().eval()
+    spec = InputSpec((parse_tensor_spec("image:float32:batch=1,3,16,16"),))
+    rng = np.random.default_rng(0)
+    samples = [{"image": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    converted = quantize_pt2e(model, spec, samples)
+    ops = {str(n.target) for n in converted.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in op for op in ops), ops
+    image = torch.from_numpy(samples[0]["image"])
+    with torch.no_grad():
+        expected, produced = model(image).flatten(), converted(image).flatten()
+    assert torch.nn.functional.cosine_similarity(expected, produced, dim=0) > 0.99

@@ -71,6 +71,7 @@ def quantize_pt2e(
             student, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes_for(spec, convention)
         )
         graph = program.module()
+        _separate_repeated_module_calls(graph)
         if not qat:
             prepared = prepare_pt2e(graph, _quantizer(False))
             _calibrate(prepared, convention, calibration)
@@ -99,6 +100,53 @@ def quantize_pt2e(
                 )
             move_exported_model_to_eval(prepared)
         return convert_pt2e(prepared)
+
+
+def _separate_repeated_module_calls(graph: torch.fx.GraphModule) -> int:
+    """Give each call of a module that runs more than once its own name in the nodes' module stacks.
+
+    The x86 quantizer groups nodes into partitions by the innermost module's name in ``nn_module_stack``
+    (``torch.export`` with ``strict=False`` records no ``source_fn_stack``), so a module called twice, like
+    the one ``relu`` a torchvision ResNet block applies after its first convolution and after its residual
+    add, becomes one partition with two outputs, and ``prepare_pt2e`` stops with "Input partition has more
+    than one output node". Nodes of one name that are not connected to each other are separate calls;
+    each call after the first is renamed ``<name>#<n>``. Returns how many calls were renamed.
+    """
+    groups: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and stack and "source_fn_stack" not in node.meta:
+            groups.setdefault(next(reversed(stack.values()))[0], []).append(node)
+    renamed = 0
+    for nodes in groups.values():
+        calls: dict[torch.fx.Node, int] = {}
+        for node, component in zip(nodes, _components(nodes), strict=True):  # the first call keeps its name
+            call = calls.setdefault(component, len(calls))
+            if call:
+                stack = dict(node.meta["nn_module_stack"])
+                key = next(reversed(stack))
+                fqn, kind = stack[key]
+                stack[key] = (f"{fqn}#{call}", kind)
+                node.meta["nn_module_stack"] = stack
+        renamed += len(calls) - 1
+    return renamed
+
+
+def _components(nodes: Sequence[torch.fx.Node]) -> list[torch.fx.Node]:
+    """For each node, a representative of the group of ``nodes`` it is connected to through ``nodes``."""
+    parent = {node: node for node in nodes}
+
+    def root(node: torch.fx.Node) -> torch.fx.Node:
+        while parent[node] is not node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for node in nodes:
+        for source in node.all_input_nodes:
+            if source in parent:
+                parent[root(node)] = root(source)
+    return [root(node) for node in nodes]
 
 
 def _calibrate(prepared: torch.nn.Module, convention: CallConvention, samples: Sequence[Sample]) -> None:
