@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import tempfile
 import time
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the JSON trace")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the table quietly
     rows, wall, kernels = profile(args.model, args)
     print(f"{args.model}: batch {args.batch}, {args.threads} threads, {args.runs} runs")
     print(f"wall p50 {wall:.2f} ms; kernels {kernels:.2f} ms per run ({kernels / wall:.0%} of wall)")
