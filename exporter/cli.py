@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
-from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.errors import ExitCode, ExporterError, LoadError, UsageError
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, StageStatus, export
 from exporter.recipe import load_recipe
 from exporter.report import Table as RowTable
@@ -387,6 +387,8 @@ def _build_options(
         settings["optimization"] = optimization
     if "checkpoint" not in settings:
         raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")
+    if not Path(settings["checkpoint"]).exists():  # before the inputs, which a missing file makes moot
+        raise LoadError(f"checkpoint '{settings['checkpoint']}' does not exist")
     cli_tensors = [parse_tensor_spec(text) for text in input_texts]
     settings["spec"] = spec.with_overrides(cli_tensors) if spec else InputSpec(tuple(cli_tensors))
     return ExportOptions.from_settings(settings)

@@ -77,6 +77,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str | 
     mlp = _model_args("mlp")
     return {
         "missing file": ([tmp_path / "nope.pt", *mlp], "does not exist"),
+        "missing file, no inputs": ([tmp_path / "nope.pt"], "does not exist"),
         "truncated": ([truncated, *mlp], "truncated"),
         "untrusted pickle": ([pickled, *mlp], "--trust-checkpoint"),
         "bad spec": ([checkpoint, "--model", MODELS["mlp"].ref, "--input", "x:float33:4,16"], "DTYPE"),
