@@ -97,6 +97,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str | 
     "case",
     [
         "missing file",
+        "missing file, no inputs",
         "truncated",
         "untrusted pickle",
         "bad spec",
