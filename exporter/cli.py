@@ -14,10 +14,18 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
 from exporter.errors import ExitCode, ExporterError, LoadError, UsageError
+from exporter.interrupts import (
+    describe_internal_error,
+    exit_code_of,
+    install_signal_handlers,
+    write_crash_log,
+)
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, StageStatus, export
 from exporter.recipe import load_recipe
 from exporter.report import Table as RowTable
@@ -109,13 +117,14 @@ class _RichProgress:
         mark = self._MARKS[record.status]
         detail = "" if record.status is StageStatus.FAILED and record.name != "verify" else record.detail
         self.console.print(
-            f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{detail}[/]", highlight=False
+            f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{escape(detail)}[/]",
+            highlight=False,
         )
 
     def step(self, message: str, done: int, total: int) -> None:
         if self.status is not None:
             count = f" ({done}/{total})" if total else ""
-            self.status.update(f"[bold]{self.stage}[/] {message}{count}")
+            self.status.update(f"[bold]{self.stage}[/] {escape(message)}{count}")
 
     def close(self) -> None:
         if self.status is not None:
@@ -124,12 +133,12 @@ class _RichProgress:
 
 def _rich_table(title: str, table: RowTable) -> Table:
     headers, rows = table
-    rendered = Table(title=title, title_justify="left", show_lines=False)
+    rendered = Table(title=Text(title), title_justify="left", show_lines=False)
     for header in headers:
-        rendered.add_column(header, overflow="fold")
+        rendered.add_column(Text(header), overflow="fold")
     for row in rows:
         style = "red" if any(cell.startswith("FAIL") for cell in row) else None
-        rendered.add_row(*row, style=style)
+        rendered.add_row(*(Text(cell) for cell in row), style=style)
     return rendered
 
 
@@ -153,13 +162,13 @@ def _print_summary(result: ExportResult) -> None:
         title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
         out.print(_rich_table(title, latency_matrix(report)))
     for note in report["notes"]:
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[yellow]note:[/] {escape(note)}")
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
     int8 = ["model.int8.onnx"] if result.quantization and result.quantization.chosen else []
     files = ", ".join(
         [*(b.file for b in result.backends if b.file), *int8, "golden/", "manifest.json", "report.md/.html"]
     )
-    out.print(f"{verdict}  artifacts in [bold]{result.out_dir}[/] ({files})")
+    out.print(f"{verdict}  artifacts in [bold]{escape(str(result.out_dir))}[/] ({escape(files)})")
 
 
 @app.command("export")
@@ -287,6 +296,13 @@ def export_command(
             "(comma-separated); a step is kept only if it verifies and is not slower [default: auto].",
         ),
     ] = None,
+    fail_on_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-nonfinite",
+            help="Fail (exit 1) when the PyTorch model's own outputs hold NaN or Inf on the golden inputs.",
+        ),
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Export CHECKPOINT (ONNX, TorchScript, torch.compile/AOTInductor), verify every backend against PyTorch
@@ -314,6 +330,7 @@ def export_command(
         "torchscript_mode": torchscript_mode.value if torchscript_mode else None,
         "compile_mode": compile_mode.value if compile_mode else None,
         "force": force,
+        "fail_on_nonfinite": fail_on_nonfinite or None,
     }
     quantization_flags = {
         "mode": quantize.value if quantize else None,
@@ -398,7 +415,8 @@ def _run(options: ExportOptions) -> ExportResult:
     progress = _RichProgress(out)
     targets = ", ".join(expand_targets(options.targets))
     out.print(
-        f"[bold]exporter[/] {options.checkpoint} -> {targets} ({options.threads} threads)", highlight=False
+        f"[bold]exporter[/] {escape(str(options.checkpoint))} -> {targets} ({options.threads} threads)",
+        highlight=False,
     )
     try:
         return export(options, progress)
@@ -413,23 +431,23 @@ def _guarded(debug: bool, action: Callable[[], T]) -> T:
     except ExporterError as error:
         if debug:
             raise
-        err.print(f"[red]error ({error.stage}):[/] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error ({error.stage}):[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(int(error.exit_code)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if debug:
             raise
-        err.print("[red]interrupted[/]: nothing was written")
-        raise typer.Exit(130) from None
+        code = exit_code_of(interrupt)
+        what = "terminated (SIGTERM)" if code is ExitCode.TERMINATED else "interrupted"
+        err.print(f"[red]{what}[/]: nothing was written", highlight=False)
+        raise typer.Exit(int(code)) from None
     except Exception as error:
         if debug:
             raise
-        first = str(error).splitlines()[0] if str(error) else ""
+        log = write_crash_log(error, " ".join(sys.argv[1:]))
         err.print(
-            f"[red]internal error:[/] {type(error).__name__}: {first} (rerun with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
+            f"[red]error:[/] {escape(describe_internal_error(error, log))}", highlight=False, soft_wrap=True
         )
-        raise typer.Exit(int(ExitCode.CONVERSION_FAILED)) from None
+        raise typer.Exit(int(ExitCode.INTERNAL_ERROR)) from None
 
 
 def _write_json(target: Path | None, payload: Any) -> None:
@@ -532,7 +550,7 @@ def verify_command(
         verdict = (
             "[green]PASSED[/]" if result.exit_code == 0 else f"[red]FAILED (exit {int(result.exit_code)})[/]"
         )
-        out.print(f"{verdict}  {describe_exit(result)}", highlight=False)
+        out.print(f"{verdict}  {escape(describe_exit(result))}", highlight=False)
     raise typer.Exit(int(result.exit_code))
 
 
@@ -574,7 +592,14 @@ def run_command(
 ) -> None:
     """Export and gate every recipe: one summary table, one exit code (2, then 3, then 1, then 4 win)."""
     from exporter.gate import parse_percent
-    from exporter.runs import RunRequest, find_recipes, merge_exit_codes, run_recipes, write_junit
+    from exporter.runs import (
+        RunInterrupted,
+        RunRequest,
+        find_recipes,
+        merge_exit_codes,
+        run_recipes,
+        write_junit,
+    )
 
     def action() -> list[dict[str, Any]]:
         if max_latency_regression is not None and baseline_dir is None:
@@ -588,13 +613,18 @@ def run_command(
         def done(result: dict[str, Any]) -> None:
             if not quiet_json:
                 mark = "[green]ok[/]" if result["exit_code"] == 0 else f"[red]exit {result['exit_code']}[/]"
-                out.print(f"  {result['name']:<24} {mark:<22} {result['seconds']:7.1f} s", highlight=False)
+                name = escape(f"{result['name']:<24}")
+                out.print(f"  {name} {mark:<22} {result['seconds']:7.1f} s", highlight=False)
 
         if not quiet_json:
             out.print(
                 f"[bold]exporter run[/] {len(request.recipes)} recipes, {jobs} at a time", highlight=False
             )
-        return run_recipes(request, done)
+        try:
+            return run_recipes(request, done)
+        except RunInterrupted as interrupt:  # the workers have stopped: still report what happened
+            err.print(f"[red]{interrupt.signal_name}[/]: stopped every recipe", highlight=False)
+            return interrupt.results
 
     results = _guarded(debug, action)
     code = merge_exit_codes([r["exit_code"] for r in results])
@@ -664,7 +694,7 @@ def report_command(
         return render_reports(folder, read_document(folder, "report.json", REPORT_SCHEMA_VERSION))
 
     for written in _guarded(debug, action):
-        out.print(f"wrote {written}", highlight=False)
+        out.print(Text(f"wrote {written}"))
 
 
 @app.command("inspect")
@@ -732,8 +762,10 @@ def _print_inspection(summary: dict[str, Any]) -> None:
     if summary["kind"] == "onnx":
         opsets = ", ".join(f"{d} {v}" for d, v in summary["opsets"].items())
         out.print(
-            f"[bold]{summary['file']}[/]: ONNX, opset {opsets}, IR {summary['ir_version']}, "
-            f"{summary['nodes']} nodes, {summary['parameters']:,} parameters, {size} ({summary['producer']})",
+            f"[bold]{escape(str(summary['file']))}[/]: ONNX, opset {escape(opsets)}, "
+            f"IR {summary['ir_version']}, "
+            f"{summary['nodes']} nodes, {summary['parameters']:,} parameters, {size} "
+            f"({escape(str(summary['producer']))})",
             highlight=False,
         )
         io_rows = [
@@ -746,7 +778,8 @@ def _print_inspection(summary: dict[str, Any]) -> None:
         out.print(_rich_table("Operators", (["operator", "count"], op_rows)))
         return
     out.print(
-        f"[bold]{summary['file']}[/]: {summary['format']}, {summary['model']}, {summary['parameters']:,} "
+        f"[bold]{escape(str(summary['file']))}[/]: {summary['format']}, {escape(str(summary['model']))}, "
+        f"{summary['parameters']:,} "
         f"parameters ({summary['trainable_parameters']:,} trainable, {summary['buffers']:,} in buffers), "
         f"{size}",
         highlight=False,
@@ -761,7 +794,8 @@ def _print_inspection(summary: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGTERM stops a run as Ctrl-C does (exit 143, nothing left behind)."""
+    install_signal_handlers()
     app(prog_name="exporter")
 
 

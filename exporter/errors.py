@@ -1,7 +1,7 @@
 """One exception family for every stage, each kind carrying the exit code the CLI returns.
 
-The CLI turns any ``ExporterError`` into one line and its ``exit_code``; anything else is a bug and is
-shown with its traceback.
+The CLI turns any ``ExporterError`` into one line and its ``exit_code``; anything else is a bug in exporter
+(exit 5, its traceback written to a log file), so CI can tell a tool bug from a model that will not convert.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     CONVERSION_FAILED = 3
     LATENCY_REGRESSED = 4
+    INTERNAL_ERROR = 5
+    INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class ExporterError(Exception):

@@ -8,20 +8,40 @@ process boundaries and feed the JSON and JUnit outputs unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import time
-import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from exporter.errors import ExitCode, ExporterError, RecipeError, first_line
+from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
+from exporter.errors import ExitCode, ExporterError, RecipeError, UsageError, first_line
+from exporter.interrupts import (
+    Interrupted,
+    blocked_signals,
+    describe_internal_error,
+    exit_code_of,
+    raise_interrupted,
+    write_crash_log,
+)
 
-__all__ = ["RunRequest", "find_recipes", "merge_exit_codes", "run_recipe", "run_recipes", "write_junit"]
+__all__ = [
+    "RunInterrupted",
+    "RunRequest",
+    "check_recipe_names",
+    "find_recipes",
+    "merge_exit_codes",
+    "run_recipe",
+    "run_recipes",
+    "write_junit",
+]
 
 
 @dataclass(frozen=True)
@@ -55,8 +75,12 @@ def find_recipes(paths: Sequence[Path]) -> list[Path]:
 
 
 def merge_exit_codes(codes: Sequence[int]) -> ExitCode:
-    """One exit code for many: bad input (2) first, then conversion (3), parity (1), latency (4)."""
+    """One exit code for many: a signal (143, 130) first, then a bug in exporter (5), bad input (2),
+    conversion (3), parity (1), latency (4)."""
     order = (
+        ExitCode.TERMINATED,
+        ExitCode.INTERRUPTED,
+        ExitCode.INTERNAL_ERROR,
         ExitCode.BAD_INPUT,
         ExitCode.CONVERSION_FAILED,
         ExitCode.VERIFICATION_FAILED,
@@ -65,20 +89,90 @@ def merge_exit_codes(codes: Sequence[int]) -> ExitCode:
     for code in order:
         if code in codes:
             return code
-    return ExitCode.OK if all(c == 0 for c in codes) else ExitCode.CONVERSION_FAILED
+    return ExitCode.OK if all(c == 0 for c in codes) else ExitCode.INTERNAL_ERROR
+
+
+class RunInterrupted(Interrupted):
+    """``run`` was stopped by a signal: the workers were stopped too, and ``results`` marks each recipe that
+    did not finish as interrupted, so the JUnit and JSON reports can still be written."""
+
+    def __init__(self, signum: int, results: list[dict[str, Any]]) -> None:
+        super().__init__(signum)
+        self.results = results
+
+
+def check_recipe_names(recipes: Sequence[Path]) -> dict[Path, str]:
+    """Each recipe's output folder name; two recipes with one name would overwrite each other's folder.
+
+    Raises:
+        RecipeError: two recipes share a name.
+    """
+    from exporter.recipe import load_recipe
+
+    names: dict[Path, str] = {}
+    for path in recipes:
+        try:
+            names[path] = str(load_recipe(path).settings.get("name", path.stem))
+        except ExporterError:  # reported by its own worker, beside the recipes that do run
+            names[path] = path.stem
+    seen: dict[str, Path] = {}
+    for path, name in names.items():
+        if name in seen:
+            raise RecipeError(
+                f"recipes '{seen[name]}' and '{path}' both have name '{name}' and would write the same "
+                "folder; give each recipe its own name"
+            )
+        seen[name] = path
+    return names
+
+
+def _output_folder(out: Path, name: str) -> Path:
+    """``out/name``, refused unless it is a folder that ``run`` may replace: new, empty, or an earlier
+    export's (it holds our manifest). A folder that ``run`` did not create is never deleted.
+
+    Raises:
+        UsageError: the name is not one path component, or the folder holds something else.
+    """
+    folder = out / name
+    if name in {"", ".", ".."} or Path(name).name != name or folder.resolve().parent != out.resolve():
+        raise UsageError(f"recipe name '{name}' is not a single folder name inside --out '{out}'")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UsageError(
+            f"'{folder}' exists and is not a folder exporter run wrote; remove it or rename the recipe"
+        )
+    if folder.is_dir() and any(folder.iterdir()):
+        try:
+            read_document(folder, "manifest.json", MANIFEST_SCHEMA_VERSION)
+        except ExporterError:
+            raise UsageError(
+                f"'{folder}' exists and holds no manifest.json of exporter, so exporter run will not replace "
+                "it; remove it, or pass another --out"
+            ) from None
+    return folder
 
 
 def run_recipes(
     request: RunRequest, done: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict[str, Any]]:
-    """Run every recipe in a fresh process, ``jobs`` at a time; results in recipe order."""
+    """Run every recipe in a fresh process, ``jobs`` at a time; results in recipe order.
+
+    Raises:
+        RecipeError: two recipes share a name (before anything runs).
+        RunInterrupted: SIGINT or SIGTERM arrived; it was forwarded to the workers, and they were waited
+            for, so none writes after this returns.
+    """
+    names = check_recipe_names(request.recipes)
     cpus = len(os.sched_getaffinity(0)) or 1
     threads = request.threads or max(1, cpus // max(1, request.jobs))
     context = multiprocessing.get_context("spawn")
     results: dict[Path, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=request.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {
-            pool.submit(
+    pool = ProcessPoolExecutor(
+        max_workers=request.jobs, mp_context=context, max_tasks_per_child=1, initializer=_init_worker
+    )
+    futures: dict[Future[dict[str, Any]], Path] = {}
+    try:
+        for path in request.recipes:
+            future = pool.submit(
                 run_recipe,
                 path,
                 out=request.out,
@@ -86,21 +180,74 @@ def run_recipes(
                 benchmark=request.benchmark,
                 baseline_dir=request.baseline_dir,
                 max_latency_regression=request.max_latency_regression,
-            ): path
-            for path in request.recipes
-        }
+            )
+            futures[future] = path
         for future in as_completed(futures):
             path = futures[future]
-            try:
-                result = future.result()
-            except Exception as error:  # the worker died (killed, out of memory): report, go on
-                result = _failed(
-                    path, path.stem, ExitCode.CONVERSION_FAILED, f"worker failed: {first_line(error)}"
-                )
-            results[path] = result
+            results[path] = _collect(future, path, names[path])
             if done:
-                done(result)
+                done(results[path])
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+        with blocked_signals():
+            _stop_workers(pool, signum)
+        for future, path in futures.items():  # a recipe may have finished while the others stopped
+            if path not in results and future.done() and not future.cancelled() and not future.exception():
+                results[path] = future.result()
+        detail = f"interrupted by {signal.Signals(signum).name} before it finished; nothing was written"
+        for path in request.recipes:
+            if path not in results or results[path]["checks"][0]["kind"] == "interrupted":
+                results[path] = _failed(
+                    path, names[path], exit_code_of(interrupt), detail, kind="interrupted"
+                )
+        raise RunInterrupted(signum, [results[path] for path in request.recipes]) from None
+    pool.shutdown(wait=True)
     return [results[path] for path in request.recipes]
+
+
+class _Worker:
+    """Whether this worker process is running a recipe (else a signal just ends it)."""
+
+    busy = False
+
+
+def _init_worker() -> None:
+    for handled in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(handled, _worker_signal)
+
+
+def _worker_signal(signum: int, frame: FrameType | None) -> None:
+    if not _Worker.busy:
+        os._exit(128 + signum)  # idle, between recipes: nothing to clean up
+    raise_interrupted(signum, frame)
+
+
+def _collect(future: Future[dict[str, Any]], path: Path, name: str) -> dict[str, Any]:
+    """A worker's result; a worker that died (killed, out of memory) or was interrupted becomes one."""
+    try:
+        return future.result()
+    except KeyboardInterrupt as interrupt:
+        return _failed(path, name, exit_code_of(interrupt), "interrupted", kind="interrupted")
+    except Exception as error:
+        return _failed(
+            path,
+            name,
+            ExitCode.INTERNAL_ERROR,
+            f"worker process died before reporting ({type(error).__name__}: {first_line(error)}); "
+            "it may have run out of memory or been killed",
+        )
+
+
+def _stop_workers(pool: ProcessPoolExecutor, signum: int) -> None:
+    """Forward the signal to every worker, drop queued recipes, and wait until every worker has exited."""
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor has no public handle
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+    pool.shutdown(wait=True, cancel_futures=True)
+    for process in processes:
+        process.join()
 
 
 def run_recipe(
@@ -120,12 +267,13 @@ def run_recipe(
 
     started = time.perf_counter()
     name = path.stem
+    _Worker.busy = True
     try:
         recipe = load_recipe(path)
         name = str(recipe.settings.get("name", path.stem))
         settings = {
             **recipe.settings,
-            "out": out / name,
+            "out": _output_folder(out, name),
             "force": True,
             "threads": threads,
             "benchmark": benchmark and recipe.settings.get("benchmark", True),
@@ -174,13 +322,13 @@ def run_recipe(
     except ExporterError as error:
         return _failed(path, name, error.exit_code, f"{error.stage}: {error}", time.perf_counter() - started)
     except Exception as error:
-        detail = (
-            f"internal error: {type(error).__name__}: {first_line(error)}\n{traceback.format_exc(limit=5)}"
-        )
-        return _failed(path, name, ExitCode.CONVERSION_FAILED, detail, time.perf_counter() - started)
+        detail = describe_internal_error(error, write_crash_log(error, f"run {path}"))
+        return _failed(path, name, ExitCode.INTERNAL_ERROR, detail, time.perf_counter() - started)
 
 
-def _failed(path: Path, name: str, code: ExitCode, error: str, seconds: float = 0.0) -> dict[str, Any]:
+def _failed(
+    path: Path, name: str, code: ExitCode, error: str, seconds: float = 0.0, *, kind: str = "export"
+) -> dict[str, Any]:
     return {
         "recipe": str(path),
         "name": name,
@@ -189,7 +337,7 @@ def _failed(path: Path, name: str, code: ExitCode, error: str, seconds: float = 
         "error": error,
         "targets": [],
         "not_applicable": {},
-        "checks": [{"name": "export", "kind": "export", "passed": False, "detail": error}],
+        "checks": [{"name": kind, "kind": kind, "passed": False, "detail": error}],
         "latency": [],
         "seconds": round(seconds, 2),
     }
@@ -209,7 +357,7 @@ def write_junit(path: Path, results: Sequence[dict[str, Any]]) -> None:
             counts["tests"] += 1
             if check["passed"]:
                 continue
-            if check["kind"] == "export":
+            if check["kind"] in ("export", "interrupted"):
                 element = ET.SubElement(case, "error", message=check["detail"].splitlines()[0][:500])
                 counts["errors"] += 1
             else:

@@ -1,0 +1,116 @@
+"""Signals and crashes: how a run that is stopped or hits a bug ends without debris or a misleading code.
+
+SIGTERM is treated like Ctrl-C: both raise ``Interrupted`` in the main thread, so every ``finally`` (the
+staging folder's removal, the output lock's release) runs and the process exits 130 (SIGINT) or 143
+(SIGTERM). A repeated signal is ignored while that cleanup runs (SIGKILL still stops the process; the next
+run then removes the stale staging folder it left). An unexpected exception is a bug in exporter: its
+traceback goes to a log file, and the one-line message names that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from exporter.errors import ExitCode
+
+__all__ = [
+    "Interrupted",
+    "blocked_signals",
+    "describe_internal_error",
+    "exit_code_of",
+    "install_signal_handlers",
+    "raise_interrupted",
+    "write_crash_log",
+]
+
+_HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT or SIGTERM turned into an exception; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.TERMINATED if self.signum == signal.SIGTERM else ExitCode.INTERRUPTED
+
+
+def exit_code_of(interrupt: KeyboardInterrupt) -> ExitCode:
+    """130 for Ctrl-C (a plain ``KeyboardInterrupt`` too), 143 for SIGTERM."""
+    return interrupt.exit_code if isinstance(interrupt, Interrupted) else ExitCode.INTERRUPTED
+
+
+class _Hold:
+    """While ``blocked_signals`` runs, ``signals`` collects what arrived (None: signals act at once)."""
+
+    signals: list[int] | None = None
+
+
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """The handler: raise ``Interrupted`` (or hold the signal inside ``blocked_signals``)."""
+    if _Hold.signals is not None:
+        _Hold.signals.append(signum)
+        return
+    for handled in _HANDLED:
+        signal.signal(handled, signal.SIG_IGN)  # the cleanup this starts must not be cut short
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGINT and SIGTERM raise ``Interrupted`` in this process (main thread only)."""
+    for handled in _HANDLED:
+        signal.signal(handled, raise_interrupted)
+
+
+@contextlib.contextmanager
+def blocked_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so a two-step swap of folders is never cut in half.
+
+    A flag rather than ``pthread_sigmask``: Python runs handlers in the main thread whichever thread the
+    kernel delivered the signal to, and torch and ONNX Runtime keep threads that do not block it.
+    """
+    outer = _Hold.signals
+    held: list[int] = [] if outer is None else outer
+    _Hold.signals = held
+    try:
+        yield
+    finally:
+        _Hold.signals = outer
+        if outer is None and held:
+            raise_interrupted(held[0], None)
+
+
+def write_crash_log(error: BaseException, command: str) -> Path:
+    """Write ``error``'s traceback to a new log file in the temp folder and return its path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the file must outlive this function
+        "w", prefix=f"exporter-internal-error-{stamp}-", suffix=".log", delete=False
+    )
+    with handle:
+        handle.write(f"exporter {command}: internal error (a bug in exporter)\n\n")
+        handle.write("".join(traceback.format_exception(error)))
+    return Path(handle.name)
+
+
+def describe_internal_error(error: BaseException, log: Path) -> str:
+    """The one line a user sees for a bug in exporter."""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return (
+        f"internal error (a bug in exporter, not in your model): {detail}; traceback written to {log} "
+        "(attach it to a bug report; --debug shows it here)"
+    )
