@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporter._manifest_check import manifest_problem
+from exporter._safe_paths import inside_folder
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
 from exporter.benchmark import TimingConfig, batch_plans, p50_per_plan
 from exporter.errors import ExitCode, UsageError, first_line
@@ -123,12 +125,37 @@ def parse_percent(text: str) -> float:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The folder's manifest.
+    """The folder's manifest, with every field the gate reads present and of the right type.
+
+    Checked up front so a damaged or foreign manifest is one line of bad input (exit 2), not a
+    ``KeyError`` halfway through the checks.
 
     Raises:
-        UsageError: not an artifacts folder (no or unreadable manifest, unknown schema version).
+        UsageError: not an artifacts folder (no or unreadable manifest, unknown schema version), or a
+            required field is missing or of the wrong type.
     """
-    return read_document(folder, "manifest.json", MANIFEST_SCHEMA_VERSION)
+    manifest = read_document(folder, "manifest.json", MANIFEST_SCHEMA_VERSION)
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UsageError(
+            f"manifest.json of '{folder}' {problem} (not a manifest written by this exporter, or damaged)"
+        )
+    return manifest
+
+
+def _file(folder: Path, name: str) -> Path:
+    """``folder / name`` for a name the manifest gives, refused unless it stays inside the folder."""
+    return inside_folder(folder, name, f"manifest.json of '{folder}'")
+
+
+def _named_files(manifest: dict[str, Any]) -> list[str]:
+    """Every path the manifest names, so all are checked before any file is hashed or loaded."""
+    names = list(manifest["files"])
+    names += [entry["file"] for entry in artifacts_of(manifest)]
+    names += [g[key] for g in manifest["golden"] for key in ("inputs", "outputs") if key in g]
+    if manifest.get("int8"):
+        names += ["model.onnx", manifest["int8"]["file"]]  # the int8 check compares against model.onnx
+    return names
 
 
 def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None = None) -> VerifyResult:
@@ -139,16 +166,18 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
     """
     report = step or (lambda message: None)
     manifest = read_manifest(request.folder)
+    for name in _named_files(manifest):
+        _file(request.folder, name)
     torch.set_num_threads(request.threads)
     result = VerifyResult(request.folder, str(manifest.get("name", request.folder.name)), [])
     report("checking file hashes")
     result.checks += _check_files(request.folder, manifest)
     spec = spec_from_manifest(manifest)
     golden = _golden(request, manifest, spec, result)
-    tolerance = Tolerance(**manifest["tolerance"])
+    tolerance = Tolerance(float(manifest["tolerance"]["atol"]), float(manifest["tolerance"]["rtol"]))
     missing = {c.name.removeprefix("file ") for c in result.checks if c.kind == "integrity" and not c.passed}
     for entry in artifacts_of(manifest):
-        if entry["file"] in missing and not (request.folder / entry["file"]).exists():
+        if entry["file"] in missing and not _file(request.folder, entry["file"]).exists():
             continue
         report(f"re-running {entry['file']} on the golden inputs")
         started = time.perf_counter()
@@ -164,9 +193,21 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
                 )
             )
             continue
-        parity = verify_runner(runner, golden, tolerance, entry["file"])
-        del runner
-        gc.collect()
+        try:
+            parity = verify_runner(runner, golden, tolerance, entry["file"])
+        except Exception as error:
+            result.checks.append(
+                Check(
+                    f"parity {entry['backend']}",
+                    "parity",
+                    False,
+                    f"{entry['file']} cannot be compared with the golden outputs: {first_line(error)}",
+                )
+            )
+            continue
+        finally:
+            del runner
+            gc.collect()
         result.parity.append(parity)
         failures = parity.failures()
         detail = (
@@ -211,8 +252,12 @@ def artifacts_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def open_artifact(folder: Path, entry: dict[str, Any], spec: InputSpec, threads: int) -> Runner:
-    """A runner for one artifact, loaded with the loader a deployment uses."""
-    path = folder / entry["file"]
+    """A runner for one artifact, loaded with the loader a deployment uses.
+
+    Raises:
+        UsageError: the entry names a file outside ``folder`` or a symlink, or an unknown backend.
+    """
+    path = _file(folder, entry["file"])
     backend = entry["backend"]
     if backend.startswith("onnxruntime"):
         return OnnxRuntimeRunner(path, threads, name=backend)
@@ -230,7 +275,7 @@ def open_artifact(folder: Path, entry: dict[str, Any], spec: InputSpec, threads:
 def _check_files(folder: Path, manifest: dict[str, Any]) -> list[Check]:
     checks = []
     for name, recorded in manifest.get("files", {}).items():
-        path = folder / name
+        path = _file(folder, name)
         if not path.is_file():
             checks.append(Check(f"file {name}", "integrity", False, f"{name} is missing"))
             continue
@@ -264,18 +309,18 @@ def _golden(
         if "outputs" not in entry:
             continue
         try:
-            with (
-                np.load(request.folder / entry["inputs"]) as inputs,
-                np.load(request.folder / entry["outputs"]) as outputs,
-            ):
-                arrays = {n: inputs[n] for n in inputs.files}
-                expected = [outputs[n] for n in entry["output_names"]]
-        except (OSError, KeyError, ValueError) as error:
-            result.checks.append(
-                Check(
-                    f"golden {entry['case']}", "integrity", False, f"{entry['inputs']}: {first_line(error)}"
-                )
-            )
+            file = entry["inputs"]
+            arrays = _read_npz(_file(request.folder, file))
+            file = entry["outputs"]
+            outputs = _read_npz(_file(request.folder, file))
+            expected = [outputs[n] for n in entry["output_names"]]
+        except UsageError:
+            raise
+        except Exception as error:
+            detail = f"{file} cannot be read: {first_line(error)}"
+            if isinstance(error, KeyError):
+                detail = f"{file} has no output {first_line(error)}"
+            result.checks.append(Check(f"golden {entry['case']}", "integrity", False, detail))
             continue
         golden.append(
             GoldenCase(
@@ -288,7 +333,7 @@ def _golden(
         )
     if request.checkpoint is None:
         return golden
-    source = manifest["source"]
+    source = manifest.get("source") or {}
     loaded = load_model(
         LoadRequest(
             request.checkpoint,
@@ -303,21 +348,33 @@ def _golden(
     return golden
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a golden ``.npz`` (never unpickled).
+
+    Raises:
+        Exception: whatever a damaged file makes numpy or zipfile raise; the caller reports it.
+    """
+    with path.open("rb") as handle:  # numpy leaks its own handle when the zip directory is damaged
+        loaded = np.load(handle, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+
+
 def _check_int8(request: VerifyRequest, manifest: dict[str, Any], spec: InputSpec) -> Check:
     """The int8 model against the float ONNX model on the kept evaluation samples, under the saved budget."""
     int8 = manifest["int8"]
     entry = next((g for g in manifest["golden"] if g["case"] == "int8-eval"), None)
     if entry is None:
         return Check("int8 budget", "int8", False, "the manifest has an int8 model but no int8-eval samples")
-    with np.load(request.folder / entry["inputs"]) as data:
-        samples = [
-            {name: data[f"{name}.{index}"] for name in spec.names} for index in range(entry["samples"])
-        ]
+    data = _read_npz(_file(request.folder, entry["inputs"]))
+    samples = [{name: data[f"{name}.{index}"] for name in spec.names} for index in range(entry["samples"])]
     budget = ParityBudget(**int8["budget"])
     started = time.perf_counter()
     outputs = []
     for file in ("model.onnx", int8["file"]):
-        runner = OnnxRuntimeRunner(request.folder / file, request.threads)
+        runner = OnnxRuntimeRunner(_file(request.folder, file), request.threads)
         outputs.append([runner.run(sample) for sample in samples])
         del runner
     names = manifest.get("output_names") or [f"output_{i}" for i in range(len(outputs[0][0]))]
@@ -365,7 +422,10 @@ def _check_latency(
     for entry in entries:
         sides: dict[str, dict[str, float]] = {}
         for side, folder in (("baseline", baseline_folder), ("current", request.folder)):
-            if not (folder / entry["file"]).is_file():
+            named_by = f"manifest.json of '{request.folder}'" + (
+                f" (in the baseline folder '{folder}')" if side == "baseline" else ""
+            )
+            if not inside_folder(folder, entry["file"], named_by).is_file():
                 continue
             report(f"timing {side} {entry['file']}")
             runner = open_artifact(folder, entry, spec, request.threads)
