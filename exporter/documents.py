@@ -20,12 +20,12 @@ from exporter.quantize import QuantizationResult
 from exporter.report import REPORT_SCHEMA_VERSION
 from exporter.specs import InputSpec
 from exporter.stages import StageRecord
-from exporter.verify import CaseResult, GoldenCase, ParityResult
+from exporter.verify import CaseResult, GoldenCase, ParityResult, nonfinite_summary
 
 if TYPE_CHECKING:
     from exporter.pipeline import ExportOptions
 
-__all__ = ["RENDERED", "RunRecord", "build_manifest", "build_report"]
+__all__ = ["RENDERED", "RunRecord", "build_manifest", "build_report", "nonfinite_gate_failed"]
 
 # Rendered from report.json (``exporter report`` re-renders them), so not hashed: report.json is.
 RENDERED = ("manifest.json", "report.md", "report.html")
@@ -49,6 +49,44 @@ class RunRecord:
     @property
     def onnx(self) -> BackendResult | None:
         return next((b for b in self.backends if b.target == "onnx"), None)
+
+    @property
+    def nonfinite(self) -> list[dict[str, Any]]:
+        """Every reference output holding NaN/Inf, per shape case (empty when all outputs are finite)."""
+        return [
+            {
+                "case": item.case.name,
+                "output": name,
+                "nan": counts.nan,
+                "inf": counts.inf,
+                "posinf": counts.posinf,
+                "neginf": counts.neginf,
+                "elements": counts.elements,
+            }
+            for item in self.golden
+            for name, counts in item.nonfinite.items()
+        ]
+
+
+def nonfinite_gate_failed(options: ExportOptions, golden: Sequence[GoldenCase]) -> bool:
+    """``fail_on_nonfinite`` is set and the PyTorch reference produced NaN/Inf on a golden input."""
+    return options.fail_on_nonfinite and any(item.nonfinite for item in golden)
+
+
+def _nonfinite_note(options: ExportOptions, golden: Sequence[GoldenCase]) -> list[str]:
+    """Parity counts NaN/Inf as a match where the reference has them too, so say loudly that it does."""
+    where = nonfinite_summary(golden)
+    if where is None:
+        return []
+    verdict = (
+        "--fail-on-nonfinite is set, so the export fails"
+        if options.fail_on_nonfinite
+        else "pass --fail-on-nonfinite to fail the export"
+    )
+    return [
+        f"the PyTorch model's own outputs contain NaN/Inf on the golden inputs ({where}); parity with "
+        f"NaN/Inf is only agreement on where they are; {verdict}"
+    ]
 
 
 def _onnx_notes(conversion: OnnxConversion, backend: BackendResult, spec: InputSpec) -> list[str]:
@@ -99,7 +137,7 @@ def _backend_notes(backend: BackendResult) -> list[str]:
 
 def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecord]) -> dict[str, Any]:
     environment, loaded, latency, quantization = run.environment, run.loaded, run.latency, run.quantization
-    notes = list(loaded.notes)
+    notes = [*_nonfinite_note(options, run.golden), *loaded.notes]
     onnx_backend = run.onnx
     if run.conversion is not None and onnx_backend is not None:
         notes.extend(_onnx_notes(run.conversion, onnx_backend, options.spec))
@@ -109,6 +147,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
     if quantization is not None:
         notes.extend(quantization.notes)
     passed = all(b.passed for b in run.backends) and (quantization is None or quantization.passed)
+    passed = passed and not nonfinite_gate_failed(options, run.golden)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
@@ -132,6 +171,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "optimization": [r.to_json() for r in run.optimization.records] if run.optimization else None,
         "resources": _resources(run),
         "optimization_summary": run.optimization.to_json() if run.optimization else None,
+        "nonfinite": run.nonfinite,
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
@@ -173,6 +213,7 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
         "simplify": options.simplify,
         "threads": options.threads,
         "benchmark": options.benchmark,
+        "fail_on_nonfinite": options.fail_on_nonfinite,
         "batch_dim": options.batch_dim,
         "batch_sizes": list(options.batch_sizes),
         "quantization": asdict(options.quantization),
@@ -296,5 +337,6 @@ def build_manifest(
         "int8": _int8_manifest(quantization),
         "seed": options.seed,
         "golden": golden_index,
+        "reference_nonfinite": run.nonfinite,
         "files": file_inventory(staging, exclude=RENDERED),
     }

@@ -18,6 +18,8 @@ from exporter.report import (
     Table,
     _num,
     latency_table,
+    nonfinite_table,
+    nonfinite_warning,
     parity_matrix,
     parity_table,
     quantization_table,
@@ -76,6 +78,9 @@ figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }
 svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 details > summary { cursor: pointer; color: var(--muted); margin: 6px 0; }
 ul.notes li { margin: 3px 0; overflow-wrap: anywhere; }
+.warning { border-left: 5px solid var(--fail); background: var(--fail-bg); padding: 8px 14px;
+  margin: 14px 0; }
+.warning p { color: var(--fail); font-weight: 600; }
 @media print {
   main { max-width: none; padding: 0; }
   h2 { break-after: avoid; } table, figure, tr { break-inside: avoid; }
@@ -194,6 +199,15 @@ def _header(report: dict[str, Any]) -> str:
         f"{_e(status.upper())}</span></h1>"
         f'<dl class="facts">{rows}</dl></header>'
     )
+
+
+def _nonfinite_section(report: dict[str, Any]) -> str:
+    """A warning block right under the header: NaN/Inf in the reference makes a parity pass meaningless."""
+    warning = nonfinite_warning(report)
+    if warning is None:
+        return ""
+    table = _table_html(nonfinite_table(report), table_id="nonfinite-table", numeric=(2, 3, 4, 5))
+    return f'<section class="warning" id="nonfinite"><p>{_e(warning)}</p>{table}</section>'
 
 
 # ---- 2. parity matrix -------------------------------------------------------------------------------------
@@ -729,7 +743,12 @@ def _resources_section(resources: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     """The whole page as one string; write it next to report.json as ``report.html``."""
-    sections = [_header(report), _parity_section(report), _latency_section(report)]
+    sections = [
+        _header(report),
+        _nonfinite_section(report),
+        _parity_section(report),
+        _latency_section(report),
+    ]
     if report.get("optimization"):  # before int8, as in the pipeline: int8 starts from the optimized graph
         sections.append(_optimization_section(report["optimization"], report.get("optimization_summary")))
     if report.get("quantization"):

@@ -20,6 +20,7 @@ import torch
 
 from exporter.artifacts import (
     check_output_dir,
+    output_lock,
     staging_dir,
     write_golden,
     write_json,
@@ -49,7 +50,7 @@ from exporter.convert.torchscript import (
     convert_to_torchscript,
     trace_failure_message,
 )
-from exporter.documents import RunRecord, build_manifest, build_report
+from exporter.documents import RunRecord, build_manifest, build_report, nonfinite_gate_failed
 from exporter.environment import collect_environment
 from exporter.errors import ConversionError, ExitCode, UsageError
 from exporter.loading import LoadedModel, LoadRequest, load_model
@@ -115,6 +116,7 @@ class ExportOptions:
     torchscript_mode: str = "auto"
     compile_mode: str = "default"
     optimization: OptimizeOptions = field(default_factory=OptimizeOptions)
+    fail_on_nonfinite: bool = False
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
@@ -167,6 +169,8 @@ class ExportResult:
     latency: list[LatencyStats]
     report: dict[str, Any]
     quantization: QuantizationResult | None = None
+    nonfinite_failed: bool = False
+    """``fail_on_nonfinite`` was set and the PyTorch reference produced NaN/Inf on a golden input."""
 
     @property
     def parity(self) -> list[ParityResult]:
@@ -184,7 +188,8 @@ class ExportResult:
     @property
     def passed(self) -> bool:
         floats_passed = bool(self.backends) and all(b.passed for b in self.backends)
-        return floats_passed and (self.quantization is None or self.quantization.passed)
+        quantization_passed = self.quantization is None or self.quantization.passed
+        return floats_passed and quantization_passed and not self.nonfinite_failed
 
     @property
     def exit_code(self) -> ExitCode:
@@ -205,10 +210,23 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             f"--quantize {options.quantization.mode.value} builds int8 ONNX models: add --to onnx "
             "(or --to all)"
         )
-    check_output_dir(options.out_dir, options.force)
+    check_output_dir(options.out_dir, options.force, _kept_paths(options))
     if "compile" in targets:
         cpp_compiler()
-    listener = listener or SilentListener()
+    with output_lock(options.out_dir):
+        return _export(options, targets, listener or SilentListener())
+
+
+def _kept_paths(options: ExportOptions) -> tuple[Path, ...]:
+    """Files the run reads, which replacing ``--out`` must never delete."""
+    calibration = options.quantization.calibration
+    paths = [options.checkpoint]
+    if calibration and ":" not in calibration:
+        paths.append(Path(calibration))
+    return tuple(paths)
+
+
+def _export(options: ExportOptions, targets: Sequence[str], listener: ProgressListener) -> ExportResult:
     stages = StageTracker(listener)
     torch.set_num_threads(options.threads)
     environment = collect_environment(options.threads)
@@ -224,7 +242,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         # Bad calibration data is bad input: find it before minutes of conversion, not after.
         samples = _int8_samples(options) if options.quantization.mode is not QuantMode.NONE else None
 
-    with staging_dir(options.out_dir, options.force) as staging:
+    with staging_dir(options.out_dir, options.force, _kept_paths(options)) as staging:
         build_dir = staging / "_build"
         with stages.run("convert") as record:
             conversions = _convert(
@@ -235,11 +253,14 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         with stages.run("verify") as record:
             backends, verify_notes = _verify_backends(conversions, golden, options, loaded, listener)
             failing = [b for b in backends if not b.passed]
-            record.status = StageStatus.FAILED if failing else StageStatus.PASSED
+            nonfinite_failed = nonfinite_gate_failed(options, golden)
+            record.status = StageStatus.FAILED if failing or nonfinite_failed else StageStatus.PASSED
             plural = "s" if len(backends) != 1 else ""
             record.detail = f"{len(backends)} backend{plural} x {len(golden)} shapes" + "".join(
                 f"; {b.backend}: {(b.notes or b.shipped_parity.failures())[0]}" for b in failing
             )
+            if nonfinite_failed:
+                record.detail += "; the PyTorch reference itself outputs NaN/Inf (--fail-on-nonfinite)"
         onnx_backend = next((b for b in backends if b.target == "onnx"), None)
         optimization = _optimize_stage(
             stages,
@@ -297,7 +318,15 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     for backend in backends:
         backend.runner = None
     return ExportResult(
-        options.out_dir, stages.list(), loaded, conversions.onnx, backends, latency, report, quantization
+        options.out_dir,
+        stages.list(),
+        loaded,
+        conversions.onnx,
+        backends,
+        latency,
+        report,
+        quantization,
+        nonfinite_failed,
     )
 
 

@@ -13,6 +13,8 @@ __all__ = [
     "Table",
     "latency_matrix",
     "latency_table",
+    "nonfinite_table",
+    "nonfinite_warning",
     "optimization_table",
     "parity_matrix",
     "parity_table",
@@ -38,6 +40,40 @@ def _num(value: float | None, digits: int = 3) -> str:
 def stage_table(report: dict[str, Any]) -> Table:
     rows = [[s["name"], s["status"], f"{s['seconds']:.2f} s", s["detail"]] for s in report["stages"]]
     return ["stage", "status", "time", "detail"], rows
+
+
+def nonfinite_table(report: dict[str, Any]) -> Table:
+    """Reference outputs holding NaN/Inf, per shape case; no rows for a model whose outputs are finite."""
+    headers = ["case", "output", "NaN", "+Inf", "-Inf", "elements"]
+    rows = [
+        [
+            entry["case"],
+            entry["output"],
+            str(entry["nan"]),
+            str(entry.get("posinf", entry["inf"])),
+            str(entry.get("neginf", 0)),
+            str(entry["elements"]),
+        ]
+        for entry in report.get("nonfinite") or []  # absent from reports written before it was recorded
+    ]
+    return headers, rows
+
+
+def nonfinite_warning(report: dict[str, Any]) -> str | None:
+    """The sentence above the non-finite table: why NaN/Inf in the reference matters to a parity pass."""
+    if not report.get("nonfinite"):
+        return None
+    gated = report.get("settings", {}).get("fail_on_nonfinite", False)
+    return (
+        "Warning: the PyTorch model's own outputs contain NaN/Inf on the golden inputs. A backend passes "
+        "parity on these elements by having NaN/Inf in the same places, which says nothing about the values "
+        "the model was meant to compute. "
+        + (
+            "--fail-on-nonfinite is set, so the export fails."
+            if gated
+            else "Pass --fail-on-nonfinite to fail the export on it."
+        )
+    )
 
 
 def parity_table(report: dict[str, Any]) -> Table:
@@ -250,6 +286,13 @@ def _backend_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _nonfinite_markdown(report: dict[str, Any]) -> list[str]:
+    warning = nonfinite_warning(report)
+    if warning is None:
+        return []
+    return [f"> **{warning}**", "", _markdown_table(nonfinite_table(report)), ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
@@ -260,6 +303,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**Status: {report['status'].upper()}**",
         "",
+        *_nonfinite_markdown(report),
         f"- Source: `{source['checkpoint']}` ({source['format']}, {source['parameter_count']:,} parameters, "
         f"{source['file_size']:,} bytes, sha256 `{source['sha256'][:16]}...`)",
         *_backend_lines(report),

@@ -62,6 +62,9 @@ class StageTracker:
         started = time.perf_counter()
         try:
             yield record
+        except KeyboardInterrupt:
+            record.status, record.detail = StageStatus.FAILED, "interrupted"
+            raise
         except BaseException as error:
             record.status = StageStatus.FAILED
             record.detail = record.detail or (

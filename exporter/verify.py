@@ -21,12 +21,15 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "CaseResult",
     "GoldenCase",
+    "NonFinite",
     "OutputComparison",
     "ParityResult",
     "Tolerance",
     "arbitrate_with_float64",
     "compare_outputs",
+    "count_nonfinite",
     "make_golden",
+    "nonfinite_summary",
     "verify_runner",
 ]
 
@@ -42,15 +45,58 @@ class Tolerance:
 DEFAULT_TOLERANCE = Tolerance()
 
 
+@dataclass(frozen=True)
+class NonFinite:
+    """NaN and Inf counts in one reference output.
+
+    Parity counts NaN/Inf as a match when the backend has them in the same places, so a model that emits
+    NaN passes verification; these counts let the report say so, and ``fail_on_nonfinite`` fail on it.
+    """
+
+    nan: int
+    posinf: int
+    neginf: int
+    elements: int
+
+    @property
+    def inf(self) -> int:
+        return self.posinf + self.neginf
+
+    def describe(self) -> str:
+        """E.g. ``12 NaN, 3 +Inf``: only the kinds present."""
+        counts = ((self.nan, "NaN"), (self.posinf, "+Inf"), (self.neginf, "-Inf"))
+        return ", ".join(f"{count} {kind}" for count, kind in counts if count)
+
+
+def count_nonfinite(array: np.ndarray) -> NonFinite | None:
+    """NaN/Inf counts of a float (or complex) array; None when every element is finite or it is integral."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "fc" or bool(np.isfinite(array).all()):
+        return None
+    inf = np.isinf(array)
+    real = array.real
+    return NonFinite(
+        nan=int(np.count_nonzero(np.isnan(array))),
+        posinf=int(np.count_nonzero(inf & (real > 0))),
+        neginf=int(np.count_nonzero(inf & (real < 0))),
+        elements=int(array.size),
+    )
+
+
 @dataclass
 class GoldenCase:
-    """Inputs drawn for one shape case and the reference backend's outputs on them."""
+    """Inputs drawn for one shape case and the reference backend's outputs on them.
+
+    ``nonfinite`` maps each output holding NaN or Inf to its counts (filled by ``make_golden``; empty when
+    every output is finite).
+    """
 
     case: ShapeCase
     seed: int
     inputs: dict[str, np.ndarray]
     outputs: list[np.ndarray]
     output_names: list[str]
+    nonfinite: dict[str, NonFinite] = field(default_factory=dict)
 
     @property
     def file_stem(self) -> str:
@@ -162,8 +208,29 @@ def make_golden(
         if not outputs:
             raise InputSpecError("the PyTorch model returned no tensors; nothing to verify")
         names = list(getattr(reference, "output_names", [])) or [f"output_{i}" for i in range(len(outputs))]
-        golden.append(GoldenCase(case, case_seed, inputs, outputs, names))
+        counts = {name: count_nonfinite(output) for name, output in zip(names, outputs, strict=False)}
+        nonfinite = {name: count for name, count in counts.items() if count is not None}
+        golden.append(GoldenCase(case, case_seed, inputs, outputs, names, nonfinite))
     return golden
+
+
+def nonfinite_summary(golden: Sequence[GoldenCase], limit: int = 3) -> str | None:
+    """One clause naming every reference output with NaN/Inf and where, or None when all are finite.
+
+    E.g. ``output 'logits': 12 NaN at case export, 30 NaN at case batch-large``; at most ``limit`` cases per
+    output are spelled out, so a model that is NaN everywhere still gets a readable line.
+    """
+    by_output: dict[str, list[str]] = {}
+    for item in golden:
+        for name, counts in item.nonfinite.items():
+            by_output.setdefault(name, []).append(f"{counts.describe()} at case {item.case.name}")
+    if not by_output:
+        return None
+    parts = []
+    for name, places in by_output.items():
+        more = f", and {len(places) - limit} more cases" if len(places) > limit else ""
+        parts.append(f"output '{name}': {', '.join(places[:limit])}{more}")
+    return "; ".join(parts)
 
 
 def verify_runner(

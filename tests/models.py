@@ -178,6 +178,17 @@ class DepthGate(nn.Module):
         return x  # (B, F)
 
 
+class LogOfLinear(nn.Module):
+    """``log`` of a linear layer: NaN wherever the layer is negative, so the reference itself emits NaN."""
+
+    def __init__(self, features: int = 4) -> None:
+        super().__init__()
+        self.layer = nn.Linear(features, features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.log(self.layer(x))  # (B, F), NaN where layer(x) < 0
+
+
 @torch.library.custom_op("exporter_tests::opaque", mutates_args=())
 def opaque(x: Tensor) -> Tensor:
     """A custom operator with no ONNX translation: no exporter can convert it."""
@@ -251,6 +262,11 @@ def make_opaque() -> UsesOpaqueOp:
     return UsesOpaqueOp()
 
 
+def make_nan_log() -> LogOfLinear:
+    torch.manual_seed(0)
+    return LogOfLinear()
+
+
 def _warm_batchnorm(model: nn.Module, batch: Tensor) -> None:
     """Give BatchNorm non-trivial running stats, as a trained model has."""
     model.train()
@@ -286,4 +302,5 @@ MODELS: dict[str, TinyModel] = {
     "fragile": TinyModel("make_fragile", ("x:float32:batch=2,16",)),
     "cell_stack": TinyModel("make_cell_stack", ("sequence:float32:batch=2,seq=5,6",)),
     "depth_gate": TinyModel("make_depth_gate", ("x:float32:batch=2,8",)),
+    "nan_log": TinyModel("make_nan_log", ("x:float32:batch=2,4",)),
 }

@@ -211,3 +211,49 @@ def test_progress_listener_sees_every_stage_and_steps(options_for: Callable[...,
     ]
     assert "step dynamo exporter" in recorder.events and "step onnxsim" in recorder.events
     assert any(e.startswith("step timing onnxruntime") for e in recorder.events)
+
+
+def test_reference_nan_is_reported_and_passes_by_default(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("nan_log", benchmark=False)
+    result = export(options)
+    assert result.exit_code is ExitCode.OK  # ONNX Runtime agrees with the reference, NaN for NaN
+    report = json.loads((options.out_dir / "report.json").read_text())
+    export_row = next(e for e in report["nonfinite"] if e["case"] == "export")
+    assert export_row["output"] == "output" and 0 < export_row["nan"] <= export_row["elements"] == 8
+    assert export_row["inf"] == 0
+    note = next(n for n in report["notes"] if "NaN/Inf" in n)
+    assert f"output 'output': {export_row['nan']} NaN at case export" in note
+    assert "pass --fail-on-nonfinite to fail the export" in note
+    assert (
+        "> **Warning: the PyTorch model's own outputs contain NaN/Inf"
+        in (options.out_dir / "report.md").read_text()
+    )
+    assert 'id="nonfinite"' in (options.out_dir / "report.html").read_text()
+    manifest = json.loads((options.out_dir / "manifest.json").read_text())
+    assert manifest["reference_nonfinite"] == report["nonfinite"]
+
+
+def test_fail_on_nonfinite_fails_the_export_and_still_writes_the_folder(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    options = options_for("nan_log", benchmark=False, fail_on_nonfinite=True)
+    result = export(options)
+    assert result.exit_code is ExitCode.VERIFICATION_FAILED and not result.passed
+    assert all(b.passed for b in result.backends)  # the artifact matches; the reference is the problem
+    verify = next(s for s in result.stages if s.name == "verify")
+    assert verify.status is StageStatus.FAILED and "NaN/Inf" in verify.detail
+    for name in ("model.onnx", "report.json", "report.md", "report.html", "manifest.json"):
+        assert (options.out_dir / name).is_file(), name
+    report = json.loads((options.out_dir / "report.json").read_text())
+    assert report["status"] == "failed" and report["settings"]["fail_on_nonfinite"] is True
+    assert any("--fail-on-nonfinite is set, so the export fails" in n for n in report["notes"])
+
+
+def test_finite_model_has_no_nonfinite_entries_or_note(options_for: Callable[..., ExportOptions]) -> None:
+    options = options_for("mlp", benchmark=False, fail_on_nonfinite=True)
+    result = export(options)
+    assert result.exit_code is ExitCode.OK
+    assert result.report["nonfinite"] == []
+    assert not any("NaN/Inf" in note for note in result.report["notes"])
+    assert "Warning" not in (options.out_dir / "report.md").read_text()
+    assert 'id="nonfinite"' not in (options.out_dir / "report.html").read_text()

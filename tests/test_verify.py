@@ -15,9 +15,12 @@ from exporter.runners import EagerRunner
 from exporter.specs import InputSpec, ShapeCase, parse_tensor_spec, shape_cases
 from exporter.verify import (
     DEFAULT_TOLERANCE,
+    NonFinite,
     Tolerance,
     compare_outputs,
+    count_nonfinite,
     make_golden,
+    nonfinite_summary,
     verify_runner,
 )
 
@@ -415,3 +418,62 @@ def test_runner_with_extra_outputs_fails() -> None:
 def test_no_cases_is_not_a_pass() -> None:
     spec = linear_spec()
     assert not verify_runner(EagerRunner(tiny_linear(), spec.names), [], DEFAULT_TOLERANCE, "x").passed
+
+
+# --- non-finite reference outputs ----------------------------------------------------------------------
+
+
+class LogAndDivideByZero(nn.Module):
+    """NaN where x < 0 (log), +Inf where x > 0 and -Inf where x < 0 (x / 0): the reference is broken."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.log(x), x / 0
+
+
+def test_count_nonfinite_counts_nan_and_each_infinity_separately() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, -np.inf, 1.0, np.nan], dtype=np.float32)
+    counts = count_nonfinite(values)
+    assert counts == NonFinite(nan=2, posinf=1, neginf=2, elements=6)
+    assert counts.inf == 3
+    assert counts.describe() == "2 NaN, 1 +Inf, 2 -Inf"
+
+
+def test_count_nonfinite_is_none_for_finite_and_integer_outputs() -> None:
+    assert count_nonfinite(np.array([0.0, -1.5, 3e38], dtype=np.float32)) is None
+    assert count_nonfinite(np.array([1, 2, 3], dtype=np.int64)) is None
+    assert count_nonfinite(np.array([True, False])) is None
+    assert count_nonfinite(np.zeros((0, 4), dtype=np.float32)) is None
+
+
+def test_make_golden_counts_the_reference_nan_and_inf_per_output_and_case() -> None:
+    spec = linear_spec()
+    cases = shape_cases(spec)
+    golden = make_golden(EagerRunner(LogAndDivideByZero(), spec.names), spec, cases, seed=0)
+    for item in golden:
+        x = item.inputs["x"]
+        negative, positive = int(np.count_nonzero(x < 0)), int(np.count_nonzero(x > 0))
+        logs = NonFinite(nan=negative, posinf=0, neginf=0, elements=x.size) if negative else None
+        assert item.nonfinite.get("0") == logs
+        assert item.nonfinite["1"] == NonFinite(nan=0, posinf=positive, neginf=negative, elements=x.size)
+    summary = nonfinite_summary(golden)
+    assert summary is not None
+    first = golden[0].nonfinite["0"].nan  # the export case has 8 standard-normal draws, some negative
+    assert summary.startswith(f"output '0': {first} NaN at case {cases[0].name}")
+    assert "output '1': " in summary and "+Inf" in summary and "-Inf" in summary
+
+
+def test_make_golden_of_a_finite_model_records_no_nonfinite_outputs() -> None:
+    spec = linear_spec()
+    golden = make_golden(EagerRunner(tiny_linear(), spec.names), spec, shape_cases(spec), seed=0)
+    assert all(item.nonfinite == {} for item in golden)
+    assert nonfinite_summary(golden) is None
+
+
+def test_nonfinite_summary_spells_out_a_few_cases_per_output() -> None:
+    spec = linear_spec()
+    cases = [ShapeCase(f"case{i}", {"batch": 2}) for i in range(5)]
+    golden = make_golden(EagerRunner(LogAndDivideByZero(), spec.names), spec, cases, seed=0)
+    summary = nonfinite_summary(golden, limit=2)
+    assert summary is not None
+    assert "at case case1, and 3 more cases; output '1'" in summary
+    assert "case2" not in summary
