@@ -1,0 +1,219 @@
+"""Signals, locks, output folders and bugs: a stopped or crashed run leaves nothing half-written behind,
+and every way it ends is one line and a documented exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from exporter.artifacts import output_lock, remove_stale_staging, staging_dir
+from exporter.cli import app
+from exporter.errors import ExitCode, UsageError
+from exporter.interrupts import Interrupted, blocked_signals, install_signal_handlers
+from tests.models import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _export_command(checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "exporter", "export", str(checkpoint), "--model", MODELS["mlp"].ref]
+    for spec in MODELS["mlp"].inputs:
+        command += ["--input", spec]
+    return [*command, "--no-benchmark", "--out", str(out), *extra]
+
+
+def _wait_for_staging(process: subprocess.Popen[str], out: Path, timeout: float = 120.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(out.parent.glob(f".{out.name}.partial-*"))
+        if found:
+            return found[0]
+        assert process.poll() is None, "the export ended before its staging folder was seen"
+        time.sleep(0.02)
+    raise AssertionError("no staging folder appeared")
+
+
+def _debris(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_export_exits_128_plus_signal_and_leaves_nothing(
+    signum: int, code: int, tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    out = tmp_path / "runs" / "mlp"
+    process = subprocess.Popen(
+        _export_command(state_dict_checkpoint("mlp"), out),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    staging = _wait_for_staging(process, out)
+    assert str(os.getpid()) not in staging.name and str(process.pid) in staging.name
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stdout + stderr
+    assert "nothing was written" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    assert _debris(out) == []
+
+
+@pytest.mark.slow
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_run(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    checkpoint = state_dict_checkpoint("mlp")
+    out = tmp_path / "runs" / "mlp"
+    process = subprocess.Popen(
+        _export_command(checkpoint, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    staging = _wait_for_staging(process, out)
+    process.kill()
+    process.wait(timeout=60)
+    assert staging.is_dir(), "SIGKILL cannot clean up: the folder must still be there for this test"
+    completed = subprocess.run(
+        _export_command(checkpoint, out), cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert not staging.exists()
+    assert (out / "manifest.json").is_file()
+    assert _debris(out) == []
+
+
+def test_stale_staging_of_a_live_process_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    live = tmp_path / f".model.partial-{os.getpid()}-abc"
+    dead_pid = _dead_pid()
+    dead = tmp_path / f".model.partial-{dead_pid}-def"
+    old = tmp_path / f".model.old-{dead_pid}-ghi"
+    other = tmp_path / f".other.partial-{dead_pid}-jkl"
+    for folder in (live, dead, old, other):
+        folder.mkdir()
+    removed = remove_stale_staging(out)
+    assert sorted(removed) == sorted([dead, old])
+    assert live.is_dir() and other.is_dir()
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_second_export_into_a_locked_folder_fails_at_once_naming_the_holder(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from exporter.artifacts import output_lock\n"
+            f"with output_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=rf"another exporter \(pid {holder.pid}\)"), output_lock(out):
+            pass
+    finally:
+        holder.kill()
+        holder.communicate()
+    with output_lock(out):  # the kernel dropped the dead holder's lock
+        assert (tmp_path / ".model.lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / ".model.lock").exists()
+
+
+def test_the_cli_refuses_a_locked_output_folder_with_exit_2(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    out = tmp_path / "model"
+    with output_lock(out):
+        result = CliRunner().invoke(app, _export_command(state_dict_checkpoint("mlp"), out)[3:])
+    assert result.exit_code == 2, result.output
+    assert f"(pid {os.getpid()})" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent_of_cwd", "holds_checkpoint"])
+def test_an_output_folder_whose_replacement_would_delete_what_matters_is_refused_up_front(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    checkpoint = state_dict_checkpoint("mlp")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = {"cwd": Path(), "parent_of_cwd": Path(".."), "holds_checkpoint": checkpoint.parent}[where]
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, [*_export_command(checkpoint, out)[3:], "--force"])
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.output and (
+        "working directory" in result.output or "would delete" in result.output
+    )
+    assert checkpoint.is_file()
+    assert time.perf_counter() - started < 30, "refused only after a run"
+
+
+def test_staging_swaps_folders_whole_even_when_a_signal_arrives_during_the_swap(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install_signal_handlers()
+    try:
+        with pytest.raises(Interrupted) as caught, staging_dir(out, force=True) as staging:
+            (staging / "new.txt").write_text("new")
+            with blocked_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                held = True
+            assert held
+    finally:
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
+    assert caught.value.exit_code is ExitCode.TERMINATED
+    assert not out.exists() or (out / "old.txt").is_file()  # the old folder, never half of each
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.partial")] == []
+
+
+def test_an_unexpected_exception_is_exit_5_with_a_traceback_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug in exporter")
+
+    monkeypatch.setattr("exporter.cli.export", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = CliRunner().invoke(app, _export_command(state_dict_checkpoint("mlp"), tmp_path / "o")[3:])
+    assert result.exit_code == ExitCode.INTERNAL_ERROR == 5, result.output
+    line = next(line for line in result.output.splitlines() if "internal error" in line)
+    log = Path(line.split("traceback written to ")[1].split(" (")[0])
+    assert log.is_file() and log.parent == tmp_path
+    text = log.read_text()
+    assert "Traceback" in text and "ZeroDivisionError: a bug in exporter" in text
+    assert "Traceback" not in result.output
+
+
+def test_bracketed_text_in_messages_is_printed_as_is(tmp_path: Path) -> None:
+    missing = tmp_path / "[/]weird[bold].pt"
+    result = CliRunner().invoke(app, ["export", str(missing), "--input", "x:float32:1"])
+    assert result.exit_code == 2, result.output
+    assert "[/]weird[bold].pt" in result.output
+    assert "MarkupError" not in result.output and "Traceback" not in result.output
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('schema_version = 1\n[verify]\natol = "x"\n')
+    result = CliRunner().invoke(app, ["export", "--recipe", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert "[verify].atol" in result.output.replace("\n", "")
