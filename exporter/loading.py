@@ -1,7 +1,10 @@
 """Loading stage: turn a checkpoint file into a callable ``nn.Module`` in eval mode, safely.
 
-Never unpickles arbitrary objects unless the user says the checkpoint is trusted: every ``torch.load`` is
-``weights_only=True`` first, and a checkpoint that needs more is refused with the way out spelled out.
+Never runs code from the file unless the user says the checkpoint is trusted: every ``torch.load`` is
+``weights_only=True`` first, and before any reader touches an untrusted file ``exporter._checkpoint_audit``
+reads it as data and refuses what ``torch.export.load``/``torch.jit.load`` would unpickle or evaluate
+(``use_pickle`` weights, pickles importing unlisted names, code strings, AOTInductor libraries). A
+refused checkpoint gets one line naming the offending entry and the way out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from typing import Any
 
 import torch
 
+from exporter._checkpoint_audit import (
+    UnsafeCheckpointError,
+    audit_exported_program,
+    audit_torch_save,
+    audit_torchscript,
+)
 from exporter._resolve import resolve_callable
 from exporter.errors import LoadError, first_line
 
@@ -95,6 +104,8 @@ def load_model(request: LoadRequest) -> LoadedModel:
     notes: list[str] = []
     exported: torch.export.ExportedProgram | None = None
     kind = _sniff(path)
+    if not request.trust_checkpoint:
+        _audit(path, kind)
     if kind is CheckpointFormat.EXPORTED_PROGRAM:
         exported = _guard(path, "a torch.export program", lambda: torch.export.load(path))
         module = exported.module()
@@ -136,6 +147,38 @@ def _sniff(path: Path) -> CheckpointFormat | None:
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
         return CheckpointFormat.TORCHSCRIPT
     return None
+
+
+_AUDITS = {
+    CheckpointFormat.EXPORTED_PROGRAM: (audit_exported_program, "a torch.export program"),
+    CheckpointFormat.TORCHSCRIPT: (audit_torchscript, "a TorchScript archive"),
+    None: (audit_torch_save, "a PyTorch checkpoint"),
+}
+
+
+def _audit(path: Path, kind: CheckpointFormat | None) -> None:
+    """Refuse, before any reader runs, a file whose loading would execute something it carries.
+
+    A ``torch.load`` file the audit cannot parse is left to ``torch.load(weights_only=True)``, which is
+    safe and says what is wrong; an archive whose records cannot be read is refused, because torch's
+    own zip reader might still read what this check could not.
+    """
+    if kind not in _AUDITS:
+        return  # safetensors: a JSON header and raw bytes, nothing to execute
+    audit, what = _AUDITS[kind]
+    try:
+        audit(path)
+    except UnsafeCheckpointError as finding:
+        raise LoadError(
+            f"checkpoint '{path}' {finding.what}, and {finding.risk}; {finding.fix}, "
+            "or pass --trust-checkpoint if you trust where this file came from"
+        ) from None
+    except Exception as error:
+        if kind is None:
+            return
+        raise LoadError(
+            f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {_cause(error)}"
+        ) from error
 
 
 def _guard(path: Path, what: str, load: Any) -> Any:
