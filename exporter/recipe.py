@@ -1,7 +1,9 @@
 """Recipes: a TOML file that describes a model, its inputs and dynamic dims, and the stages' settings.
 
 Validated on load (unknown keys, wrong types and bad choices are errors naming the key), so a typo never
-silently falls back to a default. CLI flags override what a recipe says.
+silently falls back to a default. CLI flags override what a recipe says. Numbers must be finite (TOML allows
+``nan`` and ``inf``, which would pass every ``>=`` check or none), and ``name`` becomes a folder under
+``--out``, so it must be one plain path component: ``../x`` or ``/abs`` would escape the output folder.
 
 Example (``recipes/digits_cnn.toml``)::
 
@@ -26,7 +28,9 @@ Example (``recipes/digits_cnn.toml``)::
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +49,10 @@ RECIPE_SCHEMA_VERSION = 1
 ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
 QUANT_MODES = ("none", "dynamic", "static", "qat", "int8")
 TARGETS = (*_TARGETS, "all")
+MAX_THREADS = 4096
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+_DIM_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SHOWN_CHARS = 120
 
 Check = Callable[[Any], bool]
 
@@ -54,7 +62,23 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_safe_name(v: Any) -> bool:
+    """One path component that stays inside ``--out``: no separators, no ``..``, no hidden folder."""
+    return isinstance(v, str) and _SAFE_NAME.fullmatch(v) is not None
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a value, cut short, so an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."
+
+
+def _key(key: str) -> str:
+    """A TOML key, quoted, on one line (quoted keys may hold newlines or control characters)."""
+    return f"'{key}'" if key.isprintable() and len(key) <= _SHOWN_CHARS else _show(key)
 
 
 def _is_str_list(v: Any) -> bool:
@@ -64,7 +88,11 @@ def _is_str_list(v: Any) -> bool:
 _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
     "": {
         "schema_version": (_is_int, "an integer"),
-        "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+        "name": (
+            _is_safe_name,
+            "a folder name: ASCII letters, digits, '.', '_' or '-', not starting with '.', at most 100 "
+            "characters",
+        ),
         "description": (lambda v: isinstance(v, str), "a string"),
     },
     "model": {
@@ -96,7 +124,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
     "verify": {
         "atol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "rtol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "seed": (_is_int, "an integer"),
+        "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     },
     "quantize": {
         "mode": (lambda v: v in QUANT_MODES, f"one of {', '.join(QUANT_MODES)}"),
@@ -130,7 +158,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "max_slowdown": (lambda v: _is_number(v) and v >= 0, "a fraction >= 0, e.g. 0.03"),
     },
     "benchmark": {
-        "threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "threads": (lambda v: _is_int(v) and 1 <= v <= MAX_THREADS, f"an integer from 1 to {MAX_THREADS}"),
         "batch_dim": (lambda v: isinstance(v, str), "a dim label"),
         "batch_sizes": (
             lambda v: isinstance(v, list) and all(_is_int(i) and i >= 1 for i in v),
@@ -162,13 +190,15 @@ def load_recipe(path: Path) -> Recipe:
     """
     where = f"recipe '{path}'"
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"{where} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"{where} cannot be read: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(f"{where} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise RecipeError(f"{where} nests arrays or tables too deeply to read") from None
     _validate(data, where)
     version = data.get("schema_version", RECIPE_SCHEMA_VERSION)
     if version != RECIPE_SCHEMA_VERSION:
@@ -237,42 +267,56 @@ def _validate(data: Mapping[str, Any], where: str) -> None:
     for key, value in data.items():
         if key in _SCHEMA and key != "":
             if not isinstance(value, dict):
-                raise RecipeError(f"{where}: [{key}] must be a table, got {value!r}")
+                raise RecipeError(f"{where}: [{key}] must be a table, got {_show(value)}")
             _check_table(key, value, where)
         elif key not in _SCHEMA[""]:
             known = ", ".join([*_SCHEMA[""], *(f"[{s}]" for s in _SCHEMA if s)])
-            raise RecipeError(f"{where}: unknown key '{key}' (known: {known})")
+            raise RecipeError(f"{where}: unknown key {_key(key)} (known: {known})")
         else:
             check, expected = _SCHEMA[""][key]
             if not check(value):
-                raise RecipeError(f"{where}: '{key}' must be {expected}, got {value!r}")
+                raise RecipeError(f"{where}: '{key}' must be {expected}, got {_show(value)}")
 
 
 def _check_table(section: str, table: Mapping[str, Any], where: str) -> None:
     schema = _SCHEMA[section]
     for key, value in table.items():
         if key not in schema:
-            raise RecipeError(f"{where}: unknown key '{key}' in [{section}] (known: {', '.join(schema)})")
+            raise RecipeError(f"{where}: unknown key {_key(key)} in [{section}] (known: {', '.join(schema)})")
         check, expected = schema[key]
         if not check(value):
-            raise RecipeError(f"{where}: [{section}].{key} must be {expected}, got {value!r}")
+            raise RecipeError(f"{where}: [{section}].{key} must be {expected}, got {_show(value)}")
 
 
 def _parse_dim(label: str, value: Any, where: str) -> DynamicDim:
+    if not _DIM_LABEL.fullmatch(label):
+        raise RecipeError(
+            f"{where}: [inputs.dims] key {_show(label)} is not a dim label (an identifier, as in batch)"
+        )
     if not isinstance(value, dict) or not set(value) <= _DIM_KEYS:
         raise RecipeError(f"{where}: [inputs.dims].{label} must be a table with min and/or max")
     for key, item in value.items():
         if not _is_int(item) or item < 0:
-            raise RecipeError(f"{where}: [inputs.dims].{label}.{key} must be an integer >= 0, got {item!r}")
+            raise RecipeError(
+                f"{where}: [inputs.dims].{label}.{key} must be an integer >= 0, got {_show(item)}"
+            )
     return DynamicDim(label, value.get("min", 1), value.get("max"))
 
 
 def _relative_source(source: str, base: Path) -> str:
     """A data path relative to the recipe, or a callable reference."""
     module, sep, _ = source.rpartition(":")
-    if sep and not (base / source).exists() and (module.endswith(".py") or "/" not in module):
+    if sep and not _exists(base / source) and (module.endswith(".py") or "/" not in module):
         return _relative_ref(source, base)
     return _join(base, source)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for names the OS refuses (too long, invalid): those are no data file."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _join(base: Path, relative: str) -> str:

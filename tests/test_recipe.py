@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from exporter.errors import RecipeError
+from exporter.cli import app
+from exporter.errors import RecipeError, UsageError
+from exporter.quantize.search import QuantizeOptions
 from exporter.recipe import RECIPE_SCHEMA_VERSION, load_recipe
 from exporter.specs import DimSpec, DynamicDim
 
@@ -289,3 +293,120 @@ def test_error_is_a_bad_input_exit(tmp_path: Path) -> None:
         load_recipe(write(tmp_path, "bogus = 1\n"))
     assert info.value.stage == "recipe"
     assert int(info.value.exit_code) == 2
+
+
+# --- values that used to pass validation and fail (or do damage) later --------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["/some/abs/dir", "../../x", "..", ".", ".hidden", "a/b", "a\\\\b", "x" * 101, "caf\u00e9", " x"]
+)
+def test_name_must_be_one_safe_folder_name(tmp_path: Path, name: str) -> None:
+    """``exporter run`` makes ``--out/<name>``: ``../../x`` or an absolute name deleted a folder outside."""
+    message = load_error(tmp_path, f'name = "{name}"\n')
+    assert "'name' must be a folder name" in message
+    assert "at most 100 characters" in message
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "zoo-mlp.v2", "x" * 100, "2024_model"])
+def test_safe_names_are_accepted_and_a_path_around_them_is_not(tmp_path: Path, name: str) -> None:
+    assert load_recipe(write(tmp_path, f'name = "{name}"\n')).settings == {"name": name}
+    assert "'name' must be a folder name" in load_error(tmp_path, f'name = "../{name}"\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[verify]\natol = nan\n", "[verify].atol"),
+        ("[verify]\nrtol = inf\n", "[verify].rtol"),
+        ("[quantize]\nmin_sqnr_db = nan\n", "[quantize].min_sqnr_db"),
+        ("[quantize]\nmax_abs = inf\n", "[quantize].max_abs"),
+        ("[quantize]\nqat_lr = inf\n", "[quantize].qat_lr"),
+        ("[optimize]\nmax_slowdown = nan\n", "[optimize].max_slowdown"),
+        ("[verify]\nseed = -1\n", "[verify].seed"),
+        ("[benchmark]\nthreads = 99999999999999999999\n", "[benchmark].threads"),
+    ],
+)
+def test_non_finite_numbers_and_out_of_range_ints_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    """``nan`` passed ``_is_number``; a negative seed or a huge thread count failed only at run time."""
+    message = load_error(tmp_path, text)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_deeply_nested_toml_is_a_recipe_error(tmp_path: Path) -> None:
+    """tomllib recurses per nesting level: RecursionError escaped load_recipe."""
+    message = load_error(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nests arrays or tables too deeply" in message
+
+
+def test_overlong_calibration_reference_is_not_an_os_error(tmp_path: Path) -> None:
+    """``Path.exists()`` raised OSError (name too long) out of load_recipe."""
+    ref = "x" * 5000 + ":load"
+    recipe = load_recipe(write(tmp_path, f'[quantize]\ncalibration = "{ref}"\n'))
+    assert recipe.settings["quantization"]["calibration"] == ref
+
+
+def test_quoted_key_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '"a\\nb" = 1\n')
+    assert "unknown key 'a\\nb'" in message
+    assert "\n" not in message
+
+
+def test_dim_label_must_be_an_identifier(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[inputs]\ndims."a b" = { min = 1 }\n')
+    assert "[inputs.dims] key 'a b' is not a dim label" in message
+
+
+def test_bad_spec_in_a_recipe_names_the_non_ascii_character(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[inputs]\nspecs = ["x:float32:\uff11"]\n')
+    assert "[inputs].specs" in message
+    assert "U+FF11 FULLWIDTH DIGIT ONE" in message
+
+
+# --- int8 budget: the same range checks for a recipe and for command-line flags -----------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_cosine": 5}, "--min-cosine 5 is outside [-1, 1]"),
+        ({"min_cosine": float("nan")}, "--min-cosine nan is outside [-1, 1]"),
+        ({"min_top1": 1.5}, "--min-top1 1.5 is outside [0, 1]"),
+        ({"min_sqnr_db": float("inf")}, "--min-sqnr inf must be a finite number of dB"),
+        ({"samples": 0}, "--calibration-samples 0 must be an integer >= 1"),
+        ({"max_float_layers": -1}, "[quantize].max_float_layers -1 must be an integer >= 0"),
+        ({"qat_steps": -5}, "[quantize].qat_steps -5 must be an integer >= 0"),
+        ({"qat_lr": 0.0}, "[quantize].qat_lr 0 must be a finite number > 0"),
+        ({"max_abs": -0.5}, "[quantize].max_abs -0.5 must be a finite number >= 0"),
+        ({"mode": "int4"}, "--quantize 'int4' is not a mode"),
+    ],
+)
+def test_quantize_options_check_the_budget(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        QuantizeOptions(**options)
+    assert str(info.value).startswith(message)
+
+
+def test_quantize_options_edges_are_legal() -> None:
+    options = QuantizeOptions(min_cosine=-1, min_top1=1.0, min_sqnr_db=-10.0, max_abs=0.0, qat_steps=0)
+    assert options.budget.min_cosine == -1
+    with pytest.raises(UsageError, match=r"--min-cosine -1\.001 is outside"):
+        QuantizeOptions(min_cosine=-1.001)
+
+
+def test_cli_min_cosine_out_of_range_exits_2_before_any_work(tmp_path: Path) -> None:
+    """``--min-cosine 5`` used to be accepted and fail only after a full run."""
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"never loaded: the flag is refused first")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("export", str(checkpoint), "--input", "x:float32:1,4", "--quantize", "static"),
+            *("--to", "onnx", "--min-cosine", "5", "--out", str(out)),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--min-cosine 5 is outside [-1, 1]" in " ".join(result.output.split())
+    assert not out.exists()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+import exporter.specs as specs_module
+from exporter.cli import app
 from exporter.errors import InputSpecError
 from exporter.specs import (
+    MAX_ELEMENTS,
     DimSpec,
     DynamicDim,
     InputSpec,
@@ -407,3 +413,127 @@ def test_tensor_spec_is_hashable_and_comparable() -> None:
     a = TensorSpec("x", "float32", (DimSpec(2, "batch"),))
     assert a == parse_tensor_spec("x:float32:batch=2")
     assert len({a, parse_tensor_spec("x:float32:batch=2")}) == 1
+
+
+# --- bad input is refused at parse time (exit 2), not mid-run ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "limits"),
+    [
+        ("x:float32:1:-1e308..1e308", "float32 ([-3.4028235e+38, 3.4028235e+38])"),
+        ("x:float32:1:0..1e39", "float32 ([-3.4028235e+38, 3.4028235e+38])"),
+        ("x:float16:1:0..70000", "float16 ([-65504, 65504])"),
+        ("x:float16:1:-65505..0", "float16 ([-65504, 65504])"),
+    ],
+)
+def test_float_range_outside_the_dtype_is_refused(text: str, limits: str) -> None:
+    """numpy's uniform overflowed (exit 3) on ranges the dtype cannot hold."""
+    with pytest.raises(InputSpecError) as info:
+        parse_tensor_spec(text)
+    message = str(info.value)
+    assert f"range '{text.rsplit(':', 1)[1]}'" in message
+    assert limits in message
+    assert "\n" not in message
+
+
+def test_float64_range_whose_width_overflows_is_refused() -> None:
+    with pytest.raises(InputSpecError) as info:
+        parse_tensor_spec("x:float64:1:-1e308..1e308")
+    message = str(info.value)
+    assert "range '-1e308..1e308'" in message
+    assert "too wide" in message
+    assert "1.7976931e+308" in message
+    for legal in ("x:float16:8:-65504..65504", "x:float64:8:-8e307..8e307"):  # the limits themselves draw
+        assert np.isfinite(parse_and_draw(legal)["x"]).all()
+
+
+def test_int64_range_up_to_two_to_the_63_is_exact() -> None:
+    """Bounds parsed through float lost precision: 2**63 - 1 was read as 2**63 and refused."""
+    spec = parse_tensor_spec("x:int64:4:9223372036854775806..9223372036854775807")
+    assert (spec.low, spec.high) == (2**63 - 2, 2**63 - 1)
+    assert (parse_and_draw(str(spec))["x"] == 2**63 - 2).all()
+    with pytest.raises(InputSpecError, match=r"range '0\.\.9223372036854775809' does not fit int64"):
+        parse_tensor_spec("x:int64:4:0..9223372036854775809")
+
+
+@pytest.mark.parametrize(
+    ("text", "char"),
+    [
+        ("x:float32:\uff11,\uff13", "'\uff11' (U+FF11 FULLWIDTH DIGIT ONE)"),
+        ("x:float32:batch=\u0663,4", "'\u0663' (U+0663 ARABIC-INDIC DIGIT THREE)"),
+        ("x:float32:1,3:0..\uff11", "'\uff11' (U+FF11 FULLWIDTH DIGIT ONE)"),
+        ("x:float32:1,3:\u22121..1", "'\u2212' (U+2212 MINUS SIGN)"),
+        ("x:int64:2:0..\u0967\u0966", "'\u0967' (U+0967 DEVANAGARI DIGIT ONE)"),
+        ("x\uff1afloat32\uff1a1", "'\uff1a' (U+FF1A FULLWIDTH COLON)"),
+        ("x:float32:\u20073", "U+2007 FIGURE SPACE"),
+    ],
+)
+def test_non_ascii_characters_are_refused_by_name(text: str, char: str) -> None:
+    """``int('\uff11')`` is 1: a full-width spec used to be read as ASCII."""
+    with pytest.raises(InputSpecError) as info:
+        parse_tensor_spec(text)
+    assert char in str(info.value)
+    assert "non-ASCII" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "part"),
+    [
+        ("x:float32:1_0", "dim '1_0'"),
+        ("x:float32:+3", "dim '+3'"),
+        ("x:float32:1:0..1_0", "range '0..1_0'"),
+        ("x:float32:1:0x0..0x10", "range '0x0..0x10'"),
+        ("x:float32:1:-Infinity..0", "range '-Infinity..0' must be finite"),
+        ("x:float32:1:nan..1", "range 'nan..1' must be finite"),
+        ("x:float32:99999999999999999999", "dim '99999999999999999999' is too large"),
+    ],
+)
+def test_only_plain_ascii_number_syntax_is_legal(text: str, part: str) -> None:
+    with pytest.raises(InputSpecError) as info:
+        parse_tensor_spec(text)
+    assert part in str(info.value)
+
+
+def test_control_characters_are_escaped_in_the_one_line_message() -> None:
+    with pytest.raises(InputSpecError) as info:
+        parse_tensor_spec("a\nb:float32:1")
+    assert "\n" not in str(info.value)
+    assert r"NAME 'a\nb'" in str(info.value)
+
+
+def test_example_shape_too_large_to_draw_is_refused() -> None:
+    """``batch=100000000,1000`` raised MemoryError (exit 3) while drawing golden inputs."""
+    with pytest.raises(InputSpecError) as info:
+        parse_tensor_spec("x:float32:batch=100000000,1000")
+    message = str(info.value)
+    assert "[100000000, 1000] at the example size" in message
+    assert "400 GB as float32" in message
+    assert f"{MAX_ELEMENTS} elements" in message
+    assert "use a smaller example size; the dynamic dim's range can still be large" in message
+
+
+def test_largest_verification_case_too_large_to_draw_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example fits, but the ``large`` case (2x + 1) the verifier draws does not."""
+    monkeypatch.setattr(specs_module, "memory_limit", lambda: None)  # only the element cap, on any machine
+    tensor = parse_tensor_spec("x:uint8:batch=1500000000")
+    with pytest.raises(InputSpecError) as info:
+        InputSpec((tensor,))
+    message = str(info.value)
+    assert "input 'x': shape [3000000001] at verification case 'large'" in message
+    assert "use a smaller example size" in message
+    capped = InputSpec((tensor,), (DynamicDim("batch", 1, 1500000000),))  # a max keeps it in bounds
+    assert max(c.sizes["batch"] for c in shape_cases(capped)) == 1500000000
+
+
+def test_cli_refuses_bad_input_specs_with_exit_2(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"not read: the spec fails first")
+    for spec, part in [
+        ("x:float32:1:-1e308..1e308", "range '-1e308..1e308'"),
+        ("x:float32:batch=100000000,1000", "400 GB"),
+        ("x:float32:\uff11,\uff13", "U+FF11"),
+    ]:
+        result = CliRunner().invoke(app, ["export", str(checkpoint), "--input", spec, "--out", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert part in " ".join(result.output.split())

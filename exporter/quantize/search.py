@@ -83,11 +83,35 @@ class QuantizeOptions:
     metric: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", QuantMode(self.mode))
+        """Check the budget here, so a bad flag or recipe value fails before minutes of conversion."""
+        try:
+            object.__setattr__(self, "mode", QuantMode(self.mode))
+        except ValueError:
+            modes = ", ".join(m.value for m in QuantMode)
+            raise UsageError(f"--quantize {self.mode!r} is not a mode: use one of {modes}") from None
         if self.method != "auto" and self.method not in CALIBRATION_METHODS:
             raise UsageError(f"--calibration-method must be auto or one of {', '.join(CALIBRATION_METHODS)}")
-        if self.samples < 1:
-            raise UsageError("--calibration-samples must be at least 1")
+        for flag, count, least in (
+            ("--calibration-samples", self.samples, 1),
+            ("[quantize].max_float_layers", self.max_float_layers, 0),
+            ("[quantize].qat_steps", self.qat_steps, 0),
+        ):
+            if not isinstance(count, int) or isinstance(count, bool) or count < least:
+                raise UsageError(f"{flag} {count!r} must be an integer >= {least}")
+        bounds: tuple[tuple[str, float | None, bool, float, float, str], ...] = (
+            ("--min-cosine", self.min_cosine, False, -1.0, 1.0, "is outside [-1, 1]"),
+            ("--min-top1", self.min_top1, True, 0.0, 1.0, "is outside [0, 1]"),
+            ("--min-sqnr", self.min_sqnr_db, True, -math.inf, math.inf, "must be a finite number of dB"),
+            ("[quantize].max_abs", self.max_abs, True, 0.0, math.inf, "must be a finite number >= 0"),
+            ("[quantize].qat_lr", self.qat_lr, False, math.ulp(0.0), math.inf, "must be a finite number > 0"),
+        )
+        for flag, value, optional, low, high, expected in bounds:
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"{flag} {value!r} {expected}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise UsageError(f"{flag} {value:g} {expected}")
 
     @property
     def budget(self) -> ParityBudget:
