@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= artifacts/digits_cnn
 
-.PHONY: demo test gate lint clean
+.PHONY: demo test test-fast gate lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy exporter
 	$(PY) -m pytest
+
+# The quick loop for local work: lint, types and the tests not marked slow (CI runs `make test`).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy exporter
+	$(PY) -m pytest -m "not slow"
 
 # The CI gate over the bundled recipes (exit codes as documented in the README).
 gate: $(STAMP)

@@ -225,7 +225,8 @@ def export_command(
         int | None, typer.Option("--opset", min=7, max=30, help="ONNX opset [default: the exporter's].")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Threads for every backend [default: all CPUs].")
+        int | None,
+        typer.Option("--threads", min=1, max=4096, help="Threads for every backend [default: all CPUs]."),
     ] = None,
     trust_checkpoint: Annotated[
         bool,
@@ -240,7 +241,9 @@ def export_command(
     simplify: Annotated[
         bool | None, typer.Option("--simplify/--no-simplify", help="Try onnxsim [default: on].")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for drawn inputs [default: 0].")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Seed for drawn inputs [default: 0].")
+    ] = None,
     benchmark: Annotated[
         bool | None, typer.Option("--benchmark/--no-benchmark", help="Measure latency [default: on].")
     ] = None,
@@ -502,7 +505,7 @@ def verify_command(
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Threads [default: all CPUs].")
+        int | None, typer.Option("--threads", min=1, max=4096, help="Threads [default: all CPUs].")
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write results as JSON (- for stdout).")
@@ -572,7 +575,8 @@ def run_command(
     ),
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Recipes run in parallel processes.")] = 1,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Threads per recipe [default: CPUs / jobs].")
+        int | None,
+        typer.Option("--threads", min=1, max=4096, help="Threads per recipe [default: CPUs / jobs]."),
     ] = None,
     benchmark: Annotated[bool, typer.Option("--benchmark/--no-benchmark", help="Measure latency.")] = True,
     baseline_dir: Annotated[

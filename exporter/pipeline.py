@@ -71,6 +71,7 @@ from exporter.quantize import (
     load_samples,
     run_quantization,
 )
+from exporter.recipe import is_safe_name
 from exporter.report import render_reports
 from exporter.runners import (
     AotInductorRunner,
@@ -143,6 +144,13 @@ class ExportOptions:
                 optimization["steps"] = tuple(optimization["steps"])
             values["optimization"] = OptimizeOptions(**optimization)
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.out is None and not is_safe_name(self.model_name):
+            raise UsageError(
+                f"model name '{self.model_name}' (--name, or the checkpoint's file name) is not a safe "
+                "folder name for artifacts/<name>: use ASCII letters, digits, '.', '_' or '-', or pass --out"
+            )
 
     @property
     def model_name(self) -> str:

@@ -65,7 +65,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _is_safe_name(v: Any) -> bool:
+def is_safe_name(v: Any) -> bool:
     """One path component that stays inside ``--out``: no separators, no ``..``, no hidden folder."""
     return isinstance(v, str) and _SAFE_NAME.fullmatch(v) is not None
 
@@ -89,7 +89,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
     "": {
         "schema_version": (_is_int, "an integer"),
         "name": (
-            _is_safe_name,
+            is_safe_name,
             "a folder name: ASCII letters, digits, '.', '_' or '-', not starting with '.', at most 100 "
             "characters",
         ),

@@ -269,3 +269,27 @@ def test_unknown_target_exits_2(tmp_path: Path, state_dict_checkpoint: Callable[
     code, output = _invoke(state_dict_checkpoint("mlp"), "--to", "tensorrt", *_model_args("mlp"))
     assert code == 2
     assert "tensorrt" in output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--name", "../../escape"], "not a safe folder name"),
+        (["--seed", "-1"], "--seed"),
+        (["--threads", "99999999999"], "--threads"),
+    ],
+)
+def test_names_and_numbers_that_would_fail_later_exit_2_up_front(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    state_dict_checkpoint: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app, ["export", str(state_dict_checkpoint("mlp")), *_model_args("mlp"), *extra]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path.parent / "escape").exists()
