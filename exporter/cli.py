@@ -1,6 +1,7 @@
 """Command line: parse flags, call ``exporter.pipeline.export``, print. No pipeline logic lives here.
 
-Exit codes: 0 success; 1 verification failed (report written); 2 bad input or usage; 3 conversion failed.
+Exit codes: 0 success; 1 verification failed (report written); 2 bad input or usage; 3 conversion failed;
+4 latency budget missed; 5 internal error (a bug in exporter; traceback in a log file); 130/143 SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ def export_command(
     at several shapes, time them alike, write artifacts.
 
     Exit codes: 0 passed; 1 verification failed (report still written); 2 bad input or usage;
-    3 conversion failed.
+    3 conversion failed; 5 internal error; 130/143 interrupted (nothing written).
     """
     flags = {
         "checkpoint": checkpoint,

@@ -125,6 +125,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "atol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "rtol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "fail_on_nonfinite": (lambda v: isinstance(v, bool), "true or false"),
     },
     "quantize": {
         "mode": (lambda v: v in QUANT_MODES, f"one of {', '.join(QUANT_MODES)}"),

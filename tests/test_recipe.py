@@ -410,3 +410,12 @@ def test_cli_min_cosine_out_of_range_exits_2_before_any_work(tmp_path: Path) -> 
     assert result.exit_code == 2, result.output
     assert "--min-cosine 5 is outside [-1, 1]" in " ".join(result.output.split())
     assert not out.exists()
+
+
+def test_fail_on_nonfinite_is_a_verify_key(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("schema_version = 1\n[verify]\nfail_on_nonfinite = true\n")
+    assert load_recipe(recipe).settings["fail_on_nonfinite"] is True
+    recipe.write_text('schema_version = 1\n[verify]\nfail_on_nonfinite = "yes"\n')
+    with pytest.raises(RecipeError, match="fail_on_nonfinite"):
+        load_recipe(recipe)
