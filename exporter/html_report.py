@@ -5,34 +5,32 @@ Cell texts come from the table builders in ``exporter.report`` (the ones ``repor
 summary use), so the numbers on the page never disagree with the other two. Every string taken from the
 report is escaped: checkpoint paths, notes and error messages are whatever the model and its tools said.
 The output is a pure function of the report (no clock, no randomness), so two renders diff cleanly.
+The SVG charts are built in ``exporter._svg``, the chart-free sections in ``exporter._html_sections``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from html import escape
 from typing import Any
 
+from exporter._html_sections import (
+    environment_section,
+    notes_section,
+    optimization_section,
+    resources_section,
+    stages_section,
+    table_html,
+)
+from exporter._svg import SHIPPED_MARK, esc, int8_scatter, latency_chart
 from exporter.report import (
-    Table,
-    _num,
     latency_table,
     nonfinite_table,
     nonfinite_warning,
     parity_matrix,
     parity_table,
     quantization_table,
-    stage_table,
 )
 
 __all__ = ["render_html"]
-
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies, and dark enough on white.
-_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#7A6A00", "#004D40")
-_EAGER = "pytorch-eager"
-_EAGER_COLOUR = "#8A8F98"
-_SHIPPED_MARK = "★"
 
 _CSS = """
 :root { --pass:#1e6b34; --pass-bg:#e3f3e7; --fail:#a8071a; --fail-bg:#fde4e4; --arb:#7a5200;
@@ -92,62 +90,11 @@ ul.notes li { margin: 3px 0; overflow-wrap: anywhere; }
 # ---- small helpers ----------------------------------------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    """Escape anything from the report for text and for quoted attributes (it may hold ``<`` or quotes)."""
-    return escape(str(value), quote=True)
-
-
-def _f(value: float) -> str:
-    """SVG coordinates with one decimal: short, and identical across runs and platforms."""
-    text = f"{value:.1f}"
-    return "0.0" if text == "-0.0" else text
-
-
-def _table_html(
-    table: Table,
-    *,
-    table_id: str | None = None,
-    numeric: Iterable[int] = (),
-    row_classes: Sequence[str] | None = None,
-) -> str:
-    """A report.Table as HTML; ``numeric`` columns are right-aligned so digits line up."""
-    headers, rows = table
-    right = set(numeric)
-    ident = f' id="{table_id}"' if table_id else ""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = []
-    for index, row in enumerate(rows):
-        cls = f' class="{row_classes[index]}"' if row_classes and row_classes[index] else ""
-        cells = "".join(
-            f'<td class="num">{_e(cell)}</td>' if column in right else f"<td>{_e(cell)}</td>"
-            for column, cell in enumerate(row)
-        )
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return (
-        f'<div class="table-wrap"><table{ident}><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
-
-
 def _size(num_bytes: int) -> str:
     for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if num_bytes >= scale:
             return f"{num_bytes / scale:.1f} {unit}"
     return f"{num_bytes} B"
-
-
-def _svg_text(x: float, y: float, content: str, *, anchor: str = "start", css: str = "") -> str:
-    """One SVG <text>; ``content`` is escaped here, so callers pass raw strings."""
-    style = f" {css}" if css else ""
-    return f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}"{style}>{_e(content)}</text>'
-
-
-def _svg_open(width: int, height: int, title: str) -> str:
-    """Inline SVG without ``xmlns`` (HTML parsing does not need it, and the page stays free of URLs)."""
-    return (
-        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'font-size="12"><title>{_e(title)}</title>'
-    )
 
 
 # ---- 1. header --------------------------------------------------------------------------------------------
@@ -159,44 +106,44 @@ def _header(report: dict[str, Any]) -> str:
     facts: list[tuple[str, str]] = [
         (
             "Checkpoint",
-            f"<code>{_e(source['checkpoint'])}</code> ({_e(source['format'])}, "
-            f"{source['parameter_count']:,} parameters, {_e(_size(source['file_size']))}, "
-            f"sha256 <code>{_e(source['sha256'][:16])}…</code>)",
+            f"<code>{esc(source['checkpoint'])}</code> ({esc(source['format'])}, "
+            f"{source['parameter_count']:,} parameters, {esc(_size(source['file_size']))}, "
+            f"sha256 <code>{esc(source['sha256'][:16])}…</code>)",
         )
     ]
     if source.get("model_class"):
-        facts.append(("Model class", f"<code>{_e(source['model_class'])}</code>"))
+        facts.append(("Model class", f"<code>{esc(source['model_class'])}</code>"))
     date = report.get("created_utc") or report.get("date")
     if date:
-        facts.append(("Date", _e(date)))
+        facts.append(("Date", esc(date)))
     inputs = report.get("input_spec", {}).get("inputs", [])
     if inputs:
-        specs = ", ".join(f"<code>{_e(i['spec'])}</code>" for i in inputs)
-        facts.append(("Inputs", f"{specs} (seed {_e(report.get('seed'))})"))
+        specs = ", ".join(f"<code>{esc(i['spec'])}</code>" for i in inputs)
+        facts.append(("Inputs", f"{specs} (seed {esc(report.get('seed'))})"))
     conversion = report.get("conversion")
     if conversion:
         facts.append(
             (
                 "ONNX",
-                f"opset {_e(conversion['opset'])}, {_e(conversion['exporter'])} exporter, "
-                f"{_e(conversion['node_count'])} nodes as exported, "
-                f"{_e(conversion['simplified_node_count'] or '-')} simplified",
+                f"opset {esc(conversion['opset'])}, {esc(conversion['exporter'])} exporter, "
+                f"{esc(conversion['node_count'])} nodes as exported, "
+                f"{esc(conversion['simplified_node_count'] or '-')} simplified",
             )
         )
     shipped = ", ".join(
-        f"{_e(b['backend'])}: {_e(b['shipped'])} ({'verified' if b['passed'] else 'FAILED'})"
+        f"{esc(b['backend'])}: {esc(b['shipped'])} ({'verified' if b['passed'] else 'FAILED'})"
         for b in report["backends"]
     )
     facts.append(("Shipped", shipped))
     artifacts = report.get("artifacts") or {}
     if artifacts:
-        listed = ", ".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in artifacts.items())
+        listed = ", ".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in artifacts.items())
         facts.append(("Artifacts", listed))
     rows = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
     return (
-        f'<header id="summary"><h1>Export report: {_e(report["name"])} '
+        f'<header id="summary"><h1>Export report: {esc(report["name"])} '
         f'<span class="badge {"passed" if status == "passed" else "failed"}" id="status">'
-        f"{_e(status.upper())}</span></h1>"
+        f"{esc(status.upper())}</span></h1>"
         f'<dl class="facts">{rows}</dl></header>'
     )
 
@@ -206,8 +153,8 @@ def _nonfinite_section(report: dict[str, Any]) -> str:
     warning = nonfinite_warning(report)
     if warning is None:
         return ""
-    table = _table_html(nonfinite_table(report), table_id="nonfinite-table", numeric=(2, 3, 4, 5))
-    return f'<section class="warning" id="nonfinite"><p>{_e(warning)}</p>{table}</section>'
+    table = table_html(nonfinite_table(report), table_id="nonfinite-table", numeric=(2, 3, 4, 5))
+    return f'<section class="warning" id="nonfinite"><p>{esc(warning)}</p>{table}</section>'
 
 
 # ---- 2. parity matrix -------------------------------------------------------------------------------------
@@ -247,16 +194,16 @@ def _case_titles(parity: dict[str, Any]) -> dict[str, str]:
 
 def _matrix_row(parity: dict[str, Any], names: list[str], cells: dict[str, str], *, shipped: bool) -> str:
     titles = _case_titles(parity)
-    artifact = _e(parity["artifact"]) + (f" {_SHIPPED_MARK} shipped" if shipped else "")
-    html = [f"<td>{_e(parity['backend'])}</td><td>{artifact}</td>"]
+    artifact = esc(parity["artifact"]) + (f" {SHIPPED_MARK} shipped" if shipped else "")
+    html = [f"<td>{esc(parity['backend'])}</td><td>{artifact}</td>"]
     if not shipped and all(cells.get(name, "-") == "-" for name in names):
         reasons = "; ".join(_failures(parity)) or "not run on these cases"
-        html.append(f'<td class="fail" colspan="{len(names)}">{_e(reasons)}</td>')
+        html.append(f'<td class="fail" colspan="{len(names)}">{esc(reasons)}</td>')
     else:
         for name in names:
             text = cells.get(name, "-")
-            title = f' title="{_e(titles[name])}"' if name in titles else ""
-            html.append(f'<td class="{_cell_class(text)}"{title}>{_e(text)}</td>')
+            title = f' title="{esc(titles[name])}"' if name in titles else ""
+            html.append(f'<td class="{_cell_class(text)}"{title}>{esc(text)}</td>')
     if shipped:
         verdict = "verified" if parity["passed"] else "FAILED"
     else:
@@ -264,7 +211,7 @@ def _matrix_row(parity: dict[str, Any], names: list[str], cells: dict[str, str],
     cls = "pass" if parity["passed"] else "fail"
     if not shipped:
         cls = "none"
-    html.append(f'<td class="{cls}">{_e(verdict)}</td>')
+    html.append(f'<td class="{cls}">{esc(verdict)}</td>')
     return f'<tr class="{"shipped" if shipped else "candidate"}">{"".join(html)}</tr>'
 
 
@@ -284,20 +231,20 @@ def _parity_section(report: dict[str, Any]) -> str:
                 alone_headers, alone_rows = parity_matrix(alone)
                 cells = dict(zip(alone_headers[2:], alone_rows[0][2:], strict=True))
             body.append(_matrix_row(parity, names, cells, shipped=shipped))
-    head = "".join(f"<th>{_e(h)}</th>" for h in [*headers, "verdict"])
+    head = "".join(f"<th>{esc(h)}</th>" for h in [*headers, "verdict"])
     tolerance = report["parity"][0]["tolerance"] if report["parity"] else {"atol": "-", "rtol": "-"}
     arbitrated = any(p.get("float64_arbitrated") for p in report["parity"])
     legend = (
         '<p class="legend"><span class="swatch pass"></span>pass <span class="swatch fail"></span>fail '
         '<span class="swatch arb"></span>pass by float64 arbitration (<code>*</code>) · cells show the '
-        f"worst max abs diff over outputs · {_SHIPPED_MARK} marks the artifact each backend ships; the "
+        f"worst max abs diff over outputs · {SHIPPED_MARK} marks the artifact each backend ships; the "
         "candidates it tried before are dimmed under it · hover a cell for every output's diffs</p>"
     )
-    details = _table_html(parity_table(report), numeric=(4, 5, 6))
+    details = table_html(parity_table(report), numeric=(4, 5, 6))
     return (
         '<section id="parity"><h2>Parity</h2>'
         "<p>Each element passes when |a - b| ≤ atol + rtol·|b| against PyTorch eager float32 "
-        f"(atol={_e(tolerance['atol'])}, rtol={_e(tolerance['rtol'])})"
+        f"(atol={esc(tolerance['atol'])}, rtol={esc(tolerance['rtol'])})"
         + ("; some artifacts only passed after re-running the reference in float64." if arbitrated else ".")
         + "</p>"
         + legend
@@ -311,85 +258,21 @@ def _parity_section(report: dict[str, Any]) -> str:
 # ---- 3. latency -------------------------------------------------------------------------------------------
 
 
-def _colours(backends: Iterable[str]) -> dict[str, str]:
-    """A fixed colour per backend across every batch group; eager PyTorch (the baseline) is grey."""
-    colours = {}
-    others = [b for b in dict.fromkeys(backends) if b != _EAGER]
-    for index, backend in enumerate(others):
-        colours[backend] = _PALETTE[index % len(_PALETTE)]
-    colours[_EAGER] = _EAGER_COLOUR
-    return colours
-
-
-def _latency_chart(report: dict[str, Any]) -> str:
-    """Horizontal bars of p50 per backend, one group per batch, each group on its own scale.
-
-    A shared scale would shrink batch=1 bars to slivers next to batch=64; within a group every bar is
-    comparable and the printed value carries the absolute number.
-    """
-    stats = report["latency"]
-    rows = latency_table(report)[1]  # the table's own strings, so chart and table agree to the digit
-    labels = list(dict.fromkeys(s["label"] for s in stats))
-    colours = _colours(s["backend"] for s in stats)
-    width, left, bar_max, row_h, group_gap = 860, 170, 470, 20, 14
-    height = 10 + sum(22 + row_h * sum(s["label"] == label for s in stats) + group_gap for label in labels)
-    parts = [_svg_open(width, height, "p50 latency per backend, grouped by batch")]
-    y = 10.0
-    for label in labels:
-        group = [(s, row) for s, row in zip(stats, rows, strict=True) if s["label"] == label]
-        scale_max = max(s["p50_ms"] for s, _ in group) or 1.0
-        parts.append(_svg_text(0, y + 14, label, css='font-weight="700" font-size="13"'))
-        parts.append(
-            _svg_text(
-                left + bar_max,
-                y + 14,
-                f"bars scaled to {scale_max:.3g} ms",
-                anchor="end",
-                css='fill="#5f6670" font-size="11"',
-            )
-        )
-        y += 22
-        parts.append(
-            f'<line x1="{left}" y1="{_f(y)}" x2="{left}" y2="{_f(y + row_h * len(group))}" '
-            'stroke="#9aa1ab" stroke-width="1"/>'
-        )
-        for s, row in group:
-            length = max(bar_max * s["p50_ms"] / scale_max, 1.0)
-            colour = colours[s["backend"]]
-            speed = "baseline" if s["backend"] == _EAGER else f"{row[6]} vs eager"
-            slow = s["speedup_vs_eager"] is not None and s["speedup_vs_eager"] < 1 and s["backend"] != _EAGER
-            tip = f"{s['backend']} {label}: p50 {row[2]} ms, p90 {row[3]} ms, p99 {row[4]} ms, {speed}"
-            parts.append(_svg_text(left - 8, y + 14, s["backend"], anchor="end"))
-            parts.append(
-                f'<rect x="{left}" y="{_f(y + 3)}" width="{_f(length)}" height="{row_h - 6}" '
-                f'fill="{colour}" rx="2"><title>{_e(tip)}</title></rect>'
-            )
-            parts.append(
-                _svg_text(
-                    left + length + 6, y + 14, f"{row[2]} ms · {speed}", css='fill="#a8071a"' if slow else ""
-                )
-            )
-            y += row_h
-        y += group_gap
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def _latency_section(report: dict[str, Any]) -> str:
     if not report["latency"]:
         return '<section id="latency"><h2>Latency</h2><p id="latency-chart">Not measured.</p></section>'
     timing = report.get("timing") or {}
     threads = report["latency"][0].get("threads")
     how = (
-        f"Same threads for every backend ({_e(threads)}); {_e(timing.get('warmup', '-'))} warm-up runs, "
-        f"then at least {_e(timing.get('min_runs', '-'))} runs and {_e(timing.get('min_seconds', '-'))} s. "
+        f"Same threads for every backend ({esc(threads)}); {esc(timing.get('warmup', '-'))} warm-up runs, "
+        f"then at least {esc(timing.get('min_runs', '-'))} runs and {esc(timing.get('min_seconds', '-'))} s. "
         "Speedup is against eager PyTorch at the same batch; red text is slower than eager."
     )
     return (
         f'<section id="latency"><h2>Latency</h2><p>{how}</p>'
-        f'<figure id="latency-chart">{_latency_chart(report)}'
+        f'<figure id="latency-chart">{latency_chart(report)}'
         "<figcaption>p50 latency per backend (shorter is faster), grouped by batch.</figcaption></figure>"
-        f"{_table_html(latency_table(report), table_id='latency-table', numeric=range(2, 8))}</section>"
+        f"{table_html(latency_table(report), table_id='latency-table', numeric=range(2, 8))}</section>"
     )
 
 
@@ -425,143 +308,6 @@ def _int8_points(quant: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
     return points, unplotted
 
 
-def _ticks_log(lo: float, hi: float) -> list[float]:
-    """Ratio ticks for a log axis: powers of two, refined with in-between values when the range is narrow
-    (candidates often sit within 0.8x-1.3x of float)."""
-    powers = [2.0**k for k in range(-8, 11)]
-    levels = [
-        powers,
-        sorted({*powers, 0.75, 1.5, 3, 6, 12, 24, 48}),
-        sorted({*powers, 0.75, 1.5, 3, 6, 12, 24, 48, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3, 1.4}),
-    ]
-    ticks: list[float] = []
-    for level in levels:
-        ticks = [t for t in level if lo <= t <= hi]
-        if len(ticks) >= 4:
-            break
-    while len(ticks) > 8:
-        ticks = [t for i, t in enumerate(ticks) if i % 2 == 0 or t == 1]
-    return ticks
-
-
-def _ticks_linear(lo: float, hi: float) -> list[float]:
-    raw = (hi - lo) / 5
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step) * step
-    count = int((hi - first) / step + 1e-9) + 1
-    return [round(first + i * step, 10) for i in range(count)]
-
-
-def _place_label(
-    x: float, y: float, text: str, placed: list[tuple[float, float, float, float]], right_edge: float
-) -> tuple[float, float, str]:
-    """Put a point's label beside it without covering another label (nearby points are common:
-    PT2E static and QAT often land on the same spot)."""
-    width = 7.0 * len(text) + 4
-    anchor, x0 = ("start", x + 9) if x + 9 + width < right_edge else ("end", x - 9)
-    left = x0 if anchor == "start" else x0 - width
-    for offset in (0, 14, -14, 28, -28, 42, -42, 56, -56):
-        top = y + offset - 10
-        if all(left + width < a or a + w < left or top + 14 < b or b + h < top for a, b, w, h in placed):
-            placed.append((left, top, width, 14))
-            return x0, y + offset + 4, anchor
-    placed.append((left, y - 10, width, 14))
-    return x0, y + 4, anchor
-
-
-def _int8_scatter(quant: dict[str, Any], points: list[dict[str, Any]]) -> str:
-    """Latency vs parity: each candidate's p50 relative to float (log x) against its worst cosine."""
-    width, height = 860, 430
-    px0, px1, py0, py1 = 80.0, 700.0, 24.0, 370.0
-    budget = quant["budget"].get("min_cosine")
-    xs = [p["x"] for p in points] + [1.0]
-    ys = [p["y"] for p in points] + [1.0] + ([budget] if budget is not None else [])
-    lx_lo, lx_hi = math.log(min(xs)), math.log(max(xs))
-    pad = max((lx_hi - lx_lo) * 0.12, 0.1)
-    lx_lo, lx_hi = lx_lo - pad, lx_hi + pad
-    y_lo, y_hi = min(ys), 1.0
-    span = max(y_hi - y_lo, 1e-4)
-    y_lo, y_hi = y_lo - span * 0.12, y_hi + span * 0.06
-
-    def sx(value: float) -> float:
-        return px0 + (math.log(value) - lx_lo) / (lx_hi - lx_lo) * (px1 - px0)
-
-    def sy(value: float) -> float:
-        return py1 - (value - y_lo) / (y_hi - y_lo) * (py1 - py0)
-
-    parts = [_svg_open(width, height, "int8 candidates: latency relative to float vs min cosine")]
-    if budget is not None:  # shade where the budget holds, so "inside the box" reads as acceptable
-        parts.append(
-            f'<rect x="{_f(px0)}" y="{_f(py0)}" width="{_f(px1 - px0)}" height="{_f(sy(budget) - py0)}" '
-            'fill="#e3f3e7"/>'
-        )
-    for tick in _ticks_log(math.exp(lx_lo), math.exp(lx_hi)):
-        x = sx(tick)
-        parts.append(f'<line x1="{_f(x)}" y1="{_f(py0)}" x2="{_f(x)}" y2="{_f(py1)}" stroke="#e4e7ec"/>')
-        parts.append(_svg_text(x, py1 + 16, f"{tick:g}x", anchor="middle", css='fill="#5f6670"'))
-    for tick in _ticks_linear(y_lo, min(y_hi, 1.0)):  # a cosine above 1 is impossible
-        y = sy(tick)
-        parts.append(f'<line x1="{_f(px0)}" y1="{_f(y)}" x2="{_f(px1)}" y2="{_f(y)}" stroke="#e4e7ec"/>')
-        parts.append(_svg_text(px0 - 6, y + 4, f"{tick:.6g}", anchor="end", css='fill="#5f6670"'))
-    parts.append(
-        f'<rect x="{_f(px0)}" y="{_f(py0)}" width="{_f(px1 - px0)}" height="{_f(py1 - py0)}" '
-        'fill="none" stroke="#9aa1ab"/>'
-    )
-    x1 = sx(1.0)
-    parts.append(
-        f'<line x1="{_f(x1)}" y1="{_f(py0)}" x2="{_f(x1)}" y2="{_f(py1)}" stroke="#9aa1ab" '
-        'stroke-dasharray="3 3"/>'
-    )
-    if budget is not None:
-        yb = sy(budget)
-        parts.append(
-            f'<line x1="{_f(px0)}" y1="{_f(yb)}" x2="{_f(px1)}" y2="{_f(yb)}" stroke="#a8071a" '
-            'stroke-width="1.5" stroke-dasharray="6 4"/>'
-        )
-        parts.append(
-            _svg_text(px1 + 6, yb + 4, f"budget: cosine ≥ {budget:g}", css='fill="#a8071a" font-size="11"')
-        )
-    parts.append(
-        _svg_text(
-            (px0 + px1) / 2,
-            height - 22,
-            "p50 relative to float ONNX Runtime (log scale; left of 1x is faster)",
-            anchor="middle",
-        )
-    )
-    parts.append(
-        f'<text x="18" y="{_f((py0 + py1) / 2)}" text-anchor="middle" '
-        f'transform="rotate(-90 18 {_f((py0 + py1) / 2)})">min cosine over outputs (higher is closer)</text>'
-    )
-    placed: list[tuple[float, float, float, float]] = []
-    fx, fy = sx(1.0), sy(1.0)
-    parts.append(
-        f'<rect x="{_f(fx - 6)}" y="{_f(fy - 6)}" width="12" height="12" fill="#8A8F98" '
-        'transform="rotate(45 ' + f'{_f(fx)} {_f(fy)})"><title>float model (reference)</title></rect>'
-    )
-    lx, ly, anchor = _place_label(fx, fy, "float", placed, width)
-    parts.append(_svg_text(lx, ly, "float", anchor=anchor, css='fill="#5f6670"'))
-    for p in sorted(points, key=lambda q: (not q["chosen"], q["name"])):
-        x, y = sx(p["x"]), sy(p["y"])
-        colour = "#1e6b34" if p["passed"] else "#a8071a"
-        tip = f"{p['name']}: p50 x{p['x']:.2f} of float at {p['label']}, min cosine {p['y']:.4f}"
-        if p["chosen"]:
-            parts.append(
-                f'<circle cx="{_f(x)}" cy="{_f(y)}" r="11" fill="none" stroke="#0072B2" stroke-width="2.5"/>'
-            )
-        parts.append(
-            f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{6 if p["chosen"] else 5}" fill="{colour}" '
-            f'fill-opacity="0.85" stroke="#fff"><title>{_e(tip)}</title></circle>'
-        )
-        text = p["name"] + (f" {_SHIPPED_MARK} shipped" if p["chosen"] else "")
-        lx, ly, anchor = _place_label(x + (5 if p["chosen"] else 0), y, text, placed, width)
-        weight = ' font-weight="700"' if p["chosen"] else ""
-        parts.append(_svg_text(lx, ly, text, anchor=anchor, css=f'fill="{colour}"{weight}'))
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def _int8_section(report: dict[str, Any]) -> str:
     quant = report["quantization"]
     calibration, formats = quant["calibration"], quant["formats"]
@@ -572,16 +318,16 @@ def _int8_section(report: dict[str, Any]) -> str:
     at = f" at {first['label']}" if first else ""
     html = [
         '<section id="int8"><h2>Int8</h2>',
-        f"<p>Mode <code>{_e(quant['mode'])}</code>; budget: {_e(quant['budget']['text'])}. Calibration: "
-        f"<code>{_e(calibration['source'])}</code> ({_e(calibration['samples'])} samples, "
-        f"{_e(calibration['method'])}); parity judged on {_e(calibration['evaluation_samples'])} held-out "
-        f"samples. Formats: activations {_e(formats['activation'])}, weights {_e(formats['weight'])} "
-        f"({_e(formats['reason'])}).</p>",
+        f"<p>Mode <code>{esc(quant['mode'])}</code>; budget: {esc(quant['budget']['text'])}. Calibration: "
+        f"<code>{esc(calibration['source'])}</code> ({esc(calibration['samples'])} samples, "
+        f"{esc(calibration['method'])}); parity judged on {esc(calibration['evaluation_samples'])} held-out "
+        f"samples. Formats: activations {esc(formats['activation'])}, weights {esc(formats['weight'])} "
+        f"({esc(formats['reason'])}).</p>",
     ]
     if points:
         html.append(
-            f'<figure id="int8-scatter">{_int8_scatter(quant, points)}<figcaption>Each candidate\'s p50'
-            f"{_e(at)} relative to the float ONNX model (x, log scale) against its worst cosine over "
+            f'<figure id="int8-scatter">{int8_scatter(quant, points)}<figcaption>Each candidate\'s p50'
+            f"{esc(at)} relative to the float ONNX model (x, log scale) against its worst cosine over "
             "outputs (y). Green: within the parity budget; red: outside it; ringed: shipped; grey diamond: "
             "the float model.</figcaption></figure>"
         )
@@ -589,153 +335,12 @@ def _int8_section(report: dict[str, Any]) -> str:
         html.append('<p id="int8-scatter">No candidate was built and timed, so there is nothing to plot.</p>')
     failed = [c for c in quant["candidates"] if c["error"]]
     if failed or unplotted:
-        items = [f"<li><b>{_e(c['name'])}</b> failed to build: {_e(c['error'])}</li>" for c in failed]
-        items += [f"<li>not plotted: {_e(reason)}</li>" for reason in unplotted]
+        items = [f"<li><b>{esc(c['name'])}</b> failed to build: {esc(c['error'])}</li>" for c in failed]
+        items += [f"<li>not plotted: {esc(reason)}</li>" for reason in unplotted]
         html.append(f'<ul class="notes" id="int8-failed">{"".join(items)}</ul>')
-    html.append(_table_html(table, table_id="int8-table", numeric=(2, 4, 5, 6, 7), row_classes=chosen_rows))
+    html.append(table_html(table, table_id="int8-table", numeric=(2, 4, 5, 6, 7), row_classes=chosen_rows))
     html.append("</section>")
     return "".join(html)
-
-
-# ---- 5. stages, notes, environment ------------------------------------------------------------------------
-
-
-def _stages_section(report: dict[str, Any]) -> str:
-    headers, rows = stage_table(report)
-    longest = max((s["seconds"] for s in report["stages"]), default=0.0) or 1.0
-    body = []
-    for stage, row in zip(report["stages"], rows, strict=True):
-        status = stage["status"]
-        cls = "pass" if status == "passed" else "fail" if status == "failed" else "none"
-        share = 100.0 * stage["seconds"] / longest
-        body.append(
-            f'<tr><td>{_e(row[0])}</td><td class="{cls}">{_e(row[1])}</td>'
-            f'<td class="num">{_e(row[2])}</td>'
-            f'<td style="width:22%"><span class="stagebar" style="width:{share:.1f}%"></span></td>'
-            f"<td>{_e(row[3])}</td></tr>"
-        )
-    head = "".join(f"<th>{_e(h)}</th>" for h in [*headers[:3], "", *headers[3:]])
-    total = sum(s["seconds"] for s in report["stages"])
-    return (
-        f'<section><h2>Stages</h2><p>{total:.1f} s in all.</p><div class="table-wrap"><table id="stages">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
-    )
-
-
-def _notes_section(report: dict[str, Any]) -> str:
-    notes = report.get("notes") or []
-    if not notes:
-        return ""
-    items = "".join(f"<li>{_e(note)}</li>" for note in notes)
-    return f'<section id="notes"><h2>Notes</h2><ul class="notes">{items}</ul></section>'
-
-
-def _environment_section(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    packages = ", ".join(f"{_e(k)} {_e(v)}" for k, v in env.get("packages", {}).items() if v)
-    timing = report.get("timing") or {}
-    facts = [
-        ("Python", _e(env.get("python", "-"))),
-        ("Packages", packages or "-"),
-        ("exporter", _e(env.get("exporter", "-"))),
-        ("Platform", _e(env.get("platform", "-"))),
-        ("CPU", _e(env.get("cpu", "-"))),
-        ("CPU flags", _e(", ".join(env.get("cpu_flags", [])) or "no SIMD flags read")),
-        (
-            "Threads",
-            f"{_e(env.get('threads', '-'))} of {_e(env.get('logical_cpus', '-'))} logical CPUs "
-            f"({_e(env.get('usable_cpus', '-'))} usable)",
-        ),
-        ("Timing", ", ".join(f"{_e(k)} {_e(v)}" for k, v in timing.items()) or "-"),
-    ]
-    rows = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
-    return f'<section><h2>Environment</h2><dl class="facts" id="environment">{rows}</dl></section>'
-
-
-# ---- 6. optional sections ---------------------------------------------------------------------------------
-
-
-def _optimization_summary(summary: dict[str, Any]) -> str:
-    """One sentence on what shipped against the unoptimized model, when the pipeline recorded it."""
-    baseline = summary.get("baseline") or {}
-    timed = ", ".join(f"{t['label']} {_num(t['p50_ms'])} ms" for t in baseline.get("latency", []))
-    speedup = summary.get("speedup_vs_unoptimized")
-    text = f"Steps: {', '.join(summary.get('steps') or []) or 'none'}."
-    if baseline:
-        text += f" Unoptimized {baseline.get('label', '-')}: {timed or 'not timed'}."
-    if summary.get("shipped"):
-        text += f" Shipped {summary['shipped']}" + (
-            f" (p50 x{1 / speedup:.2f} of unoptimized)" if speedup else ""
-        )
-        text += "."
-    if summary.get("quantization_source"):
-        text += f" Int8 starts from {summary['quantization_source']}."
-    return f"<p>{_e(text)} A step is kept only if it verifies and is not slower than its input.</p>"
-
-
-def _optimization_section(steps: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
-    """Graph-optimization steps tried: kept or dropped, why, and the p50 each measured.
-
-    Needs only ``name``, ``kept``, ``reason`` and ``latency`` per step; the input/result/build-time/fused
-    columns appear when any step records them.
-    """
-    labels = list(dict.fromkeys(t["label"] for step in steps for t in step.get("latency") or []))
-    extra = [key for key in ("source", "result") if any(step.get(key) for step in steps)]
-    timed = any(step.get("seconds") is not None for step in steps)
-    fused = any(step.get("fused") for step in steps)
-    headers = [
-        "step",
-        *("input" if key == "source" else key for key in extra),
-        "kept",
-        "reason",
-        *(f"p50 ms {label}" for label in labels),
-        *(["build s"] if timed else []),
-        *(["graph"] if fused else []),
-    ]
-    body = []
-    baseline = (summary or {}).get("baseline")
-    if baseline and baseline.get("latency"):  # the row every step's p50 is read against
-        p50 = {t["label"]: t["p50_ms"] for t in baseline["latency"]}
-        cells = [f"<td>unoptimized: {_e(baseline.get('label', '-'))}</td>", *("<td></td>" for _ in extra)]
-        cells += ['<td class="none">baseline</td>', "<td></td>"]
-        cells += [f'<td class="num">{_e(_num(p50.get(label)))}</td>' for label in labels]
-        cells += ["<td></td>"] * (timed + fused)
-        body.append(f'<tr class="candidate">{"".join(cells)}</tr>')
-    for step in steps:
-        p50 = {t["label"]: t["p50_ms"] for t in step.get("latency") or []}
-        kept = bool(step["kept"])
-        cells = [f"<td>{_e(step['name'])}</td>", *(f"<td>{_e(step.get(key) or '-')}</td>" for key in extra)]
-        cells.append(f'<td class="{"pass" if kept else "fail"}">{"kept" if kept else "dropped"}</td>')
-        cells.append(f"<td>{_e(step.get('reason') or '')}</td>")
-        cells += [f'<td class="num">{_e(_num(p50.get(label)))}</td>' for label in labels]
-        if timed:
-            seconds = step.get("seconds")
-            cells.append(f'<td class="num">{"-" if seconds is None else _e(f"{seconds:.1f}")}</td>')
-        if fused:
-            graph = ", ".join(f"{k} {v}" for k, v in (step.get("fused") or {}).items())
-            cells.append(f"<td>{_e(graph or '-')}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    return (
-        "<section><h2>Graph optimization</h2>"
-        + (_optimization_summary(summary) if summary else "")
-        + '<div class="table-wrap"><table id="optimization">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
-    )
-
-
-def _resources_section(resources: dict[str, Any]) -> str:
-    rows: list[list[str]] = []
-    if resources.get("peak_rss_mb") is not None:
-        rows.append(["peak RSS", f"{resources['peak_rss_mb']:.1f} MB"])
-    rows += [
-        [f"load {backend}", f"{seconds:.3f} s"]
-        for backend, seconds in (resources.get("load_seconds") or {}).items()
-    ]
-    return (
-        "<section><h2>Resources</h2>"
-        f"{_table_html((['measure', 'value'], rows), table_id='resources', numeric=(1,))}</section>"
-    )
 
 
 # ---- the page ---------------------------------------------------------------------------------------------
@@ -750,17 +355,17 @@ def render_html(report: dict[str, Any]) -> str:
         _latency_section(report),
     ]
     if report.get("optimization"):  # before int8, as in the pipeline: int8 starts from the optimized graph
-        sections.append(_optimization_section(report["optimization"], report.get("optimization_summary")))
+        sections.append(optimization_section(report["optimization"], report.get("optimization_summary")))
     if report.get("quantization"):
         sections.append(_int8_section(report))
     if report.get("resources"):
-        sections.append(_resources_section(report["resources"]))
-    sections += [_stages_section(report), _notes_section(report), _environment_section(report)]
+        sections.append(resources_section(report["resources"]))
+    sections += [stages_section(report), notes_section(report), environment_section(report)]
     title = f"Export report: {report['name']} ({str(report.get('status', 'unknown')).upper()})"
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         + "\n".join(s for s in sections if s)
         + "\n</main>\n</body>\n</html>\n"
     )
