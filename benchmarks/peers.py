@@ -58,7 +58,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter._quiet import quiet
-from exporter.benchmark import LatencyStats, TimingConfig, measure_latency
+from exporter.benchmark import BatchPlan, TimingConfig, compare_latency
 from exporter.environment import collect_environment
 from exporter.errors import first_line
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
@@ -655,21 +655,10 @@ BUILDERS: dict[str, Callable[[Bench], Built]] = {
 # --------------------------------------------------------------------------------------------- harness
 
 
-def time_runner(runner: Runner, bench: Bench) -> dict[int, LatencyStats]:
-    """The one timing function every row goes through (warm-up, >= N runs and >= S seconds, percentiles)."""
-    return {
-        batch: measure_latency(
-            runner, inputs, config=bench.timing, threads=bench.threads, label=f"batch={batch}", batch=batch
-        )
-        for batch, inputs in bench.plans.items()
-    }
-
-
-def run_row(bench: Bench, path: str) -> Row:
-    """Build one path, check parity, time it, then free it before the next path is built."""
+def build_row(bench: Bench, path: str) -> tuple[Row, Built | None]:
+    """Build one path and check its parity; the built runner stays alive to be timed with the others."""
     row = Row(bench.case.name, path, PATHS[path])
     bench.log(f"{bench.case.name} {path}: building")
-    started = time.perf_counter()
     built: Built | None = None
     try:
         built = BUILDERS[path](bench)
@@ -678,23 +667,35 @@ def run_row(bench: Bench, path: str) -> Row:
         outputs = [built.runner.run(sample)[0] for sample in bench.held_out]
         row.min_cosine, top1 = compare(outputs, bench.reference)
         row.top1 = top1 if bench.case.kind == "logits" else None
-        bench.log(f"{bench.case.name} {path}: timing (min cosine {row.min_cosine:.4f})")
-        stats = time_runner(built.runner, bench)
-        row.p50_ms = {b: s.p50_ms for b, s in stats.items()}
-        row.p90_ms = {b: s.p90_ms for b, s in stats.items()}
-        row.runs = {b: s.runs for b, s in stats.items()}
+        bench.log(f"{bench.case.name} {path}: built (min cosine {row.min_cosine:.4f})")
     except Exception as error:
         row.error = f"{type(error).__name__}: {first_line(error, 240)}"
         row.p50_ms, row.p90_ms, row.runs = {}, {}, {}
         bench.log(f"{bench.case.name} {path}: FAILED {row.error}")
-    finally:
-        cleanup = built.cleanup if built else None
-        del built
-        if cleanup is not None:
-            cleanup()
-        gc.collect()
-    bench.log(f"{bench.case.name} {path}: done in {time.perf_counter() - started:.1f}s")
-    return row
+        _free(built)
+        built = None
+    return row, built
+
+
+def time_rows(bench: Bench, timed: Sequence[tuple[Row, Built]]) -> None:
+    """Every built path timed together, per batch size, in alternating blocks (``compare_latency``): all
+    paths share the machine's drift, which moved eager by 20-38 % within one run when they were timed one
+    after another."""
+    runners = [built.runner for _, built in timed]
+    for batch, inputs in bench.plans.items():
+        bench.log(f"{bench.case.name}: timing {len(runners)} paths at batch {batch}")
+        plan = BatchPlan(f"batch={batch}", batch, dict(inputs))
+        stats = compare_latency(runners, plan, config=bench.timing, threads=bench.threads)
+        for (row, _), result in zip(timed, stats, strict=True):
+            row.p50_ms[batch], row.p90_ms[batch], row.runs[batch] = result.p50_ms, result.p90_ms, result.runs
+
+
+def _free(built: Built | None) -> None:
+    cleanup = built.cleanup if built else None
+    del built
+    if cleanup is not None:
+        cleanup()
+    gc.collect()
 
 
 def describe_model(case: ModelCase, model: torch.nn.Module, reference: Sequence[np.ndarray]) -> str:
@@ -734,9 +735,14 @@ def run_model(
             log(f"{case.name}: FAILED to build the model: {message}")
             return [Row(case.name, "eager", PATHS["eager"], error=message)], f"{case.name}: {message}"
         description = describe_model(case, bench.model, bench.reference)
-        rows = [run_row(bench, path) for path in paths]
-        if rows and rows[0].path == "eager" and len(rows) > 1 and rows[0].error is None:
-            average_with_a_second_timing(rows[0], run_row(bench, "eager"))
+        built = [build_row(bench, path) for path in paths]
+        timed = [(row, b) for row, b in built if b is not None]
+        try:
+            time_rows(bench, timed)
+        finally:
+            for _, b in timed:
+                _free(b)
+        rows = [row for row, _ in built]
         del bench
         gc.collect()
     return rows, description
@@ -962,27 +968,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown model(s) or path(s): {', '.join(unknown)}")
     return args
-
-
-def average_with_a_second_timing(eager: Row, again: Row) -> None:
-    """Eager is timed first and again after every other path; its p50 becomes the geometric mean of the two.
-
-    Minutes pass between eager's timing and the last path's, and this machine's speed drifts by as much as
-    a target's margin in that time (seen here: eager p50 19 ms in one run, 27 ms in the next), so each
-    path's speedup is taken against eager's average over the run, and the note gives the drift.
-    """
-    if again.error is not None:
-        eager.note = (eager.note + f"; second timing failed: {again.error}").lstrip("; ")
-        return
-    drift = []
-    for batch, first in list(eager.p50_ms.items()):
-        second = again.p50_ms.get(batch)
-        if second:
-            eager.p50_ms[batch] = math.sqrt(first * second)
-            eager.p90_ms[batch] = math.sqrt(eager.p90_ms[batch] * again.p90_ms[batch])
-            drift.append(f"b{batch} {first:.2f} then {second:.2f} ms")
-    note = "p50 = geometric mean of a timing first and one last: " + ", ".join(drift)
-    eager.note = f"{eager.note}; {note}" if eager.note else note
 
 
 def fill_speedups(rows: Sequence[Row]) -> None:

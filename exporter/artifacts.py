@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -28,6 +28,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "check_output_dir",
     "file_inventory",
+    "jsonable",
     "output_lock",
     "read_document",
     "remove_stale_staging",
@@ -37,14 +38,20 @@ __all__ = [
     "write_sample_golden",
 ]
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION: Final = 1
 
 
-def read_document(folder: Path, name: str, schema_version: int) -> dict[str, Any]:
-    """``folder/name`` (manifest.json, report.json) as a dict, at the schema version this exporter reads.
+def read_document(
+    folder: Path, name: str, schema_version: int, use: str = "read", kind: str | None = None
+) -> dict[str, Any]:
+    """``folder/name`` (manifest.json, report.json) as a JSON object, at the schema version this exporter
+    reads; the typed readers (``exporter.manifest``, ``exporter.report_model``) check the rest.
+
+    ``use`` is what the caller does with it (verify, render), for the message on another schema version;
+    ``kind`` what it should be (``report``), for the message on a foreign document (default: ``name``'s stem).
 
     Raises:
-        UsageError: not an artifacts folder, no such file, not JSON, or another schema version.
+        UsageError: not an artifacts folder, no such file, not a JSON object, or another schema version.
     """
     if not folder.is_dir():
         raise UsageError(f"'{folder}' is not a folder; pass an artifacts folder written by exporter export")
@@ -53,11 +60,27 @@ def read_document(folder: Path, name: str, schema_version: int) -> dict[str, Any
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"'{folder}' has no {name}; is it an artifacts folder of exporter export?") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, bad UTF-8
         raise UsageError(f"'{path}' cannot be read as JSON: {first_line(error)}") from None
-    if not isinstance(document, dict) or document.get("schema_version") != schema_version:
-        found = document.get("schema_version") if isinstance(document, dict) else None
-        raise UsageError(f"'{path}' has schema_version {found!r}; this exporter reads {schema_version}")
+    named = f"{name} of '{folder}'"
+    damaged = f"not a {kind or name.removesuffix('.json')} written by this exporter, or damaged"
+    if not isinstance(document, dict):
+        raise UsageError(f"{named} is not a JSON object ({damaged})")
+    found = document.get("schema_version")
+    if "schema_version" not in document:
+        raise UsageError(f"{named} has no schema_version ({damaged})")
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise UsageError(f"{named} has schema_version {json.dumps(found)[:40]}, not an integer ({damaged})")
+    if found < schema_version:
+        raise UsageError(
+            f"{named} has schema_version {found}, written by an older exporter; this exporter reads "
+            f"{schema_version}: re-export it, or {use} it with the exporter that wrote it"
+        )
+    if found > schema_version:
+        raise UsageError(
+            f"{named} has schema_version {found}, written by a newer exporter; this exporter reads "
+            f"{schema_version}: upgrade exporter to {use} it"
+        )
     return document
 
 
@@ -228,6 +251,12 @@ def file_inventory(root: Path, exclude: Sequence[str] = ()) -> dict[str, dict[st
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def jsonable(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as a reader of ``write_json``'s file gets it back (paths as strings, tuples as lists)."""
+    result: dict[str, Any] = json.loads(json.dumps(payload, default=_jsonable))
+    return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -6,7 +6,7 @@ Numbers here are measurements for the report, never assertions: tests check thei
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,7 +15,15 @@ import numpy as np
 from exporter.runners import Runner
 from exporter.specs import InputSpec, make_inputs
 
-__all__ = ["BatchPlan", "LatencyStats", "TimingConfig", "batch_plans", "measure_latency", "p50_per_plan"]
+__all__ = [
+    "BatchPlan",
+    "LatencyStats",
+    "TimingConfig",
+    "batch_plans",
+    "compare_latency",
+    "measure_latency",
+    "p50_per_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,10 @@ class TimingConfig:
     min_seconds: float = 1.0
     max_runs: int = 5000
     max_seconds: float = 15.0
+    block_calls: int = 5
+    """Calls timed per candidate per round when candidates are compared (``compare_latency``)."""
+    warm_seconds: float = 0.05
+    """Untimed calls before each block, for about this long: the previous candidate's threads settle."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +114,18 @@ def measure_latency(
         enough = len(samples) >= config.min_runs and elapsed >= config.min_seconds
         if enough or len(samples) >= config.max_runs or elapsed >= config.max_seconds:
             break
+    return _stats(runner.name, BatchPlan(label, batch, dict(inputs)), threads, samples)
+
+
+def _stats(backend: str, plan: BatchPlan, threads: int, samples: Sequence[float]) -> LatencyStats:
+    """Percentiles of call times in ms; throughput counts samples (``batch`` per call) per second at p50."""
     times = np.asarray(samples)
     p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
     return LatencyStats(
-        backend=runner.name,
-        label=label,
-        batch=batch,
-        input_shapes={n: list(a.shape) for n, a in inputs.items()},
+        backend=backend,
+        label=plan.label,
+        batch=plan.batch,
+        input_shapes={n: list(a.shape) for n, a in plan.inputs.items()},
         threads=threads,
         runs=len(samples),
         p50_ms=p50,
@@ -116,17 +133,70 @@ def measure_latency(
         p99_ms=p99,
         mean_ms=float(times.mean()),
         min_ms=float(times.min()),
-        throughput_per_s=(batch or 1) * 1000.0 / p50 if p50 > 0 else float("inf"),
+        throughput_per_s=(plan.batch or 1) * 1000.0 / p50 if p50 > 0 else float("inf"),
     )
 
 
 def p50_per_plan(
-    runner: Runner, plans: Sequence[BatchPlan], *, config: TimingConfig, threads: int
-) -> dict[str, float]:
-    """p50 ms per plan label: what keep-or-drop and regression decisions compare."""
-    return {
-        plan.label: measure_latency(
-            runner, plan.inputs, config=config, threads=threads, label=plan.label, batch=plan.batch
-        ).p50_ms
-        for plan in plans
-    }
+    runners: Sequence[Runner], plans: Sequence[BatchPlan], *, config: TimingConfig, threads: int
+) -> list[dict[str, float]]:
+    """p50 ms per plan label of each runner, compared in alternating blocks: what keep-or-drop and
+    regression decisions compare."""
+    per_plan = [compare_latency(runners, plan, config=config, threads=threads) for plan in plans]
+    return [{stats[i].label: stats[i].p50_ms for stats in per_plan} for i in range(len(runners))]
+
+
+def compare_latency(
+    runners: Sequence[Runner],
+    plan: BatchPlan,
+    *,
+    config: TimingConfig,
+    threads: int,
+    on_block: Callable[[Runner], None] | None = None,
+) -> list[LatencyStats]:
+    """Time several runners on one plan in alternating blocks, so they share the machine's drift.
+
+    Each round visits every runner, starting one further along each time: it warms the runner untimed for
+    ``warm_seconds`` (at least one call), then times ``block_calls`` calls. Not call-by-call alternation:
+    on 2 cores a call right after an ONNX Runtime call runs 1.5-2.6x slower (ORT's threads keep spinning
+    after ``run``), which biases A-B-A-B toward whatever runs first. Rounds go on until every runner has
+    ``min_runs`` samples over ``min_seconds`` of timed calls, or a cap (``max_runs`` per runner,
+    ``max_seconds`` per runner) is reached. Returns stats in the order of ``runners``. ``on_block`` hears
+    which runner a block is about to time (for progress displays), outside the timed calls.
+    """
+    if not runners:
+        return []
+    for runner in runners:
+        for _ in range(max(1, config.warmup)):
+            runner.run(plan.inputs)
+    samples: list[list[float]] = [[] for _ in runners]
+    timed = [0.0 for _ in runners]
+    started = time.perf_counter()
+    round_index = 0
+    while True:
+        for offset in range(len(runners)):
+            index = (round_index + offset) % len(runners)
+            if on_block is not None:
+                on_block(runners[index])
+            _warm(runners[index], plan, config.warm_seconds)
+            for _ in range(max(1, config.block_calls)):
+                tick = time.perf_counter_ns()
+                runners[index].run(plan.inputs)
+                elapsed = (time.perf_counter_ns() - tick) / 1e6
+                samples[index].append(elapsed)
+                timed[index] += elapsed / 1000
+        round_index += 1
+        enough = all(len(s) >= config.min_runs for s in samples) and min(timed) >= config.min_seconds
+        capped = max(len(s) for s in samples) >= config.max_runs
+        if enough or capped or time.perf_counter() - started >= config.max_seconds * len(runners):
+            break
+    return [
+        _stats(runner.name, plan, threads, values) for runner, values in zip(runners, samples, strict=True)
+    ]
+
+
+def _warm(runner: Runner, plan: BatchPlan, seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    runner.run(plan.inputs)
+    while time.perf_counter() < until:
+        runner.run(plan.inputs)

@@ -10,20 +10,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.artifacts import MANIFEST_SCHEMA_VERSION, file_inventory
+from exporter.artifacts import MANIFEST_SCHEMA_VERSION, file_inventory, jsonable
 from exporter.backends import BackendResult
+from exporter.backends.onnxruntime import INT8, ONNX, manifest_section
 from exporter.benchmark import LatencyStats
-from exporter.convert.onnx import OnnxConversion
 from exporter.loading import LoadedModel
 from exporter.optimize import OptimizationResult
 from exporter.quantize import QuantizationResult
 from exporter.report import REPORT_SCHEMA_VERSION
 from exporter.specs import InputSpec
 from exporter.stages import StageRecord
-from exporter.verify import CaseResult, GoldenCase, ParityResult, nonfinite_summary
+from exporter.verify import GoldenCase, nonfinite_summary
 
 if TYPE_CHECKING:
-    from exporter.pipeline import ExportOptions
+    from exporter.manifest import ArtifactEntry, Int8Entry
+    from exporter.options import ExportOptions
 
 __all__ = ["RENDERED", "RunRecord", "build_manifest", "build_report", "nonfinite_gate_failed"]
 
@@ -38,7 +39,6 @@ class RunRecord:
     environment: dict[str, Any]
     loaded: LoadedModel
     golden: Sequence[GoldenCase]
-    conversion: OnnxConversion | None
     backends: list[BackendResult]
     quantization: QuantizationResult | None
     latency: list[LatencyStats]
@@ -48,7 +48,7 @@ class RunRecord:
 
     @property
     def onnx(self) -> BackendResult | None:
-        return next((b for b in self.backends if b.target == "onnx"), None)
+        return next((b for b in self.backends if b.spec is ONNX), None)
 
     @property
     def nonfinite(self) -> list[dict[str, Any]]:
@@ -89,66 +89,24 @@ def _nonfinite_note(options: ExportOptions, golden: Sequence[GoldenCase]) -> lis
     ]
 
 
-def _onnx_notes(conversion: OnnxConversion, backend: BackendResult, spec: InputSpec) -> list[str]:
-    notes = []
-    shipped, shipped_parity = backend.shipped.split("+")[0], backend.shipped_parity
-    if len(conversion.attempts) > 1:
-        failed = conversion.attempts[0]
-        notes.append(
-            f"the {failed.exporter} exporter failed ({failed.error}); fell back to {conversion.exporter}"
-        )
-    notes.extend(_frozen_dim_hint(shipped_parity, spec, conversion.exporter))
-    if conversion.simplify_error:
-        notes.append(f"onnxsim not applied: {conversion.simplify_error}")
-    elif shipped == "exported" and shipped_parity.passed and conversion.simplified_path is not None:
-        notes.append("the onnxsim-simplified model failed verification; shipped the model as exported")
-    return notes
-
-
-def _backend_notes(backend: BackendResult) -> list[str]:
+def _backend_notes(backend: BackendResult, spec: InputSpec) -> list[str]:
     """Why a backend did not ship its best candidate, and anything its conversion recorded."""
     notes = [f"{backend.backend}: {note}" for note in backend.notes]
-    conversion = backend.conversion
-    if backend.backend == "torchscript":
-        attempts = conversion.get("attempts", [])
-        if len(attempts) > 1:
-            notes.append(
-                f"torchscript: torch.jit.{attempts[0]['exporter']} failed ({attempts[0]['error']}); "
-                f"fell back to torch.jit.{attempts[-1]['exporter']}"
-            )
-        best = backend.parity[0]
-        if backend.shipped != best.artifact and backend.passed:
-            why = (best.failures() or ["outside tolerance"])[0]
-            notes.append(
-                f"torchscript: the {best.artifact} archive failed verification ({why}); "
-                f"shipped {backend.shipped}"
-            )
-        notes.extend(
-            f"torchscript: {label} archive not made: {why}" for label, why in conversion["skipped"].items()
-        )
-    if backend.backend == "torch-compile" and conversion.get("recompiles"):
-        notes.append(
-            f"torch-compile: recompiled {conversion['recompiles']} times after the first compile "
-            f"({conversion['graphs']} graphs, {conversion['compile_seconds_total']:.1f} s compiling): "
-            "sizes outside the dynamic graph's guards (e.g. size 1, or a kernel's size range) get their own"
-        )
-    return notes
+    return notes + (backend.spec.notes(backend, spec) if backend.spec is not None else [])
 
 
 def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecord]) -> dict[str, Any]:
     environment, loaded, latency, quantization = run.environment, run.loaded, run.latency, run.quantization
     notes = [*_nonfinite_note(options, run.golden), *loaded.notes]
     onnx_backend = run.onnx
-    if run.conversion is not None and onnx_backend is not None:
-        notes.extend(_onnx_notes(run.conversion, onnx_backend, options.spec))
     for backend in run.backends:
-        notes.extend(_backend_notes(backend))
+        notes.extend(_backend_notes(backend, options.spec))
     notes.extend(run.notes)
     if quantization is not None:
         notes.extend(quantization.notes)
     passed = all(b.passed for b in run.backends) and (quantization is None or quantization.passed)
     passed = passed and not nonfinite_gate_failed(options, run.golden)
-    return {
+    report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -175,12 +133,16 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
-            **({"onnxruntime-int8": "model.int8.onnx"} if quantization and quantization.chosen else {}),
+            **({INT8.name: INT8.file} if quantization and quantization.chosen else {}),
             "golden": "golden/",
             "manifest": "manifest.json",
             "report": "report.json, report.md, report.html",
         },
     }
+    from exporter.report_model import Report  # imported here: see the note above _int8_manifest
+
+    Report.model_validate(jsonable(report))  # one this exporter cannot read back is a bug here (exit 5)
+    return report
 
 
 def _resources(run: RunRecord) -> dict[str, Any]:
@@ -220,123 +182,95 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
     }
 
 
-_LOADERS = {
-    "onnxruntime": "onnxruntime.InferenceSession",
-    "torchscript": "torch.jit.load",
-    "aotinductor": "torch._inductor.aoti_load_package",
-}
+# The manifest models are imported where used: ``python -m exporter.manifest --schema`` imports the
+# ``exporter`` package (and through it this module) first, and must not find exporter.manifest imported.
 
 
-def _int8_manifest(quantization: QuantizationResult | None) -> dict[str, Any] | None:
+def _int8_manifest(quantization: QuantizationResult | None) -> Int8Entry | None:
+    from exporter.manifest import BudgetEntry, Int8Entry
+
     chosen = quantization.chosen if quantization else None
-    if quantization is None or chosen is None:
+    if quantization is None or chosen is None or INT8.file is None:
         return None
-    return {
-        "file": "model.int8.onnx",
-        "candidate": chosen.name,
-        "engine": chosen.engine,
-        "settings": chosen.settings,
-        "float_layers": [e.node for e in chosen.float_layers],
-        "budget": asdict(quantization.options.budget),
-        "formats": asdict(quantization.formats),
-        "calibration": quantization.calibration.source,
-    }
-
-
-def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> list[str]:
-    """Name the dims whose other sizes fail while the export shape passes: the signature of a frozen dim."""
-    export_case = next((c for c in parity.cases if c.case == "export"), None)
-    if export_case is None or not export_case.passed:
-        return []
-    values_case = next((c for c in parity.cases if c.case == "values"), None)
-    if values_case is not None and not values_case.passed:
-        frozen_by = (
-            "the torchscript exporter traces one path"
-            if exporter == "torchscript"
-            else "the graph holds one path"
-        )
-        return [
-            "passes at the export shape but fails at the same shape with other values: a branch or loop that "
-            f"depends on input values was frozen ({frozen_by}); rewrite it with tensor ops (torch.where, "
-            "torch.cond) or leave onnx out of --to"
-        ]
-    example = spec.example_sizes
-
-    def changed(case: CaseResult) -> set[str]:
-        return {label for label, size in case.sizes.items() if size != example[label]}
-
-    suspects = set().union(*(changed(c) for c in parity.cases if not c.passed))
-    cleared = set().union(*(changed(c) for c in parity.cases if c.passed and len(changed(c)) == 1))
-    moved = sorted(suspects - cleared) or sorted(suspects)
-    if not moved:
-        return []
-    advice = (
-        "the torchscript exporter traces, freezing sizes that Python code turns into ints; try "
-        "--onnx-exporter dynamo"
-        if exporter == "torchscript"
-        else "look for code that turns these sizes into Python ints or constants"
+    return Int8Entry(
+        file=INT8.file,
+        candidate=chosen.name,
+        engine=chosen.engine,
+        settings=jsonable(dict(chosen.settings)),  # as write_json wrote it: numpy scalars as numbers
+        float_layers=[e.node for e in chosen.float_layers],
+        budget=BudgetEntry.model_validate(asdict(quantization.options.budget), strict=False),
+        formats=asdict(quantization.formats),
+        calibration=quantization.calibration.source,
     )
-    verb = "changes" if len(moved) == 1 else "change"
-    return [
-        f"passes at the export shape but fails when {', '.join(moved)} {verb}: a dim was frozen ({advice})"
-    ]
+
+
+def _artifact_entry(backend: BackendResult, file: str) -> ArtifactEntry:
+    from exporter.manifest import ArtifactEntry, CallEntry
+
+    call = backend.conversion.get("call")
+    return ArtifactEntry(
+        backend=backend.backend,
+        file=file,
+        candidate=backend.shipped,
+        verified=backend.passed,
+        loader=backend.spec.loader if backend.spec else None,
+        call=None if call is None else CallEntry.model_validate(call, strict=False),
+    )
 
 
 def build_manifest(
     options: ExportOptions, run: RunRecord, golden_index: list[dict[str, Any]], staging: Path
 ) -> dict[str, Any]:
-    environment, loaded, conversion, quantization = (
-        run.environment,
-        run.loaded,
-        run.conversion,
-        run.quantization,
+    """manifest.json's content, built as a ``Manifest`` so that what is written is what is read back."""
+    from pydantic import TypeAdapter
+
+    from exporter.manifest import (
+        BenchmarkEntry,
+        FileEntry,
+        GoldenEntry,
+        InputSpecEntry,
+        MachineEntry,
+        Manifest,
+        NonfiniteEntry,
+        OnnxEntry,
+        SourceEntry,
+        Tolerance,
+        ToolEntry,
     )
-    onnx_backend = run.onnx
-    return {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "name": options.model_name,
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "tool": {"name": "exporter", "version": environment["exporter"]},
-        "versions": environment["packages"] | {"python": environment["python"]},
-        "machine": {k: environment[k] for k in ("platform", "cpu", "cpu_flags", "logical_cpus")},
-        "threads": options.threads,
-        "source": {
-            "checkpoint": str(loaded.checkpoint),
-            "format": loaded.format.value,
-            "sha256": loaded.sha256,
-            "bytes": loaded.file_size,
-            "model": options.model_ref,
-            "model_kwargs": dict(options.model_kwargs),
+
+    environment, loaded = run.environment, run.loaded
+    onnx = manifest_section(run.backends)
+    manifest = Manifest(
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        name=options.model_name,
+        created_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        tool=ToolEntry(name="exporter", version=environment["exporter"]),
+        versions=environment["packages"] | {"python": environment["python"]},
+        machine=MachineEntry.model_validate(
+            {k: environment[k] for k in ("platform", "cpu", "cpu_flags", "logical_cpus")}, strict=False
+        ),
+        threads=options.threads,
+        source=SourceEntry(
+            checkpoint=str(loaded.checkpoint),
+            format=loaded.format.value,
+            sha256=loaded.sha256,
+            bytes=loaded.file_size,
+            model=options.model_ref,
+            model_kwargs=jsonable(dict(options.model_kwargs)),
+        ),
+        onnx=None if onnx is None else OnnxEntry.model_validate(onnx, strict=False),
+        artifacts=[_artifact_entry(b, b.file) for b in run.backends if b.file],
+        output_names=list(run.golden[0].output_names),
+        input_spec=InputSpecEntry.model_validate(options.spec.to_json(), strict=False),
+        tolerance=Tolerance(atol=options.atol, rtol=options.rtol),
+        benchmark=BenchmarkEntry(batch_dim=options.batch_dim, batch_sizes=list(options.batch_sizes)),
+        int8=_int8_manifest(run.quantization),
+        seed=options.seed,
+        golden=TypeAdapter(list[GoldenEntry]).validate_python(golden_index, strict=False),
+        reference_nonfinite=[NonfiniteEntry.model_validate(n, strict=False) for n in run.nonfinite],
+        files={
+            name: FileEntry.model_validate(entry, strict=False)
+            for name, entry in file_inventory(staging, exclude=RENDERED).items()
         },
-        "onnx": {
-            "file": "model.onnx",
-            "candidate": onnx_backend.shipped,
-            "opset": conversion.opset,
-            "exporter": conversion.exporter,
-            "input_names": conversion.input_names,
-            "output_names": conversion.output_names,
-        }
-        if conversion is not None and onnx_backend is not None
-        else None,
-        "artifacts": [
-            {
-                "backend": b.backend,
-                "file": b.file,
-                "candidate": b.shipped,
-                "verified": b.passed,
-                "loader": _LOADERS[b.backend],
-                **({"call": b.conversion["call"]} if "call" in b.conversion else {}),
-            }
-            for b in run.backends
-            if b.file
-        ],
-        "output_names": run.golden[0].output_names,
-        "input_spec": options.spec.to_json(),
-        "tolerance": {"atol": options.atol, "rtol": options.rtol},
-        "benchmark": {"batch_dim": options.batch_dim, "batch_sizes": list(options.batch_sizes)},
-        "int8": _int8_manifest(quantization),
-        "seed": options.seed,
-        "golden": golden_index,
-        "reference_nonfinite": run.nonfinite,
-        "files": file_inventory(staging, exclude=RENDERED),
-    }
+    )
+    return manifest.model_dump(mode="json")

@@ -2,6 +2,7 @@
 
 The CLI turns any ``ExporterError`` into one line and its ``exit_code``; anything else is a bug in exporter
 (exit 5, its traceback written to a log file), so CI can tell a tool bug from a model that will not convert.
+``describe_failure`` is that mapping, shared by the CLI and ``exporter run``'s per-recipe results.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "LoadError",
     "RecipeError",
     "UsageError",
+    "describe_failure",
     "first_line",
 ]
 
@@ -76,6 +78,25 @@ class ConversionError(ExporterError):
 
     exit_code = ExitCode.CONVERSION_FAILED
     stage = "convert"
+
+
+def describe_failure(error: BaseException, command: str) -> tuple[ExitCode, str]:
+    """The exit code and the one line to show for an exception that ended ``command``.
+
+    One mapping for every command, so ``exporter export`` and a recipe of ``exporter run`` report the same
+    failure alike: an ``ExporterError`` is the user's to fix (its own exit code); SIGINT/SIGTERM exit
+    130/143; anything else is a bug in exporter: exit 5, its traceback written to a log file that the line
+    names. The line's text before the first ``": "`` is its heading (the CLI shows it in red).
+    """
+    from exporter.interrupts import describe_internal_error, exit_code_of, write_crash_log  # imports errors
+
+    if isinstance(error, ExporterError):
+        return error.exit_code, f"error ({error.stage}): {error}"
+    if isinstance(error, KeyboardInterrupt):
+        code = exit_code_of(error)
+        what = "terminated (SIGTERM)" if code is ExitCode.TERMINATED else "interrupted"
+        return code, f"{what}: nothing was written"
+    return ExitCode.INTERNAL_ERROR, describe_internal_error(error, write_crash_log(error, command))
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

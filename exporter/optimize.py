@@ -25,7 +25,7 @@ ops, not ORT's CPU-specific fused kernels).
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import math
 import time
 import warnings
@@ -36,10 +36,11 @@ from typing import Any
 
 import onnx
 
+from exporter._optimize_steps import BUILDERS, NOTHING_DONE, split_skip_layer_norm
 from exporter._quiet import quiet
 from exporter.benchmark import BatchPlan, TimingConfig, p50_per_plan
 from exporter.errors import first_line
-from exporter.runners import OnnxRuntimeRunner
+from exporter.runners import EagerRunner, OnnxRuntimeRunner
 from exporter.verify import GoldenCase, ParityResult, Tolerance, verify_runner
 
 __all__ = [
@@ -193,7 +194,7 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     steps = resolve_steps(request.options, request.model)
     report("timing the unoptimized model")
     baseline = Variant(
-        request.label, request.model, request.parity, _time(request.model, request), request.model
+        request.label, request.model, request.parity, _time_paths([request.model], request)[0], request.model
     )
     records: list[StepRecord] = []
     parity: list[ParityResult] = []
@@ -246,7 +247,7 @@ def _alternative_source(
     if not result.passed:
         record(False, f"failed verification: {result.failures()[0]}")
         return None
-    latency = _time(path, request)
+    latency = _time_paths([path], request)[0]
     record(True, "verified; tried as a second source", latency)
     return Variant(label, path, result, latency, path)
 
@@ -284,12 +285,12 @@ def _apply(
     try:
         with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore")
-            fused = _BUILDERS[name](current.path, target, request)
+            fused = BUILDERS[name](current.path, target, request)
     except Exception as error:
         record(False, f"failed: {first_line(error)}")
         return None, None
-    if name in _NOTHING_DONE and not any(fused.values()):
-        record(False, _NOTHING_DONE[name], fused=fused)
+    if name in NOTHING_DONE and not any(fused.values()):
+        record(False, NOTHING_DONE[name], fused=fused)
         return None, None
     result = _verify(target, label, request)
     parity.append(result)
@@ -297,9 +298,9 @@ def _apply(
         failures = result.failures()
         record(False, f"failed verification: {failures[0] if failures else ''}", fused=fused)
         return None, None
-    latency = _time(target, request)
+    base_latency, latency = _time_paths([base.path, target], request)
     produced = Variant(label, target, result, latency, current.quantizable if name == "ort" else target)
-    ratio = produced.score / _retimed_score(base, request)
+    ratio = produced.score / Variant(base.label, base.path, base.parity, base_latency, base.path).score
     of = "its input" if against is None else f"{base.label} (on the {current.label} model, slower alone)"
     if ratio > 1 + request.options.max_slowdown:
         record(False, f"slower: p50 x{ratio:.2f} of {of}", latency, fused)
@@ -315,141 +316,18 @@ def _verify(path: Path, label: str, request: OptimizeRequest) -> ParityResult:
         from exporter.verify import CaseResult
 
         failure = CaseResult("load", {}, {}, error=f"ONNX Runtime cannot load it: {first_line(error)}")
-        return ParityResult("onnxruntime", label, "pytorch-eager", request.tolerance, [failure])
-    result = verify_runner(runner, request.golden, request.tolerance, label)
-    del runner
-    gc.collect()
-    return result
+        return ParityResult(OnnxRuntimeRunner.name, label, EagerRunner.name, request.tolerance, [failure])
+    with runner:
+        return verify_runner(runner, request.golden, request.tolerance, label)
 
 
-def _time(path: Path, request: OptimizeRequest) -> dict[str, float]:
-    runner = OnnxRuntimeRunner(path, request.threads)
-    latency = p50_per_plan(runner, request.plans, config=request.timing, threads=request.threads)
-    del runner
-    gc.collect()
-    return latency
-
-
-def _retimed_score(variant: Variant, request: OptimizeRequest) -> float:
-    """The input's score timed again just after its candidate, averaged with its first timing: the machine
-    drifts between two timings seconds apart by about as much as a step gains (measured: the same model's
-    p50 16.0 and 19.9 ms minutes apart on a 2-core VM), and A-B-A cancels a steady drift."""
-    again = Variant(variant.label, variant.path, variant.parity, _time(variant.path, request), variant.path)
-    if not math.isfinite(variant.score) or not math.isfinite(again.score):
-        return variant.score if math.isfinite(variant.score) else again.score
-    return math.sqrt(variant.score * again.score)
+def _time_paths(paths: Sequence[Path], request: OptimizeRequest) -> list[dict[str, float]]:
+    """p50 per plan of each model, timed in alternating blocks in one session each, so a step and its input
+    share the machine's drift."""
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(OnnxRuntimeRunner(path, request.threads)) for path in paths]
+        return p50_per_plan(runners, request.plans, config=request.timing, threads=request.threads)
 
 
 def _latency_rows(latency: dict[str, float]) -> list[dict[str, Any]]:
     return [{"label": label, "p50_ms": round(p50, 4)} for label, p50 in latency.items()]
-
-
-def _transformer(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("bert")
-    model = optimize_model(
-        str(source),
-        model_type="bert",
-        num_heads=request.options.num_heads,
-        hidden_size=request.options.hidden_size,
-        optimization_options=options,
-    )
-    model.save_model_to_file(str(target))
-    return {
-        k: int(v) for k, v in model.get_fused_operator_statistics().items() if v and k != "LayerNormalization"
-    }
-
-
-def _ort_offline(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(target)
-    options.intra_op_num_threads = request.threads
-    options.log_severity_level = 4
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-    before = len(onnx.load(str(source), load_external_data=False).graph.node)
-    after = len(onnx.load(str(target), load_external_data=False).graph.node)
-    return {"nodes_before": before, "nodes_after": after}
-
-
-def _fp16(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    onnx.save(model, str(target))
-    return {
-        "float16_initializers": sum(
-            1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16
-        )
-    }
-
-
-def _split_skip_norm(source: Path, target: Path, request: OptimizeRequest) -> dict[str, int]:
-    return {"SkipLayerNormalization_split": split_skip_layer_norm(source, target)}
-
-
-def split_skip_layer_norm(source: Path, target: Path) -> int:
-    """SkipLayerNormalization(x, skip, gamma[, beta[, bias]]) -> LayerNormalization(Sum(x, skip[, bias])),
-    written to ``target``; returns how many nodes were split.
-
-    Nodes whose mean / inverse-std outputs are used stay fused (LayerNormalization's optional outputs are
-    not the same tensors' shapes in every opset); its fourth output, the pre-norm sum, is the Sum's output.
-    """
-    model = onnx.load(str(source))
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    nodes: list[onnx.NodeProto] = []
-    split = 0
-    for node in model.graph.node:
-        outputs = list(node.output) + [""] * (4 - len(node.output))
-        if (
-            node.op_type != "SkipLayerNormalization"
-            or node.domain != "com.microsoft"
-            or any(o and o in used for o in outputs[1:3])
-        ):
-            nodes.append(node)
-            continue
-        inputs = list(node.input) + [""] * (5 - len(node.input))
-        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
-        total = outputs[3] or f"{node.name or outputs[0]}_skip_sum"
-        addends = [inputs[0], inputs[1]] + ([inputs[4]] if inputs[4] else [])
-        nodes.append(onnx.helper.make_node("Sum", addends, [total], name=f"{node.name}_sum"))
-        norm_inputs = [total, inputs[2]] + ([inputs[3]] if inputs[3] else [])
-        nodes.append(
-            onnx.helper.make_node(
-                "LayerNormalization",
-                norm_inputs,
-                [outputs[0]],
-                name=f"{node.name}_norm",
-                axis=-1,
-                epsilon=epsilon,
-            )
-        )
-        split += 1
-    if split:
-        if _onnx_opset(model) < 17:
-            raise ValueError("LayerNormalization needs opset 17; the model's default domain is older")
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-    onnx.save(model, str(target))
-    return split
-
-
-def _onnx_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-_NOTHING_DONE = {
-    "transformer": "nothing fused (no attention, layer-norm or GELU pattern matched)",
-    "splitnorm": "nothing to split (no SkipLayerNormalization node)",
-}
-
-_BUILDERS: dict[str, Callable[[Path, Path, OptimizeRequest], dict[str, int]]] = {
-    "transformer": _transformer,
-    "splitnorm": _split_skip_norm,
-    "ort": _ort_offline,
-    "fp16": _fp16,
-}

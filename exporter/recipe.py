@@ -34,20 +34,23 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from exporter.convert.compile import CompileMode
+from exporter.convert.onnx import OnnxExporterChoice
+from exporter.convert.torchscript import TorchScriptMode
 from exporter.errors import InputSpecError, RecipeError
 from exporter.optimize import OPTIMIZE_STEPS
+from exporter.quantize import QuantMode
+from exporter.quantize.calibration import CalibrationMethod
 from exporter.specs import DynamicDim, TensorSpec, parse_tensor_spec
-from exporter.targets import COMPILE_MODES, TORCHSCRIPT_MODES
 from exporter.targets import TARGETS as _TARGETS
 
 __all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "load_recipe"]
 
 RECIPE_SCHEMA_VERSION = 1
-ONNX_EXPORTERS = ("auto", "dynamo", "torchscript")
-QUANT_MODES = ("none", "dynamic", "static", "qat", "int8")
 TARGETS = (*_TARGETS, "all")
 MAX_THREADS = 4096
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -85,6 +88,12 @@ def _is_str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(i, str) for i in v)
 
 
+def _one_of(choices: type[StrEnum]) -> tuple[Check, str]:
+    """A check against the enum the CLI flag uses too, so the two lists of choices cannot drift apart."""
+    values = tuple(choice.value for choice in choices)
+    return (lambda v: isinstance(v, str) and v in values), f"one of {', '.join(values)}"
+
+
 _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
     "": {
         "schema_version": (_is_int, "an integer"),
@@ -108,10 +117,10 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
     "export": {
         "targets": (lambda v: _is_str_list(v) and set(v) <= set(TARGETS), f"a list from {TARGETS}"),
         "opset": (lambda v: _is_int(v) and 7 <= v <= 30, "an integer opset between 7 and 30"),
-        "onnx_exporter": (lambda v: v in ONNX_EXPORTERS, f"one of {', '.join(ONNX_EXPORTERS)}"),
+        "onnx_exporter": _one_of(OnnxExporterChoice),
         "simplify": (lambda v: isinstance(v, bool), "true or false"),
-        "torchscript_mode": (lambda v: v in TORCHSCRIPT_MODES, f"one of {', '.join(TORCHSCRIPT_MODES)}"),
-        "compile_mode": (lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
+        "torchscript_mode": _one_of(TorchScriptMode),
+        "compile_mode": _one_of(CompileMode),
         "not_applicable": (
             lambda v: (
                 isinstance(v, dict)
@@ -128,13 +137,10 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "fail_on_nonfinite": (lambda v: isinstance(v, bool), "true or false"),
     },
     "quantize": {
-        "mode": (lambda v: v in QUANT_MODES, f"one of {', '.join(QUANT_MODES)}"),
+        "mode": _one_of(QuantMode),
         "calibration": (lambda v: isinstance(v, str), "a path or package.module:callable"),
         "samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "method": (
-            lambda v: v in ("auto", "minmax", "entropy", "percentile"),
-            "auto, minmax, entropy or percentile",
-        ),
+        "method": _one_of(CalibrationMethod),
         "min_cosine": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
         "min_top1": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "min_sqnr_db": (_is_number, "a number (dB)"),

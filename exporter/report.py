@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exporter.backends import backends
+
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "Table",
@@ -174,7 +176,7 @@ def latency_matrix(report: dict[str, Any]) -> Table:
 
 def optimization_table(report: dict[str, Any]) -> Table:
     """Each graph-optimization step: its input, kept or dropped and why, and the p50 it measured."""
-    headers = ["step", "input", "result", "kept", "reason", "p50 ms", "build s"]
+    headers = ["step", "input", "result", "kept", "reason", "p50 ms (step decision)", "build s"]
     rows = [
         [
             r["name"],
@@ -250,39 +252,13 @@ def _markdown_table(table: Table) -> str:
 
 
 def _backend_lines(report: dict[str, Any]) -> list[str]:
+    """Each backend's own lines (conversion, what shipped), by its registered description."""
     lines = []
-    conversion = report["conversion"]
-    if conversion is not None:
-        attempts = "; ".join(
-            f"{a['exporter']}: {'ok' if a['succeeded'] else 'failed: ' + str(a['error'])} "
-            f"({a['seconds']:.1f} s)"
-            for a in conversion["attempts"]
-        )
-        lines += [
-            f"- ONNX: opset {conversion['opset']}, {conversion['exporter']} exporter, shipped the "
-            f"{conversion['shipped']} model ({conversion['node_count']} nodes as exported, "
-            f"{conversion['simplified_node_count'] or '-'} simplified)",
-            f"- ONNX exporter attempts: {attempts}",
-        ]
-    for backend in report["backends"]:
-        details = backend["conversion"]
-        if backend["backend"] == "torchscript":
-            lines.append(
-                f"- TorchScript: torch.jit.{details['method']}, shipped the {backend['shipped']} archive "
-                f"(`{backend['file']}`, loaded back with torch.jit.load)"
-            )
-        elif backend["backend"] == "torch-compile":
-            lines.append(
-                f"- torch.compile: inductor, mode {details['mode']}, first compile "
-                f"{details['first_compile_seconds']:.1f} s, {details['graphs']} graphs "
-                f"({details['recompiles']} recompiles, "
-                f"{details['compile_seconds_total']:.1f} s compiling in all)"
-            )
-        elif backend["backend"] == "aotinductor":
-            lines.append(
-                f"- AOTInductor: `{backend['file']}` (torch.export {details['export_seconds']:.1f} s, "
-                f"compile and package {details['package_seconds']:.1f} s), loaded with aoti_load_package"
-            )
+    known = {spec.name: spec for spec in backends()}
+    for entry in report["backends"]:
+        spec = known.get(entry["backend"])  # a report from an exporter with other backends: skip
+        if spec is not None:
+            lines += spec.describe(entry)
     return lines
 
 
@@ -294,11 +270,23 @@ def _nonfinite_markdown(report: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    parts = [
+        *_markdown_header(report),
+        *_markdown_parity(report),
+        *_markdown_latency(report),
+        *_markdown_optimization(report),
+        *_markdown_int8(report),
+    ]
+    if report["notes"]:
+        parts += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
+    return "\n".join(parts) + "\n"
+
+
+def _markdown_header(report: dict[str, Any]) -> list[str]:
     env = report["environment"]
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     source = report["source"]
-    tolerance = report["parity"][0]["tolerance"]
-    parts = [
+    return [
         f"# Export report: {report['name']}",
         "",
         f"**Status: {report['status'].upper()}**",
@@ -316,6 +304,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         _markdown_table(stage_table(report)),
         "",
+    ]
+
+
+def _markdown_parity(report: dict[str, Any]) -> list[str]:
+    tolerance = report["parity"][0]["tolerance"]
+    return [
         "## Parity matrix (shipped artifact of each backend x shape case)",
         "",
         "Element passes when |a - b| <= atol + rtol * |b| against PyTorch eager float32 "
@@ -328,58 +322,67 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         _markdown_table(parity_table(report)),
         "",
+    ]
+
+
+def _markdown_latency(report: dict[str, Any]) -> list[str]:
+    if not report["latency"]:
+        return ["## Latency", "", "Not measured."]
+    timing = report["timing"]
+    return [
         "## Latency",
         "",
+        f"Same threads for every backend; {timing['warmup']} warm-up runs, then every backend timed in "
+        f"alternating blocks until each has at least {timing['min_runs']} runs and "
+        f"{timing['min_seconds']} s. Speedup is against eager PyTorch.",
+        "",
+        _markdown_table(latency_matrix(report)),
+        "",
+        _markdown_table(latency_table(report)),
     ]
-    if report["latency"]:
-        timing = report["timing"]
-        parts += [
-            f"Same threads for every backend; {timing['warmup']} warm-up runs, then at least "
-            f"{timing['min_runs']} runs and {timing['min_seconds']} s. Speedup is against eager PyTorch.",
-            "",
-            _markdown_table(latency_matrix(report)),
-            "",
-            _markdown_table(latency_table(report)),
-        ]
-    else:
-        parts.append("Not measured.")
+
+
+def _markdown_optimization(report: dict[str, Any]) -> list[str]:
     summary = report.get("optimization_summary")
-    if summary:
-        baseline = ", ".join(f"{t['label']} {_num(t['p50_ms'])} ms" for t in summary["baseline"]["latency"])
-        speedup = summary["speedup_vs_unoptimized"]
-        parts += [
-            "",
-            "## Graph optimization",
-            "",
-            f"Steps: {', '.join(summary['steps']) or 'none'}. Unoptimized `{summary['baseline']['label']}`: "
-            f"{baseline}. Shipped `{summary['shipped']}`"
-            + (f" (p50 x{1 / speedup:.2f} of unoptimized)" if speedup else "")
-            + f"; int8 starts from `{summary['quantization_source']}`. "
-            "A step is kept only if it verifies and is not slower than its input.",
-            "",
-            _markdown_table(optimization_table(report)),
-        ]
+    if not summary:
+        return []
+    baseline = ", ".join(f"{t['label']} {_num(t['p50_ms'])} ms" for t in summary["baseline"]["latency"])
+    speedup = summary["speedup_vs_unoptimized"]
+    return [
+        "",
+        "## Graph optimization",
+        "",
+        f"Steps: {', '.join(summary['steps']) or 'none'}. Unoptimized `{summary['baseline']['label']}`: "
+        f"{baseline}. Shipped `{summary['shipped']}`"
+        + (f" (p50 x{1 / speedup:.2f} of unoptimized)" if speedup else "")
+        + f"; int8 starts from `{summary['quantization_source']}`. "
+        "A step is kept only if it verifies and is not slower than its input.",
+        "",
+        _markdown_table(optimization_table(report)),
+    ]
+
+
+def _markdown_int8(report: dict[str, Any]) -> list[str]:
     quant = report.get("quantization")
-    if quant:
-        calibration = quant["calibration"]
-        formats = quant["formats"]
-        parts += [
-            "",
-            "## Int8",
-            "",
-            f"Mode `{quant['mode']}`; budget: {quant['budget']['text']}. "
-            f"Calibration: {calibration['source']} "
-            f"({calibration['samples']} samples, {calibration['method']}); "
-            f"parity judged on {calibration['evaluation_samples']} held-out samples from "
-            f"{calibration['evaluation_source']}. Formats: activations {formats['activation']}, weights "
-            f"{formats['weight']} ({formats['reason']}). "
-            "Size and p50 are ratios to the float ONNX model in ONNX Runtime, timed side by side.",
-            "",
-            _markdown_table(quantization_table(report)),
-        ]
-    if report["notes"]:
-        parts += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
-    return "\n".join(parts) + "\n"
+    if not quant:
+        return []
+    calibration = quant["calibration"]
+    formats = quant["formats"]
+    return [
+        "",
+        "## Int8",
+        "",
+        f"Mode `{quant['mode']}`; budget: {quant['budget']['text']}. "
+        f"Calibration: {calibration['source']} "
+        f"({calibration['samples']} samples, {calibration['method']}); "
+        f"parity judged on {calibration['evaluation_samples']} held-out samples from "
+        f"{calibration['evaluation_source']}. Formats: activations {formats['activation']}, weights "
+        f"{formats['weight']} ({formats['reason']}). "
+        "Size and p50 are ratios to the float ONNX model in ONNX Runtime, timed side by side in alternating "
+        "blocks.",
+        "",
+        _markdown_table(quantization_table(report)),
+    ]
 
 
 def render_reports(folder: Path, report: dict[str, Any]) -> list[Path]:

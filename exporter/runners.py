@@ -7,6 +7,7 @@ outputs are numpy arrays keyed by input name / listed in the model's flattened o
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
 import re
 import time
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R", bound="Runner")
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,28 @@ def _key_name(key: Any) -> str:
 
 
 class Runner(ABC):
-    """Runs one backend. Subclasses implement ``_infer``; the base checks inputs the same way for all."""
+    """Runs one backend. Subclasses implement ``_infer``; the base checks inputs the same way for all.
+
+    Constructing a runner loads its artifact (the way a deployment opens it); ``with runner:`` frees it at
+    the end of the block, because an idle ONNX Runtime session's threads slow whatever runs next. Runners
+    that wrap a model the caller owns (eager, a compiled module) free nothing.
+    """
 
     name: str = "runner"
 
     def __init__(self, input_names: Sequence[str]) -> None:
         self.input_names = tuple(input_names)
+
+    def __enter__(self: R) -> R:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.close():
+            gc.collect()
+
+    def close(self) -> bool:
+        """Release what this runner loaded; True when something was released."""
+        return False
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in inputs]
@@ -180,6 +198,10 @@ class TorchScriptRunner(_CallableRunner):
         module = torch.jit.load(str(path), map_location="cpu")
         super().__init__(module, CallConvention.for_module(module, input_names), input_names)
 
+    def close(self) -> bool:
+        self.function = None
+        return True
+
 
 class CompiledRunner(_CallableRunner):
     """``torch.compile`` (inductor) of the model, with the spec's dynamic dims marked on every input so a new
@@ -240,6 +262,10 @@ class AotInductorRunner(_CallableRunner):
 
         super().__init__(aoti_load_package(str(path)), convention, input_names)
 
+    def close(self) -> bool:
+        self.function = None
+        return True
+
 
 class OnnxRuntimeRunner(Runner):
     """An ONNX file in an ONNX Runtime CPU session with a fixed intra-op thread count."""
@@ -257,11 +283,18 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 4  # run errors are raised and reported by us, not logged by ORT
         ort.set_default_logger_severity(4)
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        super().__init__([i.name for i in self.session.get_inputs()])
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session: ort.InferenceSession | None = session
+        super().__init__([i.name for i in session.get_inputs()])
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def close(self) -> bool:
+        self.session = None
+        return True
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.session is None:
+            raise RuntimeError(f"{self.name}: the session was closed")
         try:
             return list(self.session.run(None, inputs))
         except Exception as error:

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,15 +22,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
-from exporter.errors import ExitCode, ExporterError, RecipeError, UsageError, first_line
-from exporter.interrupts import (
-    Interrupted,
-    blocked_signals,
-    describe_internal_error,
-    exit_code_of,
-    raise_interrupted,
-    write_crash_log,
-)
+from exporter.errors import ExitCode, ExporterError, RecipeError, UsageError, describe_failure, first_line
+from exporter.interrupts import Interrupted, blocked_signals, exit_code_of, raise_interrupted
 
 __all__ = [
     "RunInterrupted",
@@ -166,32 +159,39 @@ def run_recipes(
     threads = request.threads or max(1, cpus // max(1, request.jobs))
     context = multiprocessing.get_context("spawn")
     results: dict[Path, dict[str, Any]] = {}
-    pool = ProcessPoolExecutor(
-        max_workers=request.jobs, mp_context=context, max_tasks_per_child=1, initializer=_init_worker
-    )
-    futures: dict[Future[dict[str, Any]], Path] = {}
+    queued = list(request.recipes)
+    running: dict[Future[dict[str, Any]], tuple[Path, ProcessPoolExecutor]] = {}
     try:
-        for path in request.recipes:
-            future = pool.submit(
-                run_recipe,
-                path,
-                out=request.out,
-                threads=threads,
-                benchmark=request.benchmark,
-                baseline_dir=request.baseline_dir,
-                max_latency_regression=request.max_latency_regression,
-            )
-            futures[future] = path
-        for future in as_completed(futures):
-            path = futures[future]
-            results[path] = _collect(future, path, names[path])
-            if done:
-                done(results[path])
+        while queued or running:
+            while queued and len(running) < request.jobs:
+                with blocked_signals():  # a pool started but not yet in ``running`` would escape the stop
+                    path = queued.pop(0)
+                    # One pool per recipe: a worker that dies breaks its own pool only, not the others'.
+                    pool = ProcessPoolExecutor(
+                        max_workers=1, mp_context=context, max_tasks_per_child=1, initializer=_init_worker
+                    )
+                    future = pool.submit(
+                        run_recipe,
+                        path,
+                        out=request.out,
+                        threads=threads,
+                        benchmark=request.benchmark,
+                        baseline_dir=request.baseline_dir,
+                        max_latency_regression=request.max_latency_regression,
+                    )
+                    running[future] = (path, pool)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                path, pool = running.pop(future)
+                results[path] = _collect(future, path, names[path])
+                pool.shutdown(wait=True)
+                if done:
+                    done(results[path])
     except KeyboardInterrupt as interrupt:
         signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
         with blocked_signals():
-            _stop_workers(pool, signum)
-        for future, path in futures.items():  # a recipe may have finished while the others stopped
+            _stop_workers([pool for _, pool in running.values()], signum)
+        for future, (path, _) in running.items():  # a recipe may have finished while the others stopped
             if path not in results and future.done() and not future.cancelled() and not future.exception():
                 results[path] = future.result()
         detail = f"interrupted by {signal.Signals(signum).name} before it finished; nothing was written"
@@ -201,7 +201,6 @@ def run_recipes(
                     path, names[path], exit_code_of(interrupt), detail, kind="interrupted"
                 )
         raise RunInterrupted(signum, [results[path] for path in request.recipes]) from None
-    pool.shutdown(wait=True)
     return [results[path] for path in request.recipes]
 
 
@@ -238,14 +237,15 @@ def _collect(future: Future[dict[str, Any]], path: Path, name: str) -> dict[str,
         )
 
 
-def _stop_workers(pool: ProcessPoolExecutor, signum: int) -> None:
-    """Forward the signal to every worker, drop queued recipes, and wait until every worker has exited."""
-    processes = list(getattr(pool, "_processes", {}).values())  # the executor has no public handle
+def _stop_workers(pools: Sequence[ProcessPoolExecutor], signum: int) -> None:
+    """Forward the signal to every worker, then wait until every worker has exited."""
+    processes = [p for pool in pools for p in getattr(pool, "_processes", {}).values()]  # no public handle
     for process in processes:
         if process.is_alive() and process.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signum)
-    pool.shutdown(wait=True, cancel_futures=True)
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
     for process in processes:
         process.join()
 
@@ -261,9 +261,9 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Export one recipe into ``out/<name>`` and gate the folder; never raises (errors become results)."""
     from exporter.gate import LatencyBudget, VerifyRequest, verify_artifacts
-    from exporter.pipeline import ExportOptions, export
+    from exporter.options import build_export_options
+    from exporter.pipeline import export
     from exporter.recipe import load_recipe
-    from exporter.specs import InputSpec
 
     started = time.perf_counter()
     name = path.stem
@@ -271,15 +271,13 @@ def run_recipe(
     try:
         recipe = load_recipe(path)
         name = str(recipe.settings.get("name", path.stem))
-        settings = {
-            **recipe.settings,
+        overrides = {
             "out": _output_folder(out, name),
             "force": True,
             "threads": threads,
-            "benchmark": benchmark and recipe.settings.get("benchmark", True),
-            "spec": InputSpec(recipe.inputs, recipe.dims),
+            "benchmark": None if benchmark else False,  # --no-benchmark wins; else the recipe decides
         }
-        exported = export(ExportOptions.from_settings(settings))
+        exported = export(build_export_options(recipe, overrides))
         checks = [
             {
                 "name": f"export parity {b.backend}",
@@ -319,11 +317,9 @@ def run_recipe(
             "latency": [s.to_json() for s in exported.latency],
             "seconds": round(time.perf_counter() - started, 2),
         }
-    except ExporterError as error:
-        return _failed(path, name, error.exit_code, f"{error.stage}: {error}", time.perf_counter() - started)
-    except Exception as error:
-        detail = describe_internal_error(error, write_crash_log(error, f"run {path}"))
-        return _failed(path, name, ExitCode.INTERNAL_ERROR, detail, time.perf_counter() - started)
+    except Exception as error:  # an interrupt is not caught: it stops the worker (see _collect)
+        code, detail = describe_failure(error, f"run {path}")
+        return _failed(path, name, code, detail, time.perf_counter() - started)
 
 
 def _failed(

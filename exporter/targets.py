@@ -1,21 +1,20 @@
-"""The conversion targets a user can ask for (``--to``), and the backends each one produces."""
+"""The conversion targets a user can ask for (``--to``): whatever the registered backends make."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from exporter.backends import backends, targets
 from exporter.errors import UsageError
 
-__all__ = ["COMPILE_MODES", "TARGETS", "TARGET_BACKENDS", "TORCHSCRIPT_MODES", "expand_targets"]
+__all__ = ["TARGETS", "TARGET_BACKENDS", "expand_targets"]
 
-TARGETS = ("onnx", "torchscript", "compile")
+TARGETS = targets()
+"""The built-in targets, in their canonical order (a backend registered later adds to ``targets()``)."""
 TARGET_BACKENDS = {
-    "onnx": ("onnxruntime",),
-    "torchscript": ("torchscript",),
-    "compile": ("torch-compile", "aotinductor"),
+    target: tuple(s.name for s in backends() if s.target == target and s.build is not None)
+    for target in TARGETS
 }
-TORCHSCRIPT_MODES = ("auto", "script", "trace")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def expand_targets(requested: Iterable[str]) -> tuple[str, ...]:
@@ -24,14 +23,15 @@ def expand_targets(requested: Iterable[str]) -> tuple[str, ...]:
     Raises:
         UsageError: an unknown target or none at all.
     """
+    known = targets()
     wanted: set[str] = set()
     for target in requested:
         if target == "all":
-            wanted.update(TARGETS)
-        elif target in TARGETS:
+            wanted.update(known)
+        elif target in known:
             wanted.add(target)
         else:
-            raise UsageError(f"--to {target}: unknown target (choose from {', '.join(TARGETS)}, all)")
+            raise UsageError(f"--to {target}: unknown target (choose from {', '.join(known)}, all)")
     if not wanted:
-        raise UsageError(f"no target given: use --to with one of {', '.join(TARGETS)}, all")
-    return tuple(t for t in TARGETS if t in wanted)
+        raise UsageError(f"no target given: use --to with one of {', '.join(known)}, all")
+    return tuple(t for t in known if t in wanted)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import InputSpecError, first_line
-from exporter.runners import Runner
+from exporter.runners import EagerRunner, Runner
 from exporter.specs import InputSpec, ShapeCase, make_inputs
 
 __all__ = [
@@ -258,7 +258,7 @@ def verify_runner(
         for name, expected, actual in zip(item.output_names, item.outputs, outputs, strict=False):
             result.outputs.append(compare_outputs(name, actual, expected, tolerance))
         results.append(result)
-    return ParityResult(runner.name, artifact, "pytorch-eager", tolerance, results, produced)
+    return ParityResult(runner.name, artifact, EagerRunner.name, tolerance, results, produced)
 
 
 FLOAT64_MULTIPLIER = 2.0

@@ -9,7 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exporter.benchmark import LatencyStats, TimingConfig, measure_latency
+from exporter.benchmark import (
+    BatchPlan,
+    LatencyStats,
+    TimingConfig,
+    compare_latency,
+    measure_latency,
+    p50_per_plan,
+)
 from exporter.runners import EagerRunner
 
 TINY = TimingConfig(warmup=1, min_runs=3, min_seconds=0.0, max_runs=5, max_seconds=1.0)
@@ -133,3 +140,43 @@ def test_to_json_has_every_field() -> None:
     assert data["input_shapes"] == {"x": [2, 4]}
     assert data["speedup_vs_eager"] == 1.5
     assert all(isinstance(data[k], float) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms"))
+
+
+class LoggingModel(nn.Module):
+    """Appends its name to a shared log on every call, so the order of calls can be read back."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.log.append(self.name)
+        return x * 2
+
+
+def test_compare_latency_alternates_in_warmed_blocks_with_the_start_rotated() -> None:
+    log: list[str] = []
+    runners = [EagerRunner(LoggingModel(name, log), ["x"]) for name in ("a", "b", "c")]
+    for runner, name in zip(runners, "abc", strict=True):
+        runner.name = name
+    config = TimingConfig(
+        warmup=1, min_runs=6, min_seconds=0.0, max_runs=100, max_seconds=5.0, block_calls=3, warm_seconds=0.0
+    )
+    plan = BatchPlan("batch=2", 2, {"x": np.ones((2, 4), np.float32)})
+    stats = compare_latency(runners, plan, config=config, threads=1)
+    assert [s.backend for s in stats] == ["a", "b", "c"]
+    assert all(s.runs == 6 and s.label == "batch=2" and s.batch == 2 for s in stats)
+    body = log[3:]  # one warm-up call each first
+    blocks = [body[i : i + 4] for i in range(0, len(body), 4)]  # one warm call, then three timed calls
+    assert all(len(set(block)) == 1 for block in blocks), "a block is one runner's calls only"
+    order = [block[0] for block in blocks]
+    assert order == ["a", "b", "c", "b", "c", "a"], "each round starts one runner further along"
+
+
+def test_p50_per_plan_compares_runners_at_every_plan() -> None:
+    runner, _, _ = runner_and_inputs()
+    other, _, _ = runner_and_inputs()
+    plans = [BatchPlan(f"batch={b}", b, {"x": np.ones((b, 4), np.float32)}) for b in (1, 3)]
+    result = p50_per_plan([runner, other], plans, config=TINY, threads=1)
+    assert len(result) == 2 and all(set(r) == {"batch=1", "batch=3"} for r in result)
+    assert all(v > 0 for r in result for v in r.values())

@@ -178,14 +178,14 @@ def test_a_step_slower_alone_is_kept_when_the_next_step_pays_for_it(
     are injected by label so the decision, not the machine's noise, is what is tested."""
     from exporter import optimize
 
-    def fake_time(path: Path, request: object) -> dict[str, float]:
+    def fake_time(path: Path) -> dict[str, float]:
         name = path.stem
         p50 = (
             0.8 if name.endswith("+transformer+splitnorm") else 1.1 if name.endswith("+transformer") else 1.0
         )
         return {"batch=1": p50}
 
-    monkeypatch.setattr(optimize, "_time", fake_time)
+    monkeypatch.setattr(optimize, "_time_paths", lambda paths, request: [fake_time(p) for p in paths])
     steps = OptimizeOptions(steps=("transformer", "splitnorm"))
     result = export(options_for("attention", optimization=steps, benchmark=False))
     assert result.exit_code is ExitCode.OK, result.report["notes"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,24 @@ from exporter.quantize import (
     load_samples,
 )
 from exporter.quantize.budget import Int8Comparison
-from exporter.quantize.search import _choose
+from exporter.quantize.candidates import (
+    QAT_PT2E,
+    STATIC_ORT,
+    STATIC_PT2E,
+    CandidateSpec,
+    Requirement,
+    candidates_for,
+    register,
+    unregister,
+)
+from exporter.quantize.repairs import (
+    CalibrationTrial,
+    choose_calibration,
+    keep_sensitive_layers_in_float,
+    search_calibration_method,
+)
+from exporter.quantize.selection import choose_candidate
+from exporter.quantize.types import QuantizeContext
 from exporter.specs import InputSpec, parse_tensor_spec
 from tests.models import MODELS
 
@@ -184,20 +202,62 @@ def test_int8_ships_the_fastest_within_budget_and_never_a_slower_one() -> None:
         _candidate("c", 0.5),
         _candidate("d", 1.3),
     ]
-    _choose(QuantMode.INT8, candidates, notes)
+    choose_candidate(QuantMode.INT8, candidates, notes)
     assert [c.name for c in candidates if c.chosen] == ["c"]
     assert any("d is SLOWER" in n for n in notes)
     slow = [_candidate("d", 1.3)]
-    _choose(QuantMode.INT8, slow, notes)
+    choose_candidate(QuantMode.INT8, slow, notes)
     assert not slow[0].chosen and any("no int8 model shipped" in n for n in notes)
 
 
 def test_an_explicit_mode_ships_within_budget_even_when_slower_flagged() -> None:
     notes: list[str] = []
     candidates = [_candidate("static-ort", 1.2), _candidate("static-pt2e", 1.1)]
-    _choose(QuantMode.STATIC, candidates, notes)
+    choose_candidate(QuantMode.STATIC, candidates, notes)
     assert [c.name for c in candidates if c.chosen] == ["static-pt2e"]
     assert sum("SLOWER" in n for n in notes) == 2
+
+
+def _trial(method: str, cosine: float, passed: bool) -> CalibrationTrial:
+    output = Int8Comparison("logits", 16, cosine, 30.0, 0.1, 0.9, passed, None if passed else "top-1 0.900")
+    return CalibrationTrial(method, (output,), settings={"calibration_method": method})
+
+
+def test_calibration_choice_prefers_the_method_within_the_whole_budget() -> None:
+    """Min-max has the lower cosine error but misses top-1; percentile meets the whole budget: it ships."""
+    trials = [_trial("minmax", 0.9995, passed=False), _trial("percentile", 0.995, passed=True)]
+    assert trials[0].error < trials[1].error
+    assert choose_calibration(trials).method == "percentile"
+    failing = [
+        _trial("minmax", 0.95, False),
+        _trial("percentile", 0.97, False),
+        _trial("entropy", 0.97, False),
+    ]
+    assert choose_calibration(failing).method == "percentile"  # all fail: lowest error, earliest on ties
+    passing = [_trial("minmax", 0.991, True), _trial("entropy", 0.999, True)]
+    assert choose_calibration(passing).method == "entropy"
+
+
+def test_each_mode_selects_its_candidates_through_the_registry() -> None:
+    names = {mode: [spec.name for spec in candidates_for(mode)] for mode in QuantMode}
+    assert names == {
+        QuantMode.NONE: [],
+        QuantMode.DYNAMIC: ["dynamic-ort"],
+        QuantMode.STATIC: ["static-ort", "static-pt2e"],
+        QuantMode.QAT: ["qat-pt2e"],
+        QuantMode.INT8: ["dynamic-ort", "static-ort", "static-pt2e", "qat-pt2e"],
+    }
+    assert STATIC_ORT.repairs == (search_calibration_method, keep_sensitive_layers_in_float)
+    assert STATIC_PT2E.repairs == () and Requirement.EXPORTABLE_MODULE in QAT_PT2E.needs
+
+
+def test_qat_is_skipped_in_int8_mode_only_when_static_pt2e_meets_the_budget() -> None:
+    assert QAT_PT2E.skip is not None
+    passing, failing = _candidate("static-pt2e", 0.5), _candidate("static-pt2e", 0.5, passed=False)
+    reason = QAT_PT2E.skip(QuantMode.INT8, [passing])
+    assert reason is not None and "static-pt2e already meets the budget" in reason
+    assert QAT_PT2E.skip(QuantMode.INT8, [failing]) is None
+    assert QAT_PT2E.skip(QuantMode.QAT, [passing]) is None
 
 
 # ---- end to end --------------------------------------------------------------------------------------------
@@ -379,3 +439,38 @@ def test_pt2e_quantizes_a_module_called_twice() -> None:
     with torch.no_grad():
         expected, produced = model(image).flatten(), converted(image).flatten()
     assert torch.nn.functional.cosine_similarity(expected, produced, dim=0) > 0.99
+
+
+def _copy_float(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, object]:
+    shutil.copyfile(context.preprocessed, target)
+    return {"copied": str(context.preprocessed.name)}
+
+
+def _mark_repaired(candidate: Candidate, build: object, context: QuantizeContext) -> None:
+    candidate.settings["repair_saw_outputs"] = len(candidate.outputs)
+
+
+@pytest.mark.slow
+def test_a_registered_toy_candidate_is_built_judged_and_timed(
+    options_for: Callable[..., ExportOptions],
+) -> None:
+    """A candidate is one registry entry: the search builds, repairs, judges and times it unchanged."""
+    toy = CandidateSpec(
+        "toy-copy",
+        "test (float copy)",
+        _copy_float,
+        frozenset({QuantMode.DYNAMIC}),
+        repairs=(_mark_repaired,),
+    )
+    register(toy)
+    try:
+        result = export(_quantized(options_for, "mlp", "dynamic"))
+    finally:
+        unregister(toy.name)
+    assert result.quantization is not None
+    assert [c.name for c in result.quantization.candidates] == ["dynamic-ort", "toy-copy"]
+    built = result.quantization.candidates[1]
+    assert built.engine == "test (float copy)" and built.settings["repair_saw_outputs"] == 1
+    assert built.budget_passed and built.outputs[0].min_cosine == pytest.approx(1.0)
+    assert built.latency and built.p50_ratio is not None
+    assert "toy-copy" not in [spec.name for spec in candidates_for(QuantMode.DYNAMIC)]

@@ -5,17 +5,16 @@ alone are re-judged against a float64 eager reference.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from exporter.errors import first_line
-from exporter.runners import Float64EagerRunner, Runner
+from exporter.runners import EagerRunner, Float64EagerRunner, Runner
 from exporter.verify import (
     CaseResult,
     GoldenCase,
@@ -24,6 +23,9 @@ from exporter.verify import (
     arbitrate_with_float64,
     verify_runner,
 )
+
+if TYPE_CHECKING:
+    from exporter.backends._registry import BackendSpec, BuiltBackend
 
 __all__ = ["ArtifactCandidate", "BackendResult", "arbitrate_float_backends", "verify_backend"]
 
@@ -51,6 +53,8 @@ class BackendResult:
     notes: list[str] = field(default_factory=list)
     runner: Runner | None = field(default=None, repr=False)
     load_seconds: dict[str, float] = field(default_factory=dict)
+    spec: BackendSpec | None = field(default=None, repr=False, compare=False)
+    built: BuiltBackend | None = field(default=None, repr=False, compare=False)
 
     @property
     def shipped_parity(self) -> ParityResult:
@@ -101,18 +105,19 @@ def verify_backend(
             load_seconds[candidate.label] = time.perf_counter() - started
         except Exception as error:
             failure = CaseResult("load", {}, {}, error=f"cannot load it: {first_line(error)}")
-            results.append(ParityResult(backend, candidate.label, "pytorch-eager", tolerance, [failure]))
+            results.append(ParityResult(backend, candidate.label, EagerRunner.name, tolerance, [failure]))
             continue
         result = verify_runner(runner, golden, tolerance, candidate.label)
         result.backend = backend
         results.append(result)
-        if result.passed or candidate is candidates[-1]:
-            kept = runner if keep_runner else None
-            del runner
-            gc.collect()
+        last = result.passed or candidate is candidates[-1]
+        if last and keep_runner:
+            kept = runner
             break
-        del runner
-        gc.collect()
+        with runner:  # frees it
+            pass
+        if last:
+            break
     shipped = next((r for r in results if r.passed), results[-1])
     index = results.index(shipped)
     chosen = candidates[index] if index < len(candidates) else candidates[-1]

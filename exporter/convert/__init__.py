@@ -1,17 +1,2 @@
-"""Conversion stage: one module per target."""
-
-from exporter.convert.onnx import (
-    ExportAttempt,
-    OnnxConversion,
-    OnnxConversionRequest,
-    OnnxExporterChoice,
-    convert_to_onnx,
-)
-
-__all__ = [
-    "ExportAttempt",
-    "OnnxConversion",
-    "OnnxConversionRequest",
-    "OnnxExporterChoice",
-    "convert_to_onnx",
-]
+"""Conversion stage: one module per target (``onnx``, ``torchscript``, ``compile``), each used by the backend
+that registers it (``exporter/backends/``)."""

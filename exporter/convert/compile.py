@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,22 @@ from exporter.specs import InputSpec
 
 __all__ = [
     "AotPackage",
+    "CompileMode",
     "CompileRequest",
     "CompiledModel",
     "compile_model",
     "cpp_compiler",
     "package_aot_inductor",
 ]
+
+
+class CompileMode(StrEnum):
+    """``torch.compile`` modes (``--compile-mode``, a recipe's ``[export].compile_mode``)."""
+
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
+    MAX_AUTOTUNE = "max-autotune"
+    MAX_AUTOTUNE_NO_CUDAGRAPHS = "max-autotune-no-cudagraphs"
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,8 @@
 from exporter.quantize.budget import Int8Comparison, ParityBudget, compare_int8
 from exporter.quantize.calibration import SampleSet, load_samples
 from exporter.quantize.onnx_ort import Int8Formats, choose_formats
-from exporter.quantize.search import (
-    Candidate,
-    QuantizationResult,
-    QuantizeOptions,
-    QuantMode,
-    run_quantization,
-)
+from exporter.quantize.search import QuantizationResult, run_quantization
+from exporter.quantize.types import Candidate, QuantizeOptions, QuantMode
 
 __all__ = [
     "Candidate",

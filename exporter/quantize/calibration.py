@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,18 @@ from exporter._resolve import resolve_callable
 from exporter.errors import CalibrationError, UsageError, first_line
 from exporter.specs import InputSpec, make_inputs
 
-__all__ = ["SampleSet", "load_samples"]
+__all__ = ["CalibrationMethod", "SampleSet", "load_samples"]
 
 Sample = dict[str, np.ndarray]
+
+
+class CalibrationMethod(StrEnum):
+    """How static int8 ranges are found (``--calibration-method``); ``auto`` tries the others in turn."""
+
+    AUTO = "auto"
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
 
 
 @dataclass

@@ -19,6 +19,7 @@ import onnx
 from exporter._quiet import quiet
 from exporter.environment import cpu_flags
 from exporter.errors import first_line
+from exporter.quantize.calibration import CalibrationMethod
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -29,7 +30,7 @@ __all__ = [
     "quantize_static_ort",
 ]
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = tuple(m.value for m in CalibrationMethod if m is not CalibrationMethod.AUTO)
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 

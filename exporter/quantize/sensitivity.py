@@ -111,17 +111,19 @@ def shortlist(
         float_names = _expose(float_path, tensors, Path(scratch) / "float.onnx")
         quant_names = _expose(quant_path, tensors, Path(scratch) / "quant.onnx")
         shared = [n for n in float_names if n in set(quant_names)]
-        float_runner = OnnxRuntimeRunner(Path(scratch) / "float.onnx", threads)
-        quant_runner = OnnxRuntimeRunner(Path(scratch) / "quant.onnx", threads)
         sums: dict[str, list[np.ndarray]] = {n: [] for n in shared}
         quant_values: dict[str, list[np.ndarray]] = {n: [] for n in shared}
-        for sample in samples:
-            float_out = dict(zip(float_names, float_runner.run(sample), strict=True))
-            quant_out = dict(zip(quant_names, quant_runner.run(sample), strict=True))
-            for name in shared:
-                if float_out[name].dtype.kind == "f" and float_out[name].shape == quant_out[name].shape:
-                    sums[name].append(float_out[name].ravel())
-                    quant_values[name].append(quant_out[name].ravel())
+        with (
+            OnnxRuntimeRunner(Path(scratch) / "float.onnx", threads) as float_runner,
+            OnnxRuntimeRunner(Path(scratch) / "quant.onnx", threads) as quant_runner,
+        ):
+            for sample in samples:
+                float_out = dict(zip(float_names, float_runner.run(sample), strict=True))
+                quant_out = dict(zip(quant_names, quant_runner.run(sample), strict=True))
+                for name in shared:
+                    if float_out[name].dtype.kind == "f" and float_out[name].shape == quant_out[name].shape:
+                        sums[name].append(float_out[name].ravel())
+                        quant_values[name].append(quant_out[name].ravel())
     sqnr = {
         name: _sqnr(np.concatenate(sums[name]), np.concatenate(quant_values[name]))
         for name in shared

@@ -1,0 +1,80 @@
+"""The benchmark stage: eager PyTorch and every shipped artifact timed alike, one at a time, at each batch
+size (or at the export shape without a batch dim)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from exporter.backends import BackendResult, OpenContext, open_shipped
+from exporter.backends.onnxruntime import INT8
+from exporter.benchmark import LatencyStats, batch_plans, compare_latency
+from exporter.quantize import QuantizationResult
+from exporter.runners import EagerRunner, Runner
+from exporter.stages import ProgressListener
+
+if TYPE_CHECKING:
+    from exporter.options import ExportOptions
+
+__all__ = ["benchmark_stage", "shipped_runners"]
+
+
+def shipped_runners(
+    results: Sequence[BackendResult], quantization: QuantizationResult | None, options: ExportOptions
+) -> list[Callable[[], Runner]]:
+    """Openers for every backend's shipped artifact (and the int8 model), in registry order."""
+    context = OpenContext(options.spec, options.threads)
+    openers: list[Callable[[], Runner]] = [partial(open_shipped, r, context) for r in results]
+    chosen = quantization.chosen if quantization else None
+    if chosen is not None and chosen.path is not None and INT8.open is not None:
+        openers.append(partial(INT8.open, chosen.path, context))
+    return openers
+
+
+def benchmark_stage(
+    eager: EagerRunner,
+    openers: Sequence[Callable[[], Runner]],
+    options: ExportOptions,
+    listener: ProgressListener,
+    load_seconds: dict[str, float],
+    *,
+    already_timed: Sequence[LatencyStats] = (),
+) -> list[LatencyStats]:
+    """Time eager and every shipped artifact alike, in alternating blocks per batch size.
+
+    Every runner is open at once and visited in turn (``compare_latency``), so all share the machine's
+    drift; each is warmed before its block, which lets an ONNX Runtime session's spinning threads settle.
+    Backends in ``already_timed`` (the float and int8 ONNX models the quantize stage timed side by side)
+    keep that figure: one model, one number per run. Load times go into ``load_seconds``.
+    """
+    plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
+    known = {stats.backend for stats in already_timed}
+    results: list[LatencyStats] = [s for s in already_timed if s.label in {p.label for p in plans}]
+    order = [eager.name]
+    with contextlib.ExitStack() as stack:
+        runners: list[Runner] = [eager]
+        for opener in openers:
+            started = time.perf_counter()
+            runner = opener()
+            load_seconds[runner.name] = time.perf_counter() - started
+            order.append(runner.name)
+            if runner.name in known:
+                with runner:  # its figure is reused: free it at once
+                    continue
+            runners.append(stack.enter_context(runner))
+        for index, plan in enumerate(plans):
+
+            def show(runner: Runner, label: str = plan.label, done: int = index) -> None:
+                listener.step(f"timing {runner.name} at {label}", done, len(plans))
+
+            results += compare_latency(
+                runners, plan, config=options.timing, threads=options.threads, on_block=show
+            )
+    baseline = {s.label: s.p50_ms for s in results if s.backend == eager.name}
+    for stats in results:
+        stats.speedup_vs_eager = baseline[stats.label] / stats.p50_ms if stats.p50_ms > 0 else None
+    listener.step("timing done", len(plans), len(plans))
+    return sorted(results, key=lambda s: order.index(s.backend) if s.backend in order else len(order))

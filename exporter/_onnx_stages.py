@@ -1,0 +1,184 @@
+"""The ONNX model's own stages: graph optimization (each step verified and timed) and int8 quantization
+(candidates built, judged by the parity budget and timed beside float)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from exporter.backends import BackendResult
+from exporter.benchmark import batch_plans
+from exporter.errors import ConversionError
+from exporter.loading import LoadedModel
+from exporter.optimize import (
+    DECISION_TIMING,
+    OptimizationResult,
+    OptimizeRequest,
+    infer_attention_shape,
+    optimize_onnx,
+)
+from exporter.quantize import (
+    QuantizationResult,
+    SampleSet,
+    choose_formats,
+    load_samples,
+    run_quantization,
+)
+from exporter.stages import ProgressListener, StageStatus, StageTracker
+from exporter.verify import GoldenCase
+
+if TYPE_CHECKING:
+    from exporter.options import ExportOptions
+
+__all__ = ["int8_samples", "optimize_stage", "quantize_stage"]
+
+
+def optimize_stage(
+    stages: StageTracker,
+    *,
+    options: ExportOptions,
+    module: torch.nn.Module,
+    onnx_backend: BackendResult | None,
+    alternative: Callable[[], Path] | None,
+    golden: Sequence[GoldenCase],
+    work_dir: Path,
+    listener: ProgressListener,
+) -> OptimizationResult | None:
+    """Graph optimization of the verified float ONNX model; the ONNX backend then ships the fastest result."""
+    if onnx_backend is None or onnx_backend.path is None:
+        stages.skip("optimize", "no ONNX target")
+        return None
+    if not onnx_backend.passed:
+        stages.skip("optimize", "the float ONNX model failed verification")
+        return None
+    if "none" in options.optimization.steps:
+        stages.skip("optimize", "--optimize none")
+        return None
+    fast = options.timing.min_seconds < DECISION_TIMING.min_seconds
+    settings = options.optimization
+    if not settings.num_heads or not settings.hidden_size:
+        heads, hidden = infer_attention_shape(module)
+        settings = replace(
+            settings, num_heads=settings.num_heads or heads, hidden_size=settings.hidden_size or hidden
+        )
+    request = OptimizeRequest(
+        model=onnx_backend.path,
+        label=onnx_backend.shipped,
+        parity=onnx_backend.shipped_parity,
+        golden=golden,
+        tolerance=options.tolerance,
+        plans=batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed),
+        threads=options.threads,
+        work_dir=work_dir,
+        options=settings,
+        alternative=alternative,
+        timing=options.timing if fast else DECISION_TIMING,
+    )
+    with stages.run("optimize") as record:
+        result = optimize_onnx(request, step=lambda message: listener.step(message, 0, 0))
+        onnx_backend.parity += result.parity
+        onnx_backend.shipped = result.best.label
+        onnx_backend.path = result.best.path
+        onnx_backend.conversion = {**onnx_backend.conversion, "shipped": result.best.label}
+        kept = [r.name for r in result.records if r.kept]
+        dropped = [f"{r.name} ({r.reason.split(':')[0]})" for r in result.records if not r.kept]
+        speedup = result.baseline.score / result.best.score if result.best.score else 1.0
+        record.detail = (
+            f"shipped {result.best.label} (p50 x{1 / speedup:.2f} of unoptimized); "
+            f"kept {', '.join(kept) or 'nothing'}" + (f"; dropped {'; '.join(dropped)}" if dropped else "")
+        )
+    return result
+
+
+def quantize_stage(
+    stages: StageTracker,
+    *,
+    samples: tuple[SampleSet, SampleSet] | None,
+    options: ExportOptions,
+    loaded: LoadedModel,
+    onnx_backend: BackendResult | None,
+    float_onnx: Path | None,
+    golden: Sequence[GoldenCase],
+    work_dir: Path,
+    listener: ProgressListener,
+) -> QuantizationResult | None:
+    """int8 from the shipped float ONNX model, when asked for and that model verified."""
+    if samples is None:
+        stages.skip("quantize", "not requested")
+        return None
+    if onnx_backend is None or not onnx_backend.passed or onnx_backend.path is None:
+        stages.skip("quantize", "the float ONNX model failed verification")
+        return None
+    with stages.run("quantize") as record:
+        quantization = _quantize(
+            samples=samples,
+            options=options,
+            loaded=loaded,
+            float_onnx=float_onnx or onnx_backend.path,
+            golden=golden,
+            work_dir=work_dir,
+            listener=listener,
+        )
+        record.status, record.detail = _quantize_status(quantization)
+    return quantization
+
+
+def int8_samples(options: ExportOptions) -> tuple[SampleSet, SampleSet]:
+    """Calibration and held-out evaluation samples (a recipe's labelled ``eval_data`` when it has one)."""
+    settings = options.quantization
+    if settings.eval_data:
+        calibration = load_samples(settings.calibration, options.spec, settings.samples, options.seed)
+        return calibration, load_samples(settings.eval_data, options.spec, 100_000, options.seed)
+    held_out = max(8, settings.samples // 4)
+    samples = load_samples(settings.calibration, options.spec, settings.samples + held_out, options.seed)
+    return samples.split(held_out / (settings.samples + held_out))
+
+
+def _quantize(
+    *,
+    samples: tuple[SampleSet, SampleSet],
+    options: ExportOptions,
+    loaded: LoadedModel,
+    float_onnx: Path,
+    golden: Sequence[GoldenCase],
+    work_dir: Path,
+    listener: ProgressListener,
+) -> QuantizationResult:
+    """Build, judge and time the int8 candidates."""
+    settings = options.quantization
+    calibration, evaluation = samples
+    result = run_quantization(
+        settings,
+        module=loaded.module,
+        spec=options.spec,
+        float_onnx=float_onnx,
+        golden=golden,
+        calibration=calibration,
+        evaluation=evaluation,
+        formats=choose_formats(),
+        plans=batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed),
+        timing=options.timing,
+        threads=options.threads,
+        work_dir=work_dir,
+        step=lambda message: listener.step(message, 0, 0),
+    )
+    if result.none_built:
+        reasons = "; ".join(f"{c.name}: {c.error}" for c in result.candidates)
+        raise ConversionError(f"--quantize {settings.mode.value}: no int8 model could be built ({reasons})")
+    return result
+
+
+def _quantize_status(result: QuantizationResult) -> tuple[StageStatus, str]:
+    status = StageStatus.PASSED if result.passed else StageStatus.FAILED
+    chosen = result.chosen
+    if chosen is None:
+        return status, f"{len(result.candidates)} candidates, none shipped"
+    size = chosen.size_bytes / result.float_size if result.float_size else 0
+    return status, (
+        f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float, size x{size:.2f}, "
+        f"min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
+    )

@@ -1,0 +1,175 @@
+"""The command-line form of one input, ``NAME:DTYPE:DIMS[:LOW..HIGH]``, read strictly (ASCII only, ranges
+that fit the dtype; see :mod:`exporter.specs`). ``exporter.specs.parse_tensor_spec`` builds the TensorSpec
+from these fields and checks its size, which needs the spec types this module stays below.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from typing import NamedTuple
+
+import numpy as np
+
+from exporter.errors import InputSpecError
+
+__all__ = ["DTYPES", "ParsedSpec", "parse_fields", "show"]
+
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "float64": np.dtype(np.float64),
+    "int64": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_),
+}
+_DTYPE_ALIASES = {
+    "float": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "half": "float16",
+    "fp16": "float16",
+    "f16": "float16",
+    "double": "float64",
+    "fp64": "float64",
+    "f64": "float64",
+    "long": "int64",
+    "i64": "int64",
+    "int": "int32",
+    "i32": "int32",
+}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE = re.compile(r"[0-9]+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NOT_FINITE = {"inf", "infinity", "nan"}
+_FIELDS = ("NAME", "DTYPE", "DIMS", "LOW..HIGH")
+_SHOWN_CHARS = 120
+
+
+class ParsedSpec(NamedTuple):
+    """The checked fields of one spec; each dim is (example size, label or None when static)."""
+
+    name: str
+    dtype: str
+    dims: tuple[tuple[int, str | None], ...]
+    low: float | None
+    high: float | None
+
+
+def show(text: str) -> str:
+    """``text`` on one line (control characters escaped) and short enough to read in an error."""
+    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= _SHOWN_CHARS else f"{shown[: _SHOWN_CHARS - 3]}..."
+
+
+def _check_ascii(text: str, where: str) -> None:
+    """Refuse the first non-ASCII character, naming it and the field it sits in."""
+    for index, char in enumerate(text):
+        if char.isascii():
+            continue
+        colons = text[:index].count(":")
+        field_name = _FIELDS[colons] if colons < len(_FIELDS) else "the spec"
+        described = " ".join(filter(None, (f"U+{ord(char):04X}", unicodedata.name(char, ""))))
+        raise InputSpecError(
+            f"{where}: {field_name} has the non-ASCII character {show(char)!r} ({described}); "
+            "use ASCII letters, digits 0-9 and . _ = , : + -"
+        )
+
+
+def parse_fields(text: str, where: str) -> ParsedSpec:
+    """The fields of ``NAME:DTYPE:DIMS[:LOW..HIGH]``, each checked; errors start with ``where``."""
+    _check_ascii(text, where)
+    parts = text.strip().split(":")
+    if len(parts) not in (3, 4):
+        raise InputSpecError(
+            f"{where}: expected NAME:DTYPE:DIMS[:LOW..HIGH], e.g. image:float32:batch=1,3,224,224"
+        )
+    name, dtype_text, dims_text = (p.strip() for p in parts[:3])
+    if not _NAME.fullmatch(name):
+        raise InputSpecError(f"{where}: NAME '{show(name)}' must be an identifier (letters, digits, _)")
+    dtype = _DTYPE_ALIASES.get(dtype_text.lower(), dtype_text.lower())
+    if dtype not in DTYPES:
+        raise InputSpecError(f"{where}: unknown DTYPE '{show(dtype_text)}' (one of {', '.join(DTYPES)})")
+    dims = tuple(_parse_dim(item.strip(), where) for item in dims_text.split(",")) if dims_text else ()
+    low: float | None = None
+    high: float | None = None
+    if len(parts) == 4:
+        range_text = show(parts[3].strip())
+        low, high = _parse_range(parts[3].strip(), where)
+        if dtype == "bool":
+            raise InputSpecError(f"{where}: a bool input takes no LOW..HIGH range")
+        if DTYPES[dtype].kind in "iu":
+            if not (float(low).is_integer() and float(high).is_integer()):
+                raise InputSpecError(f"{where}: integer input needs an integer range, got '{range_text}'")
+            low, high = int(low), int(high)
+            info = np.iinfo(DTYPES[dtype])
+            if low < info.min or high - 1 > info.max:
+                raise InputSpecError(
+                    f"{where}: range '{range_text}' does not fit {dtype} ([{info.min}, {info.max + 1}))"
+                )
+        else:
+            low, high = float(low), float(high)
+            if not low < high:
+                raise InputSpecError(f"{where}: range '{range_text}' needs LOW < HIGH as {dtype}")
+            finfo = np.finfo(DTYPES[dtype])
+            top = float(finfo.max)
+            if low < -top or high > top:
+                raise InputSpecError(
+                    f"{where}: range '{range_text}' does not fit {dtype} ([{-top:.8g}, {top:.8g}])"
+                )
+            if not math.isfinite(high - low):
+                raise InputSpecError(
+                    f"{where}: range '{range_text}' is too wide to draw {dtype} from: HIGH - LOW must be at "
+                    f"most {top:.8g}"
+                )
+    return ParsedSpec(name, dtype, dims, low, high)
+
+
+def _parse_dim(item: str, where: str) -> tuple[int, str | None]:
+    label, sep, size_text = item.partition("=")
+    if not sep:
+        label, size_text = "", item
+    label, size_text = label.strip(), size_text.strip()
+    if sep and not _LABEL.fullmatch(label):
+        raise InputSpecError(f"{where}: dim label '{show(label)}' must be an identifier, as in batch=1")
+    shown = show(item)
+    if size_text.startswith("-") and _SIZE.fullmatch(size_text[1:]):
+        raise InputSpecError(f"{where}: dim '{shown}' must be a positive size")
+    if not _SIZE.fullmatch(size_text):
+        raise InputSpecError(
+            f"{where}: dim '{shown}' is neither an integer nor label=size (e.g. 3 or batch=1)"
+        )
+    if len(size_text) > 18:
+        raise InputSpecError(f"{where}: dim '{shown}' is too large: sizes must stay below 10**18")
+    size = int(size_text)
+    if size == 0 and not sep:
+        raise InputSpecError(f"{where}: dim '{shown}' must be a positive size")
+    return size, label or None
+
+
+def _parse_range(text: str, where: str) -> tuple[float, float]:
+    """``LOW..HIGH`` in plain ASCII decimal notation (``1_000``, hex and ``inf`` are refused). Integers stay
+    exact ``int`` so that int64 bounds near 2**63 are not rounded through float."""
+    low_text, sep, high_text = (t.strip() for t in text.partition(".."))
+    shown = show(text)
+    tokens = (low_text, high_text)
+    if any(t.lstrip("+-").lower() in _NOT_FINITE for t in tokens):
+        raise InputSpecError(f"{where}: range '{shown}' must be finite")
+    if not sep or not all(_DECIMAL.fullmatch(t) for t in tokens):
+        raise InputSpecError(f"{where}: range '{shown}' must be LOW..HIGH, e.g. 0..30522")
+    low, high = _to_number(low_text), _to_number(high_text)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InputSpecError(f"{where}: range '{shown}' must be finite")
+    if not low < high:
+        raise InputSpecError(f"{where}: range '{shown}' needs LOW < HIGH")
+    return low, high
+
+
+def _to_number(token: str) -> float:
+    return int(token) if _INTEGER.fullmatch(token) and len(token) <= 40 else float(token)

@@ -1,0 +1,42 @@
+"""The write stage: shipped artifacts moved into the staging folder, golden files, report.json/.md/.html
+and manifest.json (which hashes everything else)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.artifacts import write_golden, write_json, write_sample_golden
+from exporter.backends.onnxruntime import INT8
+from exporter.documents import RunRecord, build_manifest, build_report
+from exporter.report import render_reports
+from exporter.stages import StageStatus, StageTracker
+
+if TYPE_CHECKING:
+    from exporter.options import ExportOptions
+
+__all__ = ["write_stage"]
+
+
+def write_stage(
+    *, staging: Path, build_dir: Path, options: ExportOptions, run: RunRecord, stages: StageTracker
+) -> dict[str, Any]:
+    """Fill the staging folder; return the report."""
+    for result in run.backends:
+        if result.file is None or result.path is None or result.spec is None:
+            continue
+        result.spec.store(result.path, staging / result.file)
+    chosen = run.quantization.chosen if run.quantization else None
+    if chosen is not None and chosen.path is not None and INT8.file is not None:
+        INT8.store(chosen.path, staging / INT8.file)
+    golden_index = write_golden(staging / "golden", run.golden)
+    if run.quantization is not None:
+        golden_index.append(write_sample_golden(staging / "golden", "int8-eval", run.quantization.evaluation))
+    shutil.rmtree(build_dir, ignore_errors=True)
+    stages.records["write"].status = StageStatus.PASSED
+    report = build_report(options, run, stages.list())
+    write_json(staging / "report.json", report)
+    render_reports(staging, report)
+    write_json(staging / "manifest.json", build_manifest(options, run, golden_index, staging))
+    return report

@@ -1,0 +1,49 @@
+"""Command line: one module per command; each parses flags, calls the library, prints. No pipeline logic.
+
+Exit codes: 0 success; 1 verification failed (report written); 2 bad input or usage; 3 conversion failed;
+4 latency budget missed; 5 internal error (a bug in exporter; traceback in a log file); 130/143 SIGINT or
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from exporter.cli.export_cmd import export_command
+from exporter.cli.inspect_cmd import inspect_command
+from exporter.cli.recipes_cmd import recipes_command
+from exporter.cli.report_cmd import report_command
+from exporter.cli.run_cmd import run_command
+from exporter.cli.verify_cmd import verify_command
+from exporter.interrupts import install_signal_handlers
+from exporter.pipeline import export  # what `exporter export` calls, looked up here (tests replace it)
+
+__all__ = ["app", "export", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn a trained PyTorch model into verified, benchmarked deployment artifacts.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Turn a trained PyTorch model into verified, benchmarked deployment artifacts."""
+
+
+for _name, _command in (
+    ("export", export_command),
+    ("verify", verify_command),
+    ("run", run_command),
+    ("recipes", recipes_command),
+    ("report", report_command),
+    ("inspect", inspect_command),
+):
+    app.command(_name)(_command)
+
+
+def main() -> None:
+    """Console-script entry point: SIGTERM stops a run as Ctrl-C does (exit 143, nothing left behind)."""
+    install_signal_handlers()
+    app(prog_name="exporter")

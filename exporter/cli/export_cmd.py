@@ -1,0 +1,277 @@
+"""``exporter export``: flags and a recipe -> ``ExportOptions`` -> the pipeline, then the summary tables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from exporter.cli.shared import DebugFlag, RichProgress, guarded, json_object, out, rich_table
+from exporter.convert.compile import CompileMode
+from exporter.convert.onnx import OnnxExporterChoice
+from exporter.convert.torchscript import TorchScriptMode
+from exporter.errors import UsageError
+from exporter.options import build_export_options
+from exporter.pipeline import ExportOptions, ExportResult
+from exporter.quantize import QuantMode
+from exporter.quantize.calibration import CalibrationMethod
+from exporter.report import latency_matrix, parity_matrix, parity_table, quantization_table
+from exporter.targets import TARGETS, expand_targets
+
+__all__ = ["Target", "export_command"]
+
+
+Target = StrEnum("Target", [(name, name) for name in (*TARGETS, "all")])  # type: ignore[misc]
+"""``--to`` choices: every registered backend's target, and ``all``."""
+
+
+def export_command(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="TorchScript archive, torch.export .pt2, state_dict, .safetensors or pickled module."
+        ),
+    ] = None,
+    to: Annotated[
+        list[Target] | None,
+        typer.Option(
+            "--to",
+            help="Target: onnx, torchscript, compile (torch.compile + AOTInductor model.pt2), or all; "
+            "repeat for several [default: onnx].",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Factory building the architecture: package.module:callable or path/file.py:callable.",
+        ),
+    ] = None,
+    model_kwargs: Annotated[
+        str | None,
+        typer.Option("--model-kwargs", help="Keyword arguments for --model as JSON, e.g. '{\"width\": 16}'."),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="NAME:DTYPE:DIMS[:LOW..HIGH], once per input. DIMS: comma-separated ints (static) or "
+            "label=size "
+            "(dynamic; a label shared by inputs is one dim). Ints are drawn from [LOW, HIGH). "
+            "E.g. image:float32:batch=1,3,224,224 or input_ids:int64:batch=2,seq=128:0..30522",
+        ),
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML; flags override it.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Artifacts folder [default: artifacts/<name>].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output folder once the new one is complete.")
+    ] = False,
+    atol: Annotated[
+        float | None, typer.Option("--atol", min=0.0, help="Absolute tolerance [default: 1e-4].")
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", min=0.0, help="Relative tolerance [default: 1e-3].")
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option("--opset", min=7, max=30, help="ONNX opset [default: the exporter's].")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, max=4096, help="Threads for every backend [default: all CPUs]."),
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint", help="Allow unpickling arbitrary objects (only for files you trust)."
+        ),
+    ] = False,
+    onnx_exporter: Annotated[
+        OnnxExporterChoice | None,
+        typer.Option("--onnx-exporter", help="auto tries dynamo, then the TorchScript-based exporter."),
+    ] = None,
+    simplify: Annotated[
+        bool | None, typer.Option("--simplify/--no-simplify", help="Try onnxsim [default: on].")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Seed for drawn inputs [default: 0].")
+    ] = None,
+    benchmark: Annotated[
+        bool | None, typer.Option("--benchmark/--no-benchmark", help="Measure latency [default: on].")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name [default: checkpoint stem].")] = None,
+    quantize: Annotated[
+        QuantMode | None,
+        typer.Option(
+            "--quantize",
+            help="int8 mode: dynamic, static, qat, or int8 (try all, ship the fastest within budget).",
+        ),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration",
+            help="Calibration data: .npz (one array per input, samples on axis 0), a folder of .npy/.npz/.pt "
+            "samples, or package.module:callable [default: drawn from the spec, with a warning].",
+        ),
+    ] = None,
+    calibration_samples: Annotated[
+        int | None, typer.Option("--calibration-samples", min=1, help="Calibration samples [default: 64].")
+    ] = None,
+    calibration_method: Annotated[
+        CalibrationMethod | None,
+        typer.Option(
+            "--calibration-method",
+            help="Static ranges; auto tries percentile and entropy when minmax misses the budget "
+            "[default: auto].",
+        ),
+    ] = None,
+    min_cosine: Annotated[
+        float | None, typer.Option("--min-cosine", help="int8 budget: min cosine per sample [default: 0.99].")
+    ] = None,
+    min_top1: Annotated[
+        float | None, typer.Option("--min-top1", help="int8 budget: min top-1 agreement of 2-D outputs.")
+    ] = None,
+    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="int8 budget: min SQNR in dB.")] = None,
+    torchscript_mode: Annotated[
+        TorchScriptMode | None,
+        typer.Option(
+            "--torchscript-mode",
+            help="script keeps control flow, trace records one path; auto: script, then trace.",
+        ),
+    ] = None,
+    compile_mode: Annotated[
+        CompileMode | None, typer.Option("--compile-mode", help="torch.compile mode [default: default].")
+    ] = None,
+    optimize: Annotated[
+        str | None,
+        typer.Option(
+            "--optimize",
+            help="ONNX graph optimization: auto, none, or steps from transformer,splitnorm,ort,fp16 "
+            "(comma-separated); a step is kept only if it verifies and is not slower [default: auto].",
+        ),
+    ] = None,
+    fail_on_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-nonfinite",
+            help="Fail (exit 1) when the PyTorch model's own outputs hold NaN or Inf on the golden inputs.",
+        ),
+    ] = False,
+    debug: DebugFlag = False,
+) -> None:
+    """Export CHECKPOINT (ONNX, TorchScript, torch.compile/AOTInductor), verify every backend against PyTorch
+    at several shapes, time them alike, write artifacts.
+
+    Exit codes: 0 passed; 1 verification failed (report still written); 2 bad input or usage;
+    3 conversion failed; 5 internal error; 130/143 interrupted (nothing written).
+    """
+    flags = {
+        "checkpoint": checkpoint,
+        "name": name,
+        "out": out_dir,
+        "model_ref": model,
+        "atol": atol,
+        "rtol": rtol,
+        "opset": opset,
+        "threads": threads,
+        "onnx_exporter": _value(onnx_exporter),
+        "simplify": simplify,
+        "seed": seed,
+        "benchmark": benchmark,
+        "trust_checkpoint": trust_checkpoint or None,
+        "targets": tuple(t.value for t in to) if to else None,
+        "torchscript_mode": _value(torchscript_mode),
+        "compile_mode": _value(compile_mode),
+        "force": force,
+        "fail_on_nonfinite": fail_on_nonfinite or None,
+    }
+    quantization_flags = {
+        "mode": _value(quantize),
+        "calibration": calibration,
+        "samples": calibration_samples,
+        "method": _value(calibration_method),
+        "min_cosine": min_cosine,
+        "min_top1": min_top1,
+        "min_sqnr_db": min_sqnr,
+    }
+
+    def action() -> ExportResult:
+        parsed = {**flags, "model_kwargs": json_object(model_kwargs)}
+        options = build_export_options(
+            recipe, parsed, quantization_flags, _optimization_flags(optimize), inputs or []
+        )
+        return _run(options)
+
+    result = guarded(debug, action)
+    _print_summary(result)
+    raise typer.Exit(int(result.exit_code))
+
+
+def _value(choice: StrEnum | None) -> str | None:
+    """A flag's plain string, as a recipe would give it (settings and reports hold no enum members)."""
+    return choice.value if choice is not None else None
+
+
+def _optimization_flags(text: str | None) -> dict[str, Any]:
+    """``--optimize auto|none|step,step``, checked against the known steps."""
+    if text is None:
+        return {}
+    from exporter.optimize import OPTIMIZE_STEPS
+
+    steps = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in steps if s not in {"auto", "none", *OPTIMIZE_STEPS}]
+    if unknown or not steps:
+        raise UsageError(
+            f"--optimize {','.join(unknown) or text!r}: use auto, none, or steps from "
+            f"{', '.join(OPTIMIZE_STEPS)}"
+        )
+    return {"steps": steps}
+
+
+def _run(options: ExportOptions) -> ExportResult:
+    from exporter import cli  # the package's ``export``, looked up per call: tests replace it there
+
+    progress = RichProgress(out)
+    targets = ", ".join(expand_targets(options.targets))
+    out.print(
+        f"[bold]exporter[/] {escape(str(options.checkpoint))} -> {targets} ({options.threads} threads)",
+        highlight=False,
+    )
+    try:
+        return cli.export(options, progress)
+    finally:
+        progress.close()
+
+
+def _print_summary(result: ExportResult) -> None:
+    report = result.report
+    out.print(
+        rich_table("Parity matrix: shipped artifact x shape case, worst max abs diff", parity_matrix(report))
+    )
+    failing = [b for b in result.backends if not b.passed]
+    if failing:
+        shipped = {
+            **report,
+            "parity": [p.to_json() for b in failing for p in b.parity if p.artifact == b.shipped],
+        }
+        out.print(rich_table("Parity failures in detail", parity_table(shipped)))
+    if report["quantization"]:
+        out.print(
+            rich_table(f"Int8 ({report['quantization']['budget']['text']})", quantization_table(report))
+        )
+    if report["latency"]:
+        title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
+        out.print(rich_table(title, latency_matrix(report)))
+    for note in report["notes"]:
+        out.print(f"[yellow]note:[/] {escape(note)}")
+    verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
+    int8 = ["model.int8.onnx"] if result.quantization and result.quantization.chosen else []
+    files = ", ".join(
+        [*(b.file for b in result.backends if b.file), *int8, "golden/", "manifest.json", "report.md/.html"]
+    )
+    out.print(f"{verdict}  artifacts in [bold]{escape(str(result.out_dir))}[/] ({escape(files)})")

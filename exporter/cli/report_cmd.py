@@ -1,0 +1,28 @@
+"""``exporter report``: re-render report.md and report.html from a folder's report.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from exporter.cli.shared import DebugFlag, guarded, out
+
+__all__ = ["report_command"]
+
+
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="An artifacts folder with a report.json.")],
+    debug: DebugFlag = False,
+) -> None:
+    """Re-render report.md and the self-contained report.html from FOLDER/report.json."""
+    from exporter.report import render_reports
+    from exporter.report_model import read_report
+
+    def action() -> list[Path]:
+        return render_reports(folder, read_report(folder).model_dump(exclude_unset=True))
+
+    for written in guarded(debug, action):
+        out.print(Text(f"wrote {written}"))

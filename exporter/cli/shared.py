@@ -1,0 +1,129 @@
+"""What every command shares: the two consoles, tables, the progress display, JSON output, the error guard."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
+from rich.table import Table
+from rich.text import Text
+
+from exporter.errors import UsageError, describe_failure
+from exporter.report import Table as RowTable
+from exporter.stages import StageRecord, StageStatus
+
+__all__ = ["RichProgress", "err", "guarded", "json_object", "out", "rich_table", "write_json"]
+
+T = TypeVar("T")
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class RichProgress:
+    """Shows the running stage as a spinner and prints each finished stage on its own line."""
+
+    _MARKS: ClassVar[dict[StageStatus, str]] = {
+        StageStatus.PASSED: "[green]ok[/]",
+        StageStatus.FAILED: "[red]FAILED[/]",
+        StageStatus.SKIPPED: "[yellow]skipped[/]",
+        StageStatus.NOT_RUN: "[dim]not run[/]",
+    }
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.status: Status | None = None
+        self.stage = ""
+
+    def stage_started(self, stage: str) -> None:
+        self.stage = stage
+        self.status = self.console.status(f"[bold]{stage}[/] ...")
+        self.status.start()
+
+    def stage_finished(self, record: StageRecord) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        mark = self._MARKS[record.status]
+        detail = "" if record.status is StageStatus.FAILED and record.name != "verify" else record.detail
+        self.console.print(
+            f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{escape(detail)}[/]",
+            highlight=False,
+        )
+
+    def step(self, message: str, done: int, total: int) -> None:
+        if self.status is not None:
+            count = f" ({done}/{total})" if total else ""
+            self.status.update(f"[bold]{self.stage}[/] {escape(message)}{count}")
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def rich_table(title: str, table: RowTable) -> Table:
+    """A report table for the terminal; cells are plain text (never markup), failing rows in red."""
+    headers, rows = table
+    rendered = Table(title=Text(title), title_justify="left", show_lines=False)
+    for header in headers:
+        rendered.add_column(Text(header), overflow="fold")
+    for row in rows:
+        style = "red" if any(cell.startswith("FAIL") for cell in row) else None
+        rendered.add_row(*(Text(cell) for cell in row), style=style)
+    return rendered
+
+
+def guarded(debug: bool, action: Callable[[], T]) -> T:
+    """Run ``action``; an error becomes one line on stderr and its exit code (``describe_failure``), so
+    every command fails alike. ``--debug`` lets the traceback through instead."""
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except (Exception, KeyboardInterrupt) as error:
+        if debug:
+            raise
+        code, line = describe_failure(error, " ".join(sys.argv[1:]))
+        heading, _, rest = line.partition(": ")
+        err.print(f"[red]{escape(heading)}:[/] {escape(rest)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(code)) from None
+
+
+def json_object(text: str | None) -> dict[str, Any] | None:
+    """``--model-kwargs`` parsed: a JSON object, or None when the flag was not given."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--model-kwargs is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 16}'")
+    return value
+
+
+def write_json(target: Path | None, payload: Any) -> None:
+    """``--json FILE`` writes the document; ``--json -`` prints it instead of the tables."""
+    if target is None:
+        return
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+
+DebugFlag = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+"""``--debug``, the same on every command."""
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write results as JSON (- for stdout).")]
+"""``--json FILE`` (``-`` prints the document instead of the tables)."""
+JunitOut = Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report.")]
+"""``--junit FILE``."""

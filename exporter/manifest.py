@@ -1,0 +1,385 @@
+"""manifest.json as a typed, versioned model: the one module that writes and reads it.
+
+The manifest is the contract a CI job (``exporter verify``) and a serving system rely on, so it is a
+pydantic model that refuses unknown keys and wrong types, and its JSON Schema is published as
+``docs/manifest.schema.json`` (``python -m exporter.manifest --schema``) for tools without exporter.
+Fields with a default are absent from manifests written by earlier exporters of the same schema version.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
+from exporter.errors import UsageError
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "ArtifactEntry",
+    "BenchmarkEntry",
+    "BudgetEntry",
+    "CallEntry",
+    "DynamicDimEntry",
+    "FileEntry",
+    "GoldenCaseEntry",
+    "GoldenEntry",
+    "GoldenSamplesEntry",
+    "InputSpecEntry",
+    "Int8Entry",
+    "MachineEntry",
+    "Manifest",
+    "NonfiniteEntry",
+    "OnnxEntry",
+    "SourceEntry",
+    "TensorEntry",
+    "Tolerance",
+    "ToolEntry",
+    "Typed",
+    "read_manifest",
+    "read_typed",
+    "schema_text",
+    "write_manifest",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Typed(BaseModel):
+    """Strict (``"1e-4"`` is not a number, ``true`` not an integer), frozen, and unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _number(value: Any) -> int | float:
+    """An int or a float, kept as given so a manifest is written back byte for byte."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    return value
+
+
+def _dim(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PydanticCustomError("dim_type", "Input should be a dim label or a size")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_number), WithJsonSchema({"type": "number"})]
+DimSize = Annotated[
+    str | int, PlainValidator(_dim), WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]})
+]
+
+
+class ToolEntry(Typed):
+    name: str
+    version: str
+
+
+class MachineEntry(Typed):
+    platform: str
+    cpu: str
+    cpu_flags: list[str]
+    logical_cpus: int | None
+
+
+class SourceEntry(Typed):
+    """The checkpoint the artifacts came from, and how to rebuild the model (``verify --checkpoint``)."""
+
+    checkpoint: str
+    format: str
+    sha256: str
+    bytes: int
+    model: str | None
+    model_kwargs: dict[str, Any]
+
+
+class OnnxEntry(Typed):
+    file: str
+    candidate: str
+    opset: int
+    exporter: str
+    input_names: list[str]
+    output_names: list[str]
+
+
+class CallEntry(Typed):
+    """How the artifact takes its inputs: by position, or by these keyword names."""
+
+    positional: list[str]
+    keyword: list[str]
+
+
+class ArtifactEntry(Typed):
+    backend: str
+    file: str
+    candidate: str
+    verified: bool
+    loader: str | None
+    call: CallEntry | None = Field(default=None, exclude_if=lambda value: value is None)
+
+
+class TensorEntry(Typed):
+    name: str
+    dtype: str
+    shape: list[DimSize]
+    example_shape: list[int]
+    range: list[Number] | None
+    spec: str
+
+
+class DynamicDimEntry(Typed):
+    min: int
+    max: int | None
+    example: int
+
+
+class InputSpecEntry(Typed):
+    inputs: list[TensorEntry]
+    dynamic_dims: dict[str, DynamicDimEntry]
+
+
+class Tolerance(Typed):
+    atol: Number
+    rtol: Number
+
+
+class BenchmarkEntry(Typed):
+    batch_dim: str
+    batch_sizes: list[int]
+
+
+class BudgetEntry(Typed):
+    """The int8 parity budget (``exporter.quantize.budget.ParityBudget``'s fields and defaults)."""
+
+    min_cosine: Number = 0.99
+    min_top1: Number | None = None
+    min_sqnr_db: Number | None = None
+    max_abs: Number | None = None
+
+
+class Int8Entry(Typed):
+    """The shipped int8 model; only ``file`` and ``budget`` are needed to re-check it."""
+
+    file: str
+    budget: BudgetEntry
+    candidate: str | None = None
+    engine: str | None = None
+    settings: dict[str, Any] | None = None
+    float_layers: list[str] | None = None
+    formats: dict[str, Any] | None = None
+    calibration: str | None = None
+
+
+class GoldenCaseEntry(Typed):
+    """One verification shape case: seeded inputs and the PyTorch reference's outputs."""
+
+    case: str
+    sizes: dict[str, int]
+    seed: int
+    inputs: str
+    outputs: str
+    output_names: list[str]
+
+
+class GoldenSamplesEntry(Typed):
+    """Held-out int8 evaluation inputs (``<input>.<index>`` arrays), kept for the int8 re-check."""
+
+    case: str
+    samples: int
+    inputs: str
+    source: str
+
+
+def _golden_kind(value: Any) -> str:
+    """A case has reference outputs; kept int8 samples do not."""
+    if isinstance(value, dict):
+        return "golden-case" if "outputs" in value else "kept-samples"
+    return "golden-case" if isinstance(value, GoldenCaseEntry) else "kept-samples"
+
+
+GoldenEntry = Annotated[
+    Annotated[GoldenCaseEntry, Tag("golden-case")] | Annotated[GoldenSamplesEntry, Tag("kept-samples")],
+    Discriminator(_golden_kind),
+]
+
+
+class NonfiniteEntry(Typed):
+    """NaN/Inf counts of one reference output on one golden case."""
+
+    case: str
+    output: str
+    nan: int
+    inf: int
+    posinf: int | None = None
+    neginf: int | None = None
+    elements: int
+
+
+class FileEntry(Typed):
+    sha256: str
+    bytes: int | None = None
+
+
+class Manifest(Typed):
+    """What an artifacts folder holds, how it was made, and what ``exporter verify`` re-checks."""
+
+    schema_version: Literal[1]
+    name: str
+    created_utc: str
+    tool: ToolEntry
+    versions: dict[str, str | None]
+    machine: MachineEntry
+    threads: int
+    source: SourceEntry
+    onnx: OnnxEntry | None
+    artifacts: list[ArtifactEntry] | None = None
+    output_names: list[str] | None = None
+    input_spec: InputSpecEntry
+    tolerance: Tolerance
+    benchmark: BenchmarkEntry | None = None
+    int8: Int8Entry | None = None
+    seed: int
+    golden: list[GoldenEntry]
+    reference_nonfinite: list[NonfiniteEntry] | None = None
+    files: dict[str, FileEntry]
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """``folder/manifest.json``, every field present and of its type.
+
+    Checked up front so a damaged or foreign manifest is one line of bad input (exit 2), not a
+    ``KeyError`` halfway through the checks.
+
+    Raises:
+        UsageError: not a folder, no manifest.json, not JSON, another schema version, or a field missing,
+            unknown or of the wrong type (the message names the first one by its path).
+    """
+    document = read_document(folder, "manifest.json", MANIFEST_SCHEMA_VERSION, use="verify")
+    return read_typed(Manifest, document, f"manifest.json of '{folder}'", "manifest")
+
+
+def read_typed(model: type[M], document: dict[str, Any], named: str, kind: str) -> M:
+    """``document`` as ``model``, or a ``UsageError`` naming the first bad field in one line.
+
+    ``named`` starts the message (``manifest.json of 'DIR'``); ``kind`` says what it should have been.
+    """
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        problem = _problem(model, error.errors(include_url=False)[0])
+        raise UsageError(f"{named} {problem} (not a {kind} written by this exporter, or damaged)") from None
+
+
+_KINDS = {
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dict_type": "an object",
+    "list_type": "a list",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "number_type": "a number",
+    "bool_type": "true or false",
+    "dim_type": "a dim label or a size",
+}
+
+
+def _problem(model: type[BaseModel], error: ErrorDetails) -> str:
+    """``is missing 'golden[0].seed'``, ``has 'tolerance.atol' = "1e-4", not a number`` and the like."""
+    where = _path(model, error["loc"]) or "(the whole document)"
+    if error["type"] == "missing":
+        return f"is missing '{where}'"
+    if error["type"] == "extra_forbidden":
+        return f"has the unknown key '{where}'"
+    shown = json.dumps(error["input"], default=str)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    expected = _KINDS.get(error["type"])
+    if expected is None and error["type"] == "literal_error":
+        expected = str(error.get("ctx", {}).get("expected", "")).replace("'", '"')
+    if expected is None:
+        return f"has '{where}' = {shown}: {error['msg'][0].lower()}{error['msg'][1:]}"
+    return f"has '{where}' = {shown}, not {expected}"
+
+
+def _path(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """``golden[0].seed``, ``files["model.onnx"].sha256``: ``loc`` read against the model's annotations,
+    which tell a field name from a mapping key and skip the tags of tagged unions."""
+    where, annotation = "", _unwrap(model)
+    for part in loc:
+        tags = _tags(annotation)
+        if tags:
+            annotation = _unwrap(tags.get(str(part), Any))
+            continue
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            where = f"{where}.{part}" if where else str(part)
+            annotation = _unwrap(field.annotation if field else Any)
+        elif origin is dict:
+            where += f"[{json.dumps(part)}]"
+            annotation = _unwrap(typing.get_args(annotation)[1])
+        else:
+            where += f"[{part}]"
+            annotation = _unwrap(typing.get_args(annotation)[0] if origin is list else Any)
+    return where
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The annotation without ``Annotated`` and without ``| None``."""
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+        return annotation
+
+
+def _tags(annotation: Any) -> dict[str, Any]:
+    """``{tag: member}`` of a tagged union (whose tag is a step of an error's location), else empty."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return {}
+    tags = {}
+    for member in typing.get_args(annotation):
+        for meta in getattr(member, "__metadata__", ()):
+            if isinstance(meta, Tag):
+                tags[meta.tag] = member
+    return tags
+
+
+def schema_text() -> str:
+    """The JSON Schema of manifest.json, as committed in ``docs/manifest.schema.json``."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **Manifest.model_json_schema(),
+    }
+    return json.dumps(schema, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--schema"]:
+        sys.exit("usage: python -m exporter.manifest --schema > docs/manifest.schema.json")
+    sys.stdout.write(schema_text())

@@ -1,0 +1,268 @@
+"""The int8 candidate registry: one spec per way of making an int8 model, in the spirit of torchao's
+config-to-handler registry (``torchao/core/config.py``). A spec names its builder, the modes it belongs to,
+what it needs, the repairs tried when it misses the budget, and when it need not be built; the search
+iterates the registry and never names a candidate. Adding a candidate is one ``register`` call.
+
+Registration order is the order candidates are built, listed and (for ``int8``) considered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporter._resolve import resolve_callable
+from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
+from exporter.quantize.judge import judge
+from exporter.quantize.onnx_ort import quantize_dynamic_ort, quantize_static_ort
+from exporter.quantize.pt2e import quantize_pt2e
+from exporter.quantize.repairs import (
+    AUTO_CALIBRATION,
+    Repair,
+    keep_sensitive_layers_in_float,
+    search_calibration_method,
+)
+from exporter.quantize.types import Builder, Candidate, QuantizeContext, QuantMode
+from exporter.specs import make_inputs, trace_sizes
+
+__all__ = [
+    "DYNAMIC_ORT",
+    "QAT_PT2E",
+    "STATIC_ORT",
+    "STATIC_PT2E",
+    "CandidateSpec",
+    "Requirement",
+    "SkipRule",
+    "candidate_specs",
+    "candidates_for",
+    "register",
+    "unregister",
+]
+
+
+class Requirement(StrEnum):
+    """What a candidate needs beyond the float ONNX model."""
+
+    CALIBRATION_DATA = "calibration data"
+    EXPORTABLE_MODULE = "a torch.export-able module"
+    TRAINING = "training steps (a qat_train hook, or distillation on the calibration inputs)"
+
+
+SkipRule = Callable[[QuantMode, Sequence[Candidate]], str | None]
+"""Given the mode and the candidates built so far, why this one need not be built, or None."""
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One int8 candidate.
+
+    Attributes:
+        name: the candidate's name in reports and manifests (``static-ort``).
+        engine: what makes it, as the report says it.
+        build: writes the model; repairs call it again with other settings or layers kept in float.
+        modes: the ``--quantize`` modes that build it.
+        needs: what it needs beyond the float ONNX model (documentation and tests; the builder checks).
+        repairs: tried in order after the first judgement; each returns at once when it does not apply.
+        skip: when the candidate need not be built given those built before it.
+    """
+
+    name: str
+    engine: str
+    build: Builder
+    modes: frozenset[QuantMode]
+    needs: frozenset[Requirement] = frozenset()
+    repairs: tuple[Repair, ...] = ()
+    skip: SkipRule | None = None
+
+
+_REGISTRY: dict[str, CandidateSpec] = {}
+
+
+def register(spec: CandidateSpec) -> CandidateSpec:
+    """Add ``spec`` after those registered before it."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"int8 candidate '{spec.name}' is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a candidate (tests register toy candidates and take them away again)."""
+    _REGISTRY.pop(name, None)
+
+
+def candidate_specs() -> list[CandidateSpec]:
+    return list(_REGISTRY.values())
+
+
+def candidates_for(mode: QuantMode) -> list[CandidateSpec]:
+    """The candidates ``mode`` builds, in registration order."""
+    return [spec for spec in _REGISTRY.values() if mode in spec.modes]
+
+
+# ---- ONNX Runtime ----------------------------------------------------------------------------------------
+
+
+def _build_dynamic(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    """Full-range int8 weights; without VNNI also 7-bit (``reduce_range``), measured once, better kept."""
+    if context.reduce_range is None:
+        context.reduce_range = False
+        if not context.formats.vnni:
+            errors = {}
+            for reduce_range in (False, True):
+                trial = Candidate(DYNAMIC_ORT.name, DYNAMIC_ORT.engine, path=target)
+                quantize_dynamic_ort(
+                    context.preprocessed, target, context.formats, exclude, reduce_range=reduce_range
+                )
+                judge(trial, context)
+                errors[reduce_range] = trial.cosine_error
+            context.reduce_range = errors[True] < errors[False]
+    reduce_range = context.reduce_range
+    quantize_dynamic_ort(context.preprocessed, target, context.formats, exclude, reduce_range=reduce_range)
+    return {"per_channel": True, "weight_type": context.formats.weight, "reduce_range": reduce_range}
+
+
+def _build_static_ort(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    """Static QDQ with the calibration method asked for, or the one the method search settled on."""
+    method = context.calibration_method or AUTO_CALIBRATION[0]
+    if context.options.method != "auto":
+        method = context.options.method
+    quantize_static_ort(
+        context.preprocessed,
+        target,
+        context.calibration.samples,
+        context.formats,
+        method=method,
+        exclude=exclude,
+        cache=context.work_dir / f"calibration-{method}.cache",
+    )
+    return {
+        "format": "QDQ",
+        "per_channel": True,
+        "activation_type": context.formats.activation,
+        "weight_type": context.formats.weight,
+        "reduce_range": context.formats.reduce_range_static,
+        "calibration_method": method,
+    }
+
+
+DYNAMIC_ORT = register(
+    CandidateSpec(
+        "dynamic-ort",
+        "onnxruntime.quantization (dynamic)",
+        _build_dynamic,
+        frozenset({QuantMode.DYNAMIC, QuantMode.INT8}),
+        repairs=(keep_sensitive_layers_in_float,),
+    )
+)
+STATIC_ORT = register(
+    CandidateSpec(
+        "static-ort",
+        "onnxruntime.quantization (static QDQ)",
+        _build_static_ort,
+        frozenset({QuantMode.STATIC, QuantMode.INT8}),
+        needs=frozenset({Requirement.CALIBRATION_DATA}),
+        repairs=(search_calibration_method, keep_sensitive_layers_in_float),
+    )
+)
+
+
+# ---- torchao PT2E ----------------------------------------------------------------------------------------
+
+
+def _build_pt2e(context: QuantizeContext, target: Path, qat: bool) -> dict[str, Any]:
+    """Quantize the eager module through PT2E and export the converted graph with the dynamo exporter."""
+    options = context.options
+    hook = resolve_callable(options.qat_train, option="qat_train") if options.qat_train else None
+    converted = quantize_pt2e(
+        context.module,
+        context.spec,
+        context.calibration.samples,
+        qat=qat,
+        train_hook=hook,
+        steps=options.qat_steps,
+        lr=options.qat_lr,
+    )
+    sizes = trace_sizes(context.spec)
+    example = {n: torch.from_numpy(a) for n, a in make_inputs(context.spec, sizes, 0).items()}
+    conversion = convert_to_onnx(
+        OnnxConversionRequest(
+            module=converted,
+            spec=context.spec,
+            example_inputs=example,
+            probe_inputs=None,
+            output_names=_output_names(context.float_onnx),
+            work_dir=target.parent / f"{target.stem}_build",
+            exporter=OnnxExporterChoice.DYNAMO,
+            simplify=False,
+        )
+    )
+    conversion.model_path.replace(target)
+    settings: dict[str, Any] = {
+        "quantizer": "X86InductorQuantizer",
+        "calibration_samples": len(context.calibration.samples),
+    }
+    if qat:
+        settings["training"] = options.qat_train or f"distillation, {options.qat_steps} steps"
+        settings["lr"] = options.qat_lr
+    return settings
+
+
+def _build_static_pt2e(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    """PT2E quantizes the eager module, so ONNX node names to keep in float do not apply (no such repair)."""
+    return _build_pt2e(context, target, qat=False)
+
+
+def _build_qat_pt2e(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    return _build_pt2e(context, target, qat=True)
+
+
+def _output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
+def _skip_qat(mode: QuantMode, built: Sequence[Candidate]) -> str | None:
+    """Why ``--quantize int8`` need not run QAT, or None.
+
+    QAT ends in the same int8 graph as static PT2E (same quantizer, same converted ops), so it cannot be
+    faster; it only buys accuracy, at the cost of training (minutes on an encoder). When static PT2E
+    already meets the budget there is nothing for it to buy. ``--quantize qat`` always runs it.
+    """
+    if mode is not QuantMode.INT8:
+        return None
+    static = next((c for c in built if c.name == STATIC_PT2E.name), None)
+    if static is not None and static.budget_passed:
+        return (
+            f"not run: {STATIC_PT2E.name} already meets the budget, and QAT ends in the same int8 graph, "
+            "so it could only add accuracy, not speed (--quantize qat runs it)"
+        )
+    return None
+
+
+_PT2E_NEEDS = frozenset({Requirement.CALIBRATION_DATA, Requirement.EXPORTABLE_MODULE})
+STATIC_PT2E = register(
+    CandidateSpec(
+        "static-pt2e",
+        "torchao PT2E (static)",
+        _build_static_pt2e,
+        frozenset({QuantMode.STATIC, QuantMode.INT8}),
+        needs=_PT2E_NEEDS,
+    )
+)
+QAT_PT2E = register(
+    CandidateSpec(
+        "qat-pt2e",
+        "torchao PT2E (QAT)",
+        _build_qat_pt2e,
+        frozenset({QuantMode.QAT, QuantMode.INT8}),
+        needs=_PT2E_NEEDS | {Requirement.TRAINING},
+        skip=_skip_qat,
+    )
+)

@@ -1,0 +1,184 @@
+"""Types every part of the int8 stage shares: the modes, the stage's options, one candidate's record, and
+the context a candidate's builder and repairs receive.
+
+They live apart from ``search.py`` so the candidate registry, the repairs and the selection can use them
+without importing the orchestration that uses all three.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporter.benchmark import LatencyStats
+from exporter.errors import UsageError
+from exporter.quantize.budget import Int8Comparison, ParityBudget
+from exporter.quantize.calibration import SampleSet
+from exporter.quantize.onnx_ort import CALIBRATION_METHODS, Int8Formats
+from exporter.quantize.sensitivity import LayerError
+from exporter.specs import InputSpec
+from exporter.verify import GoldenCase
+
+__all__ = ["Builder", "Candidate", "QuantMode", "QuantizeContext", "QuantizeOptions", "cosine_error"]
+
+
+class QuantMode(StrEnum):
+    NONE = "none"
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    QAT = "qat"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Settings of the quantize stage (``--quantize`` and friends, or a recipe's ``[quantize]``)."""
+
+    mode: QuantMode = QuantMode.NONE
+    calibration: str | None = None
+    samples: int = 64
+    method: str = "auto"
+    min_cosine: float = 0.99
+    min_top1: float | None = None
+    min_sqnr_db: float | None = None
+    max_abs: float | None = None
+    max_float_layers: int = 8
+    qat_steps: int = 100
+    qat_lr: float = 1e-4
+    qat_train: str | None = None
+    eval_data: str | None = None
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the budget here, so a bad flag or recipe value fails before minutes of conversion."""
+        try:
+            object.__setattr__(self, "mode", QuantMode(self.mode))
+        except ValueError:
+            modes = ", ".join(m.value for m in QuantMode)
+            raise UsageError(f"--quantize {self.mode!r} is not a mode: use one of {modes}") from None
+        if self.method != "auto" and self.method not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibration-method must be auto or one of {', '.join(CALIBRATION_METHODS)}")
+        for flag, count, least in (
+            ("--calibration-samples", self.samples, 1),
+            ("[quantize].max_float_layers", self.max_float_layers, 0),
+            ("[quantize].qat_steps", self.qat_steps, 0),
+        ):
+            if not isinstance(count, int) or isinstance(count, bool) or count < least:
+                raise UsageError(f"{flag} {count!r} must be an integer >= {least}")
+        bounds: tuple[tuple[str, float | None, bool, float, float, str], ...] = (
+            ("--min-cosine", self.min_cosine, False, -1.0, 1.0, "is outside [-1, 1]"),
+            ("--min-top1", self.min_top1, True, 0.0, 1.0, "is outside [0, 1]"),
+            ("--min-sqnr", self.min_sqnr_db, True, -math.inf, math.inf, "must be a finite number of dB"),
+            ("[quantize].max_abs", self.max_abs, True, 0.0, math.inf, "must be a finite number >= 0"),
+            ("[quantize].qat_lr", self.qat_lr, False, math.ulp(0.0), math.inf, "must be a finite number > 0"),
+        )
+        for flag, value, optional, low, high, expected in bounds:
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"{flag} {value!r} {expected}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise UsageError(f"{flag} {value:g} {expected}")
+
+    @property
+    def budget(self) -> ParityBudget:
+        return ParityBudget(self.min_cosine, self.min_top1, self.min_sqnr_db, self.max_abs)
+
+
+def cosine_error(outputs: Sequence[Int8Comparison]) -> float:
+    """1 - the worst per-sample cosine over outputs: the quantity the default budget gates."""
+    return max((1.0 - o.min_cosine for o in outputs), default=1.0)
+
+
+@dataclass
+class Candidate:
+    """One int8 model: how it was made, how far it moved, how big and fast it is next to float."""
+
+    name: str
+    engine: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    error: str | None = None
+    build_seconds: float = 0.0
+    size_bytes: int = 0
+    outputs: list[Int8Comparison] = field(default_factory=list)
+    shape_errors: list[str] = field(default_factory=list)
+    float_layers: list[LayerError] = field(default_factory=list)
+    latency: list[LatencyStats] = field(default_factory=list)
+    p50_ratio: float | None = None
+    accuracy: float | None = None
+    chosen: bool = False
+
+    @property
+    def budget_passed(self) -> bool:
+        return (
+            self.error is None
+            and bool(self.outputs)
+            and all(o.passed for o in self.outputs)
+            and not self.shape_errors
+        )
+
+    @property
+    def faster_than_float(self) -> bool:
+        return self.p50_ratio is not None and self.p50_ratio < 1.0
+
+    @property
+    def cosine_error(self) -> float:
+        return cosine_error(self.outputs)
+
+    def to_json(self, float_size: int) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "engine": self.engine,
+            "settings": self.settings,
+            "error": self.error,
+            "build_seconds": round(self.build_seconds, 2),
+            "size_bytes": self.size_bytes,
+            "size_ratio": self.size_bytes / float_size if self.size_bytes and float_size else None,
+            "outputs": [asdict(o) for o in self.outputs],
+            "shape_errors": self.shape_errors,
+            "float_layers": [e.to_json() for e in self.float_layers],
+            "latency": [s.to_json() for s in self.latency],
+            "p50_ratio_vs_float": self.p50_ratio,
+            "accuracy": self.accuracy,
+            "budget_passed": self.budget_passed,
+            "faster_than_float": self.faster_than_float,
+            "chosen": self.chosen,
+        }
+
+
+@dataclass
+class QuantizeContext:
+    """What every candidate builder and repair needs; built once by ``run_quantization``.
+
+    ``reduce_range`` and ``calibration_method`` are decisions a builder or a repair makes once and later
+    rebuilds (float-layer trials) reuse; None until made.
+    """
+
+    options: QuantizeOptions
+    module: torch.nn.Module
+    spec: InputSpec
+    float_onnx: Path
+    preprocessed: Path
+    work_dir: Path
+    formats: Int8Formats
+    calibration: SampleSet
+    evaluation: SampleSet
+    reference: list[list[np.ndarray]]
+    golden: Sequence[GoldenCase]
+    threads: int
+    step: Callable[[str], None]
+    reduce_range: bool | None = None
+    calibration_method: str | None = None
+
+
+Builder = Callable[[QuantizeContext, Path, Sequence[str]], dict[str, Any]]
+"""Writes one int8 ONNX model to the path, keeping the named ONNX nodes in float where the builder can, and
+returns the settings the report records."""
