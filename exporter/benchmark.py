@@ -36,8 +36,10 @@ class TimingConfig:
     max_runs: int = 5000
     max_seconds: float = 15.0
     block_calls: int = 5
-    """Calls timed per candidate per round when candidates are compared (``compare_latency``)."""
-    warm_seconds: float = 0.05
+    """Calls timed per candidate per round when candidates are compared (``compare_latency``), at least."""
+    block_seconds: float = 0.05
+    """...and at least this long, so a fast model's block is not dwarfed by its warm-up."""
+    warm_seconds: float = 0.02
     """Untimed calls before each block, for about this long: the previous candidate's threads settle."""
 
 
@@ -156,13 +158,14 @@ def compare_latency(
 ) -> list[LatencyStats]:
     """Time several runners on one plan in alternating blocks, so they share the machine's drift.
 
-    Each round visits every runner, starting one further along each time: it warms the runner untimed for
-    ``warm_seconds`` (at least one call), then times ``block_calls`` calls. Not call-by-call alternation:
-    on 2 cores a call right after an ONNX Runtime call runs 1.5-2.6x slower (ORT's threads keep spinning
-    after ``run``), which biases A-B-A-B toward whatever runs first. Rounds go on until every runner has
-    ``min_runs`` samples over ``min_seconds`` of timed calls, or a cap (``max_runs`` per runner,
-    ``max_seconds`` per runner) is reached. Returns stats in the order of ``runners``. ``on_block`` hears
-    which runner a block is about to time (for progress displays), outside the timed calls.
+    Each round visits every runner, starting one further along each time: it warms the runner untimed
+    for ``warm_seconds`` (at least one call), then times ``block_calls`` calls and at least
+    ``block_seconds``. Not call-by-call alternation: on 2 cores a call right after an ONNX Runtime call
+    runs 1.5-2.6x slower (ORT's threads keep spinning after ``run``), which biases A-B-A-B toward whatever
+    runs first. Rounds go on until every runner has ``min_runs`` samples over ``min_seconds`` of timed
+    calls, or a cap (``max_runs`` or ``max_seconds`` per runner) is reached. Returns stats in the order of
+    ``runners``. ``on_block`` hears which runner a block is about to time (for progress displays),
+    outside the timed calls.
     """
     if not runners:
         return []
@@ -179,12 +182,17 @@ def compare_latency(
             if on_block is not None:
                 on_block(runners[index])
             _warm(runners[index], plan, config.warm_seconds)
-            for _ in range(max(1, config.block_calls)):
+            block_started, calls = time.perf_counter(), 0
+            while (
+                calls < max(1, config.block_calls)
+                or time.perf_counter() - block_started < config.block_seconds
+            ):
                 tick = time.perf_counter_ns()
                 runners[index].run(plan.inputs)
                 elapsed = (time.perf_counter_ns() - tick) / 1e6
                 samples[index].append(elapsed)
                 timed[index] += elapsed / 1000
+                calls += 1
         round_index += 1
         enough = all(len(s) >= config.min_runs for s in samples) and min(timed) >= config.min_seconds
         capped = max(len(s) for s in samples) >= config.max_runs

@@ -160,7 +160,14 @@ def test_compare_latency_alternates_in_warmed_blocks_with_the_start_rotated() ->
     for runner, name in zip(runners, "abc", strict=True):
         runner.name = name
     config = TimingConfig(
-        warmup=1, min_runs=6, min_seconds=0.0, max_runs=100, max_seconds=5.0, block_calls=3, warm_seconds=0.0
+        warmup=1,
+        min_runs=6,
+        min_seconds=0.0,
+        max_runs=100,
+        max_seconds=5.0,
+        block_calls=3,
+        block_seconds=0.0,
+        warm_seconds=0.0,
     )
     plan = BatchPlan("batch=2", 2, {"x": np.ones((2, 4), np.float32)})
     stats = compare_latency(runners, plan, config=config, threads=1)
