@@ -37,9 +37,9 @@ class TimingConfig:
     max_seconds: float = 15.0
     block_calls: int = 5
     """Calls timed per candidate per round when candidates are compared (``compare_latency``), at least."""
-    block_seconds: float = 0.05
+    block_seconds: float = 0.1
     """...and at least this long, so a fast model's block is not dwarfed by its warm-up."""
-    warm_seconds: float = 0.02
+    warm_seconds: float = 0.1
     """Untimed calls before each block, for about this long: the previous candidate's threads settle."""
 
 
