@@ -49,3 +49,26 @@ def options_for(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) ->
         return ExportOptions.from_settings(settings)
 
     return build
+
+
+def export_tiny_mlp(root: Path, **overrides: object) -> Path:
+    """Export the tiny MLP into ``root/artifacts`` (ONNX, fast timing, no benchmark unless overridden) and
+    return the folder: the shared setup of the modules that gate or edit a real artifacts folder."""
+    from exporter.errors import ExitCode
+    from exporter.pipeline import export
+
+    checkpoint = root / "mlp.pt"
+    torch.save(MODELS["mlp"].build().state_dict(), checkpoint)
+    settings: dict[str, object] = {
+        "checkpoint": checkpoint,
+        "model_ref": MODELS["mlp"].ref,
+        "spec": InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["mlp"].inputs)),
+        "out": root / "artifacts",
+        "timing": FAST_TIMING,
+        "benchmark": False,
+        "batch_sizes": (1,),
+    }
+    settings.update(overrides)
+    result = export(ExportOptions.from_settings(settings))
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    return result.out_dir

@@ -13,12 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from exporter.cli import app
-from exporter.errors import ExitCode
 from exporter.loading import sha256_file
-from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
-from exporter.specs import InputSpec, parse_tensor_spec
-from tests.conftest import FAST_TIMING
+from tests.conftest import export_tiny_mlp
 from tests.models import MODELS
 
 runner = CliRunner()
@@ -32,22 +28,13 @@ def _invoke(*args: str | Path) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX + TorchScript export (with int8) of the tiny MLP, shared read-only by this module's tests."""
-    root = tmp_path_factory.mktemp("gate")
-    checkpoint = root / "mlp.pt"
-    torch.save(MODELS["mlp"].build().state_dict(), checkpoint)
-    options = ExportOptions(
-        checkpoint=checkpoint,
-        model_ref=MODELS["mlp"].ref,
-        spec=InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["mlp"].inputs)),
+    return export_tiny_mlp(
+        tmp_path_factory.mktemp("gate"),
         targets=("onnx", "torchscript"),
-        out=root / "artifacts",
-        timing=FAST_TIMING,
+        benchmark=True,
         batch_sizes=(1, 2),
-        quantization=QuantizeOptions(mode=QuantMode.DYNAMIC, samples=16),
+        quantization={"mode": "dynamic", "samples": 16},
     )
-    result = export(options)
-    assert result.exit_code is ExitCode.OK, result.report["notes"]
-    return result.out_dir
 
 
 @pytest.fixture

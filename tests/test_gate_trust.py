@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import exporter.gate
@@ -21,11 +20,7 @@ from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
 from exporter.gate import VerifyRequest, verify_artifacts
 from exporter.loading import sha256_file
-from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
-from exporter.specs import InputSpec, parse_tensor_spec
-from tests.conftest import FAST_TIMING
-from tests.models import MODELS
+from tests.conftest import export_tiny_mlp
 
 OUTSIDE = "outside the artifacts folder; refusing to read it"
 
@@ -33,22 +28,7 @@ OUTSIDE = "outside the artifacts folder; refusing to read it"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX-only export of the tiny MLP (no int8, no benchmark), copied by each test that edits it."""
-    root = tmp_path_factory.mktemp("gate_trust")
-    checkpoint = root / "mlp.pt"
-    torch.save(MODELS["mlp"].build().state_dict(), checkpoint)
-    options = ExportOptions(
-        checkpoint=checkpoint,
-        model_ref=MODELS["mlp"].ref,
-        spec=InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["mlp"].inputs)),
-        out=root / "artifacts",
-        timing=FAST_TIMING,
-        benchmark=False,
-        batch_sizes=(1,),
-        quantization=QuantizeOptions(mode=QuantMode.NONE),
-    )
-    result = export(options)
-    assert result.exit_code is ExitCode.OK, result.report["notes"]
-    return result.out_dir
+    return export_tiny_mlp(tmp_path_factory.mktemp("gate_trust"))
 
 
 @pytest.fixture

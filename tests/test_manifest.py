@@ -14,7 +14,6 @@ from typing import Any, get_args
 
 import jsonschema
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION
@@ -29,12 +28,8 @@ from exporter.manifest import (
     schema_text,
     write_manifest,
 )
-from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
 from exporter.report_model import read_report
-from exporter.specs import InputSpec, parse_tensor_spec
-from tests.conftest import FAST_TIMING
-from tests.models import MODELS
+from tests.conftest import export_tiny_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "docs" / "manifest.schema.json"
@@ -66,22 +61,8 @@ MANIFEST_KEYS = [
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX export of the tiny MLP with a dynamic int8 model (no benchmark), copied before edits."""
-    root = tmp_path_factory.mktemp("manifest")
-    checkpoint = root / "mlp.pt"
-    torch.save(MODELS["mlp"].build().state_dict(), checkpoint)
-    options = ExportOptions(
-        checkpoint=checkpoint,
-        model_ref=MODELS["mlp"].ref,
-        spec=InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["mlp"].inputs)),
-        out=root / "artifacts",
-        timing=FAST_TIMING,
-        benchmark=False,
-        batch_sizes=(1,),
-        quantization=QuantizeOptions(mode=QuantMode.DYNAMIC, samples=16),
-    )
-    result = export(options)
-    assert result.exit_code is ExitCode.OK, result.report["notes"]
-    return result.out_dir
+    quantization = {"mode": "dynamic", "samples": 16}
+    return export_tiny_mlp(tmp_path_factory.mktemp("manifest"), quantization=quantization)
 
 
 @pytest.fixture
