@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter.backends import (
     BackendResult,
@@ -46,9 +46,10 @@ def build_backends(
     step: Callable[[str], None],
 ) -> Built:
     builds = []
+    shared: dict[str, Any] = {}
     for spec in specs:
         assert spec.build is not None
-        context = BuildContext(loaded, options, golden, build_dir / spec.name, step)
+        context = BuildContext(loaded, options, golden, build_dir / spec.name, step, shared)
         builds.append((spec, spec.build(context)))
     return Built(builds)
 

@@ -34,6 +34,7 @@ class ArtifactRef:
     backend: str
     file: str
     call: CallEntry | None = None
+    config: dict[str, str] | None = None
 
 
 def folder_file(folder: Path, name: str) -> Path:
@@ -44,7 +45,7 @@ def folder_file(folder: Path, name: str) -> Path:
 def artifacts_of(manifest: Manifest) -> list[ArtifactRef]:
     """Artifact entries (older manifests list only the ONNX model)."""
     if manifest.artifacts is not None:
-        return [ArtifactRef(a.backend, a.file, a.call) for a in manifest.artifacts]
+        return [ArtifactRef(a.backend, a.file, a.call, a.config) for a in manifest.artifacts]
     return [ArtifactRef(ONNX.name, manifest.onnx.file)] if manifest.onnx is not None else []
 
 
@@ -81,7 +82,7 @@ def open_artifact(folder: Path, entry: ArtifactRef, spec: InputSpec, threads: in
     if spec_of_backend.open is None:
         raise UsageError(f"manifest lists {entry.file} for '{entry.backend}', which has no file to open")
     call = call_convention(entry.call.model_dump() if entry.call is not None else None)
-    return spec_of_backend.open(path, OpenContext(spec, threads, call))
+    return spec_of_backend.open(path, OpenContext(spec, threads, call, entry.config))
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from exporter.backends import BackendResult
+from exporter.backends.onnxruntime import ONNX, ORT_OPTIMIZED
 from exporter.benchmark import batch_plans
 from exporter.errors import ConversionError
 from exporter.loading import LoadedModel
 from exporter.optimize import (
     DECISION_TIMING,
+    RUNTIME_SPECIFIC_RECORD,
     OptimizationResult,
     OptimizeRequest,
     infer_attention_shape,
@@ -47,17 +49,19 @@ def optimize_stage(
     golden: Sequence[GoldenCase],
     work_dir: Path,
     listener: ProgressListener,
-) -> OptimizationResult | None:
-    """Graph optimization of the verified float ONNX model; the ONNX backend then ships the fastest result."""
+) -> tuple[OptimizationResult | None, BackendResult | None]:
+    """Graph optimization of the verified float ONNX model: the ONNX backend then ships the fastest portable
+    result; a faster ONNX Runtime-specific one comes back as its own backend result (``model.ort.onnx``),
+    for the pipeline to verify-list, time and write like any other artifact."""
     if onnx_backend is None or onnx_backend.path is None:
         stages.skip("optimize", "no ONNX target")
-        return None
+        return None, None
     if not onnx_backend.passed:
         stages.skip("optimize", "the float ONNX model failed verification")
-        return None
+        return None, None
     if "none" in options.optimization.steps:
         stages.skip("optimize", "--optimize none")
-        return None
+        return None, None
     fast = options.timing.min_seconds < DECISION_TIMING.min_seconds
     settings = options.optimization
     if not settings.num_heads or not settings.hidden_size:
@@ -81,17 +85,55 @@ def optimize_stage(
     with stages.run("optimize") as record:
         result = optimize_onnx(request, step=lambda message: listener.step(message, 0, 0))
         onnx_backend.parity += result.parity
-        onnx_backend.shipped = result.best.label
-        onnx_backend.path = result.best.path
-        onnx_backend.conversion = {**onnx_backend.conversion, "shipped": result.best.label}
-        kept = [r.name for r in result.records if r.kept]
-        dropped = [f"{r.name} ({r.reason.split(':')[0]})" for r in result.records if not r.kept]
-        speedup = result.baseline.score / result.best.score if result.best.score else 1.0
-        record.detail = (
-            f"shipped {result.best.label} (p50 x{1 / speedup:.2f} of unoptimized); "
-            f"kept {', '.join(kept) or 'nothing'}" + (f"; dropped {'; '.join(dropped)}" if dropped else "")
+        portable = result.portable
+        onnx_backend.shipped = portable.label
+        onnx_backend.path = portable.path
+        onnx_backend.conversion = {**onnx_backend.conversion, "shipped": portable.label}
+        runtime_specific = _runtime_specific_backend(result)
+        kept = [r.name for r in result.records if r.kept and r.name != RUNTIME_SPECIFIC_RECORD]
+        dropped = [
+            f"{r.name} ({r.reason.split(':')[0]})"
+            for r in result.records
+            if not r.kept and r.name != RUNTIME_SPECIFIC_RECORD
+        ]
+        speedup = result.baseline.score / portable.score if portable.score else 1.0
+        shipped = f"{ONNX.file}: {portable.label} (p50 x{1 / speedup:.2f} of unoptimized)"
+        if result.domains.get(portable.label):
+            shipped += f", not portable: {', '.join(sorted(result.domains[portable.label]))} ops"
+        if runtime_specific is not None:
+            shipped += (
+                f"; {ORT_OPTIMIZED.file}: {runtime_specific.shipped} "
+                f"(p50 x{result.runtime_specific_ratio:.2f} of {ONNX.file})"
+            )
+        record.detail = f"{shipped}; kept {', '.join(kept) or 'nothing'}" + (
+            f"; dropped {'; '.join(dropped)}" if dropped else ""
         )
-    return result
+    return result, runtime_specific
+
+
+def _runtime_specific_backend(result: OptimizationResult) -> BackendResult | None:
+    """The ``model.ort.onnx`` artifact, when the fastest variant needs ONNX Runtime's own ops and beat the
+    portable model; its parity is that variant's verification, under this backend's name."""
+    variant = result.runtime_specific
+    if variant is None:
+        return None
+    rewrites = variant.label.split("+")[1:]
+    domains = ", ".join(sorted(result.domains.get(variant.label, ())))
+    note = (
+        f"{ORT_OPTIMIZED.file} holds ONNX Runtime-specific rewrites ({', '.join(rewrites) or 'none'}) with "
+        f"{domains} ops, p50 x{result.runtime_specific_ratio:.2f} of {ONNX.file}, which holds only standard "
+        "ONNX ops"
+    )
+    return BackendResult(
+        backend=ORT_OPTIMIZED.name,
+        target=str(ONNX.target),
+        file=ORT_OPTIMIZED.file,
+        parity=[replace(variant.parity, backend=ORT_OPTIMIZED.name)],
+        shipped=variant.label,
+        path=variant.path,
+        notes=[note],
+        spec=ORT_OPTIMIZED,
+    )
 
 
 def quantize_stage(

@@ -215,6 +215,7 @@ def _artifact_entry(backend: BackendResult, file: str) -> ArtifactEntry:
         verified=backend.passed,
         loader=backend.spec.loader if backend.spec else None,
         call=None if call is None else CallEntry.model_validate(call, strict=False),
+        config=backend.conversion.get("config"),
     )
 
 

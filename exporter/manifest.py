@@ -132,6 +132,8 @@ class ArtifactEntry(Typed):
     verified: bool
     loader: str | None
     call: CallEntry | None = Field(default=None, exclude_if=lambda value: value is None)
+    config: dict[str, str] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Runtime settings the artifact was verified with (OpenVINO's CPU plugin config); open it with them."""
 
 
 class TensorEntry(Typed):

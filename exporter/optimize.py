@@ -18,9 +18,12 @@ Steps (``auto`` picks by what the graph contains; a recipe or ``--optimize`` can
   tolerances, so it mostly shows what a dropped step looks like).
 
 A step is kept only if its output verifies against the golden cases and is not slower than its input
-(beyond ``max_slowdown``); otherwise it is dropped and the report says why. The fastest verified result
-ships. Int8 starts from the best result before the ``ort`` step (quantizers know standard and transformer
-ops, not ORT's CPU-specific fused kernels).
+(beyond ``max_slowdown``); otherwise it is dropped and the report says why. ``model.onnx`` ships the fastest
+verified variant whose nodes all use standard ONNX domains (``portable``), so any ONNX runtime can run it;
+when the fastest variant overall holds ONNX Runtime-specific ops (``com.microsoft``, from the transformer
+fusions or the ``ort`` step) and beats the portable one by more than ``max_slowdown``, timed side by side,
+it ships too, as ``model.ort.onnx`` (``runtime_specific``). Int8 starts from the best result before the
+``ort`` step (quantizers know standard and transformer ops, not ORT's CPU-specific fused kernels).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ __all__ = [
     "StepRecord",
     "infer_attention_shape",
     "looks_like_transformer",
+    "nonstandard_domains",
     "optimize_onnx",
     "resolve_steps",
     "split_skip_layer_norm",
@@ -57,6 +61,8 @@ __all__ = [
 
 OPTIMIZE_STEPS = ("transformer", "splitnorm", "fp16", "ort")
 DECISION_TIMING = TimingConfig(warmup=3, min_runs=15, min_seconds=0.5, max_runs=2000, max_seconds=5.0)
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+RUNTIME_SPECIFIC_RECORD = "runtime-specific"
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,7 @@ class Variant:
     @property
     def score(self) -> float:
         """Geometric mean p50 over batch plans: one number to rank variants by."""
-        values = [v for v in self.latency.values() if v > 0]
-        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
+        return _score(self.latency)
 
 
 @dataclass
@@ -114,21 +119,71 @@ class StepRecord:
 
 @dataclass
 class OptimizationResult:
+    """What the stage found and what ships.
+
+    ``best`` is the fastest verified variant (int8 starts from its ``quantizable``); ``portable`` the
+    fastest with only standard ONNX domains (``model.onnx``); ``runtime_specific`` the fastest overall when
+    it needs ONNX Runtime's own ops and beat ``portable`` by more than ``max_slowdown`` when both were timed
+    together (``model.ort.onnx``), else None. ``domains`` maps every verified variant's label to the
+    non-standard domains its nodes use; ``runtime_specific_ratio`` is ``best``'s p50 over ``portable``'s in
+    that joint timing (None when ``best`` is portable and nothing was compared).
+    """
+
     steps_requested: list[str]
     records: list[StepRecord]
     baseline: Variant
     best: Variant
     parity: list[ParityResult]
+    portable: Variant
+    runtime_specific: Variant | None = None
+    domains: dict[str, set[str]] = field(default_factory=dict)
+    runtime_specific_ratio: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        portable, specific = self.portable, self.runtime_specific
         return {
             "steps": self.steps_requested,
             "baseline": {"label": self.baseline.label, "latency": _latency_rows(self.baseline.latency)},
-            "shipped": self.best.label,
-            "speedup_vs_unoptimized": self.baseline.score / self.best.score if self.best.score else None,
+            "shipped": portable.label,
+            "portable": portable.label,
+            "runtime_specific": specific.label if specific is not None else None,
+            "fastest": self.best.label,
+            "runtime_specific_p50_ratio": self.runtime_specific_ratio,
+            "speedup_vs_unoptimized": self.baseline.score / portable.score if portable.score else None,
             "quantization_source": self.best.quantizable.name,
+            "domains": {label: sorted(found) for label, found in self.domains.items()},
             "records": [r.to_json() for r in self.records],
         }
+
+
+@dataclass
+class _Trail:
+    """What the steps leave behind: a record per step, every parity result, every verified variant."""
+
+    records: list[StepRecord] = field(default_factory=list)
+    parity: list[ParityResult] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=list)
+
+
+def nonstandard_domains(path: Path) -> set[str]:
+    """The operator domains outside the ONNX standard (``com.microsoft``, a local function's domain) that
+    any node uses, in the main graph, its subgraphs or its functions: a model without any runs in every
+    ONNX runtime, not only the one whose contrib ops it holds."""
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [*_walk(model.graph.node), *(n for f in model.functions for n in _walk(f.node))]
+    return {node.domain for node in nodes if node.domain not in STANDARD_DOMAINS}
+
+
+def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """Every node, then the nodes of its subgraphs (If branches, Loop and Scan bodies), depth first."""
+    for node in nodes:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(attribute.g.node)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for graph in attribute.graphs:
+                    yield from _walk(graph.node)
 
 
 def infer_attention_shape(module: Any) -> tuple[int, int]:
@@ -196,11 +251,10 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     baseline = Variant(
         request.label, request.model, request.parity, _time_paths([request.model], request)[0], request.model
     )
-    records: list[StepRecord] = []
-    parity: list[ParityResult] = []
+    trail = _Trail(variants=[baseline])
     sources = [baseline]
     if "transformer" in steps and request.alternative is not None:
-        alternative = _alternative_source(request, records, parity, report)
+        alternative = _alternative_source(request, trail, report)
         if alternative is not None:
             sources.append(alternative)
     finals = []
@@ -208,12 +262,12 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
         current, slower = source, None
         for name in steps:
             report(f"{name} on the {current.label} model")
-            produced, dropped = _apply(name, current, request, records, parity)
+            produced, dropped = _apply(name, current, request, trail)
             if slower is not None:
                 # The previous step verified but was slower alone; this one may pay for it (the
                 # transformer fusions make SkipLayerNormalization, which splitnorm then makes fast).
                 report(f"{name} on the {slower.label} model")
-                combined, _ = _apply(name, slower, request, records, parity, against=current)
+                combined, _ = _apply(name, slower, request, trail, against=current)
                 if combined is not None and (produced is None or combined.score < produced.score):
                     produced = combined
             slower = dropped
@@ -223,33 +277,55 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     best = min(finals, key=lambda v: v.score)
     if best is not baseline and best.score > baseline.score * (1 + request.options.max_slowdown):
         best = baseline
-    return OptimizationResult(steps, records, baseline, best, parity)
+    domains = {v.label: nonstandard_domains(v.path) for v in trail.variants}
+    standard = [v for v in trail.variants if not domains[v.label]]
+    # The baseline is the exporter's own graph; should it hold contrib ops, nothing here is portable.
+    portable = min(standard, key=lambda v: v.score) if standard else baseline
+    result = OptimizationResult(steps, trail.records, baseline, best, trail.parity, portable, domains=domains)
+    if domains[best.label] and best is not portable:
+        report(f"timing {best.label} against {portable.label}")
+        _compare_runtime_specific(result, request)
+    return result
+
+
+def _compare_runtime_specific(result: OptimizationResult, request: OptimizeRequest) -> None:
+    """Time the portable model and the fastest (runtime-specific) one together, in alternating blocks, and
+    keep the latter as its own artifact only when it is faster by more than ``max_slowdown``."""
+    portable, best = result.portable, result.best
+    record = _recorder(result.records, RUNTIME_SPECIFIC_RECORD, portable.label, best.label)
+    portable_latency, best_latency = _time_paths([portable.path, best.path], request)
+    ratio = _score(best_latency) / _score(portable_latency)
+    result.runtime_specific_ratio = ratio
+    uses = ", ".join(sorted(result.domains[best.label]))
+    if ratio * (1 + request.options.max_slowdown) < 1:
+        result.runtime_specific = best
+        record(True, f"ships beside the portable model: p50 x{ratio:.2f} of it; uses {uses}", best_latency)
+    else:
+        record(False, f"not faster: p50 x{ratio:.2f} of the portable model; uses {uses}", best_latency)
 
 
 def _alternative_source(
-    request: OptimizeRequest,
-    records: list[StepRecord],
-    parity: list[ParityResult],
-    report: Callable[[str], None],
+    request: OptimizeRequest, trail: _Trail, report: Callable[[str], None]
 ) -> Variant | None:
     """The TorchScript-based exporter's graph of the same model, verified and timed, as a second source."""
     assert request.alternative is not None
     report("exporting with the TorchScript-based exporter for the transformer fusions")
     label = "torchscript-exporter"
-    record = _recorder(records, "alternative exporter", request.label, label)
+    record = _recorder(trail.records, "alternative exporter", request.label, label)
     try:
         path = request.alternative()
     except Exception as error:
         record(False, f"export failed: {first_line(error)}")
         return None
     result = _verify(path, label, request)
-    parity.append(result)
+    trail.parity.append(result)
     if not result.passed:
         record(False, f"failed verification: {result.failures()[0]}")
         return None
     latency = _time_paths([path], request)[0]
     record(True, "verified; tried as a second source", latency)
-    return Variant(label, path, result, latency, path)
+    trail.variants.append(Variant(label, path, result, latency, path))
+    return trail.variants[-1]
 
 
 def _recorder(records: list[StepRecord], name: str, source: str, result: str) -> Callable[..., None]:
@@ -270,8 +346,7 @@ def _apply(
     name: str,
     current: Variant,
     request: OptimizeRequest,
-    records: list[StepRecord],
-    parity: list[ParityResult],
+    trail: _Trail,
     *,
     against: Variant | None = None,
 ) -> tuple[Variant | None, Variant | None]:
@@ -280,7 +355,7 @@ def _apply(
     base = against or current
     label = f"{current.label}+{name}"
     target = request.work_dir / f"{label}.onnx"
-    record = _recorder(records, name, current.label, label)
+    record = _recorder(trail.records, name, current.label, label)
     fused: dict[str, int] = {}
     try:
         with warnings.catch_warnings(), quiet():
@@ -293,13 +368,14 @@ def _apply(
         record(False, NOTHING_DONE[name], fused=fused)
         return None, None
     result = _verify(target, label, request)
-    parity.append(result)
+    trail.parity.append(result)
     if not result.passed:
         failures = result.failures()
         record(False, f"failed verification: {failures[0] if failures else ''}", fused=fused)
         return None, None
     base_latency, latency = _time_paths([base.path, target], request)
     produced = Variant(label, target, result, latency, current.quantizable if name == "ort" else target)
+    trail.variants.append(produced)
     ratio = produced.score / Variant(base.label, base.path, base.parity, base_latency, base.path).score
     of = "its input" if against is None else f"{base.label} (on the {current.label} model, slower alone)"
     if ratio > 1 + request.options.max_slowdown:
@@ -327,6 +403,11 @@ def _time_paths(paths: Sequence[Path], request: OptimizeRequest) -> list[dict[st
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(OnnxRuntimeRunner(path, request.threads)) for path in paths]
         return p50_per_plan(runners, request.plans, config=request.timing, threads=request.threads)
+
+
+def _score(latency: dict[str, float]) -> float:
+    values = [v for v in latency.values() if v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.inf
 
 
 def _latency_rows(latency: dict[str, float]) -> list[dict[str, Any]]:

@@ -217,7 +217,7 @@ def _optimize_and_quantize(run: _Run, loaded: LoadedModel, build_dir: Path) -> N
     options, golden = run.options, run.golden
     onnx = next((r for r in run.results if r.spec is ONNX), None)
     context = BuildContext(loaded, options, golden, build_dir / ONNX.name, run.step)
-    run.optimization = optimize_stage(
+    run.optimization, runtime_specific = optimize_stage(
         run.stages,
         options=options,
         module=loaded.module,
@@ -227,6 +227,8 @@ def _optimize_and_quantize(run: _Run, loaded: LoadedModel, build_dir: Path) -> N
         work_dir=build_dir / "optimized",
         listener=run.listener,
     )
+    if onnx is not None and runtime_specific is not None:  # listed, timed and written as its own artifact
+        run.results.insert(run.results.index(onnx) + 1, runtime_specific)
     run.quantization = quantize_stage(
         run.stages,
         samples=run.samples,

@@ -28,6 +28,7 @@ __all__ = [
     "EagerRunner",
     "Float64EagerRunner",
     "OnnxRuntimeRunner",
+    "OpenVinoRunner",
     "Runner",
     "TorchScriptRunner",
     "flatten_outputs",
@@ -299,6 +300,54 @@ class OnnxRuntimeRunner(Runner):
             return list(self.session.run(None, inputs))
         except Exception as error:
             raise RuntimeError(_short_ort_error(str(error))) from error
+
+
+class OpenVinoRunner(Runner):
+    """An OpenVINO model (IR ``.xml`` or ONNX) compiled for the CPU plugin with explicit settings.
+
+    ``config`` is what the manifest records (``INFERENCE_PRECISION_HINT``, ``PERFORMANCE_HINT``,
+    ``INFERENCE_NUM_THREADS``), so a verify run or a server compiles the model exactly as it was verified:
+    the plugin's own default precision is bf16 on CPUs that have it, which is a lossy choice.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_path: Path, config: Mapping[str, str], name: str = "openvino") -> None:
+        import openvino as ov
+
+        self.name = name
+        core = ov.Core()
+        self.compiled: Any = core.compile_model(str(model_path), "CPU", dict(config))
+        self.request: Any = self.compiled.create_infer_request()
+        super().__init__([port.get_any_name() for port in self.compiled.inputs])
+        self.output_count = len(self.compiled.outputs)
+
+    def property(self, key: str) -> str:
+        """An effective compiled-model property (what the plugin really chose), as text."""
+        if self.compiled is None:
+            raise RuntimeError(f"{self.name}: the model was released")
+        return str(self.compiled.get_property(key))
+
+    def close(self) -> bool:
+        self.request = None
+        self.compiled = None
+        return True
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.request is None:
+            raise RuntimeError(f"{self.name}: the model was released")
+        try:
+            self.request.infer({n: np.ascontiguousarray(a) for n, a in inputs.items()})
+        except Exception as error:
+            raise RuntimeError(_short_openvino_error(str(error))) from error
+        return [np.array(self.request.get_output_tensor(i).data) for i in range(self.output_count)]
+
+
+def _short_openvino_error(text: str) -> str:
+    """OpenVINO's errors start with a source location line; keep the first line that says something."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [text])[0]
 
 
 _ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")

@@ -2,7 +2,7 @@
 
 ``_registry`` holds one ``BackendSpec`` per backend; ``_verify`` verifies any backend's candidates against
 the golden cases. The built-in backends register themselves on import: ONNX Runtime (``onnxruntime.py``),
-TorchScript (``torchscript.py``), torch.compile and AOTInductor (``compiled.py``).
+TorchScript (``torchscript.py``), torch.compile and AOTInductor (``compiled.py``), OpenVINO (``openvino.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from exporter.backends._verify import (
 from exporter.runners import CallConvention, Runner
 from exporter.verify import GoldenCase, Tolerance
 
-for _builtin in ("onnxruntime", "torchscript", "compiled"):  # registration order is listing order
+for _builtin in ("onnxruntime", "torchscript", "compiled", "openvino"):  # registration order is listing order
     importlib.import_module(f"exporter.backends.{_builtin}")
 
 __all__ = [
@@ -97,4 +97,5 @@ def open_shipped(result: BackendResult, context: OpenContext) -> Runner:
             raise ValueError(f"{result.backend}: nothing to run (no file and no kept runner)")
         return result.runner
     call = context.call or call_convention(result.conversion.get("call"))
-    return spec.open(result.path, OpenContext(context.spec, context.threads, call))
+    config = context.config or result.conversion.get("config")
+    return spec.open(result.path, OpenContext(context.spec, context.threads, call, config))

@@ -39,13 +39,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a backend's ``build`` may use: the loaded model, the run's options, the golden cases."""
+    """What a backend's ``build`` may use: the loaded model, the run's options, the golden cases.
+
+    ``shared`` is one dict per run in which a backend leaves a product another may reuse (the ONNX
+    conversion, which OpenVINO reads), so a model is converted once per run.
+    """
 
     loaded: LoadedModel
     options: ExportOptions
     golden: Sequence[GoldenCase]
     work_dir: Path
     step: Callable[[str], None]
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,11 +72,13 @@ class BuiltBackend:
 
 @dataclass(frozen=True)
 class OpenContext:
-    """What opening a shipped artifact needs: the input names and spec, threads, and the call convention."""
+    """What opening a shipped artifact needs: the input names and spec, threads, the call convention, and
+    the runtime settings the manifest recorded (OpenVINO's plugin config)."""
 
     spec: InputSpec
     threads: int
     call: CallConvention | None = None
+    config: Mapping[str, str] | None = None
 
 
 def _no_notes(result: BackendResult, spec: InputSpec) -> list[str]:

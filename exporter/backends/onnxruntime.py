@@ -1,5 +1,6 @@
 """The ONNX backend: ``torch.onnx`` (dynamo, then the TorchScript-based exporter), checked and simplified,
-run in ONNX Runtime's CPU provider; and the int8 model the quantize stage makes from it."""
+run in ONNX Runtime's CPU provider; the ONNX Runtime-specific rewrite the optimize stage ships beside it when
+faster; and the int8 model the quantize stage makes from it."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from exporter.runners import OnnxRuntimeRunner, Runner
 from exporter.specs import InputSpec, make_inputs, trace_sizes
 from exporter.verify import CaseResult, ParityResult
 
-__all__ = ["INT8", "ONNX", "alternative_graph", "conversion_of", "manifest_section"]
+__all__ = ["INT8", "ONNX", "alternative_graph", "conversion_of", "manifest_section", "onnx_conversion"]
 
 
 def _tensors(inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -62,8 +63,19 @@ def _open(path: Path, context: OpenContext, name: str) -> Runner:
     return OnnxRuntimeRunner(path, context.threads, name=name)
 
 
+def onnx_conversion(context: BuildContext) -> OnnxConversion:
+    """The run's ONNX conversion: made once, by whichever backend needs it first (ONNX Runtime, or OpenVINO
+    without an ONNX target), and shared through ``context.shared``."""
+    conversion = context.shared.get("onnx")
+    if conversion is None:
+        work_dir = context.work_dir.parent / "onnxruntime"
+        conversion = convert_to_onnx(_request(context, work_dir), progress=context.step)
+        context.shared["onnx"] = conversion
+    return conversion
+
+
 def _build(context: BuildContext) -> BuiltBackend:
-    conversion = convert_to_onnx(_request(context, context.work_dir), progress=context.step)
+    conversion = onnx_conversion(context)
     opened = OpenContext(context.options.spec, context.options.threads)
     fallback = " after fallback" if len(conversion.attempts) > 1 else ""
 
@@ -202,6 +214,19 @@ ONNX = register(
         open=partial(_open, name="onnxruntime"),
         notes=_notes,
         describe=_describe,
+        store=move_onnx_model,
+    )
+)
+
+# The optimize stage makes it (model.onnx keeps only standard ONNX ops; this one may hold com.microsoft ops).
+ORT_OPTIMIZED = register(
+    BackendSpec(
+        name="onnxruntime-optimized",
+        target=None,
+        file="model.ort.onnx",
+        loader="onnxruntime.InferenceSession",
+        build=None,
+        open=partial(_open, name="onnxruntime-optimized"),
         store=move_onnx_model,
     )
 )
