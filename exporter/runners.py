@@ -326,7 +326,10 @@ class OpenVinoRunner(Runner):
         """An effective compiled-model property (what the plugin really chose), as text."""
         if self.compiled is None:
             raise RuntimeError(f"{self.name}: the model was released")
-        return str(self.compiled.get_property(key))
+        value = self.compiled.get_property(key)
+        if hasattr(value, "get_type_name"):  # an element type: "bf16", as the settings spell it
+            return str(value.get_type_name())
+        return str(getattr(value, "name", value))  # an enum member: its name ("LATENCY")
 
     def close(self) -> bool:
         self.request = None
