@@ -10,8 +10,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from exporter.backends import BackendResult, OpenContext, open_shipped
-from exporter.backends.onnxruntime import INT8
 from exporter.benchmark import LatencyStats, batch_plans, compare_latency
+from exporter.documents import lossy_artifacts
 from exporter.quantize import QuantizationResult
 from exporter.runners import EagerRunner, Runner
 from exporter.stages import ProgressListener
@@ -25,12 +25,15 @@ __all__ = ["benchmark_stage", "shipped_runners"]
 def shipped_runners(
     results: Sequence[BackendResult], quantization: QuantizationResult | None, options: ExportOptions
 ) -> list[Callable[[], Runner]]:
-    """Openers for every backend's shipped artifact (and the int8 model), in registry order."""
+    """Openers for every backend's shipped artifact (and the lossy models), in registry order."""
     context = OpenContext(options.spec, options.threads)
     openers: list[Callable[[], Runner]] = [partial(open_shipped, r, context) for r in results]
-    chosen = quantization.chosen if quantization else None
-    if chosen is not None and chosen.path is not None and INT8.open is not None:
-        openers.append(partial(INT8.open, chosen.path, context))
+    for spec, chosen in lossy_artifacts(quantization):
+        if chosen.path is not None and spec.open is not None:
+            config = dict(chosen.config) or None
+            openers.append(
+                partial(spec.open, chosen.path, OpenContext(options.spec, options.threads, None, config))
+            )
     return openers
 
 

@@ -12,7 +12,7 @@ from exporter._safe_paths import inside_folder
 from exporter.backends import OpenContext, backend, call_convention
 from exporter.backends.onnxruntime import ONNX
 from exporter.errors import UsageError
-from exporter.manifest import CallEntry, GoldenCaseEntry, Manifest
+from exporter.manifest import CallEntry, GoldenCaseEntry, Int8Entry, Manifest
 from exporter.runners import Runner
 from exporter.specs import DynamicDim, InputSpec, parse_tensor_spec
 
@@ -20,6 +20,7 @@ __all__ = [
     "ArtifactRef",
     "artifacts_of",
     "folder_file",
+    "lossy_entries",
     "named_files",
     "open_artifact",
     "read_npz",
@@ -55,9 +56,14 @@ def named_files(manifest: Manifest) -> list[str]:
     names += [entry.file for entry in artifacts_of(manifest)]
     for golden in manifest.golden:
         names += [golden.inputs, golden.outputs] if isinstance(golden, GoldenCaseEntry) else [golden.inputs]
-    if manifest.int8 is not None:
-        names += ["model.onnx", manifest.int8.file]  # the int8 check compares against model.onnx
+    for lossy in lossy_entries(manifest):
+        names += ["model.onnx", lossy.file]  # the budget check compares against model.onnx
     return names
+
+
+def lossy_entries(manifest: Manifest) -> list[Int8Entry]:
+    """The lossy models the manifest lists: ``int8`` (ONNX Runtime), then the other runtimes'."""
+    return ([manifest.int8] if manifest.int8 is not None else []) + list(manifest.lossy or [])
 
 
 def spec_of(manifest: Manifest) -> InputSpec:

@@ -13,7 +13,7 @@ import torch
 from exporter.backends import BackendResult
 from exporter.backends.onnxruntime import ONNX, ORT_OPTIMIZED
 from exporter.benchmark import batch_plans
-from exporter.errors import ConversionError
+from exporter.errors import ConversionError, UsageError
 from exporter.loading import LoadedModel
 from exporter.optimize import (
     DECISION_TIMING,
@@ -31,6 +31,7 @@ from exporter.quantize import (
     run_quantization,
 )
 from exporter.stages import ProgressListener, StageStatus, StageTracker
+from exporter.targets import expand_targets
 from exporter.verify import GoldenCase
 
 if TYPE_CHECKING:
@@ -207,7 +208,11 @@ def _quantize(
         threads=options.threads,
         work_dir=work_dir,
         step=lambda message: listener.step(message, 0, 0),
+        targets=expand_targets(options.targets),
     )
+    if not result.candidates:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())
+        raise UsageError(f"--quantize {settings.mode.value}: no candidate can be built here ({reasons})")
     if result.none_built:
         reasons = "; ".join(f"{c.name}: {c.error}" for c in result.candidates)
         raise ConversionError(f"--quantize {settings.mode.value}: no int8 model could be built ({reasons})")

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import write_golden, write_json, write_sample_golden
-from exporter.backends.onnxruntime import INT8
-from exporter.documents import RunRecord, build_manifest, build_report
+from exporter.documents import RunRecord, build_manifest, build_report, lossy_artifacts
 from exporter.report import render_reports
 from exporter.stages import StageStatus, StageTracker
 
@@ -27,9 +26,9 @@ def write_stage(
         if result.file is None or result.path is None or result.spec is None:
             continue
         result.spec.store(result.path, staging / result.file)
-    chosen = run.quantization.chosen if run.quantization else None
-    if chosen is not None and chosen.path is not None and INT8.file is not None:
-        INT8.store(chosen.path, staging / INT8.file)
+    for spec, chosen in lossy_artifacts(run.quantization):
+        assert chosen.path is not None and spec.file is not None
+        spec.store(chosen.path, staging / spec.file)
     golden_index = write_golden(staging / "golden", run.golden)
     if run.quantization is not None:
         golden_index.append(write_sample_golden(staging / "golden", "int8-eval", run.quantization.evaluation))

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION, file_inventory, jsonable
-from exporter.backends import BackendResult
+from exporter.backends import BackendResult, BackendSpec
 from exporter.backends.onnxruntime import INT8, ONNX, manifest_section
+from exporter.backends.openvino import OPENVINO_LOSSY
 from exporter.benchmark import LatencyStats
 from exporter.loading import LoadedModel
 from exporter.optimize import OptimizationResult
-from exporter.quantize import QuantizationResult
+from exporter.quantize import Candidate, QuantizationResult
 from exporter.report import REPORT_SCHEMA_VERSION
 from exporter.specs import InputSpec
 from exporter.stages import StageRecord
@@ -26,7 +27,14 @@ if TYPE_CHECKING:
     from exporter.manifest import ArtifactEntry, Int8Entry
     from exporter.options import ExportOptions
 
-__all__ = ["RENDERED", "RunRecord", "build_manifest", "build_report", "nonfinite_gate_failed"]
+__all__ = [
+    "RENDERED",
+    "RunRecord",
+    "build_manifest",
+    "build_report",
+    "lossy_artifacts",
+    "nonfinite_gate_failed",
+]
 
 # Rendered from report.json (``exporter report`` re-renders them), so not hashed: report.json is.
 RENDERED = ("manifest.json", "report.md", "report.html")
@@ -133,7 +141,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
-            **({INT8.name: INT8.file} if quantization and quantization.chosen else {}),
+            **{spec.name: spec.file for spec, _ in lossy_artifacts(quantization)},
             "golden": "golden/",
             "manifest": "manifest.json",
             "report": "report.json, report.md, report.html",
@@ -186,14 +194,43 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
 # ``exporter`` package (and through it this module) first, and must not find exporter.manifest imported.
 
 
-def _int8_manifest(quantization: QuantizationResult | None) -> Int8Entry | None:
-    from exporter.manifest import BudgetEntry, Int8Entry
+def lossy_artifacts(quantization: QuantizationResult | None) -> list[tuple[BackendSpec, Candidate]]:
+    """The lossy models that ship, with the backend that opens each: the ONNX Runtime choice as
+    ``model.int8.onnx``, the OpenVINO choice as ``model.lossy.xml``."""
+    if quantization is None:
+        return []
+    by_runtime = {"onnxruntime": INT8, "openvino": OPENVINO_LOSSY}
+    return [
+        (by_runtime[c.runtime], c)
+        for c in quantization.shipped
+        if c.runtime in by_runtime and c.path is not None
+    ]
 
+
+def _int8_manifest(quantization: QuantizationResult | None) -> Int8Entry | None:
     chosen = quantization.chosen if quantization else None
     if quantization is None or chosen is None or INT8.file is None:
         return None
+    return _lossy_entry(quantization, INT8, chosen)
+
+
+def _lossy_manifest(quantization: QuantizationResult | None) -> list[Int8Entry] | None:
+    entries = [
+        _lossy_entry(quantization, spec, chosen)
+        for spec, chosen in lossy_artifacts(quantization)
+        if spec is not INT8
+    ]
+    return entries or None
+
+
+def _lossy_entry(quantization: QuantizationResult | None, spec: BackendSpec, chosen: Candidate) -> Int8Entry:
+    from exporter.manifest import BudgetEntry, Int8Entry
+
+    assert quantization is not None and spec.file is not None
     return Int8Entry(
-        file=INT8.file,
+        backend=None if spec is INT8 else spec.name,
+        config=dict(chosen.config) or None,
+        file=spec.file,
         candidate=chosen.name,
         engine=chosen.engine,
         settings=jsonable(dict(chosen.settings)),  # as write_json wrote it: numpy scalars as numbers
@@ -266,6 +303,7 @@ def build_manifest(
         tolerance=Tolerance(atol=options.atol, rtol=options.rtol),
         benchmark=BenchmarkEntry(batch_dim=options.batch_dim, batch_sizes=list(options.batch_sizes)),
         int8=_int8_manifest(run.quantization),
+        lossy=_lossy_manifest(run.quantization),
         seed=options.seed,
         golden=TypeAdapter(list[GoldenEntry]).validate_python(golden_index, strict=False),
         reference_nonfinite=[NonfiniteEntry.model_validate(n, strict=False) for n in run.nonfinite],

@@ -22,6 +22,7 @@ from exporter._gate_files import (
     ArtifactRef,
     artifacts_of,
     folder_file,
+    lossy_entries,
     named_files,
     open_artifact,
     read_npz,
@@ -32,7 +33,14 @@ from exporter.backends.onnxruntime import INT8, ONNX
 from exporter.benchmark import BatchPlan, TimingConfig, batch_plans, p50_per_plan
 from exporter.errors import ExitCode, UsageError, first_line
 from exporter.loading import LoadRequest, load_model, sha256_file
-from exporter.manifest import BenchmarkEntry, GoldenCaseEntry, GoldenSamplesEntry, Manifest, read_manifest
+from exporter.manifest import (
+    BenchmarkEntry,
+    GoldenCaseEntry,
+    GoldenSamplesEntry,
+    Int8Entry,
+    Manifest,
+    read_manifest,
+)
 from exporter.quantize.budget import ParityBudget, compare_int8
 from exporter.report_model import read_report
 from exporter.runners import EagerRunner, OnnxRuntimeRunner
@@ -150,14 +158,15 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
         check, parity = _check_parity(request, entry, spec, golden, tolerance)
         result.checks.append(check)
         result.parity += [parity] if parity is not None else []
-    if manifest.int8 is not None:
-        report("re-checking the int8 budget")
+    for lossy in lossy_entries(manifest):
+        name = f"{lossy.backend or 'int8'} budget"
+        report(f"re-checking the budget of {lossy.file}")
         try:
-            result.checks.append(_check_int8(request, manifest, spec))
+            result.checks.append(_check_int8(request, manifest, spec, lossy, name))
+        except UsageError:
+            raise
         except Exception as error:
-            result.checks.append(
-                Check("int8 budget", "int8", False, f"cannot be re-checked: {first_line(error)}")
-            )
+            result.checks.append(Check(name, "int8", False, f"cannot be re-checked: {first_line(error)}"))
     if request.latency is not None:
         result.checks += _check_latency(request, manifest, spec, result, report)
     return result
@@ -261,23 +270,25 @@ def _golden(
     return golden
 
 
-def _check_int8(request: VerifyRequest, manifest: Manifest, spec: InputSpec) -> Check:
-    """The int8 model against the float ONNX model on the kept evaluation samples, under the saved budget."""
-    assert manifest.int8 is not None
-    int8 = manifest.int8
+def _check_int8(
+    request: VerifyRequest, manifest: Manifest, spec: InputSpec, int8: Int8Entry, name: str
+) -> Check:
+    """A lossy model against the float ONNX model on the kept evaluation samples, under the saved budget."""
     entry = next(
         (g for g in manifest.golden if isinstance(g, GoldenSamplesEntry) and g.case == "int8-eval"), None
     )
     if entry is None:
-        return Check("int8 budget", "int8", False, "the manifest has an int8 model but no int8-eval samples")
+        return Check(name, "int8", False, "the manifest has a lossy model but no int8-eval samples")
     data = read_npz(folder_file(request.folder, entry.inputs))
     samples = [{name: data[f"{name}.{index}"] for name in spec.names} for index in range(entry.samples)]
     budget = ParityBudget(**int8.budget.model_dump())
     started = time.perf_counter()
     outputs = []
-    for file in (str(ONNX.file), int8.file):
-        with OnnxRuntimeRunner(folder_file(request.folder, file), request.threads) as runner:
-            outputs.append([runner.run(sample) for sample in samples])
+    with OnnxRuntimeRunner(folder_file(request.folder, str(ONNX.file)), request.threads) as runner:
+        outputs.append([runner.run(sample) for sample in samples])
+    lossy = ArtifactRef(int8.backend or INT8.name, int8.file, None, int8.config)
+    with open_artifact(request.folder, lossy, spec, request.threads) as runner:
+        outputs.append([runner.run(sample) for sample in samples])
     names = manifest.output_names or [f"output_{i}" for i in range(len(outputs[0][0]))]
     comparisons = [
         compare_int8(name, [o[i] for o in outputs[1]], [o[i] for o in outputs[0]], budget)
@@ -290,7 +301,7 @@ def _check_int8(request: VerifyRequest, manifest: Manifest, spec: InputSpec) -> 
     )
     if not passed:
         detail += ": " + "; ".join(c.message or "outside budget" for c in comparisons if not c.passed)
-    return Check("int8 budget", "int8", passed, detail, time.perf_counter() - started)
+    return Check(name, "int8", passed, detail, time.perf_counter() - started)
 
 
 def _check_latency(
@@ -312,8 +323,7 @@ def _check_latency(
     settings = manifest.benchmark or BenchmarkEntry(batch_dim="batch", batch_sizes=[1, 8])
     plans = batch_plans(spec, settings.batch_dim, tuple(settings.batch_sizes), manifest.seed)
     entries = artifacts_of(manifest)
-    if manifest.int8 is not None:
-        entries.append(ArtifactRef(INT8.name, manifest.int8.file))
+    entries += [ArtifactRef(e.backend or INT8.name, e.file, None, e.config) for e in lossy_entries(manifest)]
     checks = []
     for entry in entries:
         report(f"timing {entry.file} here and in the baseline")

@@ -186,6 +186,9 @@ class Int8Entry(Typed):
     float_layers: list[str] | None = None
     formats: dict[str, Any] | None = None
     calibration: str | None = None
+    backend: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The backend that opens it; None: ``onnxruntime-int8`` (``model.int8.onnx``)."""
+    config: dict[str, str] | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class GoldenCaseEntry(Typed):
@@ -256,6 +259,8 @@ class Manifest(Typed):
     tolerance: Tolerance
     benchmark: BenchmarkEntry | None = None
     int8: Int8Entry | None = None
+    lossy: list[Int8Entry] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Lossy artifacts of other runtimes (OpenVINO: NNCF int8, or bf16 execution), under the same budget."""
     seed: int
     golden: list[GoldenEntry]
     reference_nonfinite: list[NonfiniteEntry] | None = None

@@ -18,11 +18,12 @@ from exporter._onnx_stages import int8_samples, optimize_stage, quantize_stage
 from exporter._write_stage import write_stage
 from exporter.artifacts import check_output_dir, output_lock, staging_dir
 from exporter.backends import BackendResult, BackendSpec, BuildContext, backends_for
-from exporter.backends.onnxruntime import INT8, ONNX, alternative_graph, conversion_of
+from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
+from exporter.backends.openvino import OPENVINO
 from exporter.benchmark import LatencyStats
 from exporter.convert.onnx import OnnxConversion
-from exporter.documents import RunRecord, nonfinite_gate_failed
-from exporter.environment import collect_environment
+from exporter.documents import RunRecord, lossy_artifacts, nonfinite_gate_failed
+from exporter.environment import bf16_support, collect_environment
 from exporter.errors import ExitCode, UsageError
 from exporter.loading import LoadedModel, LoadRequest, load_model
 from exporter.optimize import OptimizationResult
@@ -98,12 +99,29 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
             f"--quantize {options.quantization.mode.value} builds int8 ONNX models: add --to {ONNX.target} "
             "(or --to all)"
         )
+    _check_lossy_mode(options, specs)
     check_output_dir(options.out_dir, options.force, _kept_paths(options))
     for spec in specs:
         if spec.requires is not None:
             spec.requires()
     with output_lock(options.out_dir):
         return _export(options, specs, listener or SilentListener())
+
+
+def _check_lossy_mode(options: ExportOptions, specs: Sequence[BackendSpec]) -> None:
+    """``--quantize bf16`` runs the float IR in OpenVINO with bf16 precision: it needs that target, and a
+    CPU with native bf16 (emulated bf16 is slower than float32 and less exact)."""
+    if options.quantization.mode is not QuantMode.BF16:
+        return
+    if OPENVINO not in specs:
+        raise UsageError(
+            "--quantize bf16 runs the model in OpenVINO with bf16 inference precision: add --to openvino"
+        )
+    native, why = bf16_support()
+    if not native:
+        raise UsageError(
+            f"--quantize bf16: {why}; use --quantize int8, or run on a CPU with AMX or AVX512-BF16"
+        )
 
 
 def _kept_paths(options: ExportOptions) -> tuple[Path, ...]:
@@ -254,19 +272,24 @@ def _benchmark(run: _Run) -> None:
             run.options,
             run.listener,
             run.load_seconds,
-            already_timed=_quantize_timings(run.quantization),
+            already_timed=_quantize_timings(run.quantization, run.results),
         )
         record.detail = f"{len(run.latency)} timings, {run.options.threads} threads"
 
 
-def _quantize_timings(quantization: QuantizationResult | None) -> list[LatencyStats]:
-    """The float ONNX model's and the shipped int8 model's timings from the quantize stage, if it ran."""
+def _quantize_timings(
+    quantization: QuantizationResult | None, results: Sequence[BackendResult]
+) -> list[LatencyStats]:
+    """The float models' and the shipped lossy models' timings from the quantize stage, if it ran: one
+    model, one figure per run. A float figure is reused only when the backend ships that very model."""
     if quantization is None or not quantization.float_latency:
         return []
-    timings = [replace(s, backend=ONNX.name) for s in quantization.float_latency]
-    chosen = quantization.chosen
-    if chosen is not None and chosen.latency:
-        timings += [replace(s, backend=INT8.name) for s in chosen.latency]
+    onnx = next((r for r in results if r.spec is ONNX), None)
+    timings: list[LatencyStats] = []
+    if onnx is not None and onnx.path == quantization.float_onnx:
+        timings += [replace(s, backend=ONNX.name) for s in quantization.float_latency]
+    for spec, chosen in lossy_artifacts(quantization):
+        timings += [replace(s, backend=spec.name) for s in chosen.latency]
     return timings
 
 

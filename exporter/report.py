@@ -193,12 +193,14 @@ def optimization_table(report: dict[str, Any]) -> Table:
 
 
 def quantization_table(report: dict[str, Any]) -> Table:
-    """One row per int8 candidate: verdict, size and speed against float, worst parity over outputs."""
+    """One row per lossy candidate (int8, bf16): verdict, size and speed against the float model of its own
+    runtime, its p50, worst parity over outputs."""
     headers = [
         "candidate",
         "status",
         "size vs float",
-        "p50 vs float",
+        "p50 ms",
+        "p50 vs its runtime's float",
         "min cosine",
         "SQNR dB",
         "top-1 agree",
@@ -209,8 +211,10 @@ def quantization_table(report: dict[str, Any]) -> Table:
     rows = []
     if quant["float"]["accuracy"] is not None:
         accuracy = f"{quant['float']['accuracy']:.4f}"
-        rows.append(["float (reference)", "-", "1.00x", "1.00x", "-", "-", "-", accuracy, "-"])
+        rows.append(["float (reference)", "-", "1.00x", "-", "1.00x", "-", "-", "-", accuracy, "-"])
+    files = {"onnxruntime": "model.int8.onnx", "openvino": "model.lossy.xml"}
     for c in quant["candidates"]:
+        runtime = c.get("runtime", "onnxruntime")
         outputs = c["outputs"]
         if c["error"]:
             status = f"FAILED to build: {c['error']}"
@@ -220,7 +224,9 @@ def quantization_table(report: dict[str, Any]) -> Table:
         else:
             status = "within budget"
         if c["chosen"]:
-            status = "SHIPPED, " + status
+            status = f"SHIPPED as {files.get(runtime, runtime)}, " + status
+        if quant.get("fastest") == c["name"]:
+            status += ", FASTEST within budget"
         elif c["budget_passed"] and not c["faster_than_float"]:
             status += ", SLOWER than float"
         per_batch = ", ".join(
@@ -229,9 +235,10 @@ def quantization_table(report: dict[str, Any]) -> Table:
         top1 = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
         rows.append(
             [
-                c["name"],
+                c["name"] if runtime == "onnxruntime" else f"{c['name']} ({runtime})",
                 status,
                 "-" if c["size_ratio"] is None else f"{c['size_ratio']:.2f}x",
+                ", ".join(f"{s['label']} {s['p50_ms']:.3g}" for s in c["latency"]) or "-",
                 per_batch or "-",
                 "-" if not outputs else f"{min(o['min_cosine'] for o in outputs):.4f}",
                 "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
@@ -240,7 +247,7 @@ def quantization_table(report: dict[str, Any]) -> Table:
                 ", ".join(f"{e['node']} (caused {e['caused']:.2g})" for e in c["float_layers"]) or "-",
             ]
         )
-    rows += [[name, reason, *["-"] * 7] for name, reason in quant.get("skipped", {}).items()]
+    rows += [[name, reason, *["-"] * 8] for name, reason in quant.get("skipped", {}).items()]
     return headers, rows
 
 
@@ -370,7 +377,7 @@ def _markdown_int8(report: dict[str, Any]) -> list[str]:
     formats = quant["formats"]
     return [
         "",
-        "## Int8",
+        "## Lossy candidates (int8, bf16)",
         "",
         f"Mode `{quant['mode']}`; budget: {quant['budget']['text']}. "
         f"Calibration: {calibration['source']} "

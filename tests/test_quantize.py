@@ -207,7 +207,23 @@ def test_int8_ships_the_fastest_within_budget_and_never_a_slower_one() -> None:
     assert any("d is SLOWER" in n for n in notes)
     slow = [_candidate("d", 1.3)]
     choose_candidate(QuantMode.INT8, slow, notes)
-    assert not slow[0].chosen and any("no int8 model shipped" in n for n in notes)
+    assert not slow[0].chosen and any("none shipped for ONNX Runtime" in n for n in notes)
+
+
+def test_each_runtime_ships_its_own_fastest_candidate_against_its_own_float() -> None:
+    """model.int8.onnx is the ONNX Runtime choice and model.lossy.xml the OpenVINO one; a candidate's
+    ratio is against its own runtime's float model, so the slower-than-float rule holds per runtime."""
+    notes: list[str] = []
+    openvino_fast, openvino_slow = _candidate("nncf-openvino", 0.3), _candidate("bf16-openvino", 1.1)
+    for candidate in (openvino_fast, openvino_slow):
+        candidate.runtime = "openvino"
+    candidates = [_candidate("static-ort", 0.5), _candidate("dynamic-ort", 0.7), openvino_fast, openvino_slow]
+    choose_candidate(QuantMode.INT8, candidates, notes)
+    assert [(c.name, c.runtime) for c in candidates if c.chosen] == [
+        ("static-ort", "onnxruntime"),
+        ("nncf-openvino", "openvino"),
+    ]
+    assert any("bf16-openvino is SLOWER than float (p50 x1.10 of float openvino)" in n for n in notes)
 
 
 def test_an_explicit_mode_ships_within_budget_even_when_slower_flagged() -> None:
@@ -243,9 +259,18 @@ def test_each_mode_selects_its_candidates_through_the_registry() -> None:
     assert names == {
         QuantMode.NONE: [],
         QuantMode.DYNAMIC: ["dynamic-ort"],
-        QuantMode.STATIC: ["static-ort", "static-pt2e"],
+        QuantMode.STATIC: ["static-ort", "static-pt2e", "nncf-ort", "nncf-openvino"],
         QuantMode.QAT: ["qat-pt2e"],
-        QuantMode.INT8: ["dynamic-ort", "static-ort", "static-pt2e", "qat-pt2e"],
+        QuantMode.INT8: [
+            "dynamic-ort",
+            "static-ort",
+            "static-pt2e",
+            "qat-pt2e",
+            "nncf-ort",
+            "bf16-openvino",
+            "nncf-openvino",
+        ],
+        QuantMode.BF16: ["bf16-openvino"],
     }
     assert STATIC_ORT.repairs == (search_calibration_method, keep_sensitive_layers_in_float)
     assert STATIC_PT2E.repairs == () and Requirement.EXPORTABLE_MODULE in QAT_PT2E.needs
@@ -315,7 +340,7 @@ def test_every_mode_writes_an_int8_model_within_budget(
     listed = {c["name"]: c for c in report["quantization"]["candidates"]}
     assert listed[chosen.name]["chosen"] and listed[chosen.name]["size_ratio"] is not None
     assert all(c["latency"] for c in listed.values() if c["error"] is None)
-    assert "## Int8" in (options.out_dir / "report.md").read_text()
+    assert "## Lossy candidates" in (options.out_dir / "report.md").read_text()
 
 
 @pytest.mark.slow

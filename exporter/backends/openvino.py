@@ -23,7 +23,15 @@ from exporter.errors import ExporterError, UsageError, first_line
 from exporter.runners import CallConvention, OpenVinoRunner, Runner
 from exporter.specs import InputSpec, make_inputs, trace_sizes
 
-__all__ = ["OPENVINO", "checked_config", "float_config", "openvino_config", "save_ir", "store_ir"]
+__all__ = [
+    "OPENVINO",
+    "OPENVINO_LOSSY",
+    "checked_config",
+    "float_config",
+    "openvino_config",
+    "save_ir",
+    "store_ir",
+]
 
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
@@ -204,3 +212,16 @@ OPENVINO = register(
         store=store_ir,
     )
 )
+
+OPENVINO_LOSSY = register(
+    BackendSpec(
+        name="openvino-lossy",
+        target=None,
+        file="model.lossy.xml",
+        loader="openvino.Core().compile_model(model.lossy.xml, 'CPU', config)",
+        build=None,
+        open=partial(_open, name="openvino-lossy"),
+        store=store_ir,
+    )
+)
+"""The quantize stage's OpenVINO choice (NNCF int8, or the float IR run in bf16), judged by the budget."""

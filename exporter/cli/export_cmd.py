@@ -13,6 +13,7 @@ from exporter.cli.shared import DebugFlag, RichProgress, guarded, json_object, o
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
+from exporter.documents import lossy_artifacts
 from exporter.errors import UsageError
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, ExportResult
@@ -108,7 +109,8 @@ def export_command(
         QuantMode | None,
         typer.Option(
             "--quantize",
-            help="int8 mode: dynamic, static, qat, or int8 (try all, ship the fastest within budget).",
+            help="Lossy mode: dynamic, static, qat, bf16 (OpenVINO, bf16 CPUs), or int8 (try all, ship the "
+            "fastest within budget per runtime).",
         ),
     ] = None,
     calibration: Annotated[
@@ -262,7 +264,9 @@ def _print_summary(result: ExportResult) -> None:
         out.print(rich_table("Parity failures in detail", parity_table(shipped)))
     if report["quantization"]:
         out.print(
-            rich_table(f"Int8 ({report['quantization']['budget']['text']})", quantization_table(report))
+            rich_table(
+                f"Lossy candidates ({report['quantization']['budget']['text']})", quantization_table(report)
+            )
         )
     if report["latency"]:
         title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
@@ -270,8 +274,8 @@ def _print_summary(result: ExportResult) -> None:
     for note in report["notes"]:
         out.print(f"[yellow]note:[/] {escape(note)}")
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
-    int8 = ["model.int8.onnx"] if result.quantization and result.quantization.chosen else []
+    lossy = [str(spec.file) for spec, _ in lossy_artifacts(result.quantization)]
     files = ", ".join(
-        [*(b.file for b in result.backends if b.file), *int8, "golden/", "manifest.json", "report.md/.html"]
+        [*(b.file for b in result.backends if b.file), *lossy, "golden/", "manifest.json", "report.md/.html"]
     )
     out.print(f"{verdict}  artifacts in [bold]{escape(str(result.out_dir))}[/] ({escape(files)})")

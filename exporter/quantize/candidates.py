@@ -1,7 +1,7 @@
-"""The int8 candidate registry: one spec per way of making an int8 model, in the spirit of torchao's
-config-to-handler registry (``torchao/core/config.py``). A spec names its builder, the modes it belongs to,
-what it needs, the repairs tried when it misses the budget, and when it need not be built; the search
-iterates the registry and never names a candidate. Adding a candidate is one ``register`` call.
+"""The lossy candidate registry: one spec per way of making an int8 (or bf16) model, in the spirit of
+torchao's config-to-handler registry (``torchao/core/config.py``). A spec names its builder, the modes it
+belongs to, what it needs, the repairs tried when it misses the budget, and when it need not be built; the
+search iterates the registry and never names a candidate. Adding a candidate is one ``register`` call.
 
 Registration order is the order candidates are built, listed and (for ``int8``) considered.
 """
@@ -31,7 +31,10 @@ from exporter.quantize.types import Builder, Candidate, QuantizeContext, QuantMo
 from exporter.specs import make_inputs, trace_sizes
 
 __all__ = [
+    "BF16_OPENVINO",
     "DYNAMIC_ORT",
+    "NNCF_OPENVINO",
+    "NNCF_ORT",
     "QAT_PT2E",
     "STATIC_ORT",
     "STATIC_PT2E",
@@ -69,6 +72,10 @@ class CandidateSpec:
         needs: what it needs beyond the float ONNX model (documentation and tests; the builder checks).
         repairs: tried in order after the first judgement; each returns at once when it does not apply.
         skip: when the candidate need not be built given those built before it.
+        runtime: what runs the model it writes (``onnxruntime``, or ``openvino`` for an IR, ``.xml``).
+        suffix: the file it writes.
+        unavailable: why it cannot be built in this run (no bf16 on this CPU, its runtime not a target).
+        config: the runtime settings it is judged, timed and shipped with (OpenVINO's plugin config).
     """
 
     name: str
@@ -78,6 +85,10 @@ class CandidateSpec:
     needs: frozenset[Requirement] = frozenset()
     repairs: tuple[Repair, ...] = ()
     skip: SkipRule | None = None
+    runtime: str = "onnxruntime"
+    suffix: str = ".onnx"
+    unavailable: Callable[[QuantizeContext], str | None] | None = None
+    config: Callable[[QuantizeContext], dict[str, str]] | None = None
 
 
 _REGISTRY: dict[str, CandidateSpec] = {}
@@ -264,5 +275,136 @@ QAT_PT2E = register(
         frozenset({QuantMode.QAT, QuantMode.INT8}),
         needs=_PT2E_NEEDS | {Requirement.TRAINING},
         skip=_skip_qat,
+    )
+)
+
+
+# ---- NNCF and OpenVINO -----------------------------------------------------------------------------------
+
+
+def _transformer(context: QuantizeContext) -> bool:
+    from exporter.optimize import looks_like_transformer
+
+    return looks_like_transformer(context.float_onnx)
+
+
+def _build_nncf_ort(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    """NNCF's ONNX backend: a QDQ model for ONNX Runtime, NNCF's defaults (transformer type if it is one)."""
+    from exporter.quantize.nncf_int8 import nncf_quantize_onnx
+
+    return nncf_quantize_onnx(
+        context.float_onnx, target, context.calibration.samples, transformer=_transformer(context)
+    )
+
+
+def _needs_openvino_target(context: QuantizeContext) -> str | None:
+    if "openvino" not in context.targets:
+        return "not run: its runtime is OpenVINO and --to openvino was not asked for"
+    return None
+
+
+def _needs_bf16(context: QuantizeContext) -> str | None:
+    from exporter.environment import bf16_support
+
+    target = _needs_openvino_target(context)
+    if target is not None:
+        return target
+    native, why = bf16_support()
+    return None if native else f"not run: {why}"
+
+
+def _openvino_precision() -> str:
+    """The plugin's own choice for the float parts of an int8 IR: bf16 where it is native, else f32."""
+    from exporter.environment import bf16_support
+
+    return "bf16" if bf16_support()[0] else "f32"
+
+
+def _bf16_config(context: QuantizeContext) -> dict[str, str]:
+    return {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+
+
+def _int8_openvino_config(context: QuantizeContext) -> dict[str, str]:
+    return {"INFERENCE_PRECISION_HINT": _openvino_precision(), "PERFORMANCE_HINT": "LATENCY"}
+
+
+def _build_bf16_openvino(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    """The float IR, run with bf16 inference precision: weights stay float32 on disk, the CPU plugin
+    computes matmuls and convolutions in bf16 (AMX or AVX512-BF16)."""
+    import openvino as ov
+
+    from exporter.backends.openvino import save_ir
+
+    save_ir(ov.convert_model(str(context.float_onnx)), target)
+    return {"precision": "bf16", "weights": "float32 on disk"}
+
+
+def _build_nncf_openvino(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    from exporter.quantize.nncf_int8 import nncf_quantize_openvino
+
+    return nncf_quantize_openvino(
+        context.float_onnx, target, context.calibration.samples, transformer=_transformer(context)
+    )
+
+
+def nncf_accuracy_control(candidate: Candidate, build: Builder, context: QuantizeContext) -> None:
+    """When plain NNCF misses the budget: ``nncf.quantize_with_accuracy_control``, which reverts the layers
+    that cost most back to float until the worst cosine on the calibration samples (against eager) stays
+    within ``--min-cosine``; judged again on the held-out samples like every candidate."""
+    from exporter.quantize.nncf_int8 import nncf_quantize_openvino_with_accuracy_control
+    from exporter.runners import EagerRunner
+
+    if candidate.budget_passed or candidate.path is None:
+        return
+    context.step(f"{candidate.name}: NNCF accuracy control")
+    eager = EagerRunner(context.module, context.spec.names)
+    calibration = context.calibration.samples
+    settings = nncf_quantize_openvino_with_accuracy_control(
+        context.float_onnx,
+        candidate.path,
+        calibration,
+        calibration,
+        [eager.run(sample) for sample in calibration],
+        min_cosine=context.options.min_cosine,
+        transformer=_transformer(context),
+        threads=context.threads,
+    )
+    candidate.settings = {**candidate.settings, "accuracy_control": settings}
+    judge(candidate, context)
+
+
+NNCF_ORT = register(
+    CandidateSpec(
+        "nncf-ort",
+        "NNCF (ONNX backend, QDQ) in ONNX Runtime",
+        _build_nncf_ort,
+        frozenset({QuantMode.STATIC, QuantMode.INT8}),
+        needs=frozenset({Requirement.CALIBRATION_DATA}),
+    )
+)
+BF16_OPENVINO = register(
+    CandidateSpec(
+        "bf16-openvino",
+        "OpenVINO CPU plugin, bf16 inference precision",
+        _build_bf16_openvino,
+        frozenset({QuantMode.BF16, QuantMode.INT8}),
+        runtime="openvino",
+        suffix=".xml",
+        unavailable=_needs_bf16,
+        config=_bf16_config,
+    )
+)
+NNCF_OPENVINO = register(
+    CandidateSpec(
+        "nncf-openvino",
+        "NNCF (OpenVINO backend)",
+        _build_nncf_openvino,
+        frozenset({QuantMode.STATIC, QuantMode.INT8}),
+        needs=frozenset({Requirement.CALIBRATION_DATA}),
+        repairs=(nncf_accuracy_control,),
+        runtime="openvino",
+        suffix=".xml",
+        unavailable=_needs_openvino_target,
+        config=_int8_openvino_config,
     )
 )

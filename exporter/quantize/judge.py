@@ -1,20 +1,34 @@
-"""Judging an int8 model: parity against eager float on held-out samples, and the right output shapes at
+"""Judging a lossy model: parity against eager float on held-out samples, and the right output shapes at
 every golden shape case. Builders, repairs and the registry all judge the same way, so it is written once."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from exporter.errors import first_line
 from exporter.quantize.budget import compare_int8
 from exporter.quantize.types import Candidate, QuantizeContext
-from exporter.runners import OnnxRuntimeRunner
+from exporter.runners import OnnxRuntimeRunner, OpenVinoRunner, Runner
 
-__all__ = ["describe_error", "judge"]
+__all__ = ["describe_error", "judge", "open_candidate", "open_model"]
+
+
+def open_model(path: Path, runtime: str, threads: int, config: dict[str, str], name: str) -> Runner:
+    """A lossy or float model in the runtime that ships it (OpenVINO with its recorded plugin config)."""
+    if runtime == "openvino":
+        return OpenVinoRunner(path, {**config, "INFERENCE_NUM_THREADS": str(threads)}, name=name)
+    return OnnxRuntimeRunner(path, threads, name=name)
+
+
+def open_candidate(candidate: Candidate, threads: int, name: str | None = None) -> Runner:
+    assert candidate.path is not None
+    return open_model(candidate.path, candidate.runtime, threads, candidate.config, name or candidate.name)
 
 
 def judge(candidate: Candidate, context: QuantizeContext) -> None:
     """Fill ``candidate.outputs`` and ``candidate.shape_errors`` from the model at ``candidate.path``."""
     assert candidate.path is not None
-    with OnnxRuntimeRunner(candidate.path, context.threads) as runner:
+    with open_candidate(candidate, context.threads) as runner:
         outputs = [runner.run(sample) for sample in context.evaluation.samples]
         names = context.golden[0].output_names
         candidate.outputs = [

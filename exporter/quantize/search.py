@@ -26,11 +26,11 @@ from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig
 from exporter.errors import first_line
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.candidates import CandidateSpec, candidates_for
-from exporter.quantize.judge import judge
+from exporter.quantize.judge import judge, open_candidate
 from exporter.quantize.onnx_ort import Int8Formats, preprocess
 from exporter.quantize.selection import choose_candidate, time_candidates
 from exporter.quantize.types import Candidate, QuantizeContext, QuantizeOptions, QuantMode
-from exporter.runners import EagerRunner, OnnxRuntimeRunner
+from exporter.runners import EagerRunner
 from exporter.specs import InputSpec
 from exporter.verify import GoldenCase
 
@@ -56,10 +56,29 @@ class QuantizationResult:
     candidates: list[Candidate]
     notes: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    float_latency_by_runtime: dict[str, list[LatencyStats]] = field(default_factory=dict)
+    float_onnx: Path | None = None
+    """The float ONNX model the candidates started from and were timed against."""
+    """The float model's figures in runtimes other than ONNX Runtime (OpenVINO), timed beside candidates."""
 
     @property
     def chosen(self) -> Candidate | None:
-        return next((c for c in self.candidates if c.chosen), None)
+        """The ONNX Runtime candidate that ships as ``model.int8.onnx``."""
+        return self.chosen_for("onnxruntime")
+
+    def chosen_for(self, runtime: str) -> Candidate | None:
+        return next((c for c in self.candidates if c.chosen and c.runtime == runtime), None)
+
+    @property
+    def shipped(self) -> list[Candidate]:
+        """Every chosen candidate, one per runtime."""
+        return [c for c in self.candidates if c.chosen]
+
+    @property
+    def fastest(self) -> Candidate | None:
+        """The fastest candidate within budget across runtimes, by p50 at the first batch plan."""
+        within = [c for c in self.candidates if c.budget_passed and c.latency]
+        return min(within, key=lambda c: c.latency[0].p50_ms, default=None)
 
     @property
     def none_built(self) -> bool:
@@ -68,8 +87,8 @@ class QuantizationResult:
     @property
     def passed(self) -> bool:
         """Parity held for what ships; when nothing ships only because int8 was slower, that is no failure."""
-        if self.chosen is not None:
-            return self.chosen.budget_passed
+        if self.shipped:
+            return all(c.budget_passed for c in self.shipped)
         return any(c.budget_passed for c in self.candidates)
 
     def to_json(self) -> dict[str, Any]:
@@ -90,11 +109,17 @@ class QuantizationResult:
                 "size_bytes": self.float_size,
                 "latency": [s.to_json() for s in self.float_latency],
                 "accuracy": self.float_accuracy,
+                "latency_by_runtime": {
+                    runtime: [s.to_json() for s in stats]
+                    for runtime, stats in self.float_latency_by_runtime.items()
+                },
             },
             "metric": self.options.metric,
             "candidates": [c.to_json(self.float_size) for c in self.candidates],
             "skipped": self.skipped,
             "chosen": chosen.name if chosen else None,
+            "shipped": {c.runtime: c.name for c in self.shipped},
+            "fastest": self.fastest.name if self.fastest else None,
             "passed": self.passed,
             "notes": self.notes,
         }
@@ -115,8 +140,9 @@ def run_quantization(
     threads: int,
     work_dir: Path,
     step: Callable[[str], None],
+    targets: Sequence[str] = ("onnx",),
 ) -> QuantizationResult:
-    """Build, judge and time every candidate for ``options.mode``, then mark the one that ships."""
+    """Build, judge and time every candidate for ``options.mode``, then mark what ships per runtime."""
     work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if calibration.synthetic:
@@ -144,12 +170,14 @@ def run_quantization(
         golden=golden,
         threads=threads,
         step=step,
+        targets=tuple(targets),
     )
     metric = resolve_callable(options.metric, option="metric") if options.metric else None
     float_accuracy = _accuracy(metric, context.reference, evaluation)
     candidates, skipped = _build_all(candidates_for(options.mode), context, metric)
-    step("timing float and int8 ONNX models")
-    float_latency = time_candidates(float_onnx, candidates, plans, timing, threads)
+    step("timing the float models and the lossy candidates")
+    float_models, float_configs = _float_models(float_onnx, candidates, work_dir, threads)
+    floats = time_candidates(float_models, candidates, plans, timing, threads, float_configs=float_configs)
     choose_candidate(options.mode, candidates, notes)
     return QuantizationResult(
         options,
@@ -157,12 +185,31 @@ def run_quantization(
         calibration,
         evaluation,
         float_onnx.stat().st_size,
-        float_latency,
+        floats["onnxruntime"],
         float_accuracy,
         candidates,
         notes,
         skipped,
+        {runtime: stats for runtime, stats in floats.items() if runtime != "onnxruntime"},
+        float_onnx,
     )
+
+
+def _float_models(
+    float_onnx: Path, candidates: Sequence[Candidate], work_dir: Path, threads: int
+) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """Each runtime's float model, which its lossy candidates must beat: the float ONNX model in ONNX
+    Runtime, and (when OpenVINO candidates were built) its IR compiled with the float32 hint."""
+    models: dict[str, Path] = {"onnxruntime": float_onnx}
+    configs: dict[str, dict[str, str]] = {}
+    if any(c.runtime == "openvino" and c.path is not None for c in candidates):
+        import openvino as ov
+
+        from exporter.backends.openvino import float_config, save_ir
+
+        models["openvino"] = save_ir(ov.convert_model(str(float_onnx)), work_dir / "float-openvino.xml")
+        configs["openvino"] = float_config(threads)
+    return models, configs
 
 
 def _build_all(
@@ -172,14 +219,16 @@ def _build_all(
     candidates: list[Candidate] = []
     skipped: dict[str, str] = {}
     for spec in specs:
-        reason = spec.skip(context.options.mode, candidates) if spec.skip is not None else None
+        reason = spec.unavailable(context) if spec.unavailable is not None else None
+        if reason is None and spec.skip is not None:
+            reason = spec.skip(context.options.mode, candidates)
         if reason is not None:
             skipped[spec.name] = reason
             continue
         context.step(f"building {spec.name}")
         candidate = build_candidate(spec, context)
         if candidate.path is not None and metric is not None:
-            with OnnxRuntimeRunner(candidate.path, context.threads) as runner:
+            with open_candidate(candidate, context.threads) as runner:
                 outputs = [runner.run(s) for s in context.evaluation.samples]
             candidate.accuracy = _accuracy(metric, outputs, context.evaluation)
         candidates.append(candidate)
@@ -188,8 +237,9 @@ def _build_all(
 
 def build_candidate(spec: CandidateSpec, context: QuantizeContext) -> Candidate:
     """Build, judge and repair one candidate; a failure is recorded on it, not raised."""
-    candidate = Candidate(spec.name, spec.engine)
-    target = context.work_dir / f"{spec.name}.onnx"
+    candidate = Candidate(spec.name, spec.engine, runtime=spec.runtime)
+    candidate.config = spec.config(context) if spec.config is not None else {}
+    target = context.work_dir / f"{spec.name}{spec.suffix}"
     started = time.perf_counter()
     try:
         candidate.settings = spec.build(context, target, ())
@@ -202,7 +252,8 @@ def build_candidate(spec: CandidateSpec, context: QuantizeContext) -> Candidate:
         candidate.path = None
     candidate.build_seconds = time.perf_counter() - started
     if candidate.path is not None:
-        candidate.size_bytes = candidate.path.stat().st_size
+        weights = candidate.path.with_suffix(".bin") if candidate.path.suffix == ".xml" else None
+        candidate.size_bytes = candidate.path.stat().st_size + (weights.stat().st_size if weights else 0)
     gc.collect()
     return candidate
 

@@ -5,71 +5,89 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig, compare_latency
+from exporter.quantize.judge import open_candidate, open_model
 from exporter.quantize.types import Candidate, QuantMode
-from exporter.runners import OnnxRuntimeRunner
 
-__all__ = ["FLOAT_LABEL", "choose_candidate", "time_candidates"]
+__all__ = ["FLOAT_LABEL", "choose_candidate", "float_label", "time_candidates"]
 
 FLOAT_LABEL = "float"
 """The float ONNX model's name in the int8 timings (the pipeline reports it under the ONNX backend)."""
 
 
 def time_candidates(
-    float_onnx: Path,
+    float_models: Mapping[str, Path],
     candidates: Sequence[Candidate],
     plans: Sequence[BatchPlan],
     timing: TimingConfig,
     threads: int,
-) -> list[LatencyStats]:
-    """Float and every built candidate in ONNX Runtime, compared in alternating blocks per batch plan.
+    *,
+    float_configs: Mapping[str, dict[str, str]] | None = None,
+) -> dict[str, list[LatencyStats]]:
+    """The float model of each runtime and every built candidate, compared in alternating blocks per plan.
 
-    Fills each timed candidate's ``latency`` and ``p50_ratio`` (geometric mean over batch plans of its p50
-    over float's) and returns float's statistics: the float model's one figure in this run (the benchmark
-    stage reuses it). The one place candidates are timed.
+    ``float_models`` maps a runtime (``onnxruntime``, ``openvino``) to its float model; each candidate is
+    judged against the float model of the runtime that runs it (a lossy artifact must beat its own float
+    source), while all share one timing so figures compare across runtimes too. Fills each timed candidate's
+    ``latency`` and ``p50_ratio`` (geometric mean over plans of its p50 over its float's) and returns each
+    runtime's float statistics (the benchmark stage reuses them). The one place candidates are timed.
     """
-    timed = [c for c in candidates if c.path is not None and not c.shape_errors]
-    models = [(FLOAT_LABEL, float_onnx)] + [(f"int8 {c.name}", c.path) for c in timed]
+    configs = float_configs or {}
+    timed = [c for c in candidates if c.path is not None and not c.shape_errors and c.runtime in float_models]
     with contextlib.ExitStack() as stack:
         runners = [
-            stack.enter_context(OnnxRuntimeRunner(path, threads, name=label))
-            for label, path in models
-            if path is not None
+            stack.enter_context(
+                open_model(path, runtime, threads, configs.get(runtime, {}), float_label(runtime))
+            )
+            for runtime, path in float_models.items()
         ]
+        runners += [stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in timed]
         per_plan = [compare_latency(runners, plan, config=timing, threads=threads) for plan in plans]
-    float_stats = [stats[0] for stats in per_plan]
-    for index, candidate in enumerate(timed, start=1):
+    floats = {runtime: [stats[index] for stats in per_plan] for index, runtime in enumerate(float_models)}
+    for index, candidate in enumerate(timed, start=len(float_models)):
+        reference = floats[candidate.runtime]
         candidate.latency = [stats[index] for stats in per_plan]
         ratios = [
-            c.p50_ms / f.p50_ms for c, f in zip(candidate.latency, float_stats, strict=True) if f.p50_ms > 0
+            c.p50_ms / f.p50_ms for c, f in zip(candidate.latency, reference, strict=True) if f.p50_ms > 0
         ]
         candidate.p50_ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
-        for c, f in zip(candidate.latency, float_stats, strict=True):
+        for c, f in zip(candidate.latency, reference, strict=True):
             c.speedup_vs_float = f.p50_ms / c.p50_ms if c.p50_ms > 0 else None
-    return float_stats
+    return floats
+
+
+def float_label(runtime: str) -> str:
+    """The float model's name in the quantize stage's timings."""
+    return FLOAT_LABEL if runtime == "onnxruntime" else f"{FLOAT_LABEL} {runtime}"
 
 
 def choose_candidate(mode: QuantMode, candidates: list[Candidate], notes: list[str]) -> None:
-    """``int8`` ships the fastest candidate within budget and faster than float; an explicit mode ships its
-    fastest candidate within budget even when slower than float, flagged."""
+    """Per runtime, ``int8`` ships the fastest candidate within budget and faster than that runtime's float
+    model; an explicit mode ships its fastest candidate within budget even when slower than float, flagged."""
+    for runtime in dict.fromkeys(c.runtime for c in candidates):
+        _choose(mode, [c for c in candidates if c.runtime == runtime], notes, runtime)
+
+
+def _choose(mode: QuantMode, candidates: list[Candidate], notes: list[str], runtime: str) -> None:
+    where = "ONNX Runtime" if runtime == "onnxruntime" else runtime
     within = [c for c in candidates if c.budget_passed and c.p50_ratio is not None]
     for candidate in within:
         if not candidate.faster_than_float:
             notes.append(
-                f"int8 candidate {candidate.name} is SLOWER than float "
-                f"(p50 x{candidate.p50_ratio:.2f} of float ONNX Runtime)"
+                f"lossy candidate {candidate.name} is SLOWER than float "
+                f"(p50 x{candidate.p50_ratio:.2f} of float {where})"
             )
     eligible = [c for c in within if c.faster_than_float] if mode is QuantMode.INT8 else within
     if not eligible:
         if within and mode is QuantMode.INT8:
             notes.append(
-                "no int8 candidate was both within budget and faster than float: no int8 model shipped"
+                f"no {where} candidate was both within budget and faster than float: none shipped for {where}"
             )
         elif not within:
-            notes.append("no int8 candidate met the parity budget: no int8 model shipped")
+            notes.append(f"no {where} candidate met the parity budget: none shipped for {where}")
         return
     best = min(eligible, key=lambda c: c.p50_ratio or math.inf)
     best.chosen = True

@@ -35,6 +35,7 @@ class QuantMode(StrEnum):
     STATIC = "static"
     QAT = "qat"
     INT8 = "int8"
+    BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,16 @@ def cosine_error(outputs: Sequence[Int8Comparison]) -> float:
 
 @dataclass
 class Candidate:
-    """One int8 model: how it was made, how far it moved, how big and fast it is next to float."""
+    """One lossy model (int8, or bf16 execution): how it was made, how far it moved, how big and fast it is
+    next to the float model in the same runtime."""
 
     name: str
     engine: str
     settings: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    runtime: str = "onnxruntime"
+    """What runs it: ``onnxruntime`` (an ONNX file) or ``openvino`` (an IR compiled with ``config``)."""
+    config: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     build_seconds: float = 0.0
     size_bytes: int = 0
@@ -137,6 +142,8 @@ class Candidate:
         return {
             "name": self.name,
             "engine": self.engine,
+            "runtime": self.runtime,
+            "config": self.config,
             "settings": self.settings,
             "error": self.error,
             "build_seconds": round(self.build_seconds, 2),
@@ -175,6 +182,8 @@ class QuantizeContext:
     golden: Sequence[GoldenCase]
     threads: int
     step: Callable[[str], None]
+    targets: tuple[str, ...] = ("onnx",)
+    """The run's ``--to`` targets: a candidate for a runtime that will not ship is not built."""
     reduce_range: bool | None = None
     calibration_method: str | None = None
 
