@@ -85,12 +85,13 @@ def optimize_stage(
     )
     with stages.run("optimize") as record:
         result = optimize_onnx(request, step=lambda message: listener.step(message, 0, 0))
-        onnx_backend.parity += result.parity
+        runtime_specific = _runtime_specific_backend(result)
+        moved = result.runtime_specific.parity if result.runtime_specific is not None else None
+        onnx_backend.parity += [p for p in result.parity if p is not moved]  # listed once, under its artifact
         portable = result.portable
         onnx_backend.shipped = portable.label
         onnx_backend.path = portable.path
         onnx_backend.conversion = {**onnx_backend.conversion, "shipped": portable.label}
-        runtime_specific = _runtime_specific_backend(result)
         kept = [r.name for r in result.records if r.kept and r.name != RUNTIME_SPECIFIC_RECORD]
         dropped = [
             f"{r.name} ({r.reason.split(':')[0]})"
@@ -120,10 +121,12 @@ def _runtime_specific_backend(result: OptimizationResult) -> BackendResult | Non
         return None
     rewrites = variant.label.split("+")[1:]
     domains = ", ".join(sorted(result.domains.get(variant.label, ())))
+    portable = (
+        "only standard ONNX ops" if not result.domains.get(result.portable.label) else "contrib ops too"
+    )
     note = (
         f"{ORT_OPTIMIZED.file} holds ONNX Runtime-specific rewrites ({', '.join(rewrites) or 'none'}) with "
-        f"{domains} ops, p50 x{result.runtime_specific_ratio:.2f} of {ONNX.file}, which holds only standard "
-        "ONNX ops"
+        f"{domains} ops, p50 x{result.runtime_specific_ratio:.2f} of {ONNX.file}, which holds {portable}"
     )
     return BackendResult(
         backend=ORT_OPTIMIZED.name,

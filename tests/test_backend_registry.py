@@ -91,8 +91,17 @@ def toy() -> Iterator[BackendSpec]:
 
 def test_the_builtin_backends_are_registered_in_order() -> None:
     names = [spec.name for spec in backends()]
-    assert names[:5] == ["onnxruntime", "onnxruntime-int8", "torchscript", "torch-compile", "aotinductor"]
-    assert TARGETS == targets() == ("onnx", "torchscript", "compile")
+    assert names[:8] == [
+        "onnxruntime",
+        "onnxruntime-optimized",
+        "onnxruntime-int8",
+        "torchscript",
+        "torch-compile",
+        "aotinductor",
+        "openvino",
+        "openvino-lossy",
+    ]
+    assert TARGETS == targets() == ("onnx", "torchscript", "compile", "openvino")
     assert TARGET_BACKENDS["compile"] == ("torch-compile", "aotinductor")
     with pytest.raises(UsageError, match="unknown backend 'nope'"):
         backend("nope")

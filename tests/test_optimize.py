@@ -13,6 +13,7 @@ from exporter.errors import ExitCode
 from exporter.optimize import (
     OptimizeOptions,
     infer_attention_shape,
+    nonstandard_domains,
     resolve_steps,
     split_skip_layer_norm,
 )
@@ -47,9 +48,14 @@ def test_auto_runs_ort_and_adds_transformer_fusions_for_attention(
     names = [r["name"] for r in result.report["optimization"]]
     assert "alternative exporter" in names and "ort" in names
     shipped = result.backend("onnxruntime")
-    assert shipped.shipped == summary["shipped"]
+    assert shipped.shipped == summary["shipped"] == summary["portable"]
     assert shipped.shipped_parity.passed and len(shipped.shipped_parity.cases) >= 3
-    assert (result.out_dir / "model.onnx").is_file()
+    assert nonstandard_domains(result.out_dir / "model.onnx") == set()  # fusions live in model.ort.onnx
+    specific = summary["runtime_specific"]
+    assert (result.out_dir / "model.ort.onnx").is_file() is (specific is not None)
+    if specific is not None:
+        assert result.backend("onnxruntime-optimized").shipped == specific
+        assert nonstandard_domains(result.out_dir / "model.ort.onnx") == set(summary["domains"][specific])
 
 
 def _skip_norm_model(path: Path, *, use_mean: bool = False, bias: bool = True) -> None:
@@ -194,4 +200,8 @@ def test_a_step_slower_alone_is_kept_when_the_next_step_pays_for_it(
     assert transformer and all(not r["kept"] and r["reason"].startswith("slower") for r in transformer)
     combined = [r for r in records if r["name"] == "splitnorm" and r["kept"]]
     assert combined and "slower alone" in combined[0]["reason"]
-    assert result.report["optimization_summary"]["shipped"].endswith("+transformer+splitnorm")
+    summary = result.report["optimization_summary"]
+    fastest = summary["fastest"]
+    assert fastest.endswith("+transformer+splitnorm")
+    # It ships as model.onnx when the split left only standard ops, else beside it as model.ort.onnx.
+    assert fastest == (summary["runtime_specific"] if summary["domains"][fastest] else summary["portable"])
