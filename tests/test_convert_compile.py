@@ -85,11 +85,12 @@ def test_every_backend_verifies_at_three_or_more_shapes(
 ) -> None:
     result = export(options_for(name, targets=("all",)))
     assert result.exit_code is ExitCode.OK, [b.shipped_parity.failures() for b in result.backends]
-    assert [b.backend for b in result.backends] == [
+    assert [b.backend for b in result.backends if b.backend != "onnxruntime-optimized"] == [
         "onnxruntime",
         "torchscript",
         "torch-compile",
         "aotinductor",
+        "openvino",
     ]
     for backend in result.backends:
         assert len(backend.shipped_parity.cases) >= 3

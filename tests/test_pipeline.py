@@ -122,7 +122,8 @@ def test_latency_is_measured_for_eager_and_onnxruntime_per_batch_size(
 ) -> None:
     result = export(options_for("mlp", threads=1))
     rows = {(s.backend, s.batch) for s in result.latency}
-    assert rows == {(b, n) for b in ("pytorch-eager", "onnxruntime") for n in (1, 2)}
+    assert rows == {(b, n) for b in ("pytorch-eager", *(r.backend for r in result.backends)) for n in (1, 2)}
+    assert {r.backend for r in result.backends} <= {"onnxruntime", "onnxruntime-optimized"}
     assert all(s.threads == 1 and s.runs >= 3 and s.p50_ms <= s.p99_ms for s in result.latency)
     eager = [s for s in result.latency if s.backend == "pytorch-eager"]
     assert all(s.speedup_vs_eager == 1.0 for s in eager)

@@ -9,7 +9,7 @@ from exporter.targets import TARGET_BACKENDS, TARGETS, expand_targets
 
 
 def test_all_expands_to_every_target_in_order() -> None:
-    assert expand_targets(["all"]) == TARGETS == ("onnx", "torchscript", "compile")
+    assert expand_targets(["all"]) == TARGETS == ("onnx", "torchscript", "compile", "openvino")
 
 
 def test_duplicates_collapse_and_order_is_canonical() -> None:
