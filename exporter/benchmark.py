@@ -41,6 +41,18 @@ class TimingConfig:
     """...and at least this long, so a fast model's block is not dwarfed by its warm-up."""
     warm_seconds: float = 0.1
     """Untimed calls before each block, for about this long: the previous candidate's threads settle."""
+    enough_seconds: float = 3.0
+    """A runner with this much timed (and at least ``SLOW_MODEL_RUNS`` calls) has enough samples even short
+    of ``min_runs``: 50 calls of a 400 ms model add 20 s and nothing to a median."""
+    warmup_seconds: float = 1.0
+    """The first warm-up stops after this long even short of ``warmup`` calls (at least one call)."""
+
+
+SLOW_MODEL_RUNS = 10
+CLEARLY_SLOWER = 1.25
+"""A candidate whose fastest call is this much slower than its reference's median is dropped from further
+rounds (``compare_latency(..., reference_of=...)``): it cannot become faster than its reference."""
+SETTLE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,7 @@ def compare_latency(
     config: TimingConfig,
     threads: int,
     on_block: Callable[[Runner], None] | None = None,
+    reference_of: Mapping[int, int] | None = None,
 ) -> list[LatencyStats]:
     """Time several runners on one plan in alternating blocks, so they share the machine's drift.
 
@@ -166,19 +179,38 @@ def compare_latency(
     calls, or a cap (``max_runs`` or ``max_seconds`` per runner) is reached. Returns stats in the order of
     ``runners``. ``on_block`` hears which runner a block is about to time (for progress displays),
     outside the timed calls.
+
+    A runner has enough samples at ``min_runs`` over ``min_seconds``, or (slow models) at
+    ``SLOW_MODEL_RUNS`` over ``enough_seconds``. ``reference_of`` maps a candidate's index to its
+    reference's (a lossy model to its float source): after ``SETTLE_ROUNDS`` rounds a candidate whose
+    fastest call is ``CLEARLY_SLOWER`` than its reference's median stops being timed (its figures come from
+    the rounds it ran), since only candidates faster than their reference can be chosen.
     """
     if not runners:
         return []
     for runner in runners:
+        until = time.perf_counter() + config.warmup_seconds
         for _ in range(max(1, config.warmup)):
             runner.run(plan.inputs)
+            if time.perf_counter() >= until:
+                break
     samples: list[list[float]] = [[] for _ in runners]
     timed = [0.0 for _ in runners]
+    active = set(range(len(runners)))
     started = time.perf_counter()
     round_index = 0
+
+    def has_enough(index: int) -> bool:
+        count, seconds = len(samples[index]), timed[index]
+        if count >= config.min_runs and seconds >= config.min_seconds:
+            return True
+        return count >= SLOW_MODEL_RUNS and seconds >= config.enough_seconds
+
     while True:
         for offset in range(len(runners)):
             index = (round_index + offset) % len(runners)
+            if index not in active:
+                continue
             if on_block is not None:
                 on_block(runners[index])
             _warm(runners[index], plan, config.warm_seconds)
@@ -194,7 +226,12 @@ def compare_latency(
                 timed[index] += elapsed / 1000
                 calls += 1
         round_index += 1
-        enough = all(len(s) >= config.min_runs for s in samples) and min(timed) >= config.min_seconds
+        if reference_of and round_index >= SETTLE_ROUNDS:
+            for candidate, reference in reference_of.items():
+                median = float(np.median(samples[reference]))
+                if candidate in active and min(samples[candidate]) > CLEARLY_SLOWER * median:
+                    active.discard(candidate)
+        enough = all(has_enough(i) for i in active)
         capped = max(len(s) for s in samples) >= config.max_runs
         if enough or capped or time.perf_counter() - started >= config.max_seconds * len(runners):
             break

@@ -187,3 +187,43 @@ def test_p50_per_plan_compares_runners_at_every_plan() -> None:
     result = p50_per_plan([runner, other], plans, config=TINY, threads=1)
     assert len(result) == 2 and all(set(r) == {"batch=1", "batch=3"} for r in result)
     assert all(v > 0 for r in result for v in r.values())
+
+
+class SleepingModel(nn.Module):
+    """A model whose call takes a known time, so which runner is slower is not up to the machine."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def test_a_candidate_clearly_slower_than_its_reference_stops_being_timed() -> None:
+    _, _, inputs = runner_and_inputs()
+    plan = BatchPlan("batch=2", 2, inputs)
+    reference, slower, unreferenced = (EagerRunner(SleepingModel(s), ["x"]) for s in (0.001, 0.004, 0.004))
+    config = TimingConfig(warmup=1, min_runs=60, min_seconds=0.0, block_calls=5, block_seconds=0.0)
+    config = TimingConfig(**{**vars(config), "warm_seconds": 0.0, "max_seconds": 30.0})
+    stats = compare_latency(
+        [reference, slower, unreferenced], plan, config=config, threads=1, reference_of={1: 0}
+    )
+    assert stats[0].runs >= 60 and stats[2].runs >= 60
+    assert stats[1].runs < 30  # dropped after the settling rounds: 4x slower cannot beat its reference
+    assert stats[1].p50_ms > stats[0].p50_ms
+
+
+def test_a_slow_model_has_enough_samples_after_enough_seconds() -> None:
+    _, _, inputs = runner_and_inputs()
+    plan = BatchPlan("batch=2", 2, inputs)
+    model = SleepingModel(0.03)
+    config = TimingConfig(
+        warmup=10, min_runs=50, min_seconds=0.0, enough_seconds=0.3, warmup_seconds=0.05, warm_seconds=0.0
+    )
+    (stats,) = compare_latency([EagerRunner(model, ["x"])], plan, config=config, threads=1)
+    assert 10 <= stats.runs < 50
+    assert model.calls < 50  # warm-up stopped at warmup_seconds, timing at enough_seconds

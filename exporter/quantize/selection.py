@@ -45,7 +45,14 @@ def time_candidates(
             for runtime, path in float_models.items()
         ]
         runners += [stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in timed]
-        per_plan = [compare_latency(runners, plan, config=timing, threads=threads) for plan in plans]
+        runtimes = list(float_models)
+        reference_of = {
+            index: runtimes.index(c.runtime) for index, c in enumerate(timed, start=len(float_models))
+        }
+        per_plan = [
+            compare_latency(runners, plan, config=timing, threads=threads, reference_of=reference_of)
+            for plan in plans
+        ]
     floats = {runtime: [stats[index] for stats in per_plan] for index, runtime in enumerate(float_models)}
     for index, candidate in enumerate(timed, start=len(float_models)):
         reference = floats[candidate.runtime]
