@@ -6,22 +6,33 @@ last hidden state), a ResNet-18 (224x224) and a 2-layer LSTM classifier (64 step
 
 Paths (rows), each built the way its documentation shows, then timed by the same harness:
 
-  eager              eager PyTorch fp32 under torch.inference_mode
-  torch-int8         torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
-  torchscript        torch.jit.trace + torch.jit.freeze, saved and loaded back with torch.jit.load
-  compile            torch.compile(model) (inductor, default mode), timed after warm-up
-  aoti               torch.export.export + torch._inductor.aoti_compile_and_package, aoti_load_package
-  ort-dynamo         ONNX Runtime on torch.onnx.export(..., dynamo=True)
-  ort-torchscript    ONNX Runtime on torch.onnx.export(..., dynamo=False)
-  ort-int8-dynamic   quant_pre_process + quantize_dynamic(fp32, int8, weight_type=QuantType.QUInt8)
-  ort-int8-static    quant_pre_process + quantize_static(fp32, int8, reader) (QDQ defaults, 32 samples)
-  ours-fp32          exporter.pipeline.export(): the shipped model.onnx
-  ours-int8          exporter.pipeline.export() with --quantize int8: the shipped model.int8.onnx
+  eager                 eager PyTorch fp32 under torch.inference_mode
+  torch-int8            torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+  torchscript           torch.jit.trace + torch.jit.freeze, saved and loaded back with torch.jit.load
+  compile               torch.compile(model) (inductor, default mode), timed after warm-up
+  aoti                  torch.export.export + torch._inductor.aoti_compile_and_package, aoti_load_package
+  ort-dynamo            ONNX Runtime on torch.onnx.export(..., dynamo=True)
+  ort-torchscript       ONNX Runtime on torch.onnx.export(..., dynamo=False)
+  ort-int8-dynamic      quant_pre_process + quantize_dynamic(fp32, int8) with its defaults (QInt8 weights)
+  ort-int8-static       quant_pre_process + quantize_static(fp32, int8, reader) (QDQ defaults, 32 samples)
+  ort-transformer-int8  onnxruntime.transformers.optimizer.optimize_model(model_type, num_heads,
+                        hidden_size), saved, then quantize_dynamic defaults (transformers models only)
+  optimum-int8          Optimum ORTOptimizer (O2) + ORTQuantizer with AutoQuantizationConfig.avx512_vnni(
+                        is_static=False) (transformers models only; "not installed" without optimum-onnx)
+  openvino              ov.convert_model(module) compiled for CPU with the plugin's defaults (bf16
+                        inference precision where the CPU has it), LATENCY hint, our thread count
+  openvino-f32          the same with INFERENCE_PRECISION_HINT f32
+  openvino-nncf-int8    nncf.quantize(ov_model, nncf.Dataset(calibration)) with its defaults
+                        (ModelType.TRANSFORMER for transformers models), compiled like openvino
+  ours-fp32             exporter.pipeline.export(): the shipped model.onnx
+  ours-int8             exporter.pipeline.export() with --quantize int8: the shipped model.int8.onnx
 
-The harness: one backend alive at a time (build, check parity, time, delete, gc), the same threads for
-PyTorch and ONNX Runtime (intra-op = --threads, inter-op 1), warm-up, then at least N runs and S seconds;
-p50/p90 are numpy percentiles. Parity is against eager fp32 on 32 seeded held-out inputs; calibration uses
-32 other seeded inputs, the same ones for ONNX Runtime static int8 and for our pipeline.
+The harness: every path of a model is built and checked first, then all are timed together per batch size
+in alternating blocks (exporter.benchmark.compare_latency) with the same threads for PyTorch, ONNX Runtime
+and OpenVINO (intra-op = --threads, inter-op 1); p50/p90 are numpy percentiles of all timed calls, and the
+speedup vs eager is the median over rounds of eager's block median / the path's block median in the same
+round. Parity is against eager fp32 on 32 seeded held-out inputs; calibration uses 32 other seeded
+inputs, the same ones for ONNX Runtime static int8, NNCF and our pipeline.
 
 Run from the repository root (long on 2 cores; nothing else heavy should run meanwhile):
 
@@ -43,7 +54,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -73,7 +84,7 @@ EXPORT_BATCH = 2  # torch.export specializes dims of size 0 and 1, so dynamic-ba
 CALIBRATION_SAMPLES = 32
 HELD_OUT_SAMPLES = 32
 PIPELINE_EVAL_SAMPLES = 8  # the pipeline holds out max(8, samples // 4) of what --calibration gives it
-EXTRA_PACKAGES = ("transformers", "torchao", "onnxscript", "rich")
+EXTRA_PACKAGES = ("transformers", "torchao", "openvino", "nncf", "optimum", "optimum-onnx", "rich")
 Kind = Literal["embedding", "logits"]
 
 
@@ -171,8 +182,13 @@ PATHS: dict[str, str] = {
     "aoti": "AOTInductor",
     "ort-dynamo": "ORT fp32, dynamo exporter",
     "ort-torchscript": "ORT fp32, TorchScript exporter",
-    "ort-int8-dynamic": "ORT dynamic int8 (QUInt8)",
+    "ort-int8-dynamic": "ORT dynamic int8 (defaults)",
     "ort-int8-static": "ORT static QDQ int8",
+    "ort-transformer-int8": "ORT transformer optimizer + dynamic int8",
+    "optimum-int8": "Optimum O2 + avx512_vnni dynamic int8",
+    "openvino": "OpenVINO (plugin defaults)",
+    "openvino-f32": "OpenVINO f32",
+    "openvino-nncf-int8": "OpenVINO NNCF int8",
     "ours-fp32": "ours fp32 (model.onnx)",
     "ours-int8": "ours int8 (model.int8.onnx)",
 }
@@ -188,7 +204,10 @@ class Row:
     p50_ms: dict[int, float] = field(default_factory=dict)
     p90_ms: dict[int, float] = field(default_factory=dict)
     runs: dict[int, int] = field(default_factory=dict)
+    block_p50_ms: dict[int, list[float]] = field(default_factory=dict)
+    """Per batch size, this path's median in each round of ``compare_latency`` (index = round)."""
     speedup: dict[int, float] = field(default_factory=dict)
+    """Median over rounds of eager's block median / this path's block median."""
     size_mb: float | None = None
     min_cosine: float | None = None
     top1: float | None = None
@@ -208,6 +227,10 @@ class Built:
     note: str = ""
     cleanup: Callable[[], None] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class NotApplicable(Exception):
+    """A path that does not apply here (not installed, not a transformers model): a note, not a failure."""
 
 
 class TorchRunner(Runner):
@@ -243,6 +266,7 @@ class Bench:
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
     reference: list[np.ndarray] = field(default_factory=list)
     onnx_cache: dict[bool, tuple[Path, float] | str] = field(default_factory=dict)
+    openvino_cache: list[tuple[Any, float, str] | str] = field(default_factory=list)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -483,13 +507,14 @@ def _quantization_source(bench: Bench, name: str) -> tuple[Path, float, str]:
 
 
 def build_ort_int8_dynamic(bench: Bench) -> Built:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """``quantize_dynamic(fp32, int8)`` as ORT's docs call it: every default (QInt8 weights, per tensor)."""
+    from onnxruntime.quantization import quantize_dynamic
 
     source, seconds, note = _quantization_source(bench, "ort-int8-dynamic")
     path = bench.directory("ort-int8-dynamic") / "model.int8.onnx"
     started = time.perf_counter()
     with bench.silenced():
-        quantize_dynamic(str(source), str(path), weight_type=QuantType.QUInt8)
+        quantize_dynamic(str(source), str(path))
     return _ort(bench, path, "ort-int8-dynamic", seconds + time.perf_counter() - started, note)
 
 
@@ -512,6 +537,233 @@ def build_ort_int8_static(bench: Bench) -> Built:
         quantize_static(str(source), str(path), Reader(bench.calibration))
     note += f", {len(bench.calibration)} calibration samples"
     return _ort(bench, path, "ort-int8-static", seconds + time.perf_counter() - started, note)
+
+
+def transformer_config(model: torch.nn.Module) -> Any | None:
+    """The ``transformers`` config inside the model, if any: ORT's transformer optimizer, Optimum and NNCF's
+    ``ModelType.TRANSFORMER`` are meant for such models and need its type, heads and hidden size."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if all(hasattr(config, a) for a in ("model_type", "num_attention_heads", "hidden_size")):
+            return config
+    return None
+
+
+def _require_transformer(bench: Bench, tool: str) -> Any:
+    config = transformer_config(bench.model)
+    if config is None:
+        raise NotApplicable(f"not run: {tool} is for transformers models and this one has no config")
+    return config
+
+
+def _fused(statistics: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in statistics.items() if count) or "nothing fused"
+
+
+_UNTYPED = "Unable to find data type"
+"""ORT's quantizer (1.32) on a transformer-optimized model: ONNX shape inference cannot type the fused
+contrib ops' outputs, so it cannot tell whether a MatMul's input is float."""
+
+
+def _quantize_typed(quantize: Callable[[], None], model: Path) -> str:
+    """``quantize()`` the model; if ORT cannot type a fused op's output, add the types with
+    ``quant_pre_process(skip_optimization=True)`` (ORT's symbolic shape inference, the pre-processing its
+    quantization docs recommend) in place and quantize again. Returns what was done, for the note."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quantize()
+        return "quantized as optimized"
+    except RuntimeError as error:
+        if _UNTYPED not in str(error):
+            raise
+    typed = model.with_name(f"{model.stem}.typed.onnx")
+    quant_pre_process(str(model), str(typed), skip_optimization=True)
+    typed.replace(model)
+    quantize()
+    return "quant_pre_process(skip_optimization=True) first: the defaults could not type a fused op"
+
+
+def build_ort_transformer_int8(bench: Bench) -> Built:
+    """ORT's transformer optimizer, then ``quantize_dynamic`` defaults, as ORT's quantization docs advise
+    for transformers (the fused Attention becomes QAttention).
+
+    The source is the TorchScript-based export: the optimizer's attention fusion matches its graphs (on
+    the benchmark encoder it fuses 6 Attention nodes there and none in the dynamo export).
+    """
+    from onnxruntime.quantization import quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = _require_transformer(bench, "ORT's transformer optimizer")
+    source, _ = fp32_onnx(bench, dynamo=False)
+    work = bench.directory("ort-transformer-int8")
+    optimized_path, path = work / "optimized.onnx", work / "model.int8.onnx"
+    started = time.perf_counter()
+    with bench.silenced():
+        optimized = optimize_model(
+            str(source),
+            model_type=config.model_type,
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+        )
+        fused = _fused(optimized.get_fused_operator_statistics())
+        optimized.save_model_to_file(str(optimized_path))
+        del optimized
+        done = _quantize_typed(lambda: quantize_dynamic(str(optimized_path), str(path)), optimized_path)
+    seconds = time.perf_counter() - started
+    note = f"from the TorchScript export (build s: optimize + quantize); model_type {config.model_type}, "
+    note += f"fused: {fused}; quantize_dynamic defaults, {done}"
+    return _ort(bench, path, "ort-transformer-int8", seconds, note)
+
+
+def build_optimum_int8(bench: Bench) -> Built:
+    """Optimum's documented pair: ``ORTOptimizer`` (O2) then ``ORTQuantizer`` with the avx512_vnni dynamic
+    config, on a directory holding the TorchScript export and the model's ``config.json`` (what
+    ``from_pretrained`` reads; Optimum's own exporter would also use the TorchScript-based exporter)."""
+    import shutil
+
+    try:
+        from optimum.onnxruntime import ORTOptimizer, ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+    except ImportError as error:
+        raise NotApplicable(f"not installed ({first_line(error, 80)})") from error
+    config = _require_transformer(bench, "Optimum's ORTOptimizer")
+    source, _ = fp32_onnx(bench, dynamo=False)
+    work = bench.directory("optimum-int8")
+    exported, optimized, quantized = work / "exported", work / "optimized", work / "quantized"
+    exported.mkdir(exist_ok=True)
+    for file in source.parent.iterdir():
+        shutil.copy(file, exported / file.name)
+    config.save_pretrained(exported)
+    optimized_path = optimized / f"{source.stem}_optimized.onnx"
+
+    def quantize() -> None:
+        quantizer = ORTQuantizer.from_pretrained(optimized, file_name=optimized_path.name)
+        quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False), save_dir=quantized)
+
+    started = time.perf_counter()
+    with bench.silenced():
+        optimizer = ORTOptimizer.from_pretrained(exported, file_names=[source.name])
+        optimizer.optimize(AutoOptimizationConfig.O2(), save_dir=optimized)
+        fused = _fused(ORTOptimizer.get_fused_operators(optimized_path))
+        done = _quantize_typed(quantize, optimized_path)
+    seconds = time.perf_counter() - started
+    path = quantized / f"{optimized_path.stem}_quantized.onnx"
+    note = f"optimum-onnx {_version('optimum-onnx')}, from the TorchScript export"
+    note += f" (build s: optimize + quantize); fused: {fused}; {done}"
+    return _ort(bench, path, "optimum-int8", seconds, note)
+
+
+class _OpenVinoRunner(Runner):
+    """An OpenVINO compiled model on CPU with one infer request, fed by position in the harness's input
+    order: converted from the PyTorch module, its inputs carry ``forward``'s parameter names, not ours."""
+
+    def __init__(self, name: str, compiled: Any, input_names: Sequence[str]) -> None:
+        super().__init__(input_names)
+        if len(compiled.inputs) != len(self.input_names):
+            raise ValueError(f"{name}: {len(compiled.inputs)} model inputs for {len(self.input_names)} names")
+        self.name = name
+        self.compiled: Any = compiled
+        self.request: Any = compiled.create_infer_request()
+        self.output_count = len(compiled.outputs)
+
+    def close(self) -> bool:
+        self.request = self.compiled = None
+        return True
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.request is None:
+            raise RuntimeError(f"{self.name}: the compiled model was closed")
+        self.request.infer(dict(enumerate(inputs.values())))
+        return [self.request.get_output_tensor(i).data.copy() for i in range(self.output_count)]
+
+
+def openvino_model(bench: Bench) -> tuple[Any, float, str]:
+    """``ov.convert_model`` of the PyTorch module (OpenVINO's documented PyTorch path), once per model;
+    the TorchScript-based ONNX export if that fails, with the reason in the note."""
+    try:
+        import openvino as ov
+    except ImportError as error:
+        raise NotApplicable(f"not installed ({first_line(error, 80)})") from error
+    if bench.openvino_cache:
+        cached = bench.openvino_cache[0]
+        if isinstance(cached, str):
+            raise RuntimeError(f"the OpenVINO conversion failed earlier: {cached}")
+        return cached
+    started = time.perf_counter()
+    try:
+        try:
+            with bench.silenced():
+                model = ov.convert_model(bench.model, example_input=bench.example())
+            source = "ov.convert_model(module)"
+        except Exception as error:
+            path, export_seconds = fp32_onnx(bench, dynamo=False)
+            started -= export_seconds
+            with bench.silenced():
+                model = ov.convert_model(str(path))
+            source = f"ov.convert_model(TorchScript export; from the module: {first_line(error, 80)})"
+    except Exception as error:
+        bench.openvino_cache.append(f"{type(error).__name__}: {first_line(error)}")
+        raise
+    result = (model, time.perf_counter() - started, source)
+    bench.openvino_cache.append(result)
+    return result
+
+
+def _openvino(
+    bench: Bench, name: str, model: Any, seconds: float, note: str, *, hint: str | None = None
+) -> Built:
+    """Compiled for CPU with the plugin's defaults, except LATENCY and our thread count (so threads match
+    the other rows); ``hint`` overrides the inference precision. Size: the IR as compiled, uncompressed."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": bench.threads}
+    if hint is not None:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    directory = bench.directory(name)
+    ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=False)
+    size = sum(f.stat().st_size for f in directory.glob("model.*"))
+    started = time.perf_counter()
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    seconds += time.perf_counter() - started
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    threads = compiled.get_property("INFERENCE_NUM_THREADS")
+    note += f"; INFERENCE_PRECISION_HINT {getattr(precision, 'type_name', precision)}"
+    note += " (set)" if hint is not None else " (plugin default)"
+    note += f", INFERENCE_NUM_THREADS {threads} (set to match), PERFORMANCE_HINT LATENCY"
+    return Built(_OpenVinoRunner(name, compiled, bench.names), size, seconds, note)
+
+
+def build_openvino(bench: Bench) -> Built:
+    model, seconds, source = openvino_model(bench)
+    return _openvino(bench, "openvino", model, seconds, f"{source} (build s: convert + compile)")
+
+
+def build_openvino_f32(bench: Bench) -> Built:
+    model, seconds, source = openvino_model(bench)
+    note = f"{source} (build s: convert + compile)"
+    return _openvino(bench, "openvino-f32", model, seconds, note, hint="f32")
+
+
+def build_openvino_nncf_int8(bench: Bench) -> Built:
+    """NNCF post-training quantization with its defaults on the converted model; the dataset's transform
+    orders each sample by position, as ``_OpenVinoRunner`` feeds it."""
+    try:
+        import nncf
+    except ImportError as error:
+        raise NotApplicable(f"not installed ({first_line(error, 80)})") from error
+    model, seconds, source = openvino_model(bench)
+    names = bench.names
+    model_type = nncf.ModelType.TRANSFORMER if transformer_config(bench.model) is not None else None
+    dataset = nncf.Dataset(bench.calibration, lambda sample: tuple(sample[n] for n in names))
+    started = time.perf_counter()
+    with bench.silenced():
+        quantized = nncf.quantize(model, dataset, model_type=model_type)
+    seconds += time.perf_counter() - started
+    note = f"{source}, nncf.quantize defaults"
+    note += f" with model_type={model_type.value}" if model_type is not None else ""
+    note += f", {len(bench.calibration)} calibration samples (build s: convert + quantize + compile)"
+    return _openvino(bench, "openvino-nncf-int8", quantized, seconds, note)
 
 
 # --------------------------------------------------------------------------------------------- ours
@@ -647,6 +899,11 @@ BUILDERS: dict[str, Callable[[Bench], Built]] = {
     "ort-torchscript": build_ort_torchscript,
     "ort-int8-dynamic": build_ort_int8_dynamic,
     "ort-int8-static": build_ort_int8_static,
+    "ort-transformer-int8": build_ort_transformer_int8,
+    "optimum-int8": build_optimum_int8,
+    "openvino": build_openvino,
+    "openvino-f32": build_openvino_f32,
+    "openvino-nncf-int8": build_openvino_nncf_int8,
     "ours-fp32": build_ours_fp32,
     "ours-int8": build_ours_int8,
 }
@@ -668,6 +925,11 @@ def build_row(bench: Bench, path: str) -> tuple[Row, Built | None]:
         row.min_cosine, top1 = compare(outputs, bench.reference)
         row.top1 = top1 if bench.case.kind == "logits" else None
         bench.log(f"{bench.case.name} {path}: built (min cosine {row.min_cosine:.4f})")
+    except NotApplicable as reason:
+        row.note = str(reason)
+        bench.log(f"{bench.case.name} {path}: {row.note}")
+        _free(built)
+        built = None
     except Exception as error:
         row.error = f"{type(error).__name__}: {first_line(error, 240)}"
         row.p50_ms, row.p90_ms, row.runs = {}, {}, {}
@@ -677,17 +939,79 @@ def build_row(bench: Bench, path: str) -> tuple[Row, Built | None]:
     return row, built
 
 
+class _ClockedRunner(Runner):
+    """Records when each call of the wrapped runner starts and ends, so ``time_rows`` can split
+    ``compare_latency``'s timed calls into its blocks; it adds two clock reads per call to every path."""
+
+    def __init__(self, inner: Runner) -> None:
+        super().__init__(inner.input_names)
+        self.name = inner.name
+        self.inner = inner
+        self.calls: list[tuple[int, int]] = []
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        started = time.perf_counter_ns()
+        outputs = self.inner.run(inputs)
+        self.calls.append((started, time.perf_counter_ns()))
+        return outputs
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.inner.run(inputs)
+
+
+def _block_medians(
+    clocks: Sequence[_ClockedRunner], blocks: Sequence[tuple[int, int]], warm_ns: float
+) -> tuple[list[list[float]], list[int]]:
+    """Each runner's median ms per round, from the calls between its block's start and the next block's,
+    and how many calls that counted as timed (to check against ``compare_latency``'s own count).
+
+    ``compare_latency`` warms a runner untimed until ``warm_seconds`` after the block starts, so the calls
+    up to the first that ends past that mark are warm-up and the rest were timed.
+    """
+    ends = [started for _, started in blocks[1:]] + [2**63]
+    position = [0] * len(clocks)
+    medians: list[list[float]] = [[] for _ in clocks]
+    counts = [0] * len(clocks)
+    for (index, started), end in zip(blocks, ends, strict=True):
+        calls = clocks[index].calls
+        while position[index] < len(calls) and calls[position[index]][0] < started:
+            position[index] += 1  # the initial warm-up, before any block
+        block = []
+        while position[index] < len(calls) and calls[position[index]][0] < end:
+            block.append(calls[position[index]])
+            position[index] += 1
+        warm = next((i for i, (_, stop) in enumerate(block) if stop >= started + warm_ns), len(block))
+        timed = [(stop - start) / 1e6 for start, stop in block[warm + 1 :]]
+        if timed:
+            medians[index].append(float(np.median(timed)))
+            counts[index] += len(timed)
+    return medians, counts
+
+
 def time_rows(bench: Bench, timed: Sequence[tuple[Row, Built]]) -> None:
     """Every built path timed together, per batch size, in alternating blocks (``compare_latency``): all
     paths share the machine's drift, which moved eager by 20-38 % within one run when they were timed one
-    after another."""
-    runners = [built.runner for _, built in timed]
+    after another. Each path's block medians are kept per round, for ratios taken within a round."""
+    clocks = [_ClockedRunner(built.runner) for _, built in timed]
+    index_of = {id(clock): i for i, clock in enumerate(clocks)}
+    blocks: list[tuple[int, int]] = []  # (runner index, block start in perf_counter ns)
+
+    def on_block(runner: Runner) -> None:
+        blocks.append((index_of[id(runner)], time.perf_counter_ns()))
+
     for batch, inputs in bench.plans.items():
-        bench.log(f"{bench.case.name}: timing {len(runners)} paths at batch {batch}")
+        bench.log(f"{bench.case.name}: timing {len(clocks)} paths at batch {batch}")
         plan = BatchPlan(f"batch={batch}", batch, dict(inputs))
-        stats = compare_latency(runners, plan, config=bench.timing, threads=bench.threads)
-        for (row, _), result in zip(timed, stats, strict=True):
+        blocks.clear()
+        for clock in clocks:
+            clock.calls.clear()
+        stats = compare_latency(clocks, plan, config=bench.timing, threads=bench.threads, on_block=on_block)
+        medians, counts = _block_medians(clocks, blocks, bench.timing.warm_seconds * 1e9)
+        for (row, _), result, rounds, count in zip(timed, stats, medians, counts, strict=True):
             row.p50_ms[batch], row.p90_ms[batch], row.runs[batch] = result.p50_ms, result.p90_ms, result.runs
+            row.block_p50_ms[batch] = rounds
+            if count != result.runs:  # a warm-up call ended within microseconds of the mark: noted, minor
+                row.details.setdefault("block_split_extra_calls", {})[batch] = count - result.runs
 
 
 def _free(built: Built | None) -> None:
@@ -743,6 +1067,9 @@ def run_model(
             for _, b in timed:
                 _free(b)
         rows = [row for row, _ in built]
+        rounds = next((row.block_p50_ms for row, _ in timed if row.block_p50_ms), {})
+        if rounds:
+            description += "; timing rounds " + ", ".join(f"b{b} {len(v)}" for b, v in rounds.items())
         del bench
         gc.collect()
     return rows, description
@@ -764,6 +1091,14 @@ def _usable(rows: Sequence[Row], model: str, path: str) -> Row | None:
     return next(
         (r for r in rows if r.model == model and r.path == path and r.error is None and r.p50_ms), None
     )
+
+
+def round_ratio(numerator: Row, denominator: Row, batch: int) -> float | None:
+    """Median over rounds of ``numerator``'s block median / ``denominator``'s in the same round: both were
+    timed by one ``compare_latency`` call, so each round's pair shares the machine's state."""
+    pairs = zip(numerator.block_p50_ms.get(batch, []), denominator.block_p50_ms.get(batch, []), strict=False)
+    ratios = [a / b for a, b in pairs if b > 0]
+    return float(np.median(ratios)) if ratios else None
 
 
 def _at_least(value: float | None, needed: float, what: str, fmt: str = "x{:.2f}") -> tuple[bool, str]:
@@ -829,11 +1164,12 @@ def evaluate_targets(rows: Sequence[Row]) -> list[Target]:
         def not_slower(row: Row, fp32: Row | None = fp32) -> list[tuple[bool, str]]:
             if fp32 is None:
                 return [(False, "our fp32 row not measured")]
-            ratios = {b: row.p50_ms[b] / fp32.p50_ms[b] for b in row.p50_ms if b in fp32.p50_ms}
+            measured = {b: round_ratio(row, fp32, b) for b in row.p50_ms}
+            ratios = {b: ratio for b, ratio in measured.items() if ratio is not None}
             text = ", ".join(f"b{b} x{ratio:.2f}" for b, ratio in ratios.items())
             worst = max(ratios.values(), default=math.inf)
             verdict = "at most x1.00 needed" if worst <= 1 else f"{(worst - 1) * 100:.0f}% slower at worst"
-            return [(worst <= 1.0, f"int8 p50 / fp32 p50: {text} ({verdict})")]
+            return [(worst <= 1.0, f"int8 / fp32, median of per-round ratios: {text} ({verdict})")]
 
         targets.append(
             _goal(f"{model}: our int8 not slower than its float source", rows, model, "ours-int8", not_slower)
@@ -892,7 +1228,9 @@ def _cells(row: Row) -> list[str]:
 
 
 def render_table(rows: Sequence[Row]) -> Table:
-    table = Table(title="Peers: p50/p90 latency, speedup vs eager fp32, size, parity vs eager fp32")
+    table = Table(
+        title="Peers: p50/p90 latency, speedup vs eager fp32 (median of per-round ratios), size, parity"
+    )
     for column in COLUMNS:
         table.add_column(
             column,
@@ -924,23 +1262,49 @@ def _version(package: str) -> str | None:
         return None
 
 
-def header_lines(environment: dict[str, Any], args: argparse.Namespace, timing: TimingConfig) -> list[str]:
+def all_cpu_flags() -> list[str]:
+    """Every flag /proc/cpuinfo lists, for the JSON: the environment keeps only the SIMD ones it knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(line.split(":", 1)[1].split())
+    return []
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says it can run fast here: its default precision (bf16 or f32) follows."""
+    try:
+        import openvino as ov
+
+        return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except Exception:  # not installed or no CPU plugin: the header just leaves it out
+        return []
+
+
+def header_lines(
+    environment: dict[str, Any], args: argparse.Namespace, timing: TimingConfig, capabilities: list[str]
+) -> list[str]:
     versions = {"exporter": environment["exporter"], **environment["packages"]}
     versions |= {p: _version(p) for p in EXTRA_PACKAGES}
-    flags = ", ".join(environment["cpu_flags"]) or "no listed SIMD flags"
+    flags = ", ".join(environment["cpu_flags"]) or "none of the listed SIMD flags"
+    openvino = f"; OpenVINO CPU capabilities: {', '.join(capabilities)}" if capabilities else ""
     return [
         "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items() if version),
-        f"CPU: {environment['cpu']} ({flags}); {environment['usable_cpus']} usable CPUs; python "
-        f"{environment['python']}",
-        f"threads: {environment['threads']} (torch intra-op and ORT intra_op_num_threads; inter-op 1)",
-        f"timing: warm-up {timing.warmup}, then >= {timing.min_runs} runs and >= {timing.min_seconds} s"
+        f"CPU: {environment['cpu']}; {environment['usable_cpus']} usable CPUs; "
+        f"python {environment['python']}",
+        f"CPU flags: {flags}{openvino}",
+        f"threads: {environment['threads']} (torch intra-op, ORT intra_op_num_threads, OpenVINO "
+        "INFERENCE_NUM_THREADS; inter-op 1)",
+        f"timing: warm-up {timing.warmup}, then alternating blocks until >= {timing.min_runs} runs and >= "
+        f"{timing.min_seconds} s per path; p50/p90 over all timed calls; vs eager = median over rounds of "
+        "eager's block median / the path's"
         + (
             " (--quick: indicative only; the pipeline ran with 20 QAT steps and short timing)"
             if args.quick
             else ""
         ),
         f"parity: {HELD_OUT_SAMPLES} seeded held-out inputs at batch 1 vs eager fp32; calibration "
-        f"{CALIBRATION_SAMPLES} other seeded inputs (ORT static and our pipeline alike)",
+        f"{CALIBRATION_SAMPLES} other seeded inputs (ORT static, NNCF and our pipeline alike)",
     ]
 
 
@@ -971,13 +1335,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def fill_speedups(rows: Sequence[Row]) -> None:
+    """Speedup vs eager: the median over rounds of eager's block median / the row's, in the same round."""
     for row in rows:
         eager = _usable(rows, row.model, "eager")
         if eager is None:
             continue
-        row.speedup = {
-            b: eager.p50_ms[b] / p50 for b, p50 in row.p50_ms.items() if b in eager.p50_ms and p50 > 0
-        }
+        ratios = {b: round_ratio(eager, row, b) for b in row.p50_ms}
+        row.speedup = {b: ratio for b, ratio in ratios.items() if ratio is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1000,7 +1364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     console = Console(width=None if sys.stdout.isatty() else 250)
     environment = collect_environment(threads)
-    header = header_lines(environment, args, timing)
+    capabilities = openvino_capabilities()
+    header = header_lines(environment, args, timing, capabilities)
     for line in header:
         console.print(line, highlight=False)
 
@@ -1041,7 +1406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = out.parent / f"{out.name}.json", out.parent / f"{out.name}.md"
     report = {
-        "environment": environment | {"extra_packages": {p: _version(p) for p in EXTRA_PACKAGES}},
+        "environment": environment
+        | {
+            "extra_packages": {p: _version(p) for p in EXTRA_PACKAGES},
+            "cpu_flags_all": all_cpu_flags(),
+            "openvino_cpu_capabilities": capabilities,
+        },
         "settings": {
             "threads": threads,
             "quick": args.quick,
