@@ -43,19 +43,17 @@ def benchmark_stage(
     options: ExportOptions,
     listener: ProgressListener,
     load_seconds: dict[str, float],
-    *,
-    already_timed: Sequence[LatencyStats] = (),
 ) -> list[LatencyStats]:
     """Time eager and every shipped artifact alike, in alternating blocks per batch size.
 
     Every runner is open at once and visited in turn (``compare_latency``), so all share the machine's
     drift; each is warmed before its block, which lets an ONNX Runtime session's spinning threads settle.
-    Backends in ``already_timed`` (the float and int8 ONNX models the quantize stage timed side by side)
-    keep that figure: one model, one number per run. Load times go into ``load_seconds``.
+    The optimize and quantize stages rank with a shorter timing (``decision_timing``); what ships is
+    measured here with the full one, so every figure in the latency table comes from one timing. Load
+    times go into ``load_seconds``.
     """
     plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
-    known = {stats.backend for stats in already_timed}
-    results: list[LatencyStats] = [s for s in already_timed if s.label in {p.label for p in plans}]
+    results: list[LatencyStats] = []
     order = [eager.name]
     with contextlib.ExitStack() as stack:
         runners: list[Runner] = [eager]
@@ -64,9 +62,6 @@ def benchmark_stage(
             runner = opener()
             load_seconds[runner.name] = time.perf_counter() - started
             order.append(runner.name)
-            if runner.name in known:
-                with runner:  # its figure is reused: free it at once
-                    continue
             runners.append(stack.enter_context(runner))
         for index, plan in enumerate(plans):
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
 from exporter.backends.openvino import OPENVINO
 from exporter.benchmark import LatencyStats
 from exporter.convert.onnx import OnnxConversion
-from exporter.documents import RunRecord, lossy_artifacts, nonfinite_gate_failed
+from exporter.documents import RunRecord, nonfinite_gate_failed
 from exporter.environment import bf16_support, collect_environment
 from exporter.errors import ExitCode, UsageError
 from exporter.loading import LoadedModel, LoadRequest, load_model
@@ -272,25 +272,8 @@ def _benchmark(run: _Run) -> None:
             run.options,
             run.listener,
             run.load_seconds,
-            already_timed=_quantize_timings(run.quantization, run.results),
         )
         record.detail = f"{len(run.latency)} timings, {run.options.threads} threads"
-
-
-def _quantize_timings(
-    quantization: QuantizationResult | None, results: Sequence[BackendResult]
-) -> list[LatencyStats]:
-    """The float models' and the shipped lossy models' timings from the quantize stage, if it ran: one
-    model, one figure per run. A float figure is reused only when the backend ships that very model."""
-    if quantization is None or not quantization.float_latency:
-        return []
-    onnx = next((r for r in results if r.spec is ONNX), None)
-    timings: list[LatencyStats] = []
-    if onnx is not None and onnx.path == quantization.float_onnx:
-        timings += [replace(s, backend=ONNX.name) for s in quantization.float_latency]
-    for spec, chosen in lossy_artifacts(quantization):
-        timings += [replace(s, backend=spec.name) for s in chosen.latency]
-    return timings
 
 
 def _verify_status(
