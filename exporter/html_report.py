@@ -295,9 +295,10 @@ def _int8_points(quant: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
         if not speedup or not c["outputs"]:
             unplotted.append(f"{c['name']}: {'not timed' if not speedup else 'no outputs compared'}")
             continue
+        runtime = c.get("runtime", "onnxruntime")
         points.append(
             {
-                "name": c["name"],
+                "name": c["name"] if runtime == "onnxruntime" else f"{c['name']} ({runtime})",
                 "x": 1.0 / speedup,
                 "y": min(o["min_cosine"] for o in c["outputs"]),
                 "label": stats["label"] if stats else "",
@@ -327,9 +328,9 @@ def _int8_section(report: dict[str, Any]) -> str:
     if points:
         html.append(
             f'<figure id="int8-scatter">{int8_scatter(quant, points)}<figcaption>Each candidate\'s p50'
-            f"{esc(at)} relative to the float ONNX model (x, log scale) against its worst cosine over "
-            "outputs (y). Green: within the parity budget; red: outside it; ringed: shipped; grey diamond: "
-            "the float model.</figcaption></figure>"
+            f"{esc(at)} relative to the float model in its own runtime (x, log scale: ONNX Runtime, or "
+            "OpenVINO at f32) against its worst cosine over outputs (y). Green: within the parity budget; "
+            "red: outside it; ringed: shipped; grey diamond: the float model.</figcaption></figure>"
         )
     else:
         html.append('<p id="int8-scatter">No candidate was built and timed, so there is nothing to plot.</p>')
