@@ -326,7 +326,8 @@ def test_every_mode_writes_an_int8_model_within_budget(
     assert result.quantization is not None
     chosen = result.quantization.chosen
     assert chosen is not None and chosen.budget_passed
-    assert chosen.name.startswith({"dynamic": "dynamic", "static": "static", "qat": "qat"}[mode])
+    made_by = {"dynamic": ("dynamic",), "static": ("static", "nncf"), "qat": ("qat",)}[mode]
+    assert chosen.name.startswith(made_by)
     int8_path = options.out_dir / "model.int8.onnx"
     session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
     inputs = dict(np.load(options.out_dir / "golden" / "export.inputs.npz"))
@@ -378,7 +379,17 @@ def test_int8_mode_lists_every_candidate(options_for: Callable[..., ExportOption
     assert result.quantization is not None
     names = [c.name for c in result.quantization.candidates]
     skipped = result.quantization.skipped
-    assert names + list(skipped) == ["dynamic-ort", "static-ort", "static-pt2e", "qat-pt2e"]
+    every = [
+        "dynamic-ort",
+        "static-ort",
+        "static-pt2e",
+        "qat-pt2e",
+        "nncf-ort",
+        "bf16-openvino",
+        "nncf-openvino",
+    ]
+    assert sorted(names + list(skipped), key=every.index) == every and not set(names) & set(skipped)
+    assert "--to openvino was not asked for" in skipped["nncf-openvino"]  # OpenVINO candidates need it
     static_pt2e = next(c for c in result.quantization.candidates if c.name == "static-pt2e")
     assert ("qat-pt2e" in skipped) == static_pt2e.budget_passed
     if skipped:
