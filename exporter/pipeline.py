@@ -96,8 +96,8 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     specs = backends_for(expand_targets(options.targets))
     if options.quantization.mode is not QuantMode.NONE and ONNX not in specs:
         raise UsageError(
-            f"--quantize {options.quantization.mode.value} builds int8 ONNX models: add --to {ONNX.target} "
-            "(or --to all)"
+            f"--quantize {options.quantization.mode.value} starts from the verified float ONNX model: add "
+            f"--to {ONNX.target} (or --to all)"
         )
     _check_lossy_mode(options, specs)
     check_output_dir(options.out_dir, options.force, _kept_paths(options))
