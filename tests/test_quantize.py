@@ -254,6 +254,18 @@ def test_calibration_choice_prefers_the_method_within_the_whole_budget() -> None
     assert choose_calibration(passing).method == "entropy"
 
 
+INT8_CANDIDATES = [
+    "dynamic-ort",
+    "static-ort",
+    "static-pt2e",
+    "qat-pt2e",
+    "nncf-ort",
+    "bf16-openvino",
+    "nncf-openvino",
+]
+"""Every registered candidate, in registry order: what ``--quantize int8`` builds or skips with a reason."""
+
+
 def test_each_mode_selects_its_candidates_through_the_registry() -> None:
     names = {mode: [spec.name for spec in candidates_for(mode)] for mode in QuantMode}
     assert names == {
@@ -261,15 +273,7 @@ def test_each_mode_selects_its_candidates_through_the_registry() -> None:
         QuantMode.DYNAMIC: ["dynamic-ort"],
         QuantMode.STATIC: ["static-ort", "static-pt2e", "nncf-ort", "nncf-openvino"],
         QuantMode.QAT: ["qat-pt2e"],
-        QuantMode.INT8: [
-            "dynamic-ort",
-            "static-ort",
-            "static-pt2e",
-            "qat-pt2e",
-            "nncf-ort",
-            "bf16-openvino",
-            "nncf-openvino",
-        ],
+        QuantMode.INT8: INT8_CANDIDATES,
         QuantMode.BF16: ["bf16-openvino"],
     }
     assert STATIC_ORT.repairs == (search_calibration_method, keep_sensitive_layers_in_float)
@@ -379,15 +383,7 @@ def test_int8_mode_lists_every_candidate(options_for: Callable[..., ExportOption
     assert result.quantization is not None
     names = [c.name for c in result.quantization.candidates]
     skipped = result.quantization.skipped
-    every = [
-        "dynamic-ort",
-        "static-ort",
-        "static-pt2e",
-        "qat-pt2e",
-        "nncf-ort",
-        "bf16-openvino",
-        "nncf-openvino",
-    ]
+    every = INT8_CANDIDATES
     assert sorted(names + list(skipped), key=every.index) == every and not set(names) & set(skipped)
     assert "--to openvino was not asked for" in skipped["nncf-openvino"]  # OpenVINO candidates need it
     static_pt2e = next(c for c in result.quantization.candidates if c.name == "static-pt2e")
