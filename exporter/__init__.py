@@ -1,21 +1,47 @@
 """exporter: turn a trained PyTorch model into verified, benchmarked deployment artifacts.
 
 The pipeline is ``load -> convert -> verify -> benchmark -> write``; ``export`` runs it all.
+
+Names are imported on first use (PEP 562), so ``exporter.serving`` runs a model without importing torch:
+a serving bundle for an ONNX artifact does not install it.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from exporter._version import __version__
-from exporter.errors import (
-    ConversionError,
-    ExitCode,
-    ExporterError,
-    InputSpecError,
-    LoadError,
-    RecipeError,
-    UsageError,
-)
-from exporter.pipeline import ExportOptions, ExportResult, export
-from exporter.recipe import Recipe, load_recipe
-from exporter.specs import InputSpec, TensorSpec, parse_tensor_spec
+
+if TYPE_CHECKING:
+    from exporter.errors import (
+        ConversionError,
+        ExitCode,
+        ExporterError,
+        InputSpecError,
+        LoadError,
+        RecipeError,
+        UsageError,
+    )
+    from exporter.pipeline import ExportOptions, ExportResult, export
+    from exporter.recipe import Recipe, load_recipe
+    from exporter.specs import InputSpec, TensorSpec, parse_tensor_spec
+
+_HOMES = {
+    "exporter.errors": (
+        "ConversionError",
+        "ExitCode",
+        "ExporterError",
+        "InputSpecError",
+        "LoadError",
+        "RecipeError",
+        "UsageError",
+    ),
+    "exporter.pipeline": ("ExportOptions", "ExportResult", "export"),
+    "exporter.recipe": ("Recipe", "load_recipe"),
+    "exporter.specs": ("InputSpec", "TensorSpec", "parse_tensor_spec"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "ConversionError",
@@ -35,3 +61,12 @@ __all__ = [
     "load_recipe",
     "parse_tensor_spec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exporter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -9,7 +9,6 @@ refused checkpoint gets one line naming the offending entry and the way out.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from exporter._checkpoint_audit import (
     audit_torch_save,
     audit_torchscript,
 )
+from exporter._documents import sha256_file
 from exporter._resolve import resolve_callable
 from exporter.errors import LoadError, first_line
 
@@ -76,14 +76,6 @@ class LoadedModel:
             "model_class": type(self.module).__name__,
             "notes": self.notes,
         }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(request: LoadRequest) -> LoadedModel:

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
+from exporter._documents import MANIFEST_SCHEMA_VERSION, read_document
 from exporter.errors import UsageError
 
 __all__ = [

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporter._openvino_settings import PRECISION_HINT, checked_config
 from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend, OpenContext, register
 from exporter.backends._verify import ArtifactCandidate, BackendResult
 from exporter.errors import ExporterError, UsageError, first_line
@@ -32,8 +33,6 @@ __all__ = [
     "save_ir",
     "store_ir",
 ]
-
-PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 
 
 def openvino_config(threads: int, precision: str) -> dict[str, str]:
@@ -89,31 +88,6 @@ def _from_pytorch(context: BuildContext, xml: Path) -> Path:
     for port, name in zip(model.inputs, spec.names, strict=True):
         port.get_tensor().set_names({name})
     return save_ir(model, xml)
-
-
-_ALLOWED_SETTINGS = {
-    PRECISION_HINT: {"f32", "bf16", "f16"},
-    "PERFORMANCE_HINT": {"LATENCY", "THROUGHPUT"},
-    "INFERENCE_NUM_THREADS": None,
-}
-
-
-def checked_config(config: Mapping[str, str]) -> dict[str, str]:
-    """A recorded plugin config, refused unless every key and value is one we write: a manifest may be
-    hostile, and some plugin settings write files (``CACHE_DIR``) or load code.
-
-    Raises:
-        UsageError: an unknown key, or a value outside what that key takes.
-    """
-    for key, value in config.items():
-        if key not in _ALLOWED_SETTINGS:
-            allowed = ", ".join(_ALLOWED_SETTINGS)
-            raise UsageError(f"OpenVINO setting '{key}' is not one exporter records ({allowed}); refusing it")
-        values = _ALLOWED_SETTINGS[key]
-        valid = value.isdigit() and int(value) <= 4096 if values is None else value in values
-        if not isinstance(value, str) or not valid:
-            raise UsageError(f"OpenVINO setting {key}={value!r} is not a value exporter records; refusing it")
-    return dict(config)
 
 
 def _open(path: Path, context: OpenContext, name: str = "openvino") -> Runner:

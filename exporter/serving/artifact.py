@@ -1,0 +1,206 @@
+"""Which shipped artifact a server runs, the files it needs, and the integrity check before it listens.
+
+Imports neither torch nor ONNX: a bundle for an ONNX artifact runs this module without them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter._documents import sha256_file
+from exporter._safe_paths import inside_folder
+from exporter.errors import UsageError
+from exporter.manifest import BudgetEntry, CallEntry, GoldenCaseEntry, Manifest
+
+__all__ = [
+    "RUNTIME_OF",
+    "SERVABLE_BACKENDS",
+    "ServedArtifact",
+    "check_integrity",
+    "choose_artifact",
+    "required_files",
+    "shipped_artifacts",
+]
+
+RUNTIME_OF = {
+    "onnxruntime": "onnxruntime",
+    "onnxruntime-optimized": "onnxruntime",
+    "onnxruntime-int8": "onnxruntime",
+    "openvino": "openvino",
+    "openvino-lossy": "openvino",
+    "torchscript": "torch",
+    "aotinductor": "torch",
+}
+"""Backends whose artifact is a file a server can open, and the runtime package each needs."""
+
+SERVABLE_BACKENDS = tuple(RUNTIME_OF)
+
+
+@dataclass(frozen=True)
+class ServedArtifact:
+    """One shipped artifact as a server opens it.
+
+    ``budget`` is set for lossy artifacts (int8, bf16): their start-up check is the int8 parity budget,
+    not the float tolerance.
+    """
+
+    backend: str
+    file: str
+    files: tuple[str, ...]
+    runtime: str
+    config: dict[str, str] | None = None
+    call: CallEntry | None = None
+    budget: BudgetEntry | None = None
+
+    @property
+    def lossy(self) -> bool:
+        return self.budget is not None
+
+
+def _files_of(manifest: Manifest, file: str) -> tuple[str, ...]:
+    """The artifact file and what it loads beside it: an IR's ``.bin``, an ONNX model's external data."""
+    companions = [file]
+    if file.endswith(".xml"):
+        companions.append(file.removesuffix(".xml") + ".bin")
+    companions += sorted(name for name in manifest.files if name.startswith(f"{file}."))
+    return tuple(companions)
+
+
+def shipped_artifacts(manifest: Manifest) -> dict[str, ServedArtifact]:
+    """Every servable artifact the manifest lists as verified (float) or shipped within budget (lossy)."""
+    found: dict[str, ServedArtifact] = {}
+    for entry in manifest.artifacts or []:
+        if entry.backend in RUNTIME_OF and entry.verified:
+            found[entry.backend] = ServedArtifact(
+                entry.backend,
+                entry.file,
+                _files_of(manifest, entry.file),
+                RUNTIME_OF[entry.backend],
+                entry.config,
+                entry.call,
+            )
+    if manifest.int8 is not None:
+        found["onnxruntime-int8"] = ServedArtifact(
+            "onnxruntime-int8",
+            manifest.int8.file,
+            _files_of(manifest, manifest.int8.file),
+            "onnxruntime",
+            budget=manifest.int8.budget,
+        )
+    for lossy in manifest.lossy or []:
+        backend = lossy.backend or "onnxruntime-int8"
+        if backend in RUNTIME_OF:
+            found[backend] = ServedArtifact(
+                backend,
+                lossy.file,
+                _files_of(manifest, lossy.file),
+                RUNTIME_OF[backend],
+                lossy.config,
+                budget=lossy.budget,
+            )
+    return found
+
+
+def choose_artifact(folder: Path, manifest: Manifest, requested: str | None) -> ServedArtifact:
+    """``requested``, or the fastest shipped artifact as report.json's latency table ranks them
+    (geometric mean of p50 over the batch sizes every candidate was timed at).
+
+    Raises:
+        UsageError: an unknown backend, or one this folder does not ship.
+    """
+    shipped = shipped_artifacts(manifest)
+    if requested is not None:
+        if requested not in RUNTIME_OF:
+            raise UsageError(
+                f"--backend {requested!r} is not a backend exporter serves; choose one of "
+                f"{', '.join(SERVABLE_BACKENDS)}"
+            )
+        if requested not in shipped:
+            available = ", ".join(shipped) or "none"
+            raise UsageError(
+                f"--backend {requested} is not shipped in '{folder}' (it ships: {available}); "
+                "export it with that target, or pick a shipped one"
+            )
+        return shipped[requested]
+    if not shipped:
+        raise UsageError(
+            f"'{folder}' ships no artifact a server can open (verified ONNX, OpenVINO, TorchScript or "
+            "AOTInductor); re-export it with --to onnx"
+        )
+    ranked = sorted(
+        shipped, key=lambda name: (_latency_rank(folder).get(name, math.inf), SERVABLE_BACKENDS.index(name))
+    )
+    return shipped[ranked[0]]
+
+
+def _latency_rank(folder: Path) -> dict[str, float]:
+    """Backend -> geometric mean p50 over the batch labels all backends share, from report.json (if any)."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        rows = [r for r in report["latency"] if isinstance(r.get("p50_ms"), int | float) and r["p50_ms"] > 0]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    by_backend: dict[str, dict[str, float]] = {}
+    for row in rows:
+        by_backend.setdefault(str(row["backend"]), {})[str(row["label"])] = float(row["p50_ms"])
+    served = {b: labels for b, labels in by_backend.items() if b in RUNTIME_OF}
+    if not served:
+        return {}
+    common = set.intersection(*(set(labels) for labels in served.values()))
+    return {
+        backend: math.exp(sum(math.log(labels[label]) for label in common) / len(common))
+        if common
+        else math.inf
+        for backend, labels in served.items()
+    }
+
+
+def golden_cases(manifest: Manifest) -> list[GoldenCaseEntry]:
+    return [entry for entry in manifest.golden if isinstance(entry, GoldenCaseEntry)]
+
+
+def required_files(manifest: Manifest, artifact: ServedArtifact) -> list[str]:
+    """What a server of ``artifact`` reads: its files and every golden case's inputs and outputs."""
+    names = list(artifact.files)
+    for case in golden_cases(manifest):
+        names += [case.inputs, case.outputs]
+    return names
+
+
+def check_integrity(folder: Path, manifest: Manifest, artifact: ServedArtifact) -> int:
+    """Refuse a folder whose files do not match the manifest, as ``exporter verify``'s hash check does.
+
+    Every file the server reads must be present and match. A listed file it does not read may be absent
+    (a bundle carries only its backend's files) but, when present, must match too. Returns the number
+    of files checked.
+
+    Raises:
+        UsageError: a path outside the folder, a required file missing or unlisted, or any hash mismatch.
+    """
+    named_by = f"manifest.json of '{folder}'"
+    required = required_files(manifest, artifact)
+    checked = 0
+    for name in dict.fromkeys([*required, *manifest.files]):
+        path = inside_folder(folder, name, named_by)
+        recorded = manifest.files.get(name)
+        if recorded is None:
+            raise UsageError(f"{named_by} does not list '{name}' with a sha256; refusing to serve it")
+        if not path.exists():
+            if name in required:
+                raise UsageError(
+                    f"'{folder}' is missing {name}, which the {artifact.backend} server needs; "
+                    "re-export or re-package the folder"
+                )
+            continue
+        digest = sha256_file(path)
+        if digest != recorded.sha256:
+            raise UsageError(
+                f"'{folder}/{name}' was modified after export (sha256 {digest[:12]}... != manifest "
+                f"{recorded.sha256[:12]}...); refusing to serve a folder that fails exporter verify's "
+                "integrity check"
+            )
+        checked += 1
+    return checked
