@@ -11,9 +11,11 @@ import typer
 
 from exporter.cli.export_cmd import export_command
 from exporter.cli.inspect_cmd import inspect_command
+from exporter.cli.package_cmd import package_command
 from exporter.cli.recipes_cmd import recipes_command
 from exporter.cli.report_cmd import report_command
 from exporter.cli.run_cmd import run_command
+from exporter.cli.serve_cmd import serve_command
 from exporter.cli.verify_cmd import verify_command
 from exporter.interrupts import install_signal_handlers
 from exporter.pipeline import export  # what `exporter export` calls, looked up here (tests replace it)
@@ -39,6 +41,8 @@ for _name, _command in (
     ("recipes", recipes_command),
     ("report", report_command),
     ("inspect", inspect_command),
+    ("serve", serve_command),
+    ("package", package_command),
 ):
     app.command(_name)(_command)
 

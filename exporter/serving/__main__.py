@@ -1,0 +1,50 @@
+"""``python -m exporter.serving ARTIFACTS``: the server without the rest of exporter (what a bundle's
+Dockerfile runs). Flags and exit codes are those of ``exporter serve``; argparse, so no CLI stack is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from exporter.errors import ExporterError
+from exporter.serving.artifact import SERVABLE_BACKENDS
+from exporter.serving.server import ServeOptions, serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.serving",
+        description="Serve a verified exporter artifacts folder over KServe v2 (Open Inference Protocol).",
+    )
+    parser.add_argument("folder", type=Path, help="the artifacts folder (or a bundle's artifacts/)")
+    parser.add_argument("--backend", choices=SERVABLE_BACKENDS, help="default: the fastest shipped artifact")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: all usable CPUs)")
+    parser.add_argument("--max-batch-delay-ms", type=float, default=2.0)
+    parser.add_argument("--max-batch-size", type=int, help="1 turns dynamic batching off")
+    parser.add_argument("--max-body-mb", type=float, default=64.0)
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    options = ServeOptions(
+        args.folder,
+        args.backend,
+        args.host,
+        args.port,
+        args.threads,
+        args.max_batch_delay_ms,
+        args.max_batch_size,
+        args.max_body_mb,
+        args.drain_timeout_s,
+    )
+    try:
+        return serve(options)
+    except ExporterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return int(error.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The HTTP application: KServe v2 routes over one loaded model, its readiness, drain and metrics.
+
+``ServerState`` is what the routes share with the process around them (``exporter.serving.server``): the
+model (loaded after the socket listens, as Triton does, so ``live`` answers while ``ready`` waits), whether
+the golden check passed, whether a SIGTERM asked to drain, and how many requests are in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exporter._version import __version__
+from exporter.serving.batching import DynamicBatcher, ModelWorker
+from exporter.serving.protocol import ModelSignature, RequestError, encode_response, parse_infer_request
+from exporter.serving.runtimes import ModelRunner
+
+__all__ = ["SELF_CHECK_HEADER", "Metrics", "ServerState", "build_app"]
+
+SELF_CHECK_HEADER = "X-Exporter-Self-Check"
+"""Marks the start-up golden requests, the only ones answered before the server is ready."""
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this server's own (not the process-global one)."""
+
+    def __init__(self, model: str) -> None:
+        disable_created_metrics()  # the *_created series double the output and no dashboard reads them
+        self.registry = CollectorRegistry()
+        self.model = model
+        self.requests = Counter(
+            "exporter_requests",
+            "Inference requests by HTTP status",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "exporter_request_errors",
+            "Failed inference requests by kind (bad_request, model_error, unavailable)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "exporter_request_seconds",
+            "Inference request latency in the server (body read to response)",
+            ["model"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "exporter_batch_size",
+            "Rows per model call (dynamic batching gathers requests into one call)",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.model_seconds = Histogram(
+            "exporter_model_call_seconds",
+            "Time in the model per call",
+            ["model"],
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "exporter_inflight_requests", "Inference requests being served", ["model"], registry=self.registry
+        )
+        self.ready = Gauge("exporter_ready", "1 when the server is ready", ["model"], registry=self.registry)
+
+    def observe_call(self, rows: int, seconds: float) -> None:
+        self.batch_rows.labels(self.model).observe(rows)
+        self.model_seconds.labels(self.model).observe(seconds)
+
+
+@dataclass
+class ServerState:
+    signature: ModelSignature
+    max_body_bytes: int
+    max_batch_size: int
+    max_batch_delay_s: float
+    runner: ModelRunner | None = None
+    worker: ModelWorker | None = None
+    batcher: DynamicBatcher | None = None
+    status: str = "loading the model"
+    ready: bool = False
+    draining: bool = False
+    inflight: int = 0
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    metrics: Metrics | None = None
+
+    @property
+    def batching(self) -> bool:
+        return self.signature.batch_dim is not None and self.max_batch_size > 1
+
+    def attach(self, runner: ModelRunner) -> None:
+        """Put a loaded model behind the routes (and the batcher, when batching)."""
+        metrics = self.metrics
+        self.runner = runner
+        self.worker = ModelWorker(runner.run, metrics.observe_call if metrics else lambda *_: None)
+        if self.batching:
+            self.batcher = DynamicBatcher(self.worker, self.max_batch_size, self.max_batch_delay_s)
+            self.batcher.start()
+
+    @property
+    def idle(self) -> bool:
+        return self.inflight == 0 and (self.batcher is None or self.batcher.pending == 0)
+
+
+def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+def build_app(state: ServerState) -> FastAPI:
+    """The FastAPI app over ``state``; the routes are the Open Inference Protocol's REST ones."""
+    signature = state.signature
+    metrics = state.metrics = state.metrics or Metrics(signature.name)
+    app = FastAPI(title=f"exporter: {signature.name}", version=__version__, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        return _readiness(state)
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "exporter", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str = "1") -> JSONResponse:
+        if name != signature.name or version != "1":
+            return _unknown_model(name, version)
+        platform = state.runner.platform if state.runner else "loading"
+        return JSONResponse(signature.metadata(platform))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1") -> JSONResponse:
+        if name != signature.name or version != "1":
+            return _unknown_model(name, version)
+        return _readiness(state)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str = "1") -> Response:
+        if name != signature.name or version != "1":
+            return _unknown_model(name, version)
+        if state.draining:
+            return _counted(metrics, _error(503, "the server is shutting down; retry on another replica"))
+        self_check = request.headers.get(SELF_CHECK_HEADER) == state.token
+        if not state.ready and not self_check:
+            return _counted(metrics, _error(503, f"not ready: {state.status}"))
+        state.inflight += 1
+        metrics.inflight.labels(signature.name).inc()
+        started = time.perf_counter()
+        try:
+            response = await _infer(state, request)
+        finally:
+            state.inflight -= 1
+            metrics.inflight.labels(signature.name).dec()
+        metrics.latency.labels(signature.name).observe(time.perf_counter() - started)
+        return _counted(metrics, response)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _unknown_model(name: str, version: str) -> JSONResponse:
+    return _error(404, f"no model '{name}' version '{version}' here")
+
+
+def _readiness(state: ServerState) -> JSONResponse:
+    if state.ready and not state.draining:
+        return JSONResponse({"ready": True})
+    reason = "draining: the server is shutting down" if state.draining else state.status
+    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+
+
+def _counted(metrics: Metrics, response: Response) -> Response:
+    metrics.requests.labels(metrics.model, str(response.status_code)).inc()
+    kind = {400: "bad_request", 500: "model_error", 503: "unavailable"}.get(response.status_code)
+    if kind:
+        metrics.errors.labels(metrics.model, kind).inc()
+    return response
+
+
+async def _infer(state: ServerState, request: Request) -> Response:
+    signature = state.signature
+    try:
+        body = await _read_body(request, state.max_body_bytes)
+        header_length = _header_length(request)
+        parsed = parse_infer_request(body, signature, header_length)
+    except RequestError as error:
+        return _error(400, str(error), error.field)
+    assert state.worker is not None
+    try:
+        if state.batcher is not None:
+            outputs = await state.batcher.submit(parsed.inputs)
+        else:
+            rows = next(iter(parsed.inputs.values())).shape[0] if signature.batch_dim else 1
+            outputs = await state.worker.run(parsed.inputs, rows)
+        names = [o.name for o in signature.outputs]
+        if len(outputs) != len(names):
+            raise RuntimeError(f"the model returned {len(outputs)} outputs; the manifest lists {len(names)}")
+    except Exception as error:
+        return _error(500, f"model error: {_one_line(error)}")
+    head = {"model_name": signature.name, "model_version": "1", "id": parsed.id}
+    if parsed.id is None:
+        del head["id"]
+    content, binary_header = encode_response(head, names, outputs, parsed)
+    if binary_header is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={BINARY_HEADER: str(binary_header)}
+    )
+
+
+def _header_length(request: Request) -> int | None:
+    text = request.headers.get(BINARY_HEADER)
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise RequestError(BINARY_HEADER, f"{json.dumps(text)[:30]} is not a byte count")
+    return int(text)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused once it passes ``limit`` bytes (the declared length is checked before reading)."""
+    declared = request.headers.get("content-length")
+    too_big = f"is over the server's limit of {limit} bytes (--max-body-mb); send smaller batches"
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError("body", too_big)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError("body", too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]

@@ -1,0 +1,153 @@
+"""Dynamic batching, as Triton's dynamic batcher does it: requests whose non-batch dims match are gathered
+for up to ``max_delay`` after the oldest one arrived (or until ``max_rows``), run as one model call, and
+the outputs split back along the batch axis.
+
+Model calls run one at a time on one worker thread: the runtime's intra-op thread pool is the parallelism,
+and two concurrent calls on a small machine only fight over its cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["DynamicBatcher", "ModelWorker"]
+
+Outputs = list[np.ndarray]
+
+
+class ModelWorker:
+    """Runs ``call`` on one dedicated thread, so the event loop keeps answering while the model works."""
+
+    def __init__(
+        self, call: Callable[[dict[str, np.ndarray]], Outputs], observe: Callable[[int, float], None]
+    ):
+        self._call = call
+        self._observe = observe
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.busy = 0
+
+    def _timed(self, inputs: dict[str, np.ndarray], rows: int) -> Outputs:
+        started = time.perf_counter()
+        try:
+            return self._call(inputs)
+        finally:
+            self._observe(rows, time.perf_counter() - started)
+
+    async def run(self, inputs: dict[str, np.ndarray], rows: int) -> Outputs:
+        self.busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs, rows)
+        finally:
+            self.busy -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+@dataclass
+class _Waiting:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    key: tuple[tuple[str, tuple[int, ...]], ...]
+    future: asyncio.Future[Outputs]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """Gathers small requests into one model call along axis 0 of every input and output."""
+
+    def __init__(self, worker: ModelWorker, max_rows: int, max_delay_s: float) -> None:
+        self.worker = worker
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self._waiting: deque[_Waiting] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, inputs: dict[str, np.ndarray]) -> Outputs:
+        rows = next(iter(inputs.values())).shape[0]
+        key = tuple(sorted((name, array.shape[1:]) for name, array in inputs.items()))
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(inputs, rows, key, future))
+        self._arrived.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+            group = await self._gather()
+            await self._run(group)
+
+    async def _gather(self) -> list[_Waiting]:
+        """The oldest request and those that fit with it, once full or its delay is up."""
+        first = self._waiting[0]
+        deadline = first.arrived + self.max_delay_s
+        while True:
+            group = self._fitting(first)
+            remaining = deadline - time.monotonic()
+            if sum(w.rows for w in group) >= self.max_rows or remaining <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        for waiting in group:
+            self._waiting.remove(waiting)
+        return group
+
+    def _fitting(self, first: _Waiting) -> list[_Waiting]:
+        group, rows = [first], first.rows
+        for waiting in self._waiting:
+            if waiting is first or waiting.key != first.key or rows + waiting.rows > self.max_rows:
+                continue
+            group.append(waiting)
+            rows += waiting.rows
+        return group
+
+    async def _run(self, group: list[_Waiting]) -> None:
+        group = [w for w in group if not w.future.done()]  # a client that went away
+        if not group:
+            return
+        if len(group) == 1:
+            inputs = group[0].inputs
+        else:
+            inputs = {name: np.concatenate([w.inputs[name] for w in group]) for name in group[0].inputs}
+        rows = sum(w.rows for w in group)
+        try:
+            outputs = await self.worker.run(inputs, rows)
+            if any(o.ndim == 0 or o.shape[0] != rows for o in outputs):
+                raise RuntimeError(
+                    "an output does not have the batch as its first axis; cannot split a batch"
+                )
+        except Exception as error:
+            for waiting in group:
+                if not waiting.future.done():
+                    waiting.future.set_exception(error)
+            return
+        start = 0
+        for waiting in group:
+            end = start + waiting.rows
+            if not waiting.future.done():
+                waiting.future.set_result([o[start:end] for o in outputs])
+            start = end

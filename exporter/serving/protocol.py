@@ -1,0 +1,420 @@
+"""The Open Inference Protocol (KServe v2) as this server speaks it: the model's signature read from the
+manifest, every request checked against it, and tensors turned into JSON and back.
+
+A request that does not fit is a ``RequestError`` naming the field (``inputs[0].shape[1]``): the server
+answers 400 with it and keeps serving. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.manifest import GoldenCaseEntry, Manifest
+
+__all__ = [
+    "DATATYPE_OF",
+    "InferRequest",
+    "InputRule",
+    "ModelSignature",
+    "OutputInfo",
+    "RequestError",
+    "encode_response",
+    "parse_infer_request",
+    "signature_of",
+]
+
+DATATYPE_OF = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+"""numpy dtype name -> the protocol's datatype name."""
+
+
+class RequestError(Exception):
+    """A request that does not fit the model's signature; ``field`` names the part that is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InputRule:
+    """One input as the manifest declares it: what a request must send for it."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | str, ...]
+    allow_nonfinite: bool
+    value_range: tuple[int, int] | None
+    """``[low, high)`` of an integer input (token ids, class indices): the values it was verified with."""
+
+    @property
+    def datatype(self) -> str:
+        return DATATYPE_OF[self.dtype.name]
+
+    def metadata_shape(self) -> list[int]:
+        return [-1 if isinstance(d, str) else d for d in self.dims]
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    """-1 for a dim that varies between the golden cases (a dynamic dim)."""
+
+    @property
+    def datatype(self) -> str:
+        return DATATYPE_OF.get(self.dtype.name, "BYTES")
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    inputs: tuple[InputRule, ...]
+    outputs: tuple[OutputInfo, ...]
+    dim_ranges: dict[str, tuple[int, int | None]]
+    batch_dim: str | None
+    """The dim label requests are batched along, when it is the first axis of every input and output."""
+
+    def input(self, name: str) -> InputRule | None:
+        return next((rule for rule in self.inputs if rule.name == name), None)
+
+    def metadata(self, platform: str) -> dict[str, Any]:
+        """``GET /v2/models/{name}``: inputs and outputs with datatype and shape, -1 for dynamic dims."""
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": platform,
+            "inputs": [
+                {"name": r.name, "datatype": r.datatype, "shape": r.metadata_shape()} for r in self.inputs
+            ],
+            "outputs": [
+                {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in self.outputs
+            ],
+        }
+
+
+def signature_of(folder: Path, manifest: Manifest) -> ModelSignature:
+    """The signature from the manifest's input spec and the golden cases (outputs' dtypes and shapes).
+
+    An input may carry NaN/Inf only when a golden case fed it some: the model was not verified otherwise.
+    """
+    cases = [entry for entry in manifest.golden if isinstance(entry, GoldenCaseEntry)]
+    golden_inputs = [_load_npz(folder / case.inputs) for case in cases]
+    golden_outputs = [_load_npz(folder / case.outputs) for case in cases]
+    rules = []
+    for tensor in manifest.input_spec.inputs:
+        dtype = np.dtype(tensor.dtype)
+        nonfinite = dtype.kind == "f" and any(
+            not np.isfinite(arrays[tensor.name]).all() for arrays in golden_inputs if tensor.name in arrays
+        )
+        value_range = None
+        if tensor.range is not None and dtype.kind in "iu":
+            value_range = (int(tensor.range[0]), int(tensor.range[1]))
+        rules.append(InputRule(tensor.name, dtype, tuple(tensor.shape), nonfinite, value_range))
+    names = manifest.output_names or (cases[0].output_names if cases else [])
+    outputs = []
+    for name in names:
+        arrays = [arrays[name] for arrays in golden_outputs if name in arrays]
+        if not arrays:
+            outputs.append(OutputInfo(name, np.dtype("float32"), ()))
+            continue
+        ranks = {a.ndim for a in arrays}
+        shape = arrays[0].shape if len(ranks) == 1 else ()
+        dims = tuple(
+            -1 if len({a.shape[axis] for a in arrays}) > 1 else size for axis, size in enumerate(shape)
+        )
+        outputs.append(OutputInfo(name, arrays[0].dtype, dims))
+    ranges = {label: (d.min, d.max) for label, d in manifest.input_spec.dynamic_dims.items()}
+    batch = manifest.benchmark.batch_dim if manifest.benchmark else None
+    if batch is not None and not _batch_leads(batch, rules, cases, golden_outputs, names):
+        batch = None
+    return ModelSignature(manifest.name, tuple(rules), tuple(outputs), ranges, batch)
+
+
+def _batch_leads(
+    batch: str,
+    rules: Sequence[InputRule],
+    cases: Sequence[GoldenCaseEntry],
+    golden_outputs: Sequence[Mapping[str, np.ndarray]],
+    names: Sequence[str],
+) -> bool:
+    """True when ``batch`` is axis 0 of every input and, in every golden case, of every output."""
+    if not rules or any(not r.dims or r.dims[0] != batch for r in rules):
+        return False
+    for case, outputs in zip(cases, golden_outputs, strict=True):
+        size = case.sizes.get(batch)
+        if size is None:
+            return False
+        for name in names:
+            array = outputs.get(name)
+            if array is None or array.ndim == 0 or array.shape[0] != size:
+                return False
+    return True
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    """The outputs to return, in the model's order (all when the request names none)."""
+    binary_outputs: frozenset[str] = frozenset()
+    """Outputs to return as raw bytes after the JSON header (the binary tensor data extension)."""
+
+
+class _Binary:
+    """The bytes after the JSON header of a binary-extension request, handed out tensor by tensor."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int, field: str) -> bytes:
+        chunk = self.data[self.offset : self.offset + size]
+        if len(chunk) != size:
+            raise RequestError(field, f"says {size} bytes, but the body has {len(chunk)} left")
+        self.offset += size
+        return chunk
+
+
+def parse_infer_request(
+    body: bytes, signature: ModelSignature, header_length: int | None = None
+) -> InferRequest:
+    """The request body checked against ``signature``, field by field, before the model sees it.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` of Triton's binary tensor data extension
+    (what ``tritonclient`` sends by default): the JSON header is that many bytes, raw tensors follow.
+
+    Raises:
+        RequestError: not JSON, unknown or missing inputs, wrong datatype, rank or dims, a dim outside its
+            declared range, ``data`` of the wrong length or type, NaN/Inf the model was not verified with, an
+            integer outside its range, an unknown output.
+    """
+    binary = None
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise RequestError("Inference-Header-Content-Length", f"{header_length} does not fit the body")
+        binary = _Binary(body[header_length:])
+        body = body[:header_length]
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise RequestError("body", f"is not JSON ({str(error).splitlines()[0][:80]})") from None
+    if not isinstance(document, dict):
+        raise RequestError("body", "must be a JSON object with an 'inputs' list")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError("id", "must be a string")
+    entries = document.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise RequestError("inputs", "must be a non-empty list of tensors (name, shape, datatype, data)")
+    arrays: dict[str, np.ndarray] = {}
+    sizes: dict[str, tuple[int, str]] = {}
+    for index, entry in enumerate(entries):
+        where = f"inputs[{index}]"
+        if not isinstance(entry, dict):
+            raise RequestError(where, "must be an object with name, shape, datatype and data")
+        name = entry.get("name")
+        rule = signature.input(name) if isinstance(name, str) else None
+        if rule is None:
+            expected = ", ".join(r.name for r in signature.inputs)
+            shown = json.dumps(name)[:60]
+            raise RequestError(f"{where}.name", f"{shown} is not an input of this model (inputs: {expected})")
+        if rule.name in arrays:
+            raise RequestError(f"{where}.name", f"input '{name}' is given twice")
+        arrays[rule.name] = _tensor(entry, rule, where, signature, sizes=sizes, binary=binary)
+    missing = [r.name for r in signature.inputs if r.name not in arrays]
+    if missing:
+        raise RequestError("inputs", f"missing input(s) {', '.join(missing)}")
+    if binary is not None and binary.offset != len(binary.data):
+        extra = len(binary.data) - binary.offset
+        raise RequestError("body", f"has {extra} bytes after the tensors its header announces")
+    wanted, raw = _requested_outputs(document, signature)
+    return InferRequest(request_id, arrays, wanted, raw)
+
+
+def _tensor(
+    entry: dict[str, Any],
+    rule: InputRule,
+    where: str,
+    signature: ModelSignature,
+    *,
+    sizes: dict[str, tuple[int, str]],
+    binary: _Binary | None,
+) -> np.ndarray:
+    datatype = entry.get("datatype")
+    if datatype != rule.datatype:
+        raise RequestError(f"{where}.datatype", f"{json.dumps(datatype)[:40]} is not {rule.datatype}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise RequestError(f"{where}.shape", "must be a list of non-negative integers")
+    if len(shape) != len(rule.dims):
+        raise RequestError(
+            f"{where}.shape", f"has rank {len(shape)}; '{rule.name}' has rank {len(rule.dims)} {rule.dims}"
+        )
+    for axis, (size, dim) in enumerate(zip(shape, rule.dims, strict=True)):
+        _check_dim(size, dim, f"{where}.shape[{axis}]", signature, sizes)
+    expected = math.prod(shape)
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(f"{where}.parameters", "must be an object")
+    if "binary_data_size" in parameters:
+        array = _binary_tensor(parameters["binary_data_size"], rule, expected, where, binary)
+    else:
+        data = entry.get("data")
+        if not isinstance(data, list):
+            raise RequestError(f"{where}.data", "must be a list of values (flat, row-major, or nested)")
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError):
+            raise RequestError(f"{where}.data", "is a ragged or mixed list, not a tensor") from None
+    if array.size != expected:
+        raise RequestError(f"{where}.data", f"has {array.size} values; shape {shape} needs {expected}")
+    array = _cast(array, rule, f"{where}.data")
+    return array.reshape(shape)
+
+
+def _binary_tensor(
+    size: Any, rule: InputRule, expected: int, where: str, binary: _Binary | None
+) -> np.ndarray:
+    field = f"{where}.parameters.binary_data_size"
+    if binary is None:
+        raise RequestError(field, "needs the Inference-Header-Content-Length header (binary data extension)")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RequestError(field, "must be a non-negative integer")
+    if size != expected * rule.dtype.itemsize:
+        raise RequestError(
+            field, f"is {size} bytes; {expected} {rule.datatype} values take {expected * rule.dtype.itemsize}"
+        )
+    return np.frombuffer(binary.take(size, field), dtype=rule.dtype.newbyteorder("<"))
+
+
+def _check_dim(
+    size: int, dim: int | str, field: str, signature: ModelSignature, sizes: dict[str, tuple[int, str]]
+) -> None:
+    if isinstance(dim, int):
+        if size != dim:
+            raise RequestError(field, f"is {size}; this dim is fixed at {dim}")
+        return
+    low, high = signature.dim_ranges.get(dim, (1, None))
+    if size < low or (high is not None and size > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise RequestError(field, f"{dim}={size} is outside its declared range {bound}")
+    seen = sizes.setdefault(dim, (size, field))
+    if seen[0] != size:
+        raise RequestError(field, f"{dim}={size}, but {seen[1]} has {dim}={seen[0]}")
+
+
+def _cast(array: np.ndarray, rule: InputRule, field: str) -> np.ndarray:
+    """``array`` as the input's dtype, refusing values that would change on the way or were not verified."""
+    kind = rule.dtype.kind
+    if array.size == 0:
+        return array.astype(rule.dtype)
+    if kind == "b":
+        if array.dtype.kind != "b":
+            raise RequestError(field, "BOOL data must be true/false")
+        return array
+    if kind in "iu":
+        if array.dtype.kind not in "iu":
+            raise RequestError(field, f"{rule.datatype} data must be integers")
+        info = np.iinfo(rule.dtype)
+        if int(array.min()) < info.min or int(array.max()) > info.max:
+            raise RequestError(field, f"has a value outside {rule.datatype}")
+        if rule.value_range is not None:
+            low, high = rule.value_range
+            if int(array.min()) < low or int(array.max()) >= high:
+                raise RequestError(
+                    field, f"has a value outside [{low}, {high}), the range '{rule.name}' was verified with"
+                )
+        return array.astype(rule.dtype)
+    if array.dtype.kind not in "iuf":
+        raise RequestError(field, f"{rule.datatype} data must be numbers")
+    cast = array.astype(rule.dtype)
+    if not rule.allow_nonfinite and not np.isfinite(cast).all():
+        what = "NaN" if np.isnan(cast).any() else "Inf"
+        raise RequestError(field, f"has {what}; the model was not verified with non-finite inputs")
+    return cast
+
+
+def _requested_outputs(
+    document: dict[str, Any], signature: ModelSignature
+) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The outputs to return (all by default) and which of them as raw bytes."""
+    names = [o.name for o in signature.outputs]
+    parameters = document.get("parameters")
+    all_binary = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
+    requested = document.get("outputs")
+    if requested is None:
+        return tuple(names), frozenset(names if all_binary else ())
+    if not isinstance(requested, list):
+        raise RequestError("outputs", "must be a list of {name} objects")
+    wanted, raw = [], set()
+    for index, entry in enumerate(requested):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name not in names:
+            shown = json.dumps(name)[:60]
+            raise RequestError(
+                f"outputs[{index}].name", f"{shown} is not an output (outputs: {', '.join(names)})"
+            )
+        wanted.append(name)
+        options = entry.get("parameters")
+        if all_binary or (isinstance(options, dict) and options.get("binary_data") is True):
+            raw.add(name)
+    return tuple(n for n in names if n in wanted), frozenset(raw)
+
+
+def encode_response(
+    head: dict[str, Any], names: Sequence[str], arrays: Sequence[np.ndarray], request: InferRequest
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when some outputs travel as raw bytes.
+
+    ``head`` holds ``model_name``, ``model_version`` and ``id``; JSON data is flat and row-major.
+    """
+    encoded, chunks = [], []
+    for name, array in zip(names, arrays, strict=True):
+        if name not in request.outputs:
+            continue
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": DATATYPE_OF.get(array.dtype.name, "BYTES"),
+            "shape": list(array.shape),
+        }
+        if name in request.binary_outputs:
+            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        encoded.append(tensor)
+    header = json.dumps({**head, "outputs": encoded}, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
