@@ -1,0 +1,176 @@
+"""The server's request checks and encoding (``exporter.serving.protocol``), and a model that fails at run
+time (a real ONNX Runtime session) answered with a one-line 500, in process through Starlette's client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+
+from exporter.serving.app import ServerState, build_app
+from exporter.serving.artifact import ServedArtifact
+from exporter.serving.protocol import (
+    InputRule,
+    ModelSignature,
+    OutputInfo,
+    RequestError,
+    encode_response,
+    parse_infer_request,
+)
+from exporter.serving.runtimes import open_runner
+
+TWO_INPUTS = ModelSignature(
+    "two",
+    (
+        InputRule("features", np.dtype("float32"), ("batch", "seq", 8), False, None),
+        InputRule("ids", np.dtype("int64"), ("batch", "seq"), False, (0, 100)),
+    ),
+    (OutputInfo("out", np.dtype("float32"), (-1, 3)),),
+    {"batch": (1, 4), "seq": (2, 16)},
+    "batch",
+)
+
+
+def tensor(name: str, array: np.ndarray, datatype: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": datatype,
+        "data": array.reshape(-1).tolist(),
+    }
+
+
+FEATURES = np.zeros((1, 5, 8), dtype=np.float32)
+IDS = np.arange(5, dtype=np.int64).reshape(1, 5)
+
+
+def request(*tensors: dict[str, object], **extra: object) -> bytes:
+    return json.dumps({"inputs": list(tensors), **extra}).encode()
+
+
+def refused(body: bytes, header_length: int | None = None) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        parse_infer_request(body, TWO_INPUTS, header_length)
+    return caught.value
+
+
+def test_a_fitting_request_becomes_arrays_of_the_declared_dtypes() -> None:
+    parsed = parse_infer_request(
+        request(tensor("features", FEATURES, "FP32"), tensor("ids", IDS, "INT64"), id="r1"), TWO_INPUTS
+    )
+    assert parsed.id == "r1" and parsed.outputs == ("out",)
+    assert parsed.inputs["features"].dtype == np.float32 and parsed.inputs["features"].shape == (1, 5, 8)
+    assert parsed.inputs["ids"].dtype == np.int64 and parsed.inputs["ids"].tolist() == IDS.tolist()
+
+
+def test_a_missing_input_is_named() -> None:
+    error = refused(request(tensor("features", FEATURES, "FP32")))
+    assert error.field == "inputs" and "ids" in error.message
+
+
+def test_a_dim_label_must_agree_across_inputs() -> None:
+    ids = np.zeros((1, 6), dtype=np.int64)
+    error = refused(request(tensor("features", FEATURES, "FP32"), tensor("ids", ids, "INT64")))
+    assert error.field == "inputs[1].shape[1]" and "seq=6" in error.message and "seq=5" in error.message
+
+
+def test_a_dim_above_its_declared_maximum_is_refused() -> None:
+    features = np.zeros((5, 5, 8), dtype=np.float32)
+    error = refused(request(tensor("features", features, "FP32"), tensor("ids", IDS, "INT64")))
+    assert error.field == "inputs[0].shape[0]" and "[1, 4]" in error.message
+
+
+def test_integer_values_outside_the_verified_range_are_refused() -> None:
+    error = refused(request(tensor("features", FEATURES, "FP32"), tensor("ids", IDS + 96, "INT64")))
+    assert error.field == "inputs[1].data" and "[0, 100)" in error.message
+
+
+def test_floats_are_not_accepted_as_integers() -> None:
+    ids = {**tensor("ids", IDS, "INT64"), "data": [0.5] * 5}
+    error = refused(request(tensor("features", FEATURES, "FP32"), ids))
+    assert error.field == "inputs[1].data" and "integers" in error.message
+
+
+def test_binary_tensors_are_read_after_the_json_header() -> None:
+    raw = FEATURES.tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    **tensor("features", FEATURES, "FP32"),
+                    "data": None,
+                    "parameters": {"binary_data_size": len(raw)},
+                },
+                tensor("ids", IDS, "INT64"),
+            ],
+            "outputs": [{"name": "out", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    parsed = parse_infer_request(header + raw, TWO_INPUTS, len(header))
+    assert parsed.inputs["features"].shape == (1, 5, 8) and parsed.binary_outputs == {"out"}
+    error = refused(header + raw[:-4], len(header))
+    assert error.field == "inputs[0].parameters.binary_data_size"
+    error = refused(header + raw + b"xx", len(header))
+    assert error.field == "body" and "2 bytes" in error.message
+
+
+def test_binary_outputs_follow_the_json_header() -> None:
+    parsed = parse_infer_request(
+        request(
+            tensor("features", FEATURES, "FP32"),
+            tensor("ids", IDS, "INT64"),
+            parameters={"binary_data_output": True},
+        ),
+        TWO_INPUTS,
+    )
+    out = np.arange(3, dtype=np.float32).reshape(1, 3)
+    body, header_length = encode_response({"model_name": "two"}, ["out"], [out], parsed)
+    assert header_length is not None
+    head = json.loads(body[:header_length])
+    assert head["outputs"][0]["parameters"] == {"binary_data_size": 12}
+    assert np.frombuffer(body[header_length:], dtype=np.float32).tolist() == [0.0, 1.0, 2.0]
+
+
+def _failing_model(folder: Path) -> Path:
+    """x (batch, 4) -> Reshape to (1, 4): runs at batch 1, fails in ONNX Runtime at any other batch."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [shape],
+    )
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_model_error_is_a_one_line_500_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    _failing_model(tmp_path)
+    signature = ModelSignature(
+        "reshape",
+        (InputRule("x", np.dtype("float32"), ("batch", 4), False, None),),
+        (OutputInfo("y", np.dtype("float32"), (1, 4)),),
+        {"batch": (1, 8)},
+        None,
+    )
+    state = ServerState(signature, max_body_bytes=1 << 20, max_batch_size=1, max_batch_delay_s=0.0)
+    artifact = ServedArtifact("onnxruntime", "model.onnx", ("model.onnx",), "onnxruntime")
+    state.attach(open_runner(tmp_path, artifact, 1, ["x"]))
+    state.ready = True
+    with TestClient(build_app(state)) as client:
+        x = np.ones((2, 4), dtype=np.float32)
+        failed = client.post("/v2/models/reshape/infer", content=request(tensor("x", x, "FP32")))
+        assert failed.status_code == 500
+        message = failed.json()["error"]
+        assert message.startswith("model error: ") and "\n" not in message and "Traceback" not in message
+        assert "Reshape" in message
+        ok = client.post("/v2/models/reshape/infer", content=request(tensor("x", x[:1], "FP32")))
+        assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [1.0] * 4
+    state.worker.close()  # type: ignore[union-attr]
