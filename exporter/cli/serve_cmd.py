@@ -41,7 +41,7 @@ def serve_command(
         typer.Option(
             "--max-batch-size",
             min=1,
-            help="Rows per model call; 1 turns batching off [default: the batch dim's max, up to 64].",
+            help="Rows per model call; 1 turns batching off [default: the batch dim's max, else 64].",
         ),
     ] = None,
     max_body_mb: Annotated[

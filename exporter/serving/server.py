@@ -36,6 +36,9 @@ from exporter.serving.runtimes import open_runner
 
 __all__ = ["GOLDEN_FAILED", "ServeOptions", "prepare", "serve"]
 
+UNBOUNDED_BATCH_DEFAULT = 64
+"""Rows per model call when the spec's batch dim has no maximum and ``--max-batch-size`` is not given."""
+
 GOLDEN_FAILED = 1
 """Exit code when the model cannot be loaded or its golden outputs do not match (as ``exporter verify``)."""
 
@@ -53,7 +56,7 @@ class ServeOptions:
     threads: int | None = None
     max_batch_delay_ms: float = 2.0
     max_batch_size: int | None = None
-    """None: the batch dim's declared maximum (capped at 64); 1 turns dynamic batching off."""
+    """None: the batch dim's declared maximum (64 when it has none); 1 turns dynamic batching off."""
     max_body_mb: float = 64.0
     drain_timeout_s: float = 30.0
     log: Callable[[str], None] = field(default=_stderr, compare=False)
@@ -87,7 +90,7 @@ def prepare(options: ServeOptions) -> Prepared:
     batch_max = 1
     if signature.batch_dim is not None:
         declared = signature.dim_ranges.get(signature.batch_dim, (1, None))[1]
-        batch_max = options.max_batch_size or min(declared or 64, 64)
+        batch_max = options.max_batch_size or declared or UNBOUNDED_BATCH_DEFAULT
         if declared is not None:
             batch_max = min(batch_max, declared)
     if options.max_batch_size is not None and options.max_batch_size < 1:

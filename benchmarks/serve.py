@@ -1,0 +1,642 @@
+"""The model server under load: requests/s, p50/p99 latency and errors of ``python -m exporter.serving``
+with dynamic batching off and on, against calling the same ONNX Runtime session in process.
+
+For each model (the digits CNN and the tiny encoder, built with the real ``exporter export`` CLI into
+``--work`` and reused from there unless ``--rebuild``):
+
+  in-process ORT        an onnxruntime.InferenceSession of the shipped model.onnx with the server's session
+                        options and threads, called serially with one batch-1 input (p50 and calls/s)
+  server, 1 client      batching off (--max-batch-size 1), one client sending requests back to back: the
+                        pure per-request cost of HTTP + JSON + validation on top of the model call
+  server, off           batching off, --clients concurrent clients (32), batch-1 requests back to back
+  server, on            the server's default dynamic batching (up to 64 rows within 2 ms), same load
+
+The load generator is asyncio + httpx (one AsyncClient with a connection per client) in this process; each
+client sends one request body, built once from seeded random inputs that fit the model's metadata (batch 1,
+other dynamic dims at the recipe's example size, integers within the recipe's range), until the timed
+window closes. A warm-up before the window is excluded. Latency is measured per request around the
+``POST``; requests/s counts responses that completed inside the window. Errors are non-200 responses and
+exceptions (they must be 0). The server's rows per model call and time per model call come from its
+``/metrics`` (``exporter_batch_size``, ``exporter_model_call_seconds``), as differences across the window.
+Overhead is the server row's p50 minus the in-process p50. CPU columns are the server's and this process's
+CPU seconds per wall second over the window: the client shares the machine's cores with the server.
+
+Run from the repository root with the project's virtualenv, on an otherwise idle machine:
+
+    .venv/bin/python benchmarks/serve.py --out benchmarks/results    # ~4 min plus the builds
+    .venv/bin/python benchmarks/serve.py --quick                      # development: 5 s, 8 clients
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from exporter.environment import collect_environment
+from exporter.serving.protocol import DATATYPE_OF
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MODELS = {
+    "digits": ROOT / "recipes" / "digits_cnn.toml",
+    "tiny_encoder": ROOT / "recipes" / "tiny_encoder.toml",
+}
+NUMPY_OF = {kserve: np.dtype(name) for name, kserve in DATATYPE_OF.items()}
+VERSIONS = ("onnxruntime", "uvicorn", "fastapi", "starlette", "httpx", "uvloop", "httptools", "numpy")
+DEFAULT_INT_RANGE = (0, 100)
+"""Integer inputs without a declared range (none of ours): small values every vocabulary accepts."""
+
+
+@dataclass
+class Row:
+    model: str
+    path: str
+    """``in-process``, ``batching off`` or ``batching on``."""
+    clients: int
+    seconds: float
+    requests: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    overhead_p50_ms: float | None = None
+    """This row's p50 minus the in-process p50 (server rows)."""
+    rows_per_call: float | None = None
+    """The server's mean rows per model call over the window (sum / count of exporter_batch_size)."""
+    model_call_ms: float | None = None
+    """The server's mean time per model call over the window (exporter_model_call_seconds)."""
+    server_cpu: float | None = None
+    """Server CPU seconds per wall second over the window (2.0 = both cores)."""
+    client_cpu: float | None = None
+    """This process's CPU seconds per wall second (the load generator, or the in-process loop)."""
+    first_error: str | None = None
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    folder: str
+    served_name: str
+    inputs: dict[str, list[int]]
+    """Input name -> the shape of every request's tensor."""
+    request_bytes: int
+    response_bytes: int
+    build: str
+    """``built in N s`` or ``reused``."""
+    server_settings: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- artifacts
+
+
+def build_artifacts(name: str, work: Path, rebuild: bool, log: Any) -> tuple[Path, str]:
+    """``exporter export --recipe ... --to onnx`` into ``work/name``, unless a finished folder is there."""
+    folder = work / name
+    if not rebuild and (folder / "manifest.json").is_file() and (folder / "model.onnx").is_file():
+        return folder, "reused"
+    log(f"{name}: exporting {MODELS[name].relative_to(ROOT)} to {folder}")
+    command = [PYTHON, "-m", "exporter", "export", "--recipe", str(MODELS[name]), "--to", "onnx"]
+    command += ["--out", str(folder), "--force", "--no-benchmark"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"exporter export failed for {name} (exit {done.returncode}):\n{done.stdout[-3000:]}"
+        )
+    return folder, f"built in {time.perf_counter() - started:.0f} s"
+
+
+def request_inputs(
+    manifest: dict[str, Any], model_metadata: dict[str, Any], seed: int
+) -> dict[str, np.ndarray]:
+    """Seeded random batch-1 inputs fitting the server's metadata (names, datatypes) and the recipe's input
+    spec (the example size of other dynamic dims, the value range the model was verified with)."""
+    rng = np.random.default_rng(seed)
+    spec = {entry["name"]: entry for entry in manifest["input_spec"]["inputs"]}
+    dims = manifest["input_spec"]["dynamic_dims"]
+    batch_dim = (manifest.get("benchmark") or {}).get("batch_dim")
+    arrays = {}
+    for tensor in model_metadata["inputs"]:
+        labels = spec[tensor["name"]]["shape"]
+        shape = [
+            1 if label == batch_dim else dims[label]["example"] if isinstance(label, str) else label
+            for label in labels
+        ]
+        dtype = NUMPY_OF[tensor["datatype"]]
+        value_range = spec[tensor["name"]].get("range")
+        if dtype.kind in "iu":
+            low, high = value_range or DEFAULT_INT_RANGE
+            arrays[tensor["name"]] = rng.integers(int(low), int(high), size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[tensor["name"]] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            low, high = value_range or (0.0, 1.0)
+            arrays[tensor["name"]] = rng.uniform(low, high, size=shape).astype(dtype)
+    return arrays
+
+
+def request_body(arrays: dict[str, np.ndarray]) -> bytes:
+    inputs = [
+        {
+            "name": name,
+            "shape": list(a.shape),
+            "datatype": DATATYPE_OF[a.dtype.name],
+            "data": a.reshape(-1).tolist(),
+        }
+        for name, a in arrays.items()
+    ]
+    return json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------------------------------ in process
+
+
+def in_process(model: str, folder: Path, arrays: dict[str, np.ndarray], threads: int, seconds: float) -> Row:
+    """The model.onnx session as ``exporter.serving.runtimes._onnxruntime`` opens it, called serially."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    warm_until = time.perf_counter() + min(1.0, seconds / 4)
+    while time.perf_counter() < warm_until:
+        session.run(None, arrays)
+    latencies = []
+    cpu_started, started = time.process_time(), time.perf_counter()
+    stop = started + seconds
+    while (now := time.perf_counter()) < stop:
+        session.run(None, arrays)
+        latencies.append(time.perf_counter() - now)
+    wall = time.perf_counter() - started
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    return Row(
+        model,
+        "in-process",
+        1,
+        round(wall, 2),
+        len(latencies),
+        round(len(latencies) / wall, 1),
+        round(float(p50), 3),
+        round(float(p99), 3),
+        0,
+        client_cpu=round((time.process_time() - cpu_started) / wall, 2),
+    )
+
+
+# -------------------------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """``python -m exporter.serving`` as a subprocess: started, waited on until ready, drained by SIGTERM."""
+
+    def __init__(
+        self, folder: Path, threads: int, batch_delay_ms: float, batching: bool, log_path: Path
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [PYTHON, "-m", "exporter.serving", str(folder), "--backend", "onnxruntime"]
+        command += [
+            "--port",
+            str(self.port),
+            "--threads",
+            str(threads),
+            "--max-batch-delay-ms",
+            str(batch_delay_ms),
+        ]
+        if not batching:
+            command += ["--max-batch-size", "1"]
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise SystemExit(f"the server was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def get(self, path: str) -> httpx.Response:
+        response = httpx.get(f"{self.url}{path}", timeout=10.0)
+        response.raise_for_status()
+        return response
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the server process, from /proc."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+    def log_tail(self) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+
+
+_SAMPLE = re.compile(r"^(\w+)(?:\{[^}]*\})?\s+(\S+)$")
+
+
+def scrape(server: Server) -> dict[str, float]:
+    """The sums and counts of the batch-size and model-call histograms from ``/metrics``."""
+    wanted = {f"exporter_{m}_{s}" for m in ("batch_size", "model_call_seconds") for s in ("sum", "count")}
+    values = dict.fromkeys(wanted, 0.0)
+    for line in server.get("/metrics").text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1) in wanted:
+            values[match.group(1)] += float(match.group(2))
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    latencies_s: list[float]
+    errors: int
+    first_error: str | None
+    window_s: float
+
+
+async def generate_load(url: str, bodies: Sequence[bytes], warmup_s: float, seconds: float) -> LoadResult:
+    """``len(bodies)`` clients, each posting its body back to back; responses completed within the window
+    (after ``warmup_s``, for ``seconds``) are counted."""
+    clients = len(bodies)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    errors = [0]
+    first_error: list[str] = []
+    loop = asyncio.get_running_loop()
+    window_start = loop.time() + warmup_s
+    window_end = window_start + seconds
+
+    async def client(http: httpx.AsyncClient, body: bytes) -> None:
+        while (started := loop.time()) < window_end:
+            problem = None
+            try:
+                response = await http.post(url, content=body, headers=headers)
+                if response.status_code != 200:
+                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as error:
+                problem = f"{type(error).__name__}: {error}"
+            finished = loop.time()
+            if not window_start <= finished <= window_end:
+                continue
+            if problem is None:
+                latencies.append(finished - started)
+            else:
+                errors[0] += 1
+                if not first_error:
+                    first_error.append(problem)
+
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
+        await asyncio.gather(*(client(http, body) for body in bodies))
+    return LoadResult(latencies, errors[0], first_error[0] if first_error else None, seconds)
+
+
+def load_row(
+    model: str, path: str, server: Server, url: str, bodies: Sequence[bytes], warmup_s: float, seconds: float
+) -> Row:
+    before, server_cpu = scrape(server), server.cpu_seconds()
+    client_cpu, started = time.process_time(), time.perf_counter()
+    result = asyncio.run(generate_load(url, bodies, warmup_s, seconds))
+    elapsed = time.perf_counter() - started
+    after = scrape(server)
+    # Both CPU figures cover warm-up and window alike: the load is the same throughout.
+    server_share = (server.cpu_seconds() - server_cpu) / elapsed
+    client_share = (time.process_time() - client_cpu) / elapsed
+    delta = {key: after[key] - before[key] for key in after}
+    calls = delta["exporter_batch_size_count"]
+    latencies = np.array(result.latencies_s or [np.nan]) * 1000
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return Row(
+        model,
+        path,
+        len(bodies),
+        round(result.window_s, 2),
+        len(result.latencies_s),
+        round(len(result.latencies_s) / result.window_s, 1),
+        round(float(p50), 3),
+        round(float(p99), 3),
+        result.errors,
+        rows_per_call=round(delta["exporter_batch_size_sum"] / calls, 2) if calls else None,
+        model_call_ms=round(1000 * delta["exporter_model_call_seconds_sum"] / calls, 3) if calls else None,
+        server_cpu=round(server_share, 2),
+        client_cpu=round(client_share, 2),
+        first_error=result.first_error,
+    )
+
+
+# ------------------------------------------------------------------------------------------ one model
+
+
+def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo, list[Row]]:
+    folder, build = build_artifacts(name, args.work, args.rebuild, log)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    rows: list[Row] = []
+
+    def serve(batching: bool) -> Server:
+        label = "on" if batching else "off"
+        server = Server(
+            folder, args.threads, args.max_batch_delay_ms, batching, args.work / f"{name}-{label}.log"
+        )
+        server.wait_ready()
+        return server
+
+    exit_codes: dict[str, int] = {}
+    served = manifest["name"]
+    server = serve(batching=False)
+    try:
+        model_metadata = server.get(f"/v2/models/{served}").json()
+        url = f"{server.url}/v2/models/{served}/infer"
+        arrays = [request_inputs(manifest, model_metadata, seed) for seed in range(args.clients)]
+        bodies = [request_body(a) for a in arrays]
+        reply = httpx.post(url, content=bodies[0], headers={"Content-Type": "application/json"}, timeout=30)
+        reply.raise_for_status()
+        log(f"{name}: server up (batching off); 1 client")
+        rows.append(load_row(name, "batching off", server, url, bodies[:1], args.warmup, args.seconds))
+        log(f"{name}: {args.clients} clients, batching off")
+        rows.append(load_row(name, "batching off", server, url, bodies, args.warmup, args.seconds))
+    finally:
+        exit_codes["batching off"] = server.stop()
+
+    # The in-process baseline runs with no server alive, so nothing else holds the cores.
+    log(f"{name}: in-process ONNX Runtime for {args.baseline_seconds:g} s")
+    baseline = in_process(name, folder, arrays[0], args.threads, args.baseline_seconds)
+    rows.insert(0, baseline)
+
+    server = serve(batching=True)
+    try:
+        url = f"{server.url}/v2/models/{served}/infer"
+        log(f"{name}: server up (dynamic batching); {args.clients} clients")
+        rows.append(load_row(name, "batching on", server, url, bodies, args.warmup, args.seconds))
+    finally:
+        exit_codes["batching on"] = server.stop()
+    for row in rows[1:]:
+        row.overhead_p50_ms = round(row.p50_ms - baseline.p50_ms, 3)
+    info = ModelInfo(
+        name,
+        str(folder),
+        served,
+        {k: list(a.shape) for k, a in arrays[0].items()},
+        len(bodies[0]),
+        len(reply.content),
+        build,
+        {
+            "platform": model_metadata.get("platform"),
+            "server_exit_codes": exit_codes,
+            "server_log": _first_line_with(server.log_path, "exporter serve:"),
+        },
+    )
+    return info, rows
+
+
+def _first_line_with(path: Path, prefix: str) -> str | None:
+    return next(
+        (line for line in path.read_text(errors="replace").splitlines() if line.startswith(prefix)), None
+    )
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+COLUMNS = (
+    "model",
+    "path",
+    "clients",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "p50 - in-process ms",
+    "rows/call",
+    "model ms/call",
+    "server CPU",
+    "client CPU",
+)
+
+
+def cells(row: Row) -> list[str]:
+    def number(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    path = "in-process ORT (calls/s)" if row.path == "in-process" else f"server, {row.path}"
+    return [
+        row.model,
+        path,
+        str(row.clients),
+        f"{row.requests_per_s:.0f}",
+        number(row.p50_ms),
+        number(row.p99_ms),
+        str(row.errors),
+        "-" if row.overhead_p50_ms is None else f"{row.overhead_p50_ms:+.2f}",
+        number(row.rows_per_call),
+        number(row.model_call_ms, 3),
+        number(row.server_cpu),
+        number(row.client_cpu),
+    ]
+
+
+def header_lines(
+    environment: dict[str, Any], args: argparse.Namespace, load_start: tuple[float, ...]
+) -> list[str]:
+    versions = {"exporter": environment["exporter"]} | {p: _version(p) for p in VERSIONS}
+    return [
+        "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items() if version),
+        f"CPU: {environment['cpu']}; {environment['usable_cpus']} usable CPUs; "
+        f"flags: {', '.join(environment['cpu_flags']) or 'none of the listed SIMD flags'}; "
+        f"python {environment['python']}",
+        f"threads: {args.threads} (server --threads = ORT intra_op_num_threads; inter-op 1, sequential); the "
+        f"load generator (asyncio + httpx, this process) shares the same {environment['usable_cpus']} cores",
+        f"load: batch-1 requests back to back, {args.warmup:g} s warm-up excluded, {args.seconds:g} s timed "
+        f"per row; dynamic batching on = the server's defaults (up to 64 rows within {args.max_batch_delay_ms:g} "
+        f"ms); in-process ORT: {args.baseline_seconds:g} s serial loop, same session options"
+        + (" (--quick: indicative only)" if args.quick else ""),
+        f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)}",
+    ]
+
+
+def render_table(rows: Sequence[Row], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("model", "path") else "right")
+    for row in rows:
+        table.add_row(*cells(row))
+    return table
+
+
+def render_markdown(rows: Sequence[Row], header: Sequence[str], models: Sequence[ModelInfo]) -> str:
+    lines = ["# Model server under load", ""]
+    lines += [f"- {line}" for line in header]
+    lines += [
+        f"- {m.name}: served as `{m.served_name}`, inputs "
+        + ", ".join(f"{k} {v}" for k, v in m.inputs.items())
+        + f"; request {m.request_bytes} B, response {m.response_bytes} B of JSON; artifacts {m.build}"
+        for m in models
+    ]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
+    errors = [f"- {r.model} {r.path} x{r.clients}: {r.first_error}" for r in rows if r.first_error]
+    if errors:
+        lines += ["", "First error per row:", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _all_cpu_flags() -> list[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(line.split(":", 1)[1].split())
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/serve-bench"), help="artifacts folders, logs")
+    parser.add_argument("--rebuild", action="store_true", help="export again even if the folders exist")
+    parser.add_argument("--seconds", type=float, help="timed seconds per load row (default 30, quick 5)")
+    parser.add_argument("--warmup", type=float, help="untimed seconds before each row (default 3, quick 1)")
+    parser.add_argument("--clients", type=int, help="concurrent clients (default 32, quick 8)")
+    parser.add_argument("--baseline-seconds", type=float, help="in-process loop seconds (default 5, quick 2)")
+    parser.add_argument(
+        "--threads", type=int, help="server and in-process ORT threads (default: usable CPUs)"
+    )
+    parser.add_argument("--max-batch-delay-ms", type=float, default=2.0, help="the server's batching window")
+    parser.add_argument("--quick", action="store_true", help="5 s rows, 8 clients: for development")
+    parser.add_argument("--out", type=Path, help="a folder to write serve.json and serve.md into")
+    args = parser.parse_args(argv)
+    args.model_names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in args.model_names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s): {', '.join(unknown)}")
+    args.seconds = args.seconds or (5.0 if args.quick else 30.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    args.clients = args.clients or (8 if args.quick else 32)
+    args.baseline_seconds = args.baseline_seconds or (2.0 if args.quick else 5.0)
+    args.threads = args.threads or len(os.sched_getaffinity(0)) or 1
+    args.work = args.work.resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    environment = collect_environment(args.threads)
+    header = header_lines(environment, args, load_start)
+    models: list[ModelInfo] = []
+    rows: list[Row] = []
+    for name in args.model_names:
+        info, model_rows = run_model(name, args, log)
+        models.append(info)
+        rows += model_rows
+    total = time.perf_counter() - started
+    header.append(
+        f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {total:.0f} s"
+    )
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    for line in header:
+        console.print(line, highlight=False)
+    title = f"Server under load: {args.threads} server threads, client and server on the same cores"
+    console.print(render_table(rows, title))
+    for row in rows:
+        if row.first_error:
+            console.print(
+                f"{row.model} {row.path} x{row.clients}: first error: {row.first_error}", highlight=False
+            )
+
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "schema_version": 1,
+            "environment": environment
+            | {
+                "versions": {p: _version(p) for p in VERSIONS},
+                "cpu_flags_all": _all_cpu_flags(),
+                "load_average_start": list(load_start),
+                "load_average_end": list(os.getloadavg()),
+            },
+            "settings": {
+                "models": args.model_names,
+                "threads": args.threads,
+                "clients": args.clients,
+                "seconds": args.seconds,
+                "warmup_seconds": args.warmup,
+                "baseline_seconds": args.baseline_seconds,
+                "max_batch_delay_ms": args.max_batch_delay_ms,
+                "quick": args.quick,
+                "work": str(args.work),
+            },
+            "models": [asdict(m) for m in models],
+            "rows": [asdict(r) for r in rows],
+            "total_seconds": round(total, 1),
+        }
+        (args.out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "serve.md").write_text(render_markdown(rows, header, models))
+        console.print(f"written: {args.out / 'serve.json'} and {args.out / 'serve.md'}", highlight=False)
+    return 1 if any(row.errors for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
