@@ -84,6 +84,9 @@ class Row:
     """The server's mean rows per model call over the window (sum / count of exporter_batch_size)."""
     model_call_ms: float | None = None
     """The server's mean time per model call over the window (exporter_model_call_seconds)."""
+    server_request_ms: float | None = None
+    """The server's mean time per request in its handler, body read to response built
+    (exporter_request_seconds): the rest of a client's latency is HTTP, queues and the client itself."""
     server_cpu: float | None = None
     """Server CPU seconds per wall second over the window (2.0 = both cores)."""
     client_cpu: float | None = None
@@ -276,17 +279,34 @@ class Server:
 
 
 _SAMPLE = re.compile(r"^(\w+)(?:\{[^}]*\})?\s+(\S+)$")
+_HISTOGRAMS = {
+    f"exporter_{m}_{s}"
+    for m in ("batch_size", "model_call_seconds", "request_seconds")
+    for s in ("sum", "count")
+}
 
 
-def scrape(server: Server) -> dict[str, float]:
-    """The sums and counts of the batch-size and model-call histograms from ``/metrics``."""
-    wanted = {f"exporter_{m}_{s}" for m in ("batch_size", "model_call_seconds") for s in ("sum", "count")}
-    values = dict.fromkeys(wanted, 0.0)
-    for line in server.get("/metrics").text.splitlines():
+@dataclass
+class Snapshot:
+    """What the server and this process had done at one moment, to take differences across a window."""
+
+    histograms: dict[str, float]
+    """Sums and counts of the server's ``exporter_batch_size``, ``exporter_model_call_seconds`` and
+    ``exporter_request_seconds`` histograms (``/metrics``)."""
+    server_cpu_s: float
+    client_cpu_s: float
+    wall_s: float
+
+
+async def snapshot(metrics: httpx.AsyncClient, server: Server) -> Snapshot:
+    response = await metrics.get(f"{server.url}/metrics")
+    response.raise_for_status()
+    values = dict.fromkeys(_HISTOGRAMS, 0.0)
+    for line in response.text.splitlines():
         match = _SAMPLE.match(line)
-        if match and match.group(1) in wanted:
+        if match and match.group(1) in _HISTOGRAMS:
             values[match.group(1)] += float(match.group(2))
-    return values
+    return Snapshot(values, server.cpu_seconds(), time.process_time(), time.perf_counter())
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -298,17 +318,20 @@ class LoadResult:
     errors: int
     first_error: str | None
     window_s: float
+    start: Snapshot
+    end: Snapshot
 
 
-async def generate_load(url: str, bodies: Sequence[bytes], warmup_s: float, seconds: float) -> LoadResult:
-    """``len(bodies)`` clients, each posting its body back to back; responses completed within the window
-    (after ``warmup_s``, for ``seconds``) are counted."""
+async def generate_load(
+    server: Server, url: str, bodies: Sequence[bytes], *, warmup_s: float, seconds: float
+) -> LoadResult:
+    """``len(bodies)`` clients, each posting its own body back to back from now until the window closes;
+    the responses that complete inside the window (after ``warmup_s``, for ``seconds``) are counted."""
     clients = len(bodies)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Content-Type": "application/json"}
     latencies: list[float] = []
-    errors = [0]
-    first_error: list[str] = []
+    problems: list[str] = []
     loop = asyncio.get_running_loop()
     window_start = loop.time() + warmup_s
     window_end = window_start + seconds
@@ -328,27 +351,38 @@ async def generate_load(url: str, bodies: Sequence[bytes], warmup_s: float, seco
             if problem is None:
                 latencies.append(finished - started)
             else:
-                errors[0] += 1
-                if not first_error:
-                    first_error.append(problem)
+                problems.append(problem)
 
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
+    async def snapshot_at(moment: float) -> Snapshot:
+        await asyncio.sleep(moment - loop.time())
+        return await snapshot(metrics, server)
+
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=60.0) as http,
+        httpx.AsyncClient(timeout=10.0) as metrics,
+    ):
+        start = asyncio.create_task(snapshot_at(window_start))
+        end = asyncio.create_task(snapshot_at(window_end))
         await asyncio.gather(*(client(http, body) for body in bodies))
-    return LoadResult(latencies, errors[0], first_error[0] if first_error else None, seconds)
+        return LoadResult(
+            latencies, len(problems), problems[0] if problems else None, seconds, await start, await end
+        )
 
 
 def load_row(
-    model: str, path: str, server: Server, url: str, bodies: Sequence[bytes], warmup_s: float, seconds: float
+    model: str,
+    path: str,
+    server: Server,
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    warmup_s: float,
+    seconds: float,
 ) -> Row:
-    before, server_cpu = scrape(server), server.cpu_seconds()
-    client_cpu, started = time.process_time(), time.perf_counter()
-    result = asyncio.run(generate_load(url, bodies, warmup_s, seconds))
-    elapsed = time.perf_counter() - started
-    after = scrape(server)
-    # Both CPU figures cover warm-up and window alike: the load is the same throughout.
-    server_share = (server.cpu_seconds() - server_cpu) / elapsed
-    client_share = (time.process_time() - client_cpu) / elapsed
-    delta = {key: after[key] - before[key] for key in after}
+    result = asyncio.run(generate_load(server, url, bodies, warmup_s=warmup_s, seconds=seconds))
+    start, end = result.start, result.end
+    wall = end.wall_s - start.wall_s
+    delta = {key: end.histograms[key] - start.histograms[key] for key in _HISTOGRAMS}
     calls = delta["exporter_batch_size_count"]
     latencies = np.array(result.latencies_s or [np.nan]) * 1000
     p50, p99 = np.percentile(latencies, [50, 99])
@@ -363,11 +397,17 @@ def load_row(
         round(float(p99), 3),
         result.errors,
         rows_per_call=round(delta["exporter_batch_size_sum"] / calls, 2) if calls else None,
-        model_call_ms=round(1000 * delta["exporter_model_call_seconds_sum"] / calls, 3) if calls else None,
-        server_cpu=round(server_share, 2),
-        client_cpu=round(client_share, 2),
+        model_call_ms=_mean_ms(delta, "exporter_model_call_seconds"),
+        server_request_ms=_mean_ms(delta, "exporter_request_seconds"),
+        server_cpu=round((end.server_cpu_s - start.server_cpu_s) / wall, 2),
+        client_cpu=round((end.client_cpu_s - start.client_cpu_s) / wall, 2),
         first_error=result.first_error,
     )
+
+
+def _mean_ms(delta: dict[str, float], histogram: str) -> float | None:
+    count = delta[f"{histogram}_count"]
+    return round(1000 * delta[f"{histogram}_sum"] / count, 3) if count else None
 
 
 # ------------------------------------------------------------------------------------------ one model
@@ -397,9 +437,15 @@ def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo,
         reply = httpx.post(url, content=bodies[0], headers={"Content-Type": "application/json"}, timeout=30)
         reply.raise_for_status()
         log(f"{name}: server up (batching off); 1 client")
-        rows.append(load_row(name, "batching off", server, url, bodies[:1], args.warmup, args.seconds))
+        rows.append(
+            load_row(
+                name, "batching off", server, url, bodies[:1], warmup_s=args.warmup, seconds=args.seconds
+            )
+        )
         log(f"{name}: {args.clients} clients, batching off")
-        rows.append(load_row(name, "batching off", server, url, bodies, args.warmup, args.seconds))
+        rows.append(
+            load_row(name, "batching off", server, url, bodies, warmup_s=args.warmup, seconds=args.seconds)
+        )
     finally:
         exit_codes["batching off"] = server.stop()
 
@@ -412,7 +458,9 @@ def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo,
     try:
         url = f"{server.url}/v2/models/{served}/infer"
         log(f"{name}: server up (dynamic batching); {args.clients} clients")
-        rows.append(load_row(name, "batching on", server, url, bodies, args.warmup, args.seconds))
+        rows.append(
+            load_row(name, "batching on", server, url, bodies, warmup_s=args.warmup, seconds=args.seconds)
+        )
     finally:
         exit_codes["batching on"] = server.stop()
     for row in rows[1:]:
@@ -453,6 +501,7 @@ COLUMNS = (
     "p50 - in-process ms",
     "rows/call",
     "model ms/call",
+    "handler ms/req",
     "server CPU",
     "client CPU",
 )
@@ -474,6 +523,7 @@ def cells(row: Row) -> list[str]:
         "-" if row.overhead_p50_ms is None else f"{row.overhead_p50_ms:+.2f}",
         number(row.rows_per_call),
         number(row.model_call_ms, 3),
+        number(row.server_request_ms, 3),
         number(row.server_cpu),
         number(row.client_cpu),
     ]
@@ -491,9 +541,9 @@ def header_lines(
         f"threads: {args.threads} (server --threads = ORT intra_op_num_threads; inter-op 1, sequential); the "
         f"load generator (asyncio + httpx, this process) shares the same {environment['usable_cpus']} cores",
         f"load: batch-1 requests back to back, {args.warmup:g} s warm-up excluded, {args.seconds:g} s timed "
-        f"per row; dynamic batching on = the server's defaults (up to 64 rows within {args.max_batch_delay_ms:g} "
-        f"ms); in-process ORT: {args.baseline_seconds:g} s serial loop, same session options"
-        + (" (--quick: indicative only)" if args.quick else ""),
+        f"per row; dynamic batching on = the server's defaults (up to 64 rows within "
+        f"{args.max_batch_delay_ms:g} ms); in-process ORT: {args.baseline_seconds:g} s serial loop, same "
+        "session options" + (" (--quick: indicative only)" if args.quick else ""),
         f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)}",
     ]
 

@@ -379,3 +379,33 @@ def test_the_server_imports_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def every_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_mlp(tmp_path_factory.mktemp("every"), targets=("all",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torchscript", "aotinductor"])
+def test_every_file_backend_serves_the_golden_cases(
+    every_backend: Path, tolerance: dict[str, float], backend: str
+) -> None:
+    server = start(every_backend, "--backend", backend)
+    try:
+        metadata = server.request("GET", f"/v2/models/{NAME}")[1]
+        for inputs, outputs in golden(every_backend):
+            status, reply = server.infer(body_of(inputs["x"]))
+            assert status == 200, reply
+            actual = np.asarray(reply["outputs"][0]["data"], dtype=np.float32).reshape(
+                reply["outputs"][0]["shape"]
+            )
+            np.testing.assert_allclose(
+                actual, outputs["output"], atol=tolerance["atol"], rtol=tolerance["rtol"]
+            )
+    finally:
+        code, stderr = server.stop()
+    assert code == 0, stderr
+    assert f"with {backend} (" in stderr
+    platform = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino_xml"}
+    assert metadata["platform"] == platform.get(backend, f"pytorch_{backend}")
