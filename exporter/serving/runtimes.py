@@ -19,7 +19,7 @@ import numpy as np
 from exporter._openvino_settings import checked_config
 from exporter.serving.artifact import ServedArtifact
 
-__all__ = ["ModelRunner", "open_runner"]
+__all__ = ["ModelRunner", "onnxruntime_session", "open_runner"]
 
 
 @dataclass
@@ -46,7 +46,9 @@ def open_runner(folder: Path, artifact: ServedArtifact, threads: int, input_name
     return _torch(path, artifact, threads, input_names)
 
 
-def _onnxruntime(path: Path, artifact: ServedArtifact, threads: int) -> ModelRunner:
+def onnxruntime_session(path: Path, threads: int) -> Any:
+    """The CPU session the server runs (and ``benchmarks/serve.py`` compares it with): ``threads``
+    intra-op threads, sequential, every graph optimization, as ``exporter.runners`` verified it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -55,7 +57,13 @@ def _onnxruntime(path: Path, artifact: ServedArtifact, threads: int) -> ModelRun
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime(path: Path, artifact: ServedArtifact, threads: int) -> ModelRunner:
+    import onnxruntime as ort
+
+    session = onnxruntime_session(path, threads)
 
     def call(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
