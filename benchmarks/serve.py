@@ -5,7 +5,8 @@ For each model (the digits CNN and the tiny encoder, built with the real ``expor
 ``--work`` and reused from there unless ``--rebuild``):
 
   in-process ORT        an onnxruntime.InferenceSession of the shipped model.onnx with the server's session
-                        options and threads, called serially with one batch-1 input (p50 and calls/s)
+                        options and threads, called serially with one batch-1 input (p50 and calls/s),
+                        with ONNX Runtime's default thread spinning (the server turns it off)
   server, 1 client      batching off (--max-batch-size 1), one client sending requests back to back: the
                         pure per-request cost of HTTP + JSON + validation on top of the model call
   server, off           batching off, --clients concurrent clients (32), batch-1 requests back to back
@@ -53,6 +54,7 @@ from rich.table import Table
 
 from exporter.environment import collect_environment
 from exporter.serving.protocol import DATATYPE_OF
+from exporter.serving.runtimes import onnxruntime_session
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -70,7 +72,7 @@ DEFAULT_INT_RANGE = (0, 100)
 class Row:
     model: str
     path: str
-    """``in-process``, ``batching off`` or ``batching on``."""
+    """``in-process``, ``batching off``, ``batching on`` or ``GET /v2/health/live`` (no model)."""
     clients: int
     seconds: float
     requests: int
@@ -89,8 +91,14 @@ class Row:
     (exporter_request_seconds): the rest of a client's latency is HTTP, queues and the client itself."""
     server_cpu: float | None = None
     """Server CPU seconds per wall second over the window (2.0 = both cores)."""
+    server_cpu_ms_per_request: float | None = None
+    """Server CPU time per answered request: its cost whether or not the client could keep it busy."""
     client_cpu: float | None = None
     """This process's CPU seconds per wall second (the load generator, or the in-process loop)."""
+    other_cpu: float | None = None
+    """Every other process's CPU seconds per wall second: near 0 when the machine was otherwise idle."""
+    steal_cpu: float | None = None
+    """CPU seconds per wall second the hypervisor gave to other guests (``steal`` in /proc/stat)."""
     first_error: str | None = None
 
 
@@ -174,26 +182,24 @@ def request_body(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def in_process(model: str, folder: Path, arrays: dict[str, np.ndarray], threads: int, seconds: float) -> Row:
-    """The model.onnx session as ``exporter.serving.runtimes._onnxruntime`` opens it, called serially."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    """The model.onnx session the server opens (``exporter.serving.runtimes.onnxruntime_session``: same
+    threads and options) but with ONNX Runtime's default thread spinning, the fastest way to call it
+    serially in process, called with the request's arrays."""
+    session = onnxruntime_session(folder / "model.onnx", threads, spinning=True)
     warm_until = time.perf_counter() + min(1.0, seconds / 4)
     while time.perf_counter() < warm_until:
         session.run(None, arrays)
     latencies = []
-    cpu_started, started = time.process_time(), time.perf_counter()
+    machine_started, cpu_started, started = machine_seconds(), time.process_time(), time.perf_counter()
     stop = started + seconds
     while (now := time.perf_counter()) < stop:
         session.run(None, arrays)
         latencies.append(time.perf_counter() - now)
     wall = time.perf_counter() - started
+    ours = time.process_time() - cpu_started
+    machine = machine_seconds()
+    others = machine[0] - machine_started[0] - ours
+    steal = machine[1] - machine_started[1]
     p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
     return Row(
         model,
@@ -205,8 +211,19 @@ def in_process(model: str, folder: Path, arrays: dict[str, np.ndarray], threads:
         round(float(p50), 3),
         round(float(p99), 3),
         0,
-        client_cpu=round((time.process_time() - cpu_started) / wall, 2),
+        client_cpu=round(ours / wall, 2),
+        other_cpu=round(max(others, 0.0) / wall, 2),
+        steal_cpu=round(steal / wall, 2),
     )
+
+
+def machine_seconds() -> tuple[float, float]:
+    """CPU time every process on the machine has used (user, nice, system, irq, softirq), and the time the
+    hypervisor gave this VM's CPUs to someone else (steal), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 # -------------------------------------------------------------------------------------------- server
@@ -295,6 +312,8 @@ class Snapshot:
     ``exporter_request_seconds`` histograms (``/metrics``)."""
     server_cpu_s: float
     client_cpu_s: float
+    machine_busy_s: float
+    machine_steal_s: float
     wall_s: float
 
 
@@ -306,7 +325,10 @@ async def snapshot(metrics: httpx.AsyncClient, server: Server) -> Snapshot:
         match = _SAMPLE.match(line)
         if match and match.group(1) in _HISTOGRAMS:
             values[match.group(1)] += float(match.group(2))
-    return Snapshot(values, server.cpu_seconds(), time.process_time(), time.perf_counter())
+    machine = machine_seconds()
+    return Snapshot(
+        values, server.cpu_seconds(), time.process_time(), machine[0], machine[1], time.perf_counter()
+    )
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -325,8 +347,9 @@ class LoadResult:
 async def generate_load(
     server: Server, url: str, bodies: Sequence[bytes], *, warmup_s: float, seconds: float
 ) -> LoadResult:
-    """``len(bodies)`` clients, each posting its own body back to back from now until the window closes;
-    the responses that complete inside the window (after ``warmup_s``, for ``seconds``) are counted."""
+    """``len(bodies)`` clients, each posting its own body back to back from now until the window closes
+    (an empty body: ``GET url`` instead); the responses that complete inside the window (after
+    ``warmup_s``, for ``seconds``) are counted."""
     clients = len(bodies)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Content-Type": "application/json"}
@@ -340,7 +363,10 @@ async def generate_load(
         while (started := loop.time()) < window_end:
             problem = None
             try:
-                response = await http.post(url, content=body, headers=headers)
+                if body:
+                    response = await http.post(url, content=body, headers=headers)
+                else:
+                    response = await http.get(url)
                 if response.status_code != 200:
                     problem = f"HTTP {response.status_code}: {response.text[:200]}"
             except httpx.HTTPError as error:
@@ -383,6 +409,9 @@ def load_row(
     start, end = result.start, result.end
     wall = end.wall_s - start.wall_s
     delta = {key: end.histograms[key] - start.histograms[key] for key in _HISTOGRAMS}
+    server_cpu = end.server_cpu_s - start.server_cpu_s
+    client_cpu = end.client_cpu_s - start.client_cpu_s
+    others = end.machine_busy_s - start.machine_busy_s - server_cpu - client_cpu
     calls = delta["exporter_batch_size_count"]
     latencies = np.array(result.latencies_s or [np.nan]) * 1000
     p50, p99 = np.percentile(latencies, [50, 99])
@@ -399,8 +428,13 @@ def load_row(
         rows_per_call=round(delta["exporter_batch_size_sum"] / calls, 2) if calls else None,
         model_call_ms=_mean_ms(delta, "exporter_model_call_seconds"),
         server_request_ms=_mean_ms(delta, "exporter_request_seconds"),
-        server_cpu=round((end.server_cpu_s - start.server_cpu_s) / wall, 2),
-        client_cpu=round((end.client_cpu_s - start.client_cpu_s) / wall, 2),
+        server_cpu=round(server_cpu / wall, 2),
+        server_cpu_ms_per_request=round(1000 * server_cpu / len(result.latencies_s), 3)
+        if result.latencies_s
+        else None,
+        client_cpu=round(client_cpu / wall, 2),
+        other_cpu=round(max(others, 0.0) / wall, 2),
+        steal_cpu=round((end.machine_steal_s - start.machine_steal_s) / wall, 2),
         first_error=result.first_error,
     )
 
@@ -413,7 +447,13 @@ def _mean_ms(delta: dict[str, float], histogram: str) -> float | None:
 # ------------------------------------------------------------------------------------------ one model
 
 
-def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo, list[Row]]:
+LIVE = "GET /v2/health/live"
+"""The floor row: one client's round trip through HTTP, uvicorn, FastAPI and httpx with no model or JSON."""
+
+
+def run_model(
+    name: str, args: argparse.Namespace, log: Any, *, with_floor: bool
+) -> tuple[ModelInfo, list[Row]]:
     folder, build = build_artifacts(name, args.work, args.rebuild, log)
     manifest = json.loads((folder / "manifest.json").read_text())
     rows: list[Row] = []
@@ -442,6 +482,10 @@ def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo,
                 name, "batching off", server, url, bodies[:1], warmup_s=args.warmup, seconds=args.seconds
             )
         )
+        if with_floor:
+            log(f"{name}: 1 client, GET /v2/health/live")
+            live = f"{server.url}/v2/health/live"
+            rows.append(load_row(name, LIVE, server, live, [b""], warmup_s=args.warmup, seconds=args.seconds))
         log(f"{name}: {args.clients} clients, batching off")
         rows.append(
             load_row(name, "batching off", server, url, bodies, warmup_s=args.warmup, seconds=args.seconds)
@@ -464,7 +508,8 @@ def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo,
     finally:
         exit_codes["batching on"] = server.stop()
     for row in rows[1:]:
-        row.overhead_p50_ms = round(row.p50_ms - baseline.p50_ms, 3)
+        if row.path != LIVE:
+            row.overhead_p50_ms = round(row.p50_ms - baseline.p50_ms, 3)
     info = ModelInfo(
         name,
         str(folder),
@@ -476,7 +521,8 @@ def run_model(name: str, args: argparse.Namespace, log: Any) -> tuple[ModelInfo,
         {
             "platform": model_metadata.get("platform"),
             "server_exit_codes": exit_codes,
-            "server_log": _first_line_with(server.log_path, "exporter serve:"),
+            "server_log_off": _first_line_with(args.work / f"{name}-off.log", "exporter serve:"),
+            "server_log_on": _first_line_with(args.work / f"{name}-on.log", "exporter serve:"),
         },
     )
     return info, rows
@@ -503,7 +549,9 @@ COLUMNS = (
     "model ms/call",
     "handler ms/req",
     "server CPU",
+    "server CPU ms/req",
     "client CPU",
+    "other CPU",
 )
 
 
@@ -511,7 +559,9 @@ def cells(row: Row) -> list[str]:
     def number(value: float | None, digits: int = 2) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    path = "in-process ORT (calls/s)" if row.path == "in-process" else f"server, {row.path}"
+    path = {"in-process": "in-process ORT (calls/s)", LIVE: f"server, {LIVE} (no model)"}.get(
+        row.path, f"server, {row.path}"
+    )
     return [
         row.model,
         path,
@@ -525,7 +575,9 @@ def cells(row: Row) -> list[str]:
         number(row.model_call_ms, 3),
         number(row.server_request_ms, 3),
         number(row.server_cpu),
+        number(row.server_cpu_ms_per_request),
         number(row.client_cpu),
+        number(row.other_cpu),
     ]
 
 
@@ -541,9 +593,10 @@ def header_lines(
         f"threads: {args.threads} (server --threads = ORT intra_op_num_threads; inter-op 1, sequential); the "
         f"load generator (asyncio + httpx, this process) shares the same {environment['usable_cpus']} cores",
         f"load: batch-1 requests back to back, {args.warmup:g} s warm-up excluded, {args.seconds:g} s timed "
-        f"per row; dynamic batching on = the server's defaults (up to 64 rows within "
-        f"{args.max_batch_delay_ms:g} ms); in-process ORT: {args.baseline_seconds:g} s serial loop, same "
-        "session options" + (" (--quick: indicative only)" if args.quick else ""),
+        f"per row; batching on: the server's default max rows (see each model's line), --max-batch-delay-ms "
+        f"{args.max_batch_delay_ms:g}; in-process ORT: {args.baseline_seconds:g} s serial loop, the server's "
+        "session with ORT's default thread spinning (the server runs without)"
+        + (" (--quick: indicative only)" if args.quick else ""),
         f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)}",
     ]
 
@@ -557,15 +610,24 @@ def render_table(rows: Sequence[Row], title: str) -> Table:
     return table
 
 
+def describe(model: ModelInfo) -> str:
+    """One line per model: what a request carries and what batching on meant (from the server's log)."""
+    batching = re.search(
+        r"dynamic batching up to \d+ rows within \S+ ms", model.server_settings["server_log_on"] or ""
+    )
+    return (
+        f"{model.name}: served as {model.served_name}, inputs "
+        + ", ".join(f"{k} {v}" for k, v in model.inputs.items())
+        + f"; request {model.request_bytes} B, response {model.response_bytes} B of JSON; batching on: "
+        + (batching.group(0) if batching else "see the server log")
+        + f"; artifacts {model.build}"
+    )
+
+
 def render_markdown(rows: Sequence[Row], header: Sequence[str], models: Sequence[ModelInfo]) -> str:
     lines = ["# Model server under load", ""]
     lines += [f"- {line}" for line in header]
-    lines += [
-        f"- {m.name}: served as `{m.served_name}`, inputs "
-        + ", ".join(f"{k} {v}" for k, v in m.inputs.items())
-        + f"; request {m.request_bytes} B, response {m.response_bytes} B of JSON; artifacts {m.build}"
-        for m in models
-    ]
+    lines += [f"- {describe(m)}" for m in models]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     errors = [f"- {r.model} {r.path} x{r.clients}: {r.first_error}" for r in rows if r.first_error]
@@ -637,18 +699,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     models: list[ModelInfo] = []
     rows: list[Row] = []
     for name in args.model_names:
-        info, model_rows = run_model(name, args, log)
+        info, model_rows = run_model(name, args, log, with_floor=not models)
         models.append(info)
         rows += model_rows
     total = time.perf_counter() - started
     header.append(
         f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {total:.0f} s"
     )
+    header.append(
+        "during the timed windows, other processes used at most "
+        f"{max(r.other_cpu or 0.0 for r in rows):.2f} cores and the hypervisor stole at most "
+        f"{max(r.steal_cpu or 0.0 for r in rows):.2f} (other CPU column; /proc/stat)"
+    )
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     for line in header:
         console.print(line, highlight=False)
     title = f"Server under load: {args.threads} server threads, client and server on the same cores"
+    for model in models:
+        console.print(describe(model), highlight=False)
     console.print(render_table(rows, title))
     for row in rows:
         if row.first_error:

@@ -46,9 +46,15 @@ def open_runner(folder: Path, artifact: ServedArtifact, threads: int, input_name
     return _torch(path, artifact, threads, input_names)
 
 
-def onnxruntime_session(path: Path, threads: int) -> Any:
-    """The CPU session the server runs (and ``benchmarks/serve.py`` compares it with): ``threads``
-    intra-op threads, sequential, every graph optimization, as ``exporter.runners`` verified it."""
+def onnxruntime_session(path: Path, threads: int, spinning: bool = False) -> Any:
+    """The CPU session the server runs: ``threads`` intra-op threads, sequential, every graph optimization,
+    as ``exporter.runners`` verified it.
+
+    Without ``spinning``, the intra-op threads sleep between calls instead of spinning: a server's threads
+    share the cores with its event loop, and on 2 cores the spinning cost a core of CPU at 2.3-4.4 ms of
+    server CPU per request and fewer requests/s under 32 clients (``benchmarks/serve.py``), for 0.05 ms
+    less per call on a lone client. ``spinning=True`` is ONNX Runtime's default (the in-process baseline).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -57,6 +63,7 @@ def onnxruntime_session(path: Path, threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
