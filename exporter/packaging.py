@@ -117,7 +117,7 @@ def package_bundle(folder: Path, out: Path, backend: str | None = None, force: b
     """
     manifest = read_manifest(folder)
     artifact = choose_artifact(folder, manifest, backend)
-    check_integrity(folder, manifest, artifact)
+    check_integrity(folder, manifest, artifact, purpose="package")
     check_output_dir(out, force, keep=[folder])
     requirements = pinned_requirements(artifact.runtime)
     sources = server_sources(artifact.runtime)

@@ -170,7 +170,9 @@ def required_files(manifest: Manifest, artifact: ServedArtifact) -> list[str]:
     return names
 
 
-def check_integrity(folder: Path, manifest: Manifest, artifact: ServedArtifact) -> int:
+def check_integrity(
+    folder: Path, manifest: Manifest, artifact: ServedArtifact, purpose: str = "serve"
+) -> int:
     """Refuse a folder whose files do not match the manifest, as ``exporter verify``'s hash check does.
 
     Every file the server reads must be present and match. A listed file it does not read may be absent
@@ -187,7 +189,7 @@ def check_integrity(folder: Path, manifest: Manifest, artifact: ServedArtifact) 
         path = inside_folder(folder, name, named_by)
         recorded = manifest.files.get(name)
         if recorded is None:
-            raise UsageError(f"{named_by} does not list '{name}' with a sha256; refusing to serve it")
+            raise UsageError(f"{named_by} does not list '{name}' with a sha256; refusing to {purpose} it")
         if not path.exists():
             if name in required:
                 raise UsageError(
@@ -199,7 +201,7 @@ def check_integrity(folder: Path, manifest: Manifest, artifact: ServedArtifact) 
         if digest != recorded.sha256:
             raise UsageError(
                 f"'{folder}/{name}' was modified after export (sha256 {digest[:12]}... != manifest "
-                f"{recorded.sha256[:12]}...); refusing to serve a folder that fails exporter verify's "
+                f"{recorded.sha256[:12]}...); refusing to {purpose} a folder that fails exporter verify's "
                 "integrity check"
             )
         checked += 1
