@@ -5,12 +5,22 @@ staging folder's removal, the output lock's release) runs and the process exits 
 (SIGTERM). A repeated signal is ignored while that cleanup runs (SIGKILL still stops the process; the next
 run then removes the stale staging folder it left). An unexpected exception is a bug in exporter: its
 traceback goes to a log file, and the one-line message names that file.
+
+Every handler this module installs runs on the thread's own stack, not on an alternate signal stack
+(``frames_on_thread_stack``): OpenVINO's CPU plugin gives the main thread an alternate stack per plugin
+instance and restores the previous one when that instance dies, so after two instances die out of order
+the main thread's alternate stack is memory that was unmapped and may since hold Python objects. Python
+installs its handlers with ``SA_ONSTACK``, and a SIGTERM arriving then wrote its frame over that memory
+and the process crashed later in the garbage collector (SIGSEGV instead of exit 143).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -25,6 +35,7 @@ __all__ = [
     "blocked_signals",
     "describe_internal_error",
     "exit_code_of",
+    "frames_on_thread_stack",
     "install_signal_handlers",
     "raise_interrupted",
     "write_crash_log",
@@ -74,6 +85,47 @@ def install_signal_handlers() -> None:
     """Make SIGINT and SIGTERM raise ``Interrupted`` in this process (main thread only)."""
     for handled in _HANDLED:
         signal.signal(handled, raise_interrupted)
+    frames_on_thread_stack(*_HANDLED)
+
+
+_SA_ONSTACK = 0x08000000
+
+
+class _SigAction(ctypes.Structure):
+    """glibc's ``struct sigaction`` on Linux (x86-64 and aarch64 share this layout)."""
+
+    _fields_ = [
+        ("handler", ctypes.c_void_p),
+        ("mask", ctypes.c_ulong * 16),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    ]
+
+
+def frames_on_thread_stack(*signums: int) -> bool:
+    """Clear ``SA_ONSTACK`` on the handlers now installed for ``signums``; True when every one was changed.
+
+    The handler itself is kept (Python's C-level trampoline, which runs the Python handler later in the
+    main thread); only where the kernel writes the signal frame changes. A no-op off Linux/glibc, where
+    OpenVINO does not touch the alternate stack.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    changed = 0
+    for signum in signums:
+        action = _SigAction()
+        if libc.sigaction(signum, None, ctypes.byref(action)) != 0:
+            continue
+        if action.flags & _SA_ONSTACK:
+            action.flags &= ~_SA_ONSTACK
+            if libc.sigaction(signum, ctypes.byref(action), None) != 0:
+                continue
+        changed += 1
+    return changed == len(signums)
 
 
 @contextlib.contextmanager

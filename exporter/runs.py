@@ -23,7 +23,13 @@ from xml.etree import ElementTree as ET
 
 from exporter.artifacts import MANIFEST_SCHEMA_VERSION, read_document
 from exporter.errors import ExitCode, ExporterError, RecipeError, UsageError, describe_failure, first_line
-from exporter.interrupts import Interrupted, blocked_signals, exit_code_of, raise_interrupted
+from exporter.interrupts import (
+    Interrupted,
+    blocked_signals,
+    exit_code_of,
+    frames_on_thread_stack,
+    raise_interrupted,
+)
 
 __all__ = [
     "RunInterrupted",
@@ -213,6 +219,7 @@ class _Worker:
 def _init_worker() -> None:
     for handled in (signal.SIGINT, signal.SIGTERM):
         signal.signal(handled, _worker_signal)
+    frames_on_thread_stack(signal.SIGINT, signal.SIGTERM)
 
 
 def _worker_signal(signum: int, frame: FrameType | None) -> None:

@@ -217,3 +217,75 @@ def test_bracketed_text_in_messages_is_printed_as_is(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", "--recipe", str(recipe)])
     assert result.exit_code == 2, result.output
     assert "[verify].atol" in result.output.replace("\n", "")
+
+
+_DANGLING_ALTSTACK_SCRIPT = """
+import ctypes, gc, os, signal, sys, time
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from exporter.interrupts import Interrupted, install_signal_handlers
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+def model():
+    x = ops.parameter([1, 4], np.float32, name="x")
+    return ov.Model([ops.relu(x)], [x])
+
+first_core = ov.Core()
+first = first_core.compile_model(model(), "CPU")
+second_core = ov.Core()
+second = second_core.compile_model(model(), "CPU")
+del first, first_core  # the first plugin instance dies first: its alternate stack is unmapped ...
+gc.collect()
+del second, second_core  # ... and the second restores it as the main thread's alternate stack
+gc.collect()
+stack = Stack()
+ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+mapped = any(
+    int(low, 16) <= (stack.sp or 0) < int(high, 16)
+    for low, high in (line.split()[0].split("-") for line in open("/proc/self/maps"))
+)
+print("altstack", "disabled" if stack.flags & 2 else ("mapped" if mapped else "unmapped"), flush=True)
+if sys.argv[1] == "exporter":
+    install_signal_handlers()
+else:
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)
+except Interrupted as interrupt:
+    sys.exit(int(interrupt.exit_code))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux hazard")
+def test_sigterm_after_openvino_left_a_dangling_alternate_stack_still_exits_143() -> None:
+    """The fault-injection test's SIGSEGV, made deterministic: OpenVINO's CPU plugin leaves the main
+    thread's alternate signal stack pointing at unmapped memory when two plugin instances die in creation
+    order (NNCF and our runners each make their own ``ov.Core``). Python's own handlers would have the
+    kernel write the signal frame there (a crash, or worse, a write over whatever is mapped there now);
+    exporter's handlers keep the frame on the thread's stack."""
+
+    def run(handlers: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _DANGLING_ALTSTACK_SCRIPT, handlers],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    plain = run("python")
+    assert "altstack unmapped" in plain.stdout, (
+        "OpenVINO no longer leaves a dangling alternate signal stack; frames_on_thread_stack may be "
+        f"unneeded now: {plain.stdout}{plain.stderr[-500:]}"
+    )
+    assert plain.returncode == -signal.SIGSEGV, "the hazard this test guards against did not show"
+
+    fixed = run("exporter")
+    assert "altstack unmapped" in fixed.stdout
+    assert fixed.returncode == 143, fixed.stdout + fixed.stderr[-2000:]
+    assert "Traceback" not in fixed.stderr

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -28,6 +29,7 @@ import numpy as np
 import uvicorn
 
 from exporter.errors import UsageError
+from exporter.interrupts import frames_on_thread_stack
 from exporter.manifest import GoldenCaseEntry, Manifest, read_manifest
 from exporter.serving.app import SELF_CHECK_HEADER, ServerState, build_app
 from exporter.serving.artifact import ServedArtifact, check_integrity, choose_artifact, golden_cases
@@ -125,6 +127,13 @@ class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
         self.state = state
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers, with their frames on the thread's stack (see ``exporter.interrupts``)."""
+        with super().capture_signals():
+            frames_on_thread_stack(signal.SIGINT, signal.SIGTERM)
+            yield
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.state.draining or not self.state.ready:
