@@ -3,8 +3,16 @@
 SIGTERM is treated like Ctrl-C: both raise ``Interrupted`` in the main thread, so every ``finally`` (the
 staging folder's removal, the output lock's release) runs and the process exits 130 (SIGINT) or 143
 (SIGTERM). A repeated signal is ignored while that cleanup runs (SIGKILL still stops the process; the next
-run then removes the stale staging folder it left). An unexpected exception is a bug in exporter: its
-traceback goes to a log file, and the one-line message names that file.
+run then removes the stale staging folder it left).
+
+Python runs a signal handler in whatever Python code the main thread is in, and some of that code swallows
+what the handler raises: a ``__del__`` or weakref finalizer run by the garbage collector (the exception is
+printed, to a stderr that ``quiet`` has redirected, and dropped), or C code that clears errors. The interrupt
+is therefore remembered until the process ends, and ``check_interrupted`` (called at every stage boundary
+and progress step) raises it again, so a swallowed signal delays the exit instead of cancelling it.
+
+An unexpected exception is a bug in exporter: its traceback goes to a log file, and the one-line message
+names that file.
 
 Every handler this module installs runs on the thread's own stack, not on an alternate signal stack
 (``frames_on_thread_stack``): OpenVINO's CPU plugin gives the main thread an alternate stack per plugin
@@ -22,6 +30,7 @@ import ctypes.util
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -33,11 +42,13 @@ from exporter.errors import ExitCode
 __all__ = [
     "Interrupted",
     "blocked_signals",
+    "check_interrupted",
     "describe_internal_error",
     "exit_code_of",
     "frames_on_thread_stack",
     "install_signal_handlers",
     "raise_interrupted",
+    "signals_handled",
     "write_crash_log",
 ]
 
@@ -71,6 +82,12 @@ class _Hold:
     signals: list[int] | None = None
 
 
+class _Pending:
+    """The signal whose ``Interrupted`` was raised in this process (None: none was)."""
+
+    signum: int | None = None
+
+
 def raise_interrupted(signum: int, frame: FrameType | None) -> None:
     """The handler: raise ``Interrupted`` (or hold the signal inside ``blocked_signals``)."""
     if _Hold.signals is not None:
@@ -78,14 +95,38 @@ def raise_interrupted(signum: int, frame: FrameType | None) -> None:
         return
     for handled in _HANDLED:
         signal.signal(handled, signal.SIG_IGN)  # the cleanup this starts must not be cut short
+    _Pending.signum = signum
     raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raise ``Interrupted`` again when a signal arrived and its first ``Interrupted`` was swallowed.
+
+    Only in the main thread, where the handler runs; elsewhere this is a no-op.
+    """
+    if _Pending.signum is not None and threading.current_thread() is threading.main_thread():
+        raise Interrupted(_Pending.signum)
 
 
 def install_signal_handlers() -> None:
     """Make SIGINT and SIGTERM raise ``Interrupted`` in this process (main thread only)."""
+    _Pending.signum = None
     for handled in _HANDLED:
         signal.signal(handled, raise_interrupted)
     frames_on_thread_stack(*_HANDLED)
+
+
+@contextlib.contextmanager
+def signals_handled() -> Iterator[None]:
+    """``install_signal_handlers`` for a block: the previous handlers and state come back after it."""
+    previous = {handled: signal.getsignal(handled) for handled in _HANDLED}
+    install_signal_handlers()
+    try:
+        yield
+    finally:
+        _Pending.signum = None
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
 
 
 _SA_ONSTACK = 0x08000000

@@ -31,7 +31,14 @@ from exporter.options import ExportOptions
 from exporter.quantize import QuantizationResult, QuantMode, SampleSet
 from exporter.runners import EagerRunner
 from exporter.specs import shape_cases
-from exporter.stages import ProgressListener, SilentListener, StageRecord, StageStatus, StageTracker
+from exporter.stages import (
+    CheckpointListener,
+    ProgressListener,
+    SilentListener,
+    StageRecord,
+    StageStatus,
+    StageTracker,
+)
 from exporter.targets import expand_targets
 from exporter.verify import GoldenCase, ParityResult, make_golden
 
@@ -105,7 +112,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         if spec.requires is not None:
             spec.requires()
     with output_lock(options.out_dir):
-        return _export(options, specs, listener or SilentListener())
+        return _export(options, specs, CheckpointListener(listener or SilentListener()))
 
 
 def _check_lossy_mode(options: ExportOptions, specs: Sequence[BackendSpec]) -> None:

@@ -26,6 +26,7 @@ from exporter.errors import ExitCode, ExporterError, RecipeError, UsageError, de
 from exporter.interrupts import (
     Interrupted,
     blocked_signals,
+    check_interrupted,
     exit_code_of,
     frames_on_thread_stack,
     raise_interrupted,
@@ -169,6 +170,7 @@ def run_recipes(
     running: dict[Future[dict[str, Any]], tuple[Path, ProcessPoolExecutor]] = {}
     try:
         while queued or running:
+            check_interrupted()
             while queued and len(running) < request.jobs:
                 with blocked_signals():  # a pool started but not yet in ``running`` would escape the stop
                     path = queued.pop(0)

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-__all__ = ["STAGES", "ProgressListener", "SilentListener", "StageRecord", "StageStatus", "StageTracker"]
+from exporter.interrupts import check_interrupted
+
+__all__ = [
+    "STAGES",
+    "CheckpointListener",
+    "ProgressListener",
+    "SilentListener",
+    "StageRecord",
+    "StageStatus",
+    "StageTracker",
+]
 
 STAGES = ("load", "convert", "verify", "optimize", "quantize", "benchmark", "write")
 
@@ -50,6 +60,25 @@ class SilentListener:
         pass
 
 
+class CheckpointListener:
+    """Passes everything on, and first raises an interrupt that a library swallowed (``check_interrupted``):
+    progress steps come often and from exporter's own code, a safe place to stop."""
+
+    def __init__(self, inner: ProgressListener) -> None:
+        self.inner = inner
+
+    def stage_started(self, stage: str) -> None:
+        check_interrupted()
+        self.inner.stage_started(stage)
+
+    def stage_finished(self, record: StageRecord) -> None:
+        self.inner.stage_finished(record)
+
+    def step(self, message: str, done: int, total: int) -> None:
+        check_interrupted()
+        self.inner.step(message, done, total)
+
+
 class StageTracker:
     def __init__(self, listener: ProgressListener) -> None:
         self.records = {name: StageRecord(name) for name in STAGES}
@@ -62,6 +91,7 @@ class StageTracker:
         started = time.perf_counter()
         try:
             yield record
+            check_interrupted()
         except KeyboardInterrupt:
             record.status, record.detail = StageStatus.FAILED, "interrupted"
             raise

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from exporter.artifacts import output_lock, remove_stale_staging, staging_dir
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
-from exporter.interrupts import Interrupted, blocked_signals, install_signal_handlers
+from exporter.interrupts import Interrupted, blocked_signals, check_interrupted, signals_handled
+from exporter.stages import SilentListener, StageStatus, StageTracker
 from tests.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,19 +171,13 @@ def test_staging_swaps_folders_whole_even_when_a_signal_arrives_during_the_swap(
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    install_signal_handlers()
-    try:
-        with pytest.raises(Interrupted) as caught, staging_dir(out, force=True) as staging:
-            (staging / "new.txt").write_text("new")
-            with blocked_signals():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)
-                held = True
-            assert held
-    finally:
-        for handled, handler in previous.items():
-            signal.signal(handled, handler)
+    with signals_handled(), pytest.raises(Interrupted) as caught, staging_dir(out, force=True) as staging:
+        (staging / "new.txt").write_text("new")
+        with blocked_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            held = True
+        assert held
     assert caught.value.exit_code is ExitCode.TERMINATED
     assert not out.exists() or (out / "old.txt").is_file()  # the old folder, never half of each
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.partial")] == []
@@ -289,3 +284,37 @@ def test_sigterm_after_openvino_left_a_dangling_alternate_stack_still_exits_143(
     assert "altstack unmapped" in fixed.stdout
     assert fixed.returncode == 143, fixed.stdout + fixed.stderr[-2000:]
     assert "Traceback" not in fixed.stderr
+
+
+class _SendsSigtermWhenCollected:
+    """Its finalizer is where Python runs the handler, and Python drops what a finalizer raises."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+
+
+def test_an_interrupt_a_finalizer_swallowed_is_raised_again_at_the_next_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dropped: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_value))
+    with signals_handled():
+        _SendsSigtermWhenCollected()
+        assert [type(error) for error in dropped] == [Interrupted], "the handler did not run in __del__"
+        with pytest.raises(Interrupted) as caught:
+            check_interrupted()
+        assert caught.value.exit_code is ExitCode.TERMINATED
+    check_interrupted()  # the block is over: nothing is pending any more
+
+
+def test_a_stage_in_which_an_interrupt_was_swallowed_ends_failed_and_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    tracker = StageTracker(SilentListener())
+    with signals_handled(), pytest.raises(Interrupted), tracker.run("convert"):
+        _SendsSigtermWhenCollected()
+    record = tracker.records["convert"]
+    assert (record.status, record.detail) == (StageStatus.FAILED, "interrupted")
