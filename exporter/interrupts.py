@@ -144,7 +144,7 @@ class _SigAction(ctypes.Structure):
 
 
 def frames_on_thread_stack(*signums: int) -> bool:
-    """Clear ``SA_ONSTACK`` on the handlers now installed for ``signums``; True when every one was changed.
+    """Clear ``SA_ONSTACK`` on the handlers now installed for ``signums``; True when none is left with it.
 
     The handler itself is kept (Python's C-level trampoline, which runs the Python handler later in the
     main thread); only where the kernel writes the signal frame changes. A no-op off Linux/glibc, where
