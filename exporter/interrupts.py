@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import signal
 import sys
 import tempfile
@@ -152,10 +151,7 @@ def frames_on_thread_stack(*signums: int) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc = ctypes.CDLL(None)  # the symbols already loaded: libc's sigaction among them
     changed = 0
     for signum in signums:
         action = _SigAction()

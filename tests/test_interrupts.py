@@ -318,3 +318,39 @@ def test_a_stage_in_which_an_interrupt_was_swallowed_ends_failed_and_raises(
         _SendsSigtermWhenCollected()
     record = tracker.records["convert"]
     assert (record.status, record.detail) == (StageStatus.FAILED, "interrupted")
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (exporter's: Python installs none of its own)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (signal.SIGINT, 130, "interrupted: nothing was written"),
+        (signal.SIGTERM, 143, "terminated (SIGTERM): nothing was written"),
+    ],
+)
+def test_a_signal_while_the_cli_still_imports_is_one_line_and_128_plus_signal(
+    signum: int, code: int, line: str
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--help"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline, "the handlers never came"
+        time.sleep(0.002)
+    process.send_signal(signum)  # the CLI's imports take about 2 s: this lands inside them
+    stdout, stderr = process.communicate(timeout=60)
+    assert "Usage" not in stdout, "the signal came after the CLI had started"
+    assert process.returncode == code, stderr
+    assert stderr.strip().splitlines() == [line]
