@@ -1,8 +1,7 @@
 """Verification stage: run a backend on golden inputs and judge each output against the reference.
 
-An element passes when ``|a - b| <= atol + rtol * |b|`` (``b`` the reference), NaN/Inf must appear exactly
-where the reference has them, integer and bool outputs must match exactly, and shapes must be equal, so a
-dim that conversion froze fails loudly instead of broadcasting quietly.
+The judging itself (tolerance, NaN/Inf, cosine, float64 arbitration) lives in ``exporter.comparison``, which
+the server's start-up check and the int8 budget use too; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,12 +12,23 @@ from typing import Any
 
 import numpy as np
 
+from exporter.comparison import (
+    DEFAULT_TOLERANCE,
+    FLOAT64_MULTIPLIER,
+    NonFinite,
+    OutputComparison,
+    Tolerance,
+    compare_outputs,
+    count_nonfinite,
+    float64_accepts,
+)
 from exporter.errors import InputSpecError, first_line
 from exporter.runners import EagerRunner, Runner
 from exporter.specs import InputSpec, ShapeCase, make_inputs
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "FLOAT64_MULTIPLIER",
     "CaseResult",
     "GoldenCase",
     "NonFinite",
@@ -32,55 +42,6 @@ __all__ = [
     "nonfinite_summary",
     "verify_runner",
 ]
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Float tolerances. The defaults fit float32 kernels that sum in a different order than PyTorch's."""
-
-    atol: float = 1e-4
-    rtol: float = 1e-3
-
-
-DEFAULT_TOLERANCE = Tolerance()
-
-
-@dataclass(frozen=True)
-class NonFinite:
-    """NaN and Inf counts in one reference output.
-
-    Parity counts NaN/Inf as a match when the backend has them in the same places, so a model that emits
-    NaN passes verification; these counts let the report say so, and ``fail_on_nonfinite`` fail on it.
-    """
-
-    nan: int
-    posinf: int
-    neginf: int
-    elements: int
-
-    @property
-    def inf(self) -> int:
-        return self.posinf + self.neginf
-
-    def describe(self) -> str:
-        """E.g. ``12 NaN, 3 +Inf``: only the kinds present."""
-        counts = ((self.nan, "NaN"), (self.posinf, "+Inf"), (self.neginf, "-Inf"))
-        return ", ".join(f"{count} {kind}" for count, kind in counts if count)
-
-
-def count_nonfinite(array: np.ndarray) -> NonFinite | None:
-    """NaN/Inf counts of a float (or complex) array; None when every element is finite or it is integral."""
-    array = np.asarray(array)
-    if array.dtype.kind not in "fc" or bool(np.isfinite(array).all()):
-        return None
-    inf = np.isinf(array)
-    real = array.real
-    return NonFinite(
-        nan=int(np.count_nonzero(np.isnan(array))),
-        posinf=int(np.count_nonzero(inf & (real > 0))),
-        neginf=int(np.count_nonzero(inf & (real < 0))),
-        elements=int(array.size),
-    )
 
 
 @dataclass
@@ -101,21 +62,6 @@ class GoldenCase:
     @property
     def file_stem(self) -> str:
         return self.case.name
-
-
-@dataclass
-class OutputComparison:
-    name: str
-    shape: list[int]
-    reference_shape: list[int]
-    max_abs_diff: float | None
-    max_rel_diff: float | None
-    cosine: float | None
-    mismatched: int
-    total: int
-    nonfinite_mismatch: int
-    passed: bool
-    message: str | None = None
 
 
 @dataclass
@@ -261,9 +207,6 @@ def verify_runner(
     return ParityResult(runner.name, artifact, EagerRunner.name, tolerance, results, produced)
 
 
-FLOAT64_MULTIPLIER = 2.0
-
-
 def arbitrate_with_float64(
     result: ParityResult, golden: Sequence[GoldenCase], reference64: Sequence[Sequence[np.ndarray]]
 ) -> None:
@@ -281,9 +224,8 @@ def arbitrate_with_float64(
         for comparison, ours, eager32, truth in zip(case.outputs, actual, item.outputs, exact, strict=False):
             if comparison.passed or np.asarray(truth).dtype.kind != "f":
                 continue
-            ours_error = _rmse(ours, truth)
-            eager_error = _rmse(eager32, truth)
-            if ours_error <= FLOAT64_MULTIPLIER * eager_error + result.tolerance.atol / 10:
+            accepted, ours_error, eager_error = float64_accepts(ours, eager32, truth, result.tolerance.atol)
+            if accepted:
                 comparison.passed = True
                 comparison.message = (
                     f"outside float32 tolerance, accepted by float64 arbitration: RMSE to float64 "
@@ -296,73 +238,3 @@ def arbitrate_with_float64(
                 )
     result.arbitrated = True
     result.reference = "pytorch-eager (float64 arbitration)"
-
-
-def _rmse(a: np.ndarray, b: np.ndarray) -> float:
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
-
-
-def compare_outputs(
-    name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance
-) -> OutputComparison:
-    """Compare one output with the reference; every number is reported, pass/fail uses atol + rtol*|b|."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    base: dict[str, Any] = {
-        "name": name,
-        "shape": list(actual.shape),
-        "reference_shape": list(expected.shape),
-    }
-    if actual.shape != expected.shape:
-        return OutputComparison(
-            **base,
-            max_abs_diff=None,
-            max_rel_diff=None,
-            cosine=None,
-            mismatched=int(expected.size),
-            total=int(expected.size),
-            nonfinite_mismatch=0,
-            passed=False,
-            message=f"shape {list(actual.shape)} != reference {list(expected.shape)} (a dim was frozen?)",
-        )
-    exact = expected.dtype.kind in "biu"
-    a = actual.astype(np.float64)
-    b = expected.astype(np.float64)
-    finite_a, finite_b = np.isfinite(a), np.isfinite(b)
-    same_special = (~finite_b) & ((a == b) | (np.isnan(a) & np.isnan(b)))
-    nonfinite_mismatch = int(np.count_nonzero((~finite_a | ~finite_b) & ~same_special))
-    both = finite_a & finite_b
-    diff = np.abs(np.where(both, a, 0.0) - np.where(both, b, 0.0))
-    if exact:  # compared in their own dtype: float64 cannot tell 2**53 from 2**53 + 1
-        bad = actual != expected
-    else:
-        bad = (diff > tolerance.atol + tolerance.rtol * np.abs(np.where(both, b, 0.0))) & both
-    mismatched = int(np.count_nonzero(bad)) + nonfinite_mismatch
-    rel = np.where(both, diff / np.maximum(np.abs(b), np.finfo(np.float64).tiny), 0.0)
-    message = None
-    if nonfinite_mismatch:
-        message = f"{nonfinite_mismatch} NaN/Inf values differ from the reference"
-    elif mismatched:
-        message = (
-            f"{mismatched}/{expected.size} elements outside atol={tolerance.atol:g} rtol={tolerance.rtol:g}"
-        )
-    return OutputComparison(
-        **base,
-        max_abs_diff=float(diff.max(initial=0.0)),
-        max_rel_diff=float(rel.max(initial=0.0)),
-        cosine=_cosine(np.where(both, a, 0.0), np.where(both, b, 0.0)),
-        mismatched=mismatched,
-        total=int(expected.size),
-        nonfinite_mismatch=nonfinite_mismatch,
-        passed=mismatched == 0,
-        message=message,
-    )
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.dot(a.ravel(), b.ravel()) / (na * nb))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from exporter.comparison import cosine_rows
+
 __all__ = ["Int8Comparison", "ParityBudget", "compare_int8"]
 
 
@@ -51,13 +53,6 @@ class Int8Comparison:
     message: str | None = None
 
 
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    dots = np.einsum("ij,ij->i", a, b)
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    return np.where(both_zero, 1.0, np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0))
-
-
 def compare_int8(
     name: str, actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], budget: ParityBudget
 ) -> Int8Comparison:
@@ -77,7 +72,7 @@ def compare_int8(
     noise = float(np.sum((rows_a - rows_b) ** 2))
     signal = float(np.sum(rows_b**2))
     sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
-    min_cosine = float(_cosine_rows(rows_a, rows_b).min())
+    min_cosine = float(cosine_rows(rows_a, rows_b).min())
     max_abs = float(np.abs(rows_a - rows_b).max(initial=0.0))
     classifier = (
         expected[0].ndim == 2 and expected[0].shape[1] >= 2 and expected[0].dtype.kind == "f"
