@@ -40,6 +40,7 @@ __all__ = ["UnsafeCheckpointError", "audit_exported_program", "audit_torch_save"
 _FIX_PT2 = "re-export it with torch.export.save from a trusted environment"
 _FIX_TORCHSCRIPT = "re-save it with torch.jit.save from a trusted environment"
 _FIX_TORCH_SAVE = "save a state_dict and pass --model"
+_COMPRESSED_BUDGET = 64 * 1024 * 1024  # bytes all compressed records of one archive may inflate to
 _LEGACY_PICKLES = 5  # torch.save(_use_new_zipfile_serialization=False): magic, protocol, sys_info, obj, keys
 # Records torch.export.load's pre-2.7 fallback passes to torch.load, which retries with weights_only=False.
 _LEGACY_EXPORT_BLOBS = frozenset(
@@ -113,7 +114,7 @@ def audit_exported_program(path: Path) -> None:
                 continue
             if name.endswith(".pt") or name in _LEGACY_EXPORT_BLOBS:
                 _audit_nested_torch_save(archive.read(info), name)
-            elif name.endswith(".json"):
+            elif name.endswith(".json") or name.startswith(constants.MODELS_DIR):
                 _check_program_json(archive.read(info), name)
             elif name.endswith("pkl"):
                 with archive.open(info) as stream:
@@ -124,8 +125,10 @@ def _members(archive: zipfile.ZipFile, fix: str) -> dict[str, zipfile.ZipInfo]:
     """Records by the name torch reads them under (without the archive's top folder), refusing duplicates.
 
     Python's zipfile reads the last of two same-named records and torch's reader may read the first, so
-    the record checked here could differ from the one torch loads.
+    the record checked here could differ from the one torch loads. Compressed records are checked first,
+    before any record is read (:func:`_refuse_zip_bomb`).
     """
+    _refuse_zip_bomb(archive, fix)
     members: dict[str, zipfile.ZipInfo] = {}
     for info in archive.infolist():
         if info.is_dir():
@@ -139,6 +142,37 @@ def _members(archive: zipfile.ZipFile, fix: str) -> dict[str, zipfile.ZipInfo]:
             )
         members[name] = info
     return members
+
+
+def _refuse_zip_bomb(archive: zipfile.ZipFile, fix: str) -> None:
+    """Refuse compressed records that torch does not write, or that would inflate past a small budget.
+
+    ``torch.save`` and ``torch.export.save`` store every record as is; ``torch.jit.save`` deflates only its
+    TorchScript source (``code/``) and debug tables (``*.debug_pkl``), a few KiB a module. torch's reader
+    inflates a record whole into memory, sized by the zip header's own figure, so a 2 MB file can ask
+    for gigabytes: any other compressed record is refused, and those may inflate to 64 MiB in all.
+    """
+    compressed = [info for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+    if not compressed:
+        return
+    unexpected = [info for info in compressed if not _may_be_compressed(info.filename)]
+    inflated = sum(info.file_size for info in compressed)
+    if not unexpected and inflated <= _COMPRESSED_BUDGET:
+        return
+    largest = max(unexpected or compressed, key=lambda info: info.file_size)
+    raise UnsafeCheckpointError(
+        f"has a compressed zip record {_excerpt(largest.filename)} "
+        f"({_size(largest.compress_size)} that inflates to {_size(largest.file_size)}; "
+        f"{_size(inflated)} compressed in all)",
+        "inflating it could exhaust memory (a zip bomb; torch compresses only a module's code, and little)",
+        fix,
+    )
+
+
+def _may_be_compressed(filename: str) -> bool:
+    """TorchScript source and debug tables: what ``torch.jit.save`` deflates."""
+    inner = filename.split("/", 1)[1] if "/" in filename else filename
+    return inner.startswith("code/") or inner.endswith(".debug_pkl")
 
 
 def _audit_torch_zip(archive: zipfile.ZipFile, where: str, fix: str, *, torch_save: bool = False) -> None:
@@ -191,7 +225,7 @@ def _check_payload_config(data: bytes, name: str, kind: str, pickled_prefixes: t
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         return
-    base = name.rsplit("/", 1)[-1]
+    base = name.split("/", 2)[-1]  # below data/weights/ or data/constants/
     for fqn, meta in entries.items():
         if not isinstance(meta, dict):
             continue
@@ -206,7 +240,10 @@ def _check_payload_config(data: bytes, name: str, kind: str, pickled_prefixes: t
 
 
 def _config_pattern(filename_format: str) -> re.Pattern[str]:
-    return re.compile(re.escape(filename_format).replace(re.escape("{}"), "[^/]+"))
+    """Every name torch could build from the format: a program named ``x/y`` (from ``models/x/y.json``)
+    or ``""`` (from ``models/.json``) reads ``data/weights/x/y_weights_config.json`` or
+    ``data/weights/_weights_config.json``, so the model name may be empty and may hold slashes."""
+    return re.compile(re.escape(filename_format).replace(re.escape("{}"), ".*"), re.DOTALL)
 
 
 def _check_program_json(data: bytes, name: str) -> None:
@@ -247,6 +284,16 @@ def _check_program_json(data: bytes, name: str) -> None:
                 _FIX_PT2,
             )
         stack.extend(node.values())
+
+
+def _size(count: int) -> str:
+    """A byte count as a person reads it (the zip header's own figure: it may lie, and is only shown)."""
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB"):
+        if value < 1024:
+            return f"{count} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _shown(text: str, limit: int = 80) -> str:

@@ -10,6 +10,7 @@ refused checkpoint gets one line naming the offending entry and the way out.
 from __future__ import annotations
 
 import pickle
+import sys
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -201,6 +202,9 @@ def _torch_load(request: LoadRequest) -> Any:
         raise LoadError(
             f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({_cause(error)})"
         ) from error
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)  # the pickle names its classes by module, importable as --model's are
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:

@@ -81,21 +81,29 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "MARKER"
 
 
-@pytest.fixture
-def exported(tmp_path: Path) -> Path:
+def save_linear_program(folder: Path) -> Path:
     """A real ``torch.export.save`` of an ``nn.Linear`` program with a dynamic batch."""
-    path = tmp_path / "legit.pt2"
+    path = folder / "legit.pt2"
     batch = torch.export.Dim("batch", min=2)
     program = torch.export.export(_linear(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},))
     torch.export.save(program, path)
     return path
 
 
-@pytest.fixture
-def scripted(tmp_path: Path) -> Path:
-    path = tmp_path / "legit.ts"
+def save_scripted_linear(folder: Path) -> Path:
+    path = folder / "legit.ts"
     torch.jit.script(_linear()).save(str(path))
     return path
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> Path:
+    return save_linear_program(tmp_path)
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> Path:
+    return save_scripted_linear(tmp_path)
 
 
 def _pickled_weight(exported: Path, tmp_path: Path, marker: Path) -> Path:
