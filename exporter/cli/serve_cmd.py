@@ -45,12 +45,37 @@ def serve_command(
         ),
     ] = None,
     max_body_mb: Annotated[
-        float, typer.Option("--max-body-mb", min=0.001, help="Larger request bodies get 400.")
-    ] = 64.0,
+        float | None,
+        typer.Option(
+            "--max-body-mb",
+            min=0.001,
+            help="Larger request bodies get 400 [default: what the model's largest valid input takes as "
+            "JSON, at least 1 MiB; 64 when a dynamic dim has no maximum].",
+        ),
+    ] = None,
     drain_timeout_s: Annotated[
         float,
-        typer.Option("--drain-timeout-s", min=0, help="On SIGTERM, wait this long for in-flight requests."),
+        typer.Option(
+            "--drain-timeout-s",
+            min=0,
+            help="On SIGTERM, wait this long for in-flight requests, then cut them.",
+        ),
     ] = 30.0,
+    header_timeout_s: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout-s", min=0.1, help="Close a connection that has not sent its headers by then."
+        ),
+    ] = 10.0,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option("--body-timeout-s", min=0.1, help="An infer body must arrive within this (else 408)."),
+    ] = 60.0,
+    max_connections: Annotated[
+        int,
+        typer.Option("--max-connections", min=1, help="Beyond this many open connections, requests get 503."),
+    ] = 1000,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json.")] = False,
     debug: DebugFlag = False,
 ) -> None:
     """Serve an artifacts folder over the Open Inference Protocol (KServe v2): health, metadata, infer,
@@ -71,6 +96,10 @@ def serve_command(
         max_batch_size,
         max_body_mb,
         drain_timeout_s,
+        header_timeout_s,
+        body_timeout_s,
+        max_connections,
+        docs,
         log=lambda message: err.print(message, highlight=False, markup=False, soft_wrap=True),
     )
     raise typer.Exit(guarded(debug, lambda: serve(options)))

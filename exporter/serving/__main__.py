@@ -25,8 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all usable CPUs)")
     parser.add_argument("--max-batch-delay-ms", type=float, default=2.0)
     parser.add_argument("--max-batch-size", type=int, help="1 turns dynamic batching off")
-    parser.add_argument("--max-body-mb", type=float, default=64.0)
+    parser.add_argument(
+        "--max-body-mb", type=float, help="default: what the model's largest valid input takes as JSON"
+    )
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--header-timeout-s", type=float, default=10.0)
+    parser.add_argument("--body-timeout-s", type=float, default=60.0)
+    parser.add_argument("--max-connections", type=int, default=1000)
+    parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
     args = parser.parse_args(argv)
     options = ServeOptions(
         args.folder,
@@ -38,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         args.max_batch_size,
         args.max_body_mb,
         args.drain_timeout_s,
+        args.header_timeout_s,
+        args.body_timeout_s,
+        args.max_connections,
+        args.docs,
     )
     try:
         return serve(options)

@@ -7,11 +7,14 @@ the golden check passed, whether a SIGTERM asked to drain, and how many requests
 
 from __future__ import annotations
 
-import json
+import asyncio
+import functools
 import secrets
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,9 +28,12 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from exporter._version import __version__
 from exporter.serving.batching import DynamicBatcher, ModelWorker
+from exporter.serving.json_chunks import INLINE_BYTES
+from exporter.serving.limits import BINARY_HEADER, BodyBudget, BodyTimeout, Busy, byte_count, request_body
 from exporter.serving.protocol import ModelSignature, RequestError, encode_response, parse_infer_request
 from exporter.serving.runtimes import ModelRunner
 
@@ -36,7 +42,11 @@ __all__ = ["SELF_CHECK_HEADER", "Metrics", "ServerState", "build_app"]
 SELF_CHECK_HEADER = "X-Exporter-Self-Check"
 """Marks the start-up golden requests, the only ones answered before the server is ready."""
 
-BINARY_HEADER = "Inference-Header-Content-Length"
+INLINE_OUTPUT_VALUES = 32 * 1024
+"""Responses with up to this many output values are encoded on the event loop (well under a millisecond);
+larger ones on the JSON threads, as large request bodies are parsed."""
+
+_T = TypeVar("_T")
 
 
 class Metrics:
@@ -95,6 +105,11 @@ class ServerState:
     max_body_bytes: int
     max_batch_size: int
     max_batch_delay_s: float
+    body_timeout_s: float = 60.0
+    docs: bool = False
+    """Serve /docs and /openapi.json (off by default: the schema tells a prober every route and field)."""
+    budget: BodyBudget | None = None
+    """Bytes of bodies read and parsed at once (default: two bodies at the limit, at least 32 MiB)."""
     runner: ModelRunner | None = None
     worker: ModelWorker | None = None
     batcher: DynamicBatcher | None = None
@@ -104,6 +119,24 @@ class ServerState:
     inflight: int = 0
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     metrics: Metrics | None = None
+    json_threads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="exporter-json")
+    )
+    """Where large bodies are parsed and large responses encoded: off the event loop, two at a time."""
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = BodyBudget(max(2 * self.max_body_bytes, 32 << 20))
+
+    async def off_loop(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)`` on a JSON thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.json_threads, functools.partial(function, *args))
+
+    def close(self) -> None:
+        self.json_threads.shutdown(wait=False, cancel_futures=True)
+        if self.worker is not None:
+            self.worker.close()
 
     @property
     def batching(self) -> bool:
@@ -123,18 +156,25 @@ class ServerState:
         return self.inflight == 0 and (self.batcher is None or self.batcher.pending == 0)
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, field: str | None = None, close: bool = False) -> JSONResponse:
+    """A JSON error; ``close`` ends the connection after it (the rest of the body may never come)."""
     body: dict[str, Any] = {"error": message}
     if field is not None:
         body["field"] = field
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers={"Connection": "close"} if close else None)
 
 
 def build_app(state: ServerState) -> FastAPI:
     """The FastAPI app over ``state``; the routes are the Open Inference Protocol's REST ones."""
     signature = state.signature
     metrics = state.metrics = state.metrics or Metrics(signature.name)
-    app = FastAPI(title=f"exporter: {signature.name}", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title=f"exporter: {signature.name}",
+        version=__version__,
+        docs_url="/docs" if state.docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if state.docs else None,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -216,13 +256,22 @@ def _counted(metrics: Metrics, response: Response) -> Response:
 
 async def _infer(state: ServerState, request: Request) -> Response:
     signature = state.signature
+    assert state.budget is not None and state.worker is not None
     try:
-        body = await _read_body(request, state.max_body_bytes)
         header_length = _header_length(request)
-        parsed = parse_infer_request(body, signature, header_length)
+        async with request_body(request, state.max_body_bytes, state.budget, state.body_timeout_s) as body:
+            if len(body) <= INLINE_BYTES:
+                parsed = parse_infer_request(body, signature, header_length)
+            else:
+                parsed = await state.off_loop(parse_infer_request, body, signature, header_length)
     except RequestError as error:
-        return _error(400, str(error), error.field)
-    assert state.worker is not None
+        return _error(400, str(error), error.field, close=error.field in ("body", "Content-Length"))
+    except BodyTimeout as error:
+        return _error(408, str(error), "body", close=True)
+    except Busy as error:
+        return _error(503, str(error), close=True)
+    except ClientDisconnect:  # gone mid-body (or cut by the drain timeout): nobody reads this answer
+        return _error(400, "the client disconnected before the body ended", "body", close=True)
     try:
         if state.batcher is not None:
             outputs = await state.batcher.submit(parsed.inputs)
@@ -237,7 +286,10 @@ async def _infer(state: ServerState, request: Request) -> Response:
     head = {"model_name": signature.name, "model_version": "1", "id": parsed.id}
     if parsed.id is None:
         del head["id"]
-    content, binary_header = encode_response(head, names, outputs, parsed)
+    if sum(int(o.size) for o in outputs) <= INLINE_OUTPUT_VALUES:
+        content, binary_header = encode_response(head, names, outputs, parsed)
+    else:
+        content, binary_header = await state.off_loop(encode_response, head, names, outputs, parsed)
     if binary_header is None:
         return Response(content, media_type="application/json")
     return Response(
@@ -247,26 +299,7 @@ async def _infer(state: ServerState, request: Request) -> Response:
 
 def _header_length(request: Request) -> int | None:
     text = request.headers.get(BINARY_HEADER)
-    if text is None:
-        return None
-    if not text.strip().isdigit():
-        raise RequestError(BINARY_HEADER, f"{json.dumps(text)[:30]} is not a byte count")
-    return int(text)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused once it passes ``limit`` bytes (the declared length is checked before reading)."""
-    declared = request.headers.get("content-length")
-    too_big = f"is over the server's limit of {limit} bytes (--max-body-mb); send smaller batches"
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError("body", too_big)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError("body", too_big)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return None if text is None else byte_count(BINARY_HEADER, text)
 
 
 def _one_line(error: BaseException) -> str:

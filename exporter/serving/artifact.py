@@ -5,6 +5,7 @@ Imports neither torch nor ONNX: a bundle for an ONNX artifact runs this module w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ __all__ = [
     "ServedArtifact",
     "check_integrity",
     "choose_artifact",
+    "copy_checked",
     "required_files",
     "shipped_artifacts",
 ]
@@ -182,6 +184,23 @@ def check_integrity(
     Raises:
         UsageError: a path outside the folder, a required file missing or unlisted, or any hash mismatch.
     """
+    return _check(folder, manifest, artifact, purpose, None)
+
+
+def copy_checked(folder: Path, manifest: Manifest, artifact: ServedArtifact, into: Path) -> int:
+    """``check_integrity``, except that every file the server reads is copied into ``into`` (same relative
+    paths) and the hash is taken of the bytes written there, as they are read: the server then loads the
+    copy, so a file swapped in ``folder`` after the check is never what runs. Returns the files checked.
+
+    Raises:
+        UsageError: as ``check_integrity``.
+    """
+    return _check(folder, manifest, artifact, "serve", into)
+
+
+def _check(
+    folder: Path, manifest: Manifest, artifact: ServedArtifact, purpose: str, into: Path | None
+) -> int:
     named_by = f"manifest.json of '{folder}'"
     required = required_files(manifest, artifact)
     checked = 0
@@ -197,7 +216,10 @@ def check_integrity(
                     "re-export or re-package the folder"
                 )
             continue
-        digest = sha256_file(path)
+        if into is not None and name in required:
+            digest = _copy_hashed(path, inside_folder(into, name, "the server's private copy"))
+        else:
+            digest = sha256_file(path)
         if digest != recorded.sha256:
             raise UsageError(
                 f"'{folder}/{name}' was modified after export (sha256 {digest[:12]}... != manifest "
@@ -206,3 +228,15 @@ def check_integrity(
             )
         checked += 1
     return checked
+
+
+def _copy_hashed(source: Path, destination: Path) -> str:
+    """Copy ``source`` to ``destination`` (owner-only), reading it once; the sha256 of what was written."""
+    digest = hashlib.sha256()
+    destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with source.open("rb") as reader, destination.open("xb") as writer:
+        destination.chmod(0o600)
+        for block in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(block)
+            writer.write(block)
+    return digest.hexdigest()

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporter.manifest import GoldenCaseEntry, Manifest
+from exporter.serving import json_chunks
+from exporter.serving.signature import DATATYPE_OF, InputRule, ModelSignature, OutputInfo, signature_of
 
 __all__ = [
     "DATATYPE_OF",
@@ -30,22 +30,6 @@ __all__ = [
     "signature_of",
 ]
 
-DATATYPE_OF = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-}
-"""numpy dtype name -> the protocol's datatype name."""
-
 
 class RequestError(Exception):
     """A request that does not fit the model's signature; ``field`` names the part that is wrong."""
@@ -54,128 +38,6 @@ class RequestError(Exception):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-@dataclass(frozen=True)
-class InputRule:
-    """One input as the manifest declares it: what a request must send for it."""
-
-    name: str
-    dtype: np.dtype
-    dims: tuple[int | str, ...]
-    allow_nonfinite: bool
-    value_range: tuple[int, int] | None
-    """``[low, high)`` of an integer input (token ids, class indices): the values it was verified with."""
-
-    @property
-    def datatype(self) -> str:
-        return DATATYPE_OF[self.dtype.name]
-
-    def metadata_shape(self) -> list[int]:
-        return [-1 if isinstance(d, str) else d for d in self.dims]
-
-
-@dataclass(frozen=True)
-class OutputInfo:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    """-1 for a dim that varies between the golden cases (a dynamic dim)."""
-
-    @property
-    def datatype(self) -> str:
-        return DATATYPE_OF.get(self.dtype.name, "BYTES")
-
-
-@dataclass(frozen=True)
-class ModelSignature:
-    name: str
-    inputs: tuple[InputRule, ...]
-    outputs: tuple[OutputInfo, ...]
-    dim_ranges: dict[str, tuple[int, int | None]]
-    batch_dim: str | None
-    """The dim label requests are batched along, when it is the first axis of every input and output."""
-
-    def input(self, name: str) -> InputRule | None:
-        return next((rule for rule in self.inputs if rule.name == name), None)
-
-    def metadata(self, platform: str) -> dict[str, Any]:
-        """``GET /v2/models/{name}``: inputs and outputs with datatype and shape, -1 for dynamic dims."""
-        return {
-            "name": self.name,
-            "versions": ["1"],
-            "platform": platform,
-            "inputs": [
-                {"name": r.name, "datatype": r.datatype, "shape": r.metadata_shape()} for r in self.inputs
-            ],
-            "outputs": [
-                {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in self.outputs
-            ],
-        }
-
-
-def signature_of(folder: Path, manifest: Manifest) -> ModelSignature:
-    """The signature from the manifest's input spec and the golden cases (outputs' dtypes and shapes).
-
-    An input may carry NaN/Inf only when a golden case fed it some: the model was not verified otherwise.
-    """
-    cases = [entry for entry in manifest.golden if isinstance(entry, GoldenCaseEntry)]
-    golden_inputs = [_load_npz(folder / case.inputs) for case in cases]
-    golden_outputs = [_load_npz(folder / case.outputs) for case in cases]
-    rules = []
-    for tensor in manifest.input_spec.inputs:
-        dtype = np.dtype(tensor.dtype)
-        nonfinite = dtype.kind == "f" and any(
-            not np.isfinite(arrays[tensor.name]).all() for arrays in golden_inputs if tensor.name in arrays
-        )
-        value_range = None
-        if tensor.range is not None and dtype.kind in "iu":
-            value_range = (int(tensor.range[0]), int(tensor.range[1]))
-        rules.append(InputRule(tensor.name, dtype, tuple(tensor.shape), nonfinite, value_range))
-    names = manifest.output_names or (cases[0].output_names if cases else [])
-    outputs = []
-    for name in names:
-        arrays = [arrays[name] for arrays in golden_outputs if name in arrays]
-        if not arrays:
-            outputs.append(OutputInfo(name, np.dtype("float32"), ()))
-            continue
-        ranks = {a.ndim for a in arrays}
-        shape = arrays[0].shape if len(ranks) == 1 else ()
-        dims = tuple(
-            -1 if len({a.shape[axis] for a in arrays}) > 1 else size for axis, size in enumerate(shape)
-        )
-        outputs.append(OutputInfo(name, arrays[0].dtype, dims))
-    ranges = {label: (d.min, d.max) for label, d in manifest.input_spec.dynamic_dims.items()}
-    batch = manifest.benchmark.batch_dim if manifest.benchmark else None
-    if batch is not None and not _batch_leads(batch, rules, cases, golden_outputs, names):
-        batch = None
-    return ModelSignature(manifest.name, tuple(rules), tuple(outputs), ranges, batch)
-
-
-def _batch_leads(
-    batch: str,
-    rules: Sequence[InputRule],
-    cases: Sequence[GoldenCaseEntry],
-    golden_outputs: Sequence[Mapping[str, np.ndarray]],
-    names: Sequence[str],
-) -> bool:
-    """True when ``batch`` is axis 0 of every input and, in every golden case, of every output."""
-    if not rules or any(not r.dims or r.dims[0] != batch for r in rules):
-        return False
-    for case, outputs in zip(cases, golden_outputs, strict=True):
-        size = case.sizes.get(batch)
-        if size is None:
-            return False
-        for name in names:
-            array = outputs.get(name)
-            if array is None or array.ndim == 0 or array.shape[0] != size:
-                return False
-    return True
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
 
 
 @dataclass(frozen=True)
@@ -223,7 +85,7 @@ def parse_infer_request(
         binary = _Binary(body[header_length:])
         body = body[:header_length]
     try:
-        document = json.loads(body)
+        document = json_chunks.loads(body)
     except (ValueError, RecursionError) as error:
         raise RequestError("body", f"is not JSON ({str(error).splitlines()[0][:80]})") from None
     if not isinstance(document, dict):
@@ -290,7 +152,7 @@ def _tensor(
         array = _binary_tensor(parameters["binary_data_size"], rule, expected, where, binary)
     else:
         data = entry.get("data")
-        if not isinstance(data, list):
+        if not isinstance(data, list | np.ndarray):  # a long flat list arrives parsed (json_chunks)
             raise RequestError(f"{where}.data", "must be a list of values (flat, row-major, or nested)")
         try:
             array = np.asarray(data)
@@ -396,7 +258,8 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when some outputs travel as raw bytes.
 
-    ``head`` holds ``model_name``, ``model_version`` and ``id``; JSON data is flat and row-major.
+    ``head`` holds ``model_name``, ``model_version`` and ``id``; JSON data is flat and row-major, with NaN
+    and +/-Inf written as ``null`` (JSON has no token for them; binary outputs keep them bit for bit).
     """
     encoded, chunks = [], []
     for name, array in zip(names, arrays, strict=True):
@@ -411,10 +274,15 @@ def encode_response(
             raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+            encoded.append(_compact(tensor))
         else:
-            tensor["data"] = array.reshape(-1).tolist()
-        encoded.append(tensor)
-    header = json.dumps({**head, "outputs": encoded}, separators=(",", ":")).encode()
+            encoded.append(f'{_compact(tensor)[:-1]},"data":{json_chunks.dumps_values(array)}}}')
+    opening = _compact({**head, "outputs": None}).removesuffix("null}")
+    header = f"{opening}[{','.join(encoded)}]}}".encode()
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
+
+
+def _compact(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False)

@@ -4,37 +4,40 @@ through the HTTP path, then answer; on SIGTERM, drain and exit 0.
 Order matters and is the contract: a folder that fails the integrity check is refused before the socket is
 bound (exit 2); ``/v2/health/live`` answers as soon as the socket listens; ``/v2/health/ready`` only once
 the golden outputs came back right through ``POST .../infer`` (exit 1 when they do not). On SIGTERM (or
-Ctrl-C) ``ready`` turns 503, new requests get 503, in-flight ones finish, and the process exits 0.
+Ctrl-C) ``ready`` turns 503, new requests get 503, in-flight ones finish within ``--drain-timeout-s`` (then
+they are cut), and the process exits 0; a second signal exits at once (128 + the signal: 143, 130).
+
+The files the server loads are copied to a private folder as they are hash-checked, and loaded from there:
+what runs is what was checked, whatever happens to the artifacts folder afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-import numpy as np
 import uvicorn
 
 from exporter.errors import UsageError
 from exporter.interrupts import frames_on_thread_stack
-from exporter.manifest import GoldenCaseEntry, Manifest, read_manifest
-from exporter.serving.app import SELF_CHECK_HEADER, ServerState, build_app
-from exporter.serving.artifact import ServedArtifact, check_integrity, choose_artifact, golden_cases
-from exporter.serving.protocol import DATATYPE_OF, ModelSignature, signature_of
+from exporter.manifest import Manifest, read_manifest
+from exporter.serving.app import ServerState, build_app
+from exporter.serving.artifact import ServedArtifact, choose_artifact, copy_checked
+from exporter.serving.golden import golden_check
+from exporter.serving.limits import guarded_protocol
 from exporter.serving.runtimes import open_runner
+from exporter.serving.signature import ModelSignature, default_body_limit, signature_of
 
 __all__ = ["GOLDEN_FAILED", "ServeOptions", "prepare", "serve"]
 
@@ -59,14 +62,23 @@ class ServeOptions:
     max_batch_delay_ms: float = 2.0
     max_batch_size: int | None = None
     """None: the batch dim's declared maximum (64 when it has none); 1 turns dynamic batching off."""
-    max_body_mb: float = 64.0
+    max_body_mb: float | None = None
+    """None: what the model's largest valid input takes as JSON (``default_body_limit``)."""
     drain_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 1000
+    """Open connections (stalled ones included) beyond which requests get 503 (uvicorn's limit)."""
+    docs: bool = False
     log: Callable[[str], None] = field(default=_stderr, compare=False)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """What is known before the socket is bound: the checked folder and the model's signature."""
+    """What is known before the socket is bound: the checked folder and the model's signature.
+
+    ``folder`` is the private copy of the files the server reads (``copy_checked``), not the one given.
+    """
 
     folder: Path
     manifest: Manifest
@@ -75,19 +87,20 @@ class Prepared:
     files_checked: int
     threads: int
     max_batch_size: int
+    max_body_bytes: int
 
 
-def prepare(options: ServeOptions) -> Prepared:
-    """Read the manifest, choose the artifact, check every file's hash, derive the signature.
+def prepare(options: ServeOptions, private: Path) -> Prepared:
+    """Read the manifest, choose the artifact, copy the files it reads into ``private`` while checking
+    every file's hash, derive the signature from the copy.
 
     Raises:
         UsageError: not an artifacts folder, a bad backend, or a folder that fails the integrity check.
     """
-    folder = options.folder
-    manifest = read_manifest(folder)
-    artifact = choose_artifact(folder, manifest, options.backend)
-    checked = check_integrity(folder, manifest, artifact)
-    signature = signature_of(folder, manifest)
+    manifest = read_manifest(options.folder)
+    artifact = choose_artifact(options.folder, manifest, options.backend)
+    checked = copy_checked(options.folder, manifest, artifact, private)
+    signature = signature_of(private, manifest)
     threads = options.threads or len(os.sched_getaffinity(0))
     batch_max = 1
     if signature.batch_dim is not None:
@@ -97,7 +110,11 @@ def prepare(options: ServeOptions) -> Prepared:
             batch_max = min(batch_max, declared)
     if options.max_batch_size is not None and options.max_batch_size < 1:
         raise UsageError("--max-batch-size must be at least 1 (1 turns dynamic batching off)")
-    return Prepared(folder, manifest, artifact, signature, checked, threads, batch_max)
+    if options.max_body_mb is not None:
+        max_body = int(options.max_body_mb * 1024 * 1024)
+    else:
+        max_body = default_body_limit(signature)
+    return Prepared(private, manifest, artifact, signature, checked, threads, batch_max, max_body)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -122,11 +139,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 class _DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM/SIGINT drains (ready turns 503, in-flight requests finish)
-    instead of closing at once, and the signal is not re-raised afterwards: a drained server exits 0."""
+    instead of closing at once, and the signal is not re-raised afterwards: a drained server exits 0.
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    A second signal stops the process at once: one line, exit 128 + the signal (143 for SIGTERM), the
+    private copy removed, nothing else waited for (uvicorn would cancel the requests and log tracebacks).
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, private: Path) -> None:
         super().__init__(config)
         self.state = state
+        self.private = private
+        self.signalled = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -136,10 +159,16 @@ class _DrainingServer(uvicorn.Server):
             yield
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.state.draining or not self.state.ready:
-            self.should_exit = True
-            if self.state.draining:
-                self.force_exit = True
+        if self.signalled:
+            name = signal.Signals(sig).name
+            line = f"exporter serve: second {name}: stopped at once, without draining\n"
+            with contextlib.suppress(OSError):
+                os.write(2, line.encode())  # not print: the main thread may be inside a print
+            shutil.rmtree(self.private, ignore_errors=True)
+            os._exit(128 + sig)
+        self.signalled = True
+        if not self.state.ready:
+            self.should_exit = True  # loading or checking: nothing to drain
             return
         self.state.draining = True
 
@@ -150,25 +179,26 @@ def serve(options: ServeOptions) -> int:
     Raises:
         UsageError: the folder, the backend or the address is refused (before anything listens).
     """
-    prepared = prepare(options)
+    private = Path(tempfile.mkdtemp(prefix="exporter-serve-"))
+    try:
+        return _serve(options, private)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _serve(options: ServeOptions, private: Path) -> int:
+    prepared = prepare(options, private)
     sock = bind(options.host, options.port)
     state = ServerState(
         prepared.signature,
-        max_body_bytes=int(options.max_body_mb * 1024 * 1024),
+        max_body_bytes=prepared.max_body_bytes,
         max_batch_size=prepared.max_batch_size,
         max_batch_delay_s=options.max_batch_delay_ms / 1000,
+        body_timeout_s=options.body_timeout_s,
+        docs=options.docs,
     )
     app = build_app(state)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
-        timeout_graceful_shutdown=max(1, int(options.drain_timeout_s)),
-    )
-    server = _DrainingServer(config, state)
+    server = _DrainingServer(_config(app, options), state, private)
     artifact = prepared.artifact
     host, port = sock.getsockname()[:2]
     batching = (
@@ -180,9 +210,10 @@ def serve(options: ServeOptions) -> int:
     options.log(
         f"exporter serve: {prepared.signature.name} with {artifact.backend} ({artifact.file}), "
         f"{prepared.files_checked} files match the manifest; {prepared.threads} threads; {batching}; "
+        f"bodies up to {prepared.max_body_bytes / (1 << 20):.3g} MiB; "
         f"listening on http://{_url_host(host)}:{port}"
     )
-    outcome: dict[str, int] = {"exit": 0}
+    outcome: dict[str, int] = {"exit": 0, "cut": 0}
 
     async def main() -> None:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -190,7 +221,7 @@ def serve(options: ServeOptions) -> int:
             asyncio.create_task(
                 _start(server, state, prepared, options, outcome=outcome, address=(host, port))
             ),
-            asyncio.create_task(_drain(server, state, options)),
+            asyncio.create_task(_drain(server, state, options, outcome)),
         ]
         await serving
         for task in helpers:
@@ -208,11 +239,41 @@ def serve(options: ServeOptions) -> int:
             asyncio.run(main())
     finally:
         sock.close()
-        if state.worker is not None:
-            state.worker.close()
-    if outcome["exit"] == 0:
+        state.close()
+    if outcome["exit"] == 0 and outcome["cut"]:
+        options.log(
+            f"exporter serve: stopped after the drain timeout ({options.drain_timeout_s:g} s), "
+            f"{outcome['cut']} request(s) cut; {_served(state)} requests answered"
+        )
+    elif outcome["exit"] == 0:
         options.log(f"exporter serve: drained and stopped ({_served(state)} requests answered)")
     return outcome["exit"]
+
+
+SHUTDOWN_GRACE_S = 1
+"""uvicorn's own graceful-shutdown wait, after the drain: only requests that are not inference ones (health,
+metadata) can still be running then, and they take milliseconds. ``--drain-timeout-s`` is the drain's
+budget, not also uvicorn's (it used to be both, so one stalled client held shutdown for twice the time)."""
+
+
+def _config(app: object, options: ServeOptions) -> uvicorn.Config:
+    """uvicorn with the header timeout, the connection limit and no access log."""
+    base: type[asyncio.Protocol]
+    if _has("httptools"):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http=guarded_protocol(base, options.header_timeout_s),
+        limit_concurrency=options.max_connections,
+        h11_max_incomplete_event_size=64 * 1024,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
 
 
 async def _start(
@@ -237,7 +298,16 @@ async def _start(
         state.attach(runner)
         loaded = time.perf_counter() - started
         state.status = "checking the golden outputs"
-        summary = await _golden_check(state, prepared, address)
+        host, port = address
+        url = f"http://{_url_host(_loopback(host))}:{port}/v2/models/{prepared.signature.name}/infer"
+        summary = await golden_check(
+            url,
+            state.token,
+            folder=prepared.folder,
+            manifest=prepared.manifest,
+            artifact=artifact,
+            signature=prepared.signature,
+        )
     except Exception as error:
         text = str(error).strip().splitlines()
         state.status = f"failed: {text[0] if text else type(error).__name__}"
@@ -252,135 +322,24 @@ async def _start(
     options.log(f"exporter serve: ready: loaded in {loaded:.2f} s; {summary}")
 
 
-async def _drain(server: uvicorn.Server, state: ServerState, options: ServeOptions) -> None:
-    """Once draining, stop the server when nothing is in flight (or when the drain timeout is up)."""
+async def _drain(
+    server: uvicorn.Server, state: ServerState, options: ServeOptions, outcome: dict[str, int]
+) -> None:
+    """Once draining, stop the server when nothing is in flight, or cut what is when the timeout is up."""
     while not state.draining:
         await asyncio.sleep(0.02)
     options.log(f"exporter serve: draining: {state.inflight} request(s) in flight; new ones get 503")
     deadline = time.monotonic() + options.drain_timeout_s
     while not state.idle and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+    if not state.idle:
+        outcome["cut"] = max(1, state.inflight)
+        server.force_exit = True  # uvicorn waits for no connection or task now
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.close()  # the request sees a disconnect and ends
     server.should_exit = True
-
-
-class GoldenMismatch(Exception):
-    """The served artifact's outputs on a golden case differ from the manifest's reference outputs."""
-
-
-async def _golden_check(state: ServerState, prepared: Prepared, address: tuple[str, int]) -> str:
-    """Every golden case through ``POST /v2/models/{name}/infer`` (the path clients take), compared with the
-    reference outputs: within the manifest's tolerance (float artifacts) or the parity budget's cosine
-    (lossy ones)."""
-    host, port = address
-    url = f"http://{_url_host(_loopback(host))}:{port}/v2/models/{prepared.signature.name}/infer"
-    worst = 0.0
-    cases = golden_cases(prepared.manifest)
-    for case in cases:
-        inputs = _npz(prepared.folder / case.inputs)
-        expected = _npz(prepared.folder / case.outputs)
-        body = {
-            "id": f"golden-{case.case}",
-            "inputs": [
-                {
-                    "name": rule.name,
-                    "shape": list(inputs[rule.name].shape),
-                    "datatype": rule.datatype,
-                    "data": inputs[rule.name].reshape(-1).tolist(),
-                }
-                for rule in prepared.signature.inputs
-            ],
-        }
-        reply = await asyncio.to_thread(_post, url, body, state.token)
-        worst = max(worst, _compare(case, reply, expected, prepared))
-    artifact = prepared.artifact
-    if artifact.budget is not None:
-        return (
-            f"{len(cases)} golden cases within the parity budget (cosine >= {artifact.budget.min_cosine:g})"
-        )
-    tolerance = prepared.manifest.tolerance
-    return (
-        f"{len(cases)} golden cases match through HTTP within atol={tolerance.atol:g} "
-        f"rtol={tolerance.rtol:g} (max abs diff {worst:.3g})"
-    )
-
-
-def _post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", SELF_CHECK_HEADER: token},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            reply: dict[str, Any] = json.loads(response.read())
-            return reply
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")[:300]
-        raise GoldenMismatch(f"golden request {body['id']} got HTTP {error.code}: {detail}") from None
-
-
-def _compare(
-    case: GoldenCaseEntry, reply: dict[str, Any], expected: dict[str, np.ndarray], prepared: Prepared
-) -> float:
-    """The largest absolute difference on this case; raises ``GoldenMismatch`` outside tolerance or budget."""
-    got = {o["name"]: o for o in reply.get("outputs", [])}
-    worst = 0.0
-    tolerance = prepared.manifest.tolerance
-    budget = prepared.artifact.budget
-    for name in case.output_names:
-        reference = expected[name]
-        if name not in got:
-            raise GoldenMismatch(f"golden case {case.case}: the response has no output '{name}'")
-        output = got[name]
-        dtype = next((np.dtype(k) for k, v in DATATYPE_OF.items() if v == output["datatype"]), None)
-        actual = np.asarray(output["data"], dtype=dtype).reshape(output["shape"])
-        where = f"golden case {case.case}, output '{name}'"
-        if actual.shape != reference.shape:
-            raise GoldenMismatch(f"{where}: shape {list(actual.shape)} != reference {list(reference.shape)}")
-        if reference.dtype.kind != "f":
-            if budget is None and not np.array_equal(actual, reference):
-                raise GoldenMismatch(f"{where}: values differ from the reference")
-            continue
-        a, r = actual.astype(np.float64), reference.astype(np.float64)
-        if not np.array_equal(np.isnan(a), np.isnan(r)) or not np.array_equal(
-            np.isinf(a) * np.sign(a), np.isinf(r) * np.sign(r)
-        ):
-            raise GoldenMismatch(f"{where}: NaN/Inf differ from the reference")
-        finite = np.isfinite(r)
-        if not finite.any():
-            continue
-        diff = np.abs(a[finite] - r[finite])
-        worst = max(worst, float(diff.max()))
-        if budget is not None:
-            cosine = _min_cosine(np.where(finite, a, 0), np.where(finite, r, 0))
-            if cosine < budget.min_cosine:
-                raise GoldenMismatch(
-                    f"{where}: cosine {cosine:.4f} < the parity budget's {budget.min_cosine:g}"
-                )
-            continue
-        allowed = tolerance.atol + tolerance.rtol * np.abs(r[finite])
-        if (diff > allowed).any():
-            raise GoldenMismatch(
-                f"{where}: max abs diff {float(diff.max()):.3g} is outside atol={tolerance.atol:g} "
-                f"rtol={tolerance.rtol:g}"
-            )
-    return worst
-
-
-def _min_cosine(actual: np.ndarray, reference: np.ndarray) -> float:
-    """Cosine similarity per sample (row of the leading axis), the smallest one."""
-    rows_a = actual.reshape(actual.shape[0], -1) if actual.ndim > 1 else actual.reshape(1, -1)
-    rows_r = reference.reshape(rows_a.shape)
-    dots = (rows_a * rows_r).sum(axis=1)
-    norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_r, axis=1)
-    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), 1.0)
-    return float(cosines.min())
-
-
-def _npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
 
 
 def _loopback(host: str) -> str:
