@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exporter._recipe_refs import RecipeReference
 from exporter.errors import UsageError
 
 __all__ = ["resolve_callable"]
@@ -18,12 +19,18 @@ __all__ = ["resolve_callable"]
 def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]:
     """Import the object ``ref`` names; the current directory is importable, as users expect.
 
+    A ``RecipeReference`` (a recipe's callable) is checked against its recipe's rule before the import and
+    again on the object found, so nothing outside the rule is imported or returned.
+
     Raises:
         UsageError: the reference is malformed, its module does not import, or it names nothing callable.
+        RecipeError: a recipe's reference breaks the recipe rule.
     """
     module_part, sep, attr_path = ref.rpartition(":")
     if not sep or not module_part or not attr_path:
         raise UsageError(f"{option} '{ref}' must be package.module:callable or path/to/file.py:callable")
+    if isinstance(ref, RecipeReference):
+        ref.check_before_import()
     try:
         module = _import(module_part)
     except FileNotFoundError:
@@ -39,6 +46,8 @@ def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]
         target = getattr(target, name)
     if not callable(target):
         raise UsageError(f"{option} '{ref}': '{attr_path}' is not callable")
+    if isinstance(ref, RecipeReference):
+        ref.check_found(target)
     return target
 
 

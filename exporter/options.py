@@ -109,12 +109,15 @@ def build_export_options(
     quantization_flags: Mapping[str, Any] | None = None,
     optimization_flags: Mapping[str, Any] | None = None,
     input_texts: Sequence[str] = (),
+    *,
+    allow_packages: Sequence[str] = (),
 ) -> ExportOptions:
     """The recipe's settings, with every flag that is not ``None`` over them.
 
     ``flags`` are keyed like ``ExportOptions`` fields; ``quantization_flags`` and ``optimization_flags``
     like ``QuantizeOptions`` and ``OptimizeOptions`` fields. ``input_texts`` are ``NAME:DTYPE:DIMS`` specs
-    that replace the recipe's input of that name (or add one).
+    that replace the recipe's input of that name (or add one). ``allow_packages`` (``--allow-package``)
+    are the packages whose callables the recipe may name, beyond its own project and ``exporter.zoo``.
 
     Raises:
         RecipeError: the recipe file is missing or invalid.
@@ -122,7 +125,7 @@ def build_export_options(
         LoadError: the checkpoint does not exist (checked before the inputs, which it makes moot).
         InputSpecError: an input spec that does not parse.
     """
-    loaded = load_recipe(recipe) if isinstance(recipe, Path) else recipe
+    loaded = load_recipe(recipe, allow_packages) if isinstance(recipe, Path) else recipe
     settings: dict[str, Any] = dict(loaded.settings) if loaded is not None else {}
     spec = InputSpec(loaded.inputs, loaded.dims) if loaded is not None and loaded.inputs else None
     stages = {"quantization": quantization_flags or {}, "optimization": optimization_flags or {}}

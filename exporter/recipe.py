@@ -4,6 +4,9 @@ Validated on load (unknown keys, wrong types and bad choices are errors naming t
 silently falls back to a default. CLI flags override what a recipe says. Numbers must be finite (TOML allows
 ``nan`` and ``inf``, which would pass every ``>=`` check or none), and ``name`` becomes a folder under
 ``--out``, so it must be one plain path component: ``../x`` or ``/abs`` would escape the output folder.
+Callable references (``factory``, ``calibration``, ``eval_data``, ``metric``, ``qat_train``) name code that
+exporter runs, so they follow one rule (``exporter._recipe_refs``): code in the recipe's own project,
+``exporter.zoo``, or a package the user allows with ``--allow-package``.
 
 Example (``recipes/digits_cnn.toml``)::
 
@@ -32,12 +35,13 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from exporter._recipe_refs import ReferenceRule
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
@@ -189,11 +193,13 @@ class Recipe:
     not_applicable: Mapping[str, str] = field(default_factory=dict)
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read and validate ``path``.
+def load_recipe(path: Path, allow_packages: Sequence[str] = ()) -> Recipe:
+    """Read and validate ``path``; its callable references must follow ``ReferenceRule`` (code in the
+    recipe's project, ``exporter.zoo``, or one of ``allow_packages``).
 
     Raises:
-        RecipeError: missing file, invalid TOML, unknown key, wrong type; the message names the key.
+        RecipeError: missing file, invalid TOML, unknown key, wrong type, a reference the rule refuses; the
+            message names the key.
     """
     where = f"recipe '{path}'"
     try:
@@ -214,6 +220,7 @@ def load_recipe(path: Path) -> Recipe:
             f"(this exporter reads {RECIPE_SCHEMA_VERSION})"
         )
     base = path.resolve().parent
+    rule = ReferenceRule.for_recipe(path, allow_packages)
     model, inputs = data.get("model", {}), data.get("inputs", {})
     export, verify, bench = data.get("export", {}), data.get("verify", {}), data.get("benchmark", {})
     settings: dict[str, Any] = {}
@@ -222,7 +229,7 @@ def load_recipe(path: Path) -> Recipe:
     if "checkpoint" in model:
         settings["checkpoint"] = Path(_join(base, model["checkpoint"]))
     if "factory" in model:
-        settings["model_ref"] = _relative_ref(model["factory"], base)
+        settings["model_ref"] = _relative_ref(model["factory"], base, rule, "[model].factory")
     if "kwargs" in model:
         settings["model_kwargs"] = dict(model["kwargs"])
     if "trust_checkpoint" in model:
@@ -244,7 +251,7 @@ def load_recipe(path: Path) -> Recipe:
     settings.update({renames[k]: v for k, v in export.items() if k != "not_applicable"})
     settings.update(verify)
     settings.update({("benchmark" if k == "enabled" else k): v for k, v in bench.items()})
-    settings.update(_stage_tables(data, base))
+    settings.update(_stage_tables(data, base, rule))
     try:
         specs = tuple(parse_tensor_spec(s) for s in inputs.get("specs", []))
     except InputSpecError as error:
@@ -253,16 +260,16 @@ def load_recipe(path: Path) -> Recipe:
     return Recipe(path, specs, dims, settings, data.get("description", ""), not_applicable)
 
 
-def _stage_tables(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+def _stage_tables(data: Mapping[str, Any], base: Path, rule: ReferenceRule) -> dict[str, Any]:
     """``[quantize]`` (paths relative to the recipe) and ``[optimize]`` as nested settings."""
     settings: dict[str, Any] = {}
     quantize = dict(data.get("quantize", {}))
     for key in ("calibration", "eval_data"):
         if key in quantize:
-            quantize[key] = _relative_source(quantize[key], base)
+            quantize[key] = _relative_source(quantize[key], base, rule, f"[quantize].{key}")
     for key in ("qat_train", "metric"):
         if key in quantize:
-            quantize[key] = _relative_ref(quantize[key], base)
+            quantize[key] = _relative_ref(quantize[key], base, rule, f"[quantize].{key}")
     if quantize:
         settings["quantization"] = quantize
     if data.get("optimize"):
@@ -310,11 +317,14 @@ def _parse_dim(label: str, value: Any, where: str) -> DynamicDim:
     return DynamicDim(label, value.get("min", 1), value.get("max"))
 
 
-def _relative_source(source: str, base: Path) -> str:
-    """A data path relative to the recipe, or a callable reference."""
-    module, sep, _ = source.rpartition(":")
-    if sep and not _exists(base / source) and (module.endswith(".py") or "/" not in module):
-        return _relative_ref(source, base)
+def _relative_source(source: str, base: Path, rule: ReferenceRule, key: str) -> str:
+    """A data path relative to the recipe, or a callable reference (checked by ``rule``).
+
+    Anything with a ``:`` that is not an existing file or folder is a reference: the calibration loader
+    reads such text as one, so it must not slip past the rule as a "path".
+    """
+    if ":" in source and not _exists(base / source):
+        return _relative_ref(source, base, rule, key)
     return _join(base, source)
 
 
@@ -331,9 +341,9 @@ def _join(base: Path, relative: str) -> str:
     return os.path.normpath(base / relative)
 
 
-def _relative_ref(ref: str, base: Path) -> str:
-    """``file.py:callable`` references are relative to the recipe; module references stay as written."""
+def _relative_ref(ref: str, base: Path, rule: ReferenceRule, key: str) -> str:
+    """``file.py:callable`` references are relative to the recipe; module references stay as written.
+    Either must pass ``rule``."""
     module, _, attr = ref.rpartition(":")
-    if module.endswith(".py") and not Path(module).is_absolute():
-        return f"{_join(base, module)}:{attr}"
-    return ref
+    joined = f"{_join(base, module)}:{attr}" if module.endswith(".py") else ref
+    return rule.check(key, joined, ref)

@@ -53,6 +53,8 @@ class RunRequest:
     benchmark: bool = True
     baseline_dir: Path | None = None
     max_latency_regression: float | None = None
+    allow_packages: tuple[str, ...] = ()
+    """``--allow-package``: packages whose callables the recipes may name."""
 
 
 def find_recipes(paths: Sequence[Path]) -> list[Path]:
@@ -101,7 +103,7 @@ class RunInterrupted(Interrupted):
         self.results = results
 
 
-def check_recipe_names(recipes: Sequence[Path]) -> dict[Path, str]:
+def check_recipe_names(recipes: Sequence[Path], allow_packages: Sequence[str] = ()) -> dict[Path, str]:
     """Each recipe's output folder name; two recipes with one name would overwrite each other's folder.
 
     Raises:
@@ -112,7 +114,7 @@ def check_recipe_names(recipes: Sequence[Path]) -> dict[Path, str]:
     names: dict[Path, str] = {}
     for path in recipes:
         try:
-            names[path] = str(load_recipe(path).settings.get("name", path.stem))
+            names[path] = str(load_recipe(path, allow_packages).settings.get("name", path.stem))
         except ExporterError:  # reported by its own worker, beside the recipes that do run
             names[path] = path.stem
     seen: dict[str, Path] = {}
@@ -161,7 +163,7 @@ def run_recipes(
         RunInterrupted: SIGINT or SIGTERM arrived; it was forwarded to the workers, and they were waited
             for, so none writes after this returns.
     """
-    names = check_recipe_names(request.recipes)
+    names = check_recipe_names(request.recipes, request.allow_packages)
     cpus = len(os.sched_getaffinity(0)) or 1
     threads = request.threads or max(1, cpus // max(1, request.jobs))
     context = multiprocessing.get_context("spawn")
@@ -186,6 +188,7 @@ def run_recipes(
                         benchmark=request.benchmark,
                         baseline_dir=request.baseline_dir,
                         max_latency_regression=request.max_latency_regression,
+                        allow_packages=request.allow_packages,
                     )
                     running[future] = (path, pool)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -267,6 +270,7 @@ def run_recipe(
     benchmark: bool = True,
     baseline_dir: Path | None = None,
     max_latency_regression: float | None = None,
+    allow_packages: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Export one recipe into ``out/<name>`` and gate the folder; never raises (errors become results)."""
     from exporter.gate import LatencyBudget, VerifyRequest, verify_artifacts
@@ -278,7 +282,7 @@ def run_recipe(
     name = path.stem
     _Worker.busy = True
     try:
-        recipe = load_recipe(path)
+        recipe = load_recipe(path, allow_packages)
         name = str(recipe.settings.get("name", path.stem))
         overrides = {
             "out": _output_folder(out, name),

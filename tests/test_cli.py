@@ -140,7 +140,7 @@ schema_version = 1
 name = "from_recipe"
 [model]
 checkpoint = "{checkpoint.name}"
-factory = "{MODELS["attention"].ref}"
+factory = "tests.models:{MODELS["attention"].factory}"
 [inputs]
 specs = ["tokens:float32:batch=2,seq=7,32"]
 dims.seq = {{ min = 2, max = 9 }}
@@ -151,7 +151,18 @@ enabled = false
 """
     )
     out = tmp_path / "o"
-    result = runner.invoke(app, ["export", "--recipe", str(recipe), "--atol", "1e-3", "--out", str(out)])
+    args = [
+        "export",
+        "--recipe",
+        str(recipe),
+        "--allow-package",
+        "tests",
+        "--atol",
+        "1e-3",
+        "--out",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["name"] == "from_recipe"

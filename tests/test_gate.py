@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.loading import sha256_file
 from tests.conftest import export_tiny_mlp
-from tests.models import MODELS
+from tests.models import MODELS, MODELS_FILE
 
 runner = CliRunner()
 
@@ -169,9 +169,10 @@ def _recipe(folder: Path, name: str, model: str, extra: str = "") -> Path:
     torch.save(MODELS[model].build().state_dict(), checkpoint)
     specs = ", ".join(f'"{s}"' for s in MODELS[model].inputs)
     path = folder / f"{name}.toml"
+    (folder / "models.py").write_bytes(MODELS_FILE.read_bytes())  # a recipe names code in its own project
     path.write_text(
         f'schema_version = 1\nname = "{name}"\n\n[model]\ncheckpoint = "{checkpoint.name}"\n'
-        f'factory = "{MODELS[model].ref}"\n\n[inputs]\nspecs = [{specs}]\n\n{extra}'
+        f'factory = "models.py:{MODELS[model].factory}"\n\n[inputs]\nspecs = [{specs}]\n\n{extra}'
     )
     return path
 

@@ -428,7 +428,7 @@ def test_recipe_quantize_section_resolves_paths(tmp_path: Path) -> None:
         '[quantize]\nmode = "static"\ncalibration = "cal.npz"\nmetric = "data.py:accuracy"\n'
         'eval_data = "pkg.mod:pairs"\nmin_top1 = 0.98\n'
     )
-    settings = load_recipe(recipe).settings["quantization"]
+    settings = load_recipe(recipe, ["pkg"]).settings["quantization"]
     assert settings["calibration"] == str(tmp_path / "cal.npz")
     assert settings["metric"] == f"{tmp_path / 'data.py'}:accuracy"
     assert settings["eval_data"] == "pkg.mod:pairs"

@@ -65,6 +65,7 @@ def load_error(tmp_path: Path, text: str) -> str:
 
 
 def test_full_recipe_settings(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").touch()  # recipes/ and src/ are one project, so ../src may be named
     path = write(tmp_path, FULL_RECIPE, name="recipes/digits.toml")
     recipe = load_recipe(path)
     folder = path.resolve().parent
@@ -92,7 +93,8 @@ def test_full_recipe_settings(tmp_path: Path) -> None:
 
 
 def test_full_recipe_inputs_and_dims(tmp_path: Path) -> None:
-    recipe = load_recipe(write(tmp_path, FULL_RECIPE))
+    write(tmp_path / "project", "", name="pyproject.toml")
+    recipe = load_recipe(write(tmp_path / "project" / "recipes", FULL_RECIPE))
     assert [t.name for t in recipe.inputs] == ["image", "ids"]
     assert recipe.inputs[0].dims == (DimSpec(1, "batch"), DimSpec(1), DimSpec(8), DimSpec(8))
     assert (recipe.inputs[1].low, recipe.inputs[1].high) == (0, 100)
@@ -137,10 +139,11 @@ def test_file_factory_is_relative_to_the_recipe(tmp_path: Path) -> None:
 
 def test_module_factory_stays_as_written(tmp_path: Path) -> None:
     path = write(tmp_path, '[model]\nfactory = "pkg.models:build_model"\n', name="sub/recipe.toml")
-    assert load_recipe(path).settings["model_ref"] == "pkg.models:build_model"
+    assert load_recipe(path, ["pkg"]).settings["model_ref"] == "pkg.models:build_model"
 
 
 def test_absolute_factory_path_stays_as_written(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").touch()  # net.py is in the recipe's project
     ref = f"{(tmp_path / 'net.py').as_posix()}:build"
     path = write(tmp_path, f'[model]\nfactory = "{ref}"\n', name="sub/recipe.toml")
     assert load_recipe(path).settings["model_ref"] == ref
@@ -343,7 +346,7 @@ def test_deeply_nested_toml_is_a_recipe_error(tmp_path: Path) -> None:
 def test_overlong_calibration_reference_is_not_an_os_error(tmp_path: Path) -> None:
     """``Path.exists()`` raised OSError (name too long) out of load_recipe."""
     ref = "x" * 5000 + ":load"
-    recipe = load_recipe(write(tmp_path, f'[quantize]\ncalibration = "{ref}"\n'))
+    recipe = load_recipe(write(tmp_path, f'[quantize]\ncalibration = "{ref}"\n'), ["x" * 5000])
     assert recipe.settings["quantization"]["calibration"] == ref
 
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.errors import ExitCode
 from exporter.runs import RunRequest, merge_exit_codes, run_recipe, run_recipes
-from tests.models import MODELS
+from tests.models import MODELS, MODELS_FILE
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +38,14 @@ def _recipe(folder: Path, name: str, model: str, extra: str = "", *, file: str |
     checkpoint = folder / f"{file or name}.pt"
     torch.save(MODELS[model].build().state_dict(), checkpoint)
     specs = ", ".join(f'"{s}"' for s in MODELS[model].inputs)
+    # A recipe may name code only in its own project: the models travel with it.
+    (folder / "models.py").write_bytes(MODELS_FILE.read_bytes())
     return _write_recipe(
         folder,
         file or name,
         name=name,
         checkpoint=checkpoint,
-        factory=MODELS[model].ref,
+        factory=f"models.py:{MODELS[model].factory}",
         specs=specs,
         extra=extra,
     )

@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from exporter.cli.shared import DebugFlag, RichProgress, guarded, json_object, out, rich_table
+from exporter.cli.shared import (
+    AllowPackages,
+    DebugFlag,
+    RichProgress,
+    guarded,
+    json_object,
+    out,
+    rich_table,
+)
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
@@ -66,6 +74,7 @@ def export_command(
         ),
     ] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML; flags override it.")] = None,
+    allow_packages: AllowPackages = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Artifacts folder [default: artifacts/<name>].")
     ] = None,
@@ -205,7 +214,12 @@ def export_command(
     def action() -> ExportResult:
         parsed = {**flags, "model_kwargs": json_object(model_kwargs)}
         options = build_export_options(
-            recipe, parsed, quantization_flags, _optimization_flags(optimize), inputs or []
+            recipe,
+            parsed,
+            quantization_flags,
+            _optimization_flags(optimize),
+            inputs or [],
+            allow_packages=allow_packages or (),
         )
         return _run(options)
 

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from exporter.cli.shared import DebugFlag, JsonOut, JunitOut, err, guarded, out, rich_table, write_json
+from exporter.cli.shared import (
+    AllowPackages,
+    DebugFlag,
+    JsonOut,
+    JunitOut,
+    err,
+    guarded,
+    out,
+    rich_table,
+    write_json,
+)
 from exporter.errors import UsageError
 from exporter.report import Table as RowTable
 
@@ -35,6 +45,7 @@ def run_command(
     max_latency_regression: Annotated[
         str | None, typer.Option("--max-latency-regression", help="Allowed p50 slowdown vs --baseline.")
     ] = None,
+    allow_packages: AllowPackages = None,
     junit: JunitOut = None,
     json_out: JsonOut = None,
     debug: DebugFlag = False,
@@ -63,7 +74,14 @@ def run_command(
             raise UsageError("--max-latency-regression needs --baseline DIR to compare with")
         budget = parse_percent(max_latency_regression or "10%") if baseline_dir else None
         request = RunRequest(
-            tuple(find_recipes(paths)), out_root, jobs, threads, benchmark, baseline_dir, budget
+            tuple(find_recipes(paths)),
+            out_root,
+            jobs,
+            threads,
+            benchmark,
+            baseline_dir,
+            budget,
+            tuple(allow_packages or ()),
         )
         if not quiet_json:
             out.print(

@@ -121,6 +121,15 @@ def write_json(target: Path | None, payload: Any) -> None:
         target.write_text(text)
 
 
+AllowPackages = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-package",
+        help="A package whose package.module:callable a recipe may name (repeatable); a recipe may always "
+        "name file.py:callable in its own project and exporter.zoo, never the standard library.",
+    ),
+]
+"""``--allow-package NAME``, the same on ``export`` and ``run``."""
 DebugFlag = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 """``--debug``, the same on every command."""
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write results as JSON (- for stdout).")]
