@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+from exporter._safe_paths import read_inside
 from exporter.errors import UsageError, first_line
 
 __all__ = ["MANIFEST_SCHEMA_VERSION", "read_document", "sha256_file"]
@@ -24,6 +25,8 @@ def read_document(
 
     ``use`` is what the caller does with it (verify, render), for the message on another schema version;
     ``kind`` what it should be (``report``), for the message on a foreign document (default: ``name``'s stem).
+    The file is read by :func:`exporter._safe_paths.read_inside`: a regular file inside the folder, not a
+    link, a FIFO or a device, and size-capped before it is parsed.
 
     Raises:
         UsageError: not an artifacts folder, no such file, not a JSON object, or another schema version.
@@ -31,13 +34,13 @@ def read_document(
     if not folder.is_dir():
         raise UsageError(f"'{folder}' is not a folder; pass an artifacts folder written by exporter export")
     path = folder / name
+    named = f"{name} of '{folder}'"
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(read_inside(folder, name, named))
     except FileNotFoundError:
         raise UsageError(f"'{folder}' has no {name}; is it an artifacts folder of exporter export?") from None
     except (OSError, ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, bad UTF-8
         raise UsageError(f"'{path}' cannot be read as JSON: {first_line(error)}") from None
-    named = f"{name} of '{folder}'"
     damaged = f"not a {kind or name.removesuffix('.json')} written by this exporter, or damaged"
     if not isinstance(document, dict):
         raise UsageError(f"{named} is not a JSON object ({damaged})")

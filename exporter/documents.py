@@ -36,8 +36,9 @@ __all__ = [
     "nonfinite_gate_failed",
 ]
 
-# Rendered from report.json (``exporter report`` re-renders them), so not hashed: report.json is.
-RENDERED = ("manifest.json", "report.md", "report.html")
+# Not hashed: the manifest cannot hold its own hash. The rendered reports are hashed like every other file
+# (``exporter report`` re-renders them and updates their entries).
+RENDERED = ("manifest.json",)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pydantic import (
     Discriminator,
     Field,
     PlainValidator,
+    StringConstraints,
     Tag,
     ValidationError,
     WithJsonSchema,
@@ -28,6 +29,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from exporter._documents import MANIFEST_SCHEMA_VERSION, read_document
+from exporter._safe_paths import SAFE_NAME_PATTERN
 from exporter.errors import UsageError
 
 __all__ = [
@@ -245,7 +247,8 @@ class Manifest(Typed):
     """What an artifacts folder holds, how it was made, and what ``exporter verify`` re-checks."""
 
     schema_version: Literal[1]
-    name: str
+    name: Annotated[str, StringConstraints(pattern=SAFE_NAME_PATTERN)]
+    """Names the served model, the bundle and log lines: one safe path component, no newline."""
     created_utc: str
     tool: ToolEntry
     versions: dict[str, str | None]
@@ -308,6 +311,7 @@ _KINDS = {
     "number_type": "a number",
     "bool_type": "true or false",
     "dim_type": "a dim label or a size",
+    "string_pattern_mismatch": "a safe name (ASCII letters, digits, '.', '_' or '-')",
 }
 
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 from string import Template
 from typing import Any
 
@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import exporter
+from exporter._safe_paths import inside_folder, read_inside
 from exporter._version import __version__
 from exporter.artifacts import check_output_dir, output_lock, staging_dir
 from exporter.errors import UsageError
@@ -150,15 +151,37 @@ def package_bundle(folder: Path, out: Path, backend: str | None = None, force: b
 
 
 def _copy_artifacts(folder: Path, manifest: Manifest, artifact: ServedArtifact, target: Path) -> None:
-    """manifest.json byte for byte, the served artifact and golden cases, and the reports when present."""
-    names = ["manifest.json", *required_files(manifest, artifact), "report.json", "report.md"]
-    for name in dict.fromkeys(names):
-        source = folder / name
-        if not source.is_file():
+    """The manifest (without the export machine's paths), then the served artifact and golden cases the
+    manifest lists with a sha256: regular files inside the folder, never a link. The copy is re-checked
+    against the manifest after. The reports stay behind: they record the export machine's paths and
+    commands, and the server does not read them."""
+    named_by = f"manifest.json of '{folder}'"
+    target.mkdir(parents=True, exist_ok=True)
+    manifest_bytes = read_inside(folder, "manifest.json", named_by)
+    (target / "manifest.json").write_bytes(_without_local_paths(manifest_bytes))
+    for name in dict.fromkeys(required_files(manifest, artifact)):
+        source = inside_folder(folder, name, named_by)
+        if name not in manifest.files or not source.is_file():
             continue
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
+        shutil.copyfile(source, destination, follow_symlinks=False)
+
+
+def _without_local_paths(manifest: bytes) -> bytes:
+    """The manifest with its checkpoint and ``--model`` file reduced to file names: a bundle (and the image
+    built from it) should not tell where the exporting machine kept them. Nothing the server or the
+    integrity check reads changes."""
+    document = json.loads(manifest)
+    source = document.get("source")
+    if isinstance(source, dict):
+        if isinstance(source.get("checkpoint"), str):
+            source["checkpoint"] = PurePath(source["checkpoint"]).name
+        model = source.get("model")
+        if isinstance(model, str) and ".py:" in model:
+            file, _, factory = model.rpartition(":")
+            source["model"] = f"{PurePath(file).name}:{factory}"
+    return (json.dumps(document, indent=2) + "\n").encode()
 
 
 # --- the server's source ------------------------------------------------------------------------------
@@ -485,8 +508,8 @@ Protocol) HTTP API on port $port, with Prometheus metrics at `/metrics`.
 
 ## What is in it
 
-- `artifacts/`: `manifest.json` (unchanged), the artifact, golden cases and reports. The server checks
-  each file's sha256 against the manifest before it listens.
+- `artifacts/`: `manifest.json` (its checkpoint and `--model` paths cut to file names), the artifact
+  and golden cases. The server checks each file's sha256 against the manifest before it listens.
 - `exporter/`: the server's source, $modules files of exporter (no torch unless the backend needs it).
 - `requirements.txt`: exact pins of the server and the $runtime runtime, with their dependencies.
 - `Dockerfile`, `.dockerignore`: the image; non-root user, health check on `/v2/health/ready`.

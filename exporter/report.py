@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exporter._safe_paths import replace_inside
 from exporter.backends import backends
 
 __all__ = [
@@ -396,7 +397,7 @@ def render_reports(folder: Path, report: dict[str, Any]) -> list[Path]:
     """Write ``report.md`` and the self-contained ``report.html`` beside ``report.json``."""
     from exporter.html_report import render_html
 
-    markdown, html = folder / "report.md", folder / "report.html"
-    markdown.write_text(render_markdown(report))
-    html.write_text(render_html(report))
+    named_by = f"the reports of '{folder}'"
+    markdown = replace_inside(folder, "report.md", render_markdown(report).encode(), named_by)
+    html = replace_inside(folder, "report.html", render_html(report).encode(), named_by)
     return [markdown, html]

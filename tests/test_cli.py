@@ -285,7 +285,7 @@ def test_unknown_target_exits_2(tmp_path: Path, state_dict_checkpoint: Callable[
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--name", "../../escape"], "not a safe folder name"),
+        (["--name", "../../escape"], "is not a safe name"),
         (["--seed", "-1"], "--seed"),
         (["--threads", "99999999999"], "--threads"),
     ],

@@ -17,12 +17,9 @@ def report_command(
     folder: Annotated[Path, typer.Argument(help="An artifacts folder with a report.json.")],
     debug: DebugFlag = False,
 ) -> None:
-    """Re-render report.md and the self-contained report.html from FOLDER/report.json."""
-    from exporter.report import render_reports
-    from exporter.report_model import read_report
+    """Re-render report.md and the self-contained report.html from FOLDER/report.json (and update their
+    sha256 in FOLDER/manifest.json)."""
+    from exporter._report_files import rerender_reports
 
-    def action() -> list[Path]:
-        return render_reports(folder, read_report(folder).model_dump(exclude_unset=True))
-
-    for written in guarded(debug, action):
+    for written in guarded(debug, lambda: rerender_reports(folder)):
         out.print(Text(f"wrote {written}"))
