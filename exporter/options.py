@@ -10,6 +10,7 @@ the same name.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -84,15 +85,19 @@ class ExportOptions:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        if self.out is None and not is_safe_name(self.model_name):
+        if not is_safe_name(self.model_name):
+            shown = repr(self.model_name)[1:-1][:60]
             raise UsageError(
-                f"model name '{self.model_name}' (--name, or the checkpoint's file name) is not a safe "
-                "folder name for artifacts/<name>: use ASCII letters, digits, '.', '_' or '-', or pass --out"
+                f"model name '{shown}' is not a safe name (it names artifacts/<name>, the served model and "
+                "log lines): use ASCII letters, digits, '.', '_' or '-' in --name"
             )
 
     @property
     def model_name(self) -> str:
-        return self.name or self.checkpoint.stem
+        """``--name``, else the checkpoint's file name with anything but ``[A-Za-z0-9._-]`` as ``_``."""
+        if self.name is not None:
+            return self.name
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.checkpoint.stem).lstrip(".")[:100] or "model"
 
     @property
     def out_dir(self) -> Path:
