@@ -27,6 +27,7 @@ from exporter._checkpoint_audit import (
     audit_torchscript,
 )
 from exporter._documents import sha256_file
+from exporter._quiet import quiet
 from exporter._resolve import resolve_callable
 from exporter.errors import LoadError, first_line
 
@@ -175,8 +176,11 @@ def _audit(path: Path, kind: CheckpointFormat | None) -> None:
 
 
 def _guard(path: Path, what: str, load: Any) -> Any:
+    """Run a torch reader; its failure becomes one line (torch.export.load also logs a whole traceback
+    as a warning before it raises, which ``quiet`` keeps off the terminal: ``--debug`` shows the cause)."""
     try:
-        return load()
+        with quiet():
+            return load()
     except Exception as error:
         raise LoadError(
             f"cannot read checkpoint '{path}' as {what} (truncated or corrupt?): {_cause(error)}"

@@ -208,3 +208,15 @@ def test_what_torch_compresses_is_what_the_audit_allows(scripted: Path, exported
     with zipfile.ZipFile(scripted) as archive:
         deflated = {i.filename.split("/", 1)[1] for i in archive.infolist() if i.compress_type}
     assert deflated and all(name.startswith("code/") for name in deflated)
+
+
+def test_a_program_torch_fails_to_read_is_one_line_without_torchs_logged_traceback(
+    exported: Path, tmp_path: Path, marker: Path
+) -> None:
+    """torch.export.load logs the whole traceback as a warning before raising: the user sees one line."""
+    path = _second_program(exported, tmp_path, marker, "models/x/y.json", "x/y")
+    command = [sys.executable, "-m", "exporter", "inspect", str(path), "--trust-checkpoint"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert "cannot read checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
