@@ -355,9 +355,9 @@ def triton_repository(
     version = repository / model / "1"
     version.mkdir(parents=True)
     (repository / model / "config.pbtxt").write_text(text)
-    shutil.copyfile(folder / source.file, version / "model.onnx")
+    shutil.copyfile(folder / source.file, version / "model.onnx", follow_symlinks=False)
     for companion in source.files[1:]:
-        shutil.copyfile(folder / companion, version / Path(companion).name)
+        shutil.copyfile(folder / companion, version / Path(companion).name, follow_symlinks=False)
     return TritonRepository(model, source.file, batching)
 
 
