@@ -3,8 +3,8 @@
 - **Headers**: a connection must finish its request headers within ``header_timeout_s`` of connecting (or of
   its previous response); uvicorn has no such timeout (only the keep-alive one, armed after a response), so
   ``guarded_protocol`` adds it to uvicorn's HTTP protocol class.
-- **Body**: an infer body must arrive within ``body_timeout_s`` (408, connection closed), be no larger than
-  the body limit (400), and waits its turn for ``BodyBudget``: the bytes of bodies read and parsed at once
+- **Body**: an infer body must arrive within ``body_timeout_s`` (408, connection closed) and be no larger
+  than the body limit (400); then it waits its turn for ``BodyBudget``: the bytes of bodies parsed at once
   are capped, since a JSON body costs several times its size in memory while it is parsed.
 - **Numbers in headers**: ``Content-Length`` and ``Inference-Header-Content-Length`` are ASCII digits of
   bounded length (``"²".isdigit()`` is True, and ``int()`` of 5,000 digits raises), or a 400.
@@ -21,6 +21,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from exporter.serving.json_chunks import INLINE_BYTES
 from exporter.serving.protocol import RequestError
 
 __all__ = [
@@ -103,40 +104,50 @@ class BodyBudget:
 async def request_body(
     request: Request, limit: int, budget: BodyBudget, timeout_s: float
 ) -> AsyncIterator[bytes]:
-    """The body, read within ``timeout_s`` (waiting for the budget included); its share of the budget is
-    held until the ``async with`` block (where the caller parses it) ends.
+    """The body, read within ``timeout_s``; then its size is taken from the budget (waiting for room within
+    the same ``timeout_s``) until the ``async with`` block, where the caller parses it, ends.
+
+    The budget gates parsing, not reading: a stalled client holds only the bytes it sent (and only until
+    the body timeout), so it cannot starve the others of budget; parsing is where a body costs several
+    times its size.
 
     Raises:
         RequestError: a bad or too large ``Content-Length``, or a body that grew past ``limit``.
-        Busy: no room in the budget within ``timeout_s``.
         BodyTimeout: the body did not arrive within ``timeout_s``.
+        Busy: no room in the budget within ``timeout_s``.
     """
     declared_text = request.headers.get("content-length")
     declared = byte_count("Content-Length", declared_text) if declared_text is not None else None
     too_big = f"is over the server's limit of {limit} bytes (--max-body-mb); send smaller batches"
     if declared is not None and declared > limit:
         raise RequestError("body", too_big)
-    size = limit if declared is None else declared
     deadline = asyncio.get_running_loop().time() + timeout_s
+    chunks, received = [], 0
     try:
         async with asyncio.timeout_at(deadline):
-            await budget.acquire(size)
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise RequestError("body", too_big)
+                chunks.append(chunk)
     except TimeoutError:
-        raise Busy(f"too many large requests at once; no room for this body within {timeout_s:g} s") from None
+        raise BodyTimeout(f"the body did not arrive within {timeout_s:g} s (--body-timeout-s)") from None
+    body = b"".join(chunks)
+    del chunks
+    if len(body) <= INLINE_BYTES:  # parsed in a few ms on the event loop: never queued behind large ones
+        yield body
+        return
     try:
-        chunks, received = [], 0
-        try:
-            async with asyncio.timeout_at(deadline):
-                async for chunk in request.stream():
-                    received += len(chunk)
-                    if received > limit:
-                        raise RequestError("body", too_big)
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise BodyTimeout(f"the body did not arrive within {timeout_s:g} s (--body-timeout-s)") from None
-        yield b"".join(chunks)
+        async with asyncio.timeout_at(deadline):
+            await budget.acquire(len(body))
+    except TimeoutError:
+        raise Busy(
+            f"too many large requests at once; no room to parse this one within {timeout_s:g} s"
+        ) from None
+    try:
+        yield body
     finally:
-        budget.release(size)
+        budget.release(len(body))
 
 
 class _HeaderTimeout:

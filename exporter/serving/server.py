@@ -186,8 +186,14 @@ def serve(options: ServeOptions) -> int:
         shutil.rmtree(private, ignore_errors=True)
 
 
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread holding the GIL keeps it when another wants it (Python's default: 5 ms). The event
+loop shares the GIL with the JSON threads: at 5 ms a health probe waited several turns of 5 ms."""
+
+
 def _serve(options: ServeOptions, private: Path) -> int:
     prepared = prepare(options, private)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     sock = bind(options.host, options.port)
     state = ServerState(
         prepared.signature,
