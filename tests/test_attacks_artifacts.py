@@ -119,6 +119,17 @@ def test_a_fifo_manifest_is_refused_at_once(folder: Path, tmp_path: Path, comman
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "package"])
+def test_a_fifo_report_is_refused_not_read(folder: Path, tmp_path: Path, command: str) -> None:
+    """Both read report.json to rank the shipped artifacts before anything else."""
+    (folder / "report.json").unlink()
+    os.mkfifo(folder / "report.json")
+    extra = ["--out", str(tmp_path / "bundle")] if command == "package" else ["--port", "0"]
+    done = _run(command, folder, *extra, timeout=60)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert "report.json" in done.stderr and "not a regular file" in done.stderr
+
+
 def test_a_manifest_linked_to_dev_zero_is_refused(folder: Path) -> None:
     _link(folder, "manifest.json", "/dev/zero")
     done = _run("verify", folder, timeout=60)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter._documents import sha256_file
-from exporter._safe_paths import inside_folder
+from exporter._safe_paths import inside_folder, read_inside
 from exporter.errors import UsageError
 from exporter.manifest import BudgetEntry, CallEntry, GoldenCaseEntry, Manifest
 
@@ -139,9 +139,12 @@ def choose_artifact(folder: Path, manifest: Manifest, requested: str | None) -> 
 
 
 def _latency_rank(folder: Path) -> dict[str, float]:
-    """Backend -> geometric mean p50 over the batch labels all backends share, from report.json (if any)."""
+    """Backend -> geometric mean p50 over the batch labels all backends share, from report.json (if any).
+
+    Read as any document of a folder from elsewhere: a link, a FIFO or a huge file is refused, not read.
+    """
     try:
-        report = json.loads((folder / "report.json").read_text())
+        report = json.loads(read_inside(folder, "report.json", f"report.json of '{folder}'"))
         rows = [r for r in report["latency"] if isinstance(r.get("p50_ms"), int | float) and r["p50_ms"] > 0]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
