@@ -17,6 +17,7 @@ __all__ = [
     "InputSpecError",
     "LoadError",
     "RecipeError",
+    "StorageError",
     "UsageError",
     "describe_failure",
     "first_line",
@@ -71,6 +72,13 @@ class CalibrationError(ExporterError):
     """Calibration or evaluation data that is missing, unreadable or does not fit the input spec."""
 
     stage = "calibration"
+
+
+class StorageError(ExporterError):
+    """The disk would not take the artifacts: full, read-only, not writable, or a file in the way. The
+    user's environment, not a bug (exit 5) nor a model that will not convert (exit 3)."""
+
+    stage = "write"
 
 
 class ConversionError(ExporterError):

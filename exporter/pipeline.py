@@ -15,6 +15,7 @@ import torch
 from exporter._benchmark_stage import benchmark_stage, shipped_runners
 from exporter._convert_stage import build_backends, verify_backends
 from exporter._onnx_stages import int8_samples, optimize_stage, quantize_stage
+from exporter._storage import check_free_space, check_writable, estimate_bytes, storage_errors
 from exporter._write_stage import write_stage
 from exporter.artifacts import check_output_dir, output_lock, staging_dir
 from exporter.backends import BackendResult, BackendSpec, BuildContext, backends_for
@@ -98,7 +99,8 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
     Returns an ``ExportResult`` also when verification fails (its report is written and ``exit_code`` is 1).
 
     Raises:
-        ExporterError: bad input (exit 2) or conversion failure (exit 3); nothing is written then.
+        ExporterError: bad input (exit 2) or conversion failure (exit 3); nothing is written then. A full,
+            read-only or unwritable disk is a ``StorageError`` (exit 2), also when a writer failed midway.
     """
     specs = backends_for(expand_targets(options.targets))
     if options.quantization.mode is not QuantMode.NONE and ONNX not in specs:
@@ -108,10 +110,11 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         )
     _check_lossy_mode(options, specs)
     check_output_dir(options.out_dir, options.force, _kept_paths(options))
+    check_writable(options.out_dir)
     for spec in specs:
         if spec.requires is not None:
             spec.requires()
-    with output_lock(options.out_dir):
+    with storage_errors(options.out_dir), output_lock(options.out_dir):
         return _export(options, specs, CheckpointListener(listener or SilentListener()))
 
 
@@ -169,7 +172,12 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
     torch.set_num_threads(options.threads)
     environment = collect_environment(options.threads)
     loaded = _load(run)
-    with staging_dir(options.out_dir, options.force, _kept_paths(options)) as staging:
+    check_free_space(options.out_dir, _needed_bytes(run, loaded))
+    # storage_errors inside the staging folder's context: a full disk is reported while the folder fills it.
+    with (
+        staging_dir(options.out_dir, options.force, _kept_paths(options)) as staging,
+        storage_errors(options.out_dir),
+    ):
         build_dir = staging / "_build"
         _convert_and_verify(run, loaded, build_dir)
         _optimize_and_quantize(run, loaded, build_dir)
@@ -204,6 +212,18 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
         report,
         run.quantization,
         run.nonfinite_failed,
+    )
+
+
+def _needed_bytes(run: _Run, loaded: LoadedModel) -> int:
+    """The staging folder's estimated peak size (``exporter._storage.estimate_bytes``)."""
+    options = run.options
+    return estimate_bytes(
+        loaded.module,
+        run.golden,
+        [spec.target for spec in run.specs if spec.target],
+        options.quantization.mode is not QuantMode.NONE,
+        fallback=options.checkpoint.stat().st_size,
     )
 
 

@@ -6,6 +6,7 @@ Both need a C++ compiler (inductor generates C++ for CPU); its absence is a clea
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import warnings
@@ -200,11 +201,14 @@ def package_aot_inductor(
         report("AOTInductor compile and package")
         path = request.work_dir / "model.pt2"
         request.work_dir.mkdir(parents=True, exist_ok=True)
+        # Packaged in memory: its C++ zip writer aborts the process when the disk fills mid-archive.
+        package = io.BytesIO()
         try:
-            aoti_compile_and_package(program, package_path=str(path))
+            aoti_compile_and_package(program, package_path=package)
         except Exception as error:
             raise ConversionError(
                 f"AOTInductor packaging failed: {type(error).__name__}: {first_line(error)}"
             ) from error
+        path.write_bytes(package.getbuffer())
     texts = list(dict.fromkeys(str(w.message).strip().split("\n")[0][:200] for w in caught))[:5]
     return AotPackage(path, convention, exported - started, time.perf_counter() - exported, texts)

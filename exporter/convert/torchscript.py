@@ -8,6 +8,7 @@ here: ``trace_failure_message`` turns that failure into advice.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import warnings
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from exporter._quiet import quiet
+from exporter._storage import write_through_memory
 from exporter.convert.onnx import ExportAttempt
 from exporter.errors import ConversionError, first_line
 from exporter.runners import CallConvention
@@ -157,7 +159,8 @@ def _save(
     """Save the optimized, frozen and plain archives (each loaded back later; freezing can fail)."""
     module = module.eval()
     plain = work_dir / "model.plain.ts"
-    torch.jit.save(module, str(plain))
+    # Through memory: torch.jit.save's C++ writer aborts the process when the disk fills mid-archive.
+    write_through_memory(plain, lambda f: torch.jit.save(module, f))
     archives: list[tuple[str, Path]] = []
     skipped: dict[str, str] = {}
     steps: list[tuple[str, Callable[[torch.jit.ScriptModule], torch.jit.ScriptModule]]] = [
@@ -170,11 +173,14 @@ def _save(
             with warnings.catch_warnings(), quiet():
                 warnings.simplefilter("ignore")
                 transformed = transform(torch.jit.load(str(plain)).eval())
-            path = work_dir / f"model.{label}.ts"
-            torch.jit.save(transformed, str(path))
-            archives.append((label, path))
+            archive = io.BytesIO()
+            torch.jit.save(transformed, archive)
         except Exception as exc:
             skipped[label] = _explain(exc)
+            continue
+        path = work_dir / f"model.{label}.ts"
+        path.write_bytes(archive.getbuffer())  # outside the try: a full disk is no reason to skip a variant
+        archives.append((label, path))
     archives.append(("scripted" if method == "script" else "traced", plain))
     return TorchScriptConversion(method, attempts, archives, skipped, tracer_warnings)
 
