@@ -220,3 +220,23 @@ def test_a_users_package_is_refused_until_allow_package_names_it(
     assert refused.exit_code == ExitCode.BAD_INPUT and "no allowed package" in refused.output
     allowed = CliRunner().invoke(app, [*args, "--allow-package", "tests"])
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_a_stdlib_function_reached_through_the_recipes_own_file_never_runs_from_the_cli(
+    tmp_path: Path,
+) -> None:
+    """The recipe's reference keeps its rule through the merge with flags into the pipeline's options:
+    ``os.system(command=...)`` would touch the marker if the check after import were skipped."""
+    checkpoint = tmp_path / "mlp.pt"
+    torch.save(MODELS["mlp"].build().state_dict(), checkpoint)
+    marker = tmp_path / "marker"
+    (tmp_path / "model.py").write_text("import os\n")
+    (tmp_path / "recipe.toml").write_text(
+        'schema_version = 1\n[model]\ncheckpoint = "mlp.pt"\nfactory = "model.py:os.system"\n'
+        f'kwargs = {{ command = "touch {marker}" }}\n[inputs]\nspecs = ["x:float32:batch=4,16"]\n'
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--out", str(out)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "not a function or class written in Python" in result.output
+    assert not marker.exists() and not out.exists()
