@@ -92,67 +92,83 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    work = Path(args.work or tempfile.mkdtemp(prefix="serve-attack-"))
-    folder = args.folder or export_mlp(work)
+def _start_server(folder: Path, root: Path) -> tuple[subprocess.Popen[str], int]:
+    """The server in its own process, ready (its golden check passed), and its port."""
     port = free_port()
     server = subprocess.Popen(
         [
             *(sys.executable, "-m", "exporter.serving", str(folder), "--port", str(port)),
             *("--threads", "1", "--max-body-mb", "64"),
         ],
-        cwd=args.root,
+        cwd=root,
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if get(port, "/v2/health/ready", 5) == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    return server, port
+
+
+def _infer_body(megabytes: float) -> bytes:
+    """A valid infer request for the tiny MLP (16 features) of about ``megabytes`` MB of JSON."""
+    rows = max(1, int(megabytes * 1e6 / (16 * 21)))
+    x = np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32)
+    tensor = {"name": "x", "shape": [rows, 16], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def _send_until(port: int, body: bytes, stop: float, statuses: Counter[str]) -> None:
+    """One client: the same large request again and again until ``stop``, each status counted."""
+    while time.monotonic() < stop:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        try:
+            connection.request("POST", "/v2/models/mlp/infer", body=body)
+            response = connection.getresponse()
+            response.read()
+            statuses[str(response.status)] += 1
+        except OSError as error:
+            statuses[type(error).__name__] += 1
+        finally:
+            connection.close()
+
+
+def _probe_until(port: int, stop: float) -> tuple[list[float], int]:
+    """Liveness probes every 50 ms until ``stop``: their durations in seconds, and how many failed."""
+    probes: list[float] = []
+    failed = 0
+    while time.monotonic() < stop:
+        started = time.perf_counter()
+        try:
+            ok = get(port, "/v2/health/live", 120) == 200
+        except OSError:
+            ok = False
+        probes.append(time.perf_counter() - started)
+        failed += not ok
+        time.sleep(0.05)
+    return probes, failed
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    work = Path(args.work or tempfile.mkdtemp(prefix="serve-attack-"))
+    folder = args.folder or export_mlp(work)
+    server, port = _start_server(folder, args.root)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if get(port, "/v2/health/ready", 5) == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        rows = max(1, int(args.body_mb * 1e6 / (16 * 21)))
-        x = np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32)
-        body = json.dumps(
-            {
-                "inputs": [
-                    {"name": "x", "shape": [rows, 16], "datatype": "FP32", "data": x.reshape(-1).tolist()}
-                ]
-            }
-        ).encode()
+        body = _infer_body(args.body_mb)
         stalled = [stall(port) for _ in range(args.stalled)]
         statuses: Counter[str] = Counter()
         stop = time.monotonic() + args.seconds
-
-        def client() -> None:
-            while time.monotonic() < stop:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-                try:
-                    connection.request("POST", "/v2/models/mlp/infer", body=body)
-                    response = connection.getresponse()
-                    response.read()
-                    statuses[str(response.status)] += 1
-                except OSError as error:
-                    statuses[type(error).__name__] += 1
-                finally:
-                    connection.close()
-
-        clients = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
+        clients = [
+            threading.Thread(target=_send_until, args=(port, body, stop, statuses), daemon=True)
+            for _ in range(args.clients)
+        ]
         for thread in clients:
             thread.start()
-        probes: list[float] = []
-        failed = 0
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            try:
-                ok = get(port, "/v2/health/live", 120) == 200
-            except OSError:
-                ok = False
-            probes.append(time.perf_counter() - started)
-            failed += not ok
-            time.sleep(0.05)
+        probes, failed = _probe_until(port, stop)
         for thread in clients:
             thread.join(timeout=300)
         for sock in stalled:
