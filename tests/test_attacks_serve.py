@@ -121,6 +121,15 @@ def test_liveness_answers_while_large_bodies_are_parsed_and_connections_stall(se
     assert max(probes) < 2.0, f"the liveness probe waited {max(probes):.2f} s"
 
 
+def test_a_large_body_parsed_in_the_parser_process_keeps_its_400_and_field(server: Server) -> None:
+    """Large bodies are parsed in another process; a bad one still names the wrong part, as a small one."""
+    document = json.loads(_big_body(50_000))
+    document["inputs"][0]["shape"] = [50_001, 16]  # the data hold 50,000 rows
+    status, reply = server.request("POST", f"/v2/models/{NAME}/infer", json.dumps(document).encode())
+    assert status == 400, reply
+    assert reply["field"] == "inputs[0].data" and "800016" in reply["error"]
+
+
 def test_parsing_a_large_body_lets_other_threads_run_meanwhile() -> None:
     """The parse holds the GIL in short slices: a thread ticking every millisecond (as the event loop
     answering probes) is never held for a large share of it. ``json.loads`` held it from start to end."""

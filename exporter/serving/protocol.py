@@ -39,6 +39,9 @@ class RequestError(Exception):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[str, str]]:
+        return (RequestError, (self.field, self.message))
+
 
 @dataclass(frozen=True)
 class InferRequest:
