@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter._recipe_refs import ReferenceRule
+from exporter._safe_paths import SAFE_NAME_PATTERN
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
@@ -57,7 +58,7 @@ __all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "load_recipe"]
 RECIPE_SCHEMA_VERSION = 1
 TARGETS = (*_TARGETS, "all")
 MAX_THREADS = 4096
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+_SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
 _DIM_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHOWN_CHARS = 120
 

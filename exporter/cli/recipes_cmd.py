@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from exporter.cli.shared import DebugFlag, guarded, out, rich_table
+from exporter.cli.shared import AllowPackages, DebugFlag, guarded, out, rich_table
 from exporter.recipe import Recipe, load_recipe
 
 __all__ = ["recipes_command"]
@@ -15,13 +15,14 @@ __all__ = ["recipes_command"]
 
 def recipes_command(
     folder: Annotated[Path, typer.Argument(help="A folder of recipes.")] = Path("recipes"),
+    allow_packages: AllowPackages = None,
     debug: DebugFlag = False,
 ) -> None:
     """List the recipes in FOLDER: name, pattern, targets, and targets that do not apply (and why)."""
     from exporter.runs import find_recipes
 
     def action() -> list[Recipe]:
-        return [load_recipe(path) for path in find_recipes([folder])]
+        return [load_recipe(path, allow_packages or ()) for path in find_recipes([folder])]
 
     rows = [
         [
