@@ -26,9 +26,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
+from exporter._triton_repository import triton_config, triton_repository
 from exporter.cli import app
 from exporter.manifest import read_manifest
-from exporter.packaging import RUNTIME_REQUIREMENTS, _check_covered, triton_config, triton_repository
+from exporter.packaging import RUNTIME_REQUIREMENTS, _check_covered
 from exporter.serving.artifact import check_integrity, choose_artifact
 from exporter.serving.protocol import signature_of
 from tests.conftest import export_tiny_mlp
