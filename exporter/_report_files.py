@@ -1,4 +1,4 @@
-"""``exporter report``: re-render a folder's report.md and report.html in place, and keep its manifest true.
+"""report.md and report.html on disk: written by the export, re-rendered in place by ``exporter report``.
 
 The manifest hashes the rendered reports like every other file, so a report.md swapped for a link to a
 secret fails ``exporter verify`` and never reaches a bundle. Re-rendering (after an upgrade, say) changes
@@ -12,13 +12,25 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from exporter._documents import MANIFEST_SCHEMA_VERSION, read_document
 from exporter._safe_paths import replace_inside
-from exporter.report import render_reports
+from exporter.report import render_markdown
 from exporter.report_model import read_report
 
-__all__ = ["rerender_reports"]
+__all__ = ["render_reports", "rerender_reports"]
+
+
+def render_reports(folder: Path, report: dict[str, Any]) -> list[Path]:
+    """Write ``report.md`` and the self-contained ``report.html`` beside ``report.json``, replacing the
+    names (a link planted there is replaced, never written through)."""
+    from exporter.html_report import render_html
+
+    named_by = f"the reports of '{folder}'"
+    markdown = replace_inside(folder, "report.md", render_markdown(report).encode(), named_by)
+    html = replace_inside(folder, "report.html", render_html(report).encode(), named_by)
+    return [markdown, html]
 
 
 def rerender_reports(folder: Path) -> list[Path]:

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter._report_files import render_reports
 from exporter.artifacts import write_golden, write_json, write_sample_golden
 from exporter.documents import RunRecord, build_manifest, build_report, lossy_artifacts
-from exporter.report import render_reports
 from exporter.stages import StageStatus, StageTracker
 
 if TYPE_CHECKING:

@@ -5,10 +5,8 @@ The terminal summary (rich) and ``report.md`` both use these rows, so they never
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from exporter._safe_paths import replace_inside
 from exporter.backends import backends
 
 __all__ = [
@@ -23,7 +21,6 @@ __all__ = [
     "parity_table",
     "quantization_table",
     "render_markdown",
-    "render_reports",
     "stage_table",
 ]
 
@@ -391,13 +388,3 @@ def _markdown_int8(report: dict[str, Any]) -> list[str]:
         "",
         _markdown_table(quantization_table(report)),
     ]
-
-
-def render_reports(folder: Path, report: dict[str, Any]) -> list[Path]:
-    """Write ``report.md`` and the self-contained ``report.html`` beside ``report.json``."""
-    from exporter.html_report import render_html
-
-    named_by = f"the reports of '{folder}'"
-    markdown = replace_inside(folder, "report.md", render_markdown(report).encode(), named_by)
-    html = replace_inside(folder, "report.html", render_html(report).encode(), named_by)
-    return [markdown, html]
