@@ -19,7 +19,7 @@ from exporter.stages import ProgressListener
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["benchmark_stage", "shipped_runners"]
+__all__ = ["benchmark_stage", "drop_slower_lossy", "shipped_runners"]
 
 
 def shipped_runners(
@@ -76,3 +76,28 @@ def benchmark_stage(
         stats.speedup_vs_eager = baseline[stats.label] / stats.p50_ms if stats.p50_ms > 0 else None
     listener.step("timing done", len(plans), len(plans))
     return sorted(results, key=lambda s: order.index(s.backend) if s.backend in order else len(order))
+
+
+def drop_slower_lossy(
+    latency: list[LatencyStats], quantization: QuantizationResult | None, notes: list[str]
+) -> list[LatencyStats]:
+    """Un-ship a lossy model that the benchmark's full timing found slower than its float source at some
+    batch size, and drop its rows: the quantize stage chose it on a shorter timing, and the latency table
+    must never show a shipped lossy model slower than the float model it replaces. Its float source not
+    shipped (not a target) or not timed: nothing to compare, it stays."""
+    for spec, chosen in lossy_artifacts(quantization):
+        floats = {s.label: s.p50_ms for s in latency if s.backend == spec.float_source}
+        slower = [
+            s.label
+            for s in latency
+            if s.backend == spec.name and s.label in floats and s.p50_ms >= floats[s.label]
+        ]
+        if not slower:
+            continue
+        chosen.chosen = False
+        latency = [s for s in latency if s.backend != spec.name]
+        notes.append(
+            f"{spec.file} not shipped: the benchmark measured {chosen.name} no faster than "
+            f"{spec.float_source} at {', '.join(slower)} (the quantize stage's shorter timing had it faster)"
+        )
+    return latency

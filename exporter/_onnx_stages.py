@@ -25,11 +25,13 @@ from exporter.optimize import (
 )
 from exporter.quantize import (
     QuantizationResult,
+    QuantizeOptions,
     SampleSet,
     choose_formats,
     load_samples,
     run_quantization,
 )
+from exporter.quantize.candidates import Requirement, candidates_for
 from exporter.stages import ProgressListener, StageStatus, StageTracker
 from exporter.targets import expand_targets
 from exporter.verify import GoldenCase
@@ -180,14 +182,40 @@ def quantize_stage(
 
 
 def int8_samples(options: ExportOptions) -> tuple[SampleSet, SampleSet]:
-    """Calibration and held-out evaluation samples (a recipe's labelled ``eval_data`` when it has one)."""
+    """Calibration and held-out evaluation samples (a recipe's labelled ``eval_data`` when it has one).
+
+    Raises:
+        UsageError: no real calibration data, and ``--require-real-data`` was given or every candidate of
+            the mode takes its ranges from calibration (ranges of noise would be those of the noise).
+    """
     settings = options.quantization
+    if settings.calibration is None:
+        _check_synthetic_allowed(settings)
     if settings.eval_data:
         calibration = load_samples(settings.calibration, options.spec, settings.samples, options.seed)
         return calibration, load_samples(settings.eval_data, options.spec, 100_000, options.seed)
     held_out = max(8, settings.samples // 4)
     samples = load_samples(settings.calibration, options.spec, settings.samples + held_out, options.seed)
     return samples.split(held_out / (settings.samples + held_out))
+
+
+def _check_synthetic_allowed(settings: QuantizeOptions) -> None:
+    mode = settings.mode.value
+    how = (
+        "pass --calibration FILE.npz (real inputs, samples along axis 0), a folder of samples or "
+        "package.module:callable, or set [quantize].calibration in the recipe"
+    )
+    if settings.require_real_data:
+        raise UsageError(
+            f"--quantize {mode} has no real calibration data and --require-real-data is set: {how}"
+        )
+    specs = candidates_for(settings.mode)
+    if specs and all(Requirement.CALIBRATION_DATA in spec.needs for spec in specs):
+        raise UsageError(
+            f"--quantize {mode} takes its int8 ranges from calibration data, and ranges drawn from noise "
+            f"would be those of the noise: {how} (or use --quantize dynamic / int8, which judge on "
+            "synthetic inputs)"
+        )
 
 
 def _quantize(

@@ -239,6 +239,7 @@ def _lossy_entry(quantization: QuantizationResult | None, spec: BackendSpec, cho
         budget=BudgetEntry.model_validate(asdict(quantization.options.budget), strict=False),
         formats=asdict(quantization.formats),
         calibration=quantization.calibration.source,
+        judged_on="synthetic" if quantization.synthetic_only else "real",
     )
 
 

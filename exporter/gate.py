@@ -75,11 +75,13 @@ class VerifyRequest:
     latency: LatencyBudget | None = None
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
     timing: TimingConfig = field(default_factory=TimingConfig)
+    require_real_data: bool = False
+    """A lossy model whose budget was judged on synthetic inputs only fails the gate with exit 2."""
 
 
 @dataclass
 class Check:
-    """One gate check: ``kind`` is integrity, parity, int8 or latency."""
+    """One gate check: ``kind`` is integrity, parity, int8, evidence or latency."""
 
     name: str
     kind: str
@@ -101,9 +103,12 @@ class VerifyResult:
 
     @property
     def exit_code(self) -> ExitCode:
-        """1 when an artifact is wrong (hash, parity, int8 budget); else 4 when only latency missed."""
-        if any(not c.passed and c.kind != "latency" for c in self.checks):
+        """1 when an artifact is wrong (hash, parity, int8 budget); else 2 when a lossy model lacks the
+        real-data proof ``--require-real-data`` asks for; else 4 when only latency missed."""
+        if any(not c.passed and c.kind not in ("latency", "evidence") for c in self.checks):
             return ExitCode.VERIFICATION_FAILED
+        if any(not c.passed and c.kind == "evidence" for c in self.checks):
+            return ExitCode.BAD_INPUT
         if any(not c.passed for c in self.checks):
             return ExitCode.LATENCY_REGRESSED
         return ExitCode.OK
@@ -167,6 +172,8 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
             raise
         except Exception as error:
             result.checks.append(Check(name, "int8", False, f"cannot be re-checked: {first_line(error)}"))
+        if lossy.judged_on == "synthetic":
+            result.checks.append(_synthetic_evidence(lossy, request.require_real_data))
     if request.latency is not None:
         result.checks += _check_latency(request, manifest, spec, result, report)
     return result
@@ -268,6 +275,16 @@ def _golden(
     for item in golden:
         item.outputs = eager.run(item.inputs)
     return golden
+
+
+def _synthetic_evidence(lossy: Int8Entry, required: bool) -> Check:
+    """A lossy model judged only on inputs drawn from the spec: said in every verify, and a failure (exit 2)
+    when the gate requires real data."""
+    detail = (
+        f"{lossy.file} was judged on synthetic inputs only (drawn from the input spec) at export: its "
+        "parity on real data is unproven; re-export with --calibration FILE.npz of real inputs"
+    )
+    return Check(f"{lossy.backend or 'int8'} real data", "evidence", not required, detail)
 
 
 def _check_int8(

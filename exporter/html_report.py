@@ -22,6 +22,7 @@ from exporter._html_sections import (
 )
 from exporter._svg import SHIPPED_MARK, esc, int8_scatter, latency_chart
 from exporter.report import (
+    SYNTHETIC_WARNING,
     latency_table,
     nonfinite_table,
     nonfinite_warning,
@@ -325,6 +326,8 @@ def _int8_section(report: dict[str, Any]) -> str:
         f"samples. Formats: activations {esc(formats['activation'])}, weights {esc(formats['weight'])} "
         f"({esc(formats['reason'])}).</p>",
     ]
+    if calibration.get("judged_on") == "synthetic":
+        html.append(f'<div class="warning"><p>{esc(SYNTHETIC_WARNING)}</p></div>')
     if points:
         html.append(
             f'<figure id="int8-scatter">{int8_scatter(quant, points)}<figcaption>Each candidate\'s p50'

@@ -57,6 +57,8 @@ class ExportOptions:
     compile_mode: str = "default"
     optimization: OptimizeOptions = field(default_factory=OptimizeOptions)
     fail_on_nonfinite: bool = False
+    golden_inputs: Path | None = None
+    """``--golden-inputs FILE.npz``: real inputs verified on every backend beside the drawn shape cases."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
@@ -73,6 +75,8 @@ class ExportOptions:
             values["onnx_exporter"] = OnnxExporterChoice(values["onnx_exporter"])
         if "checkpoint" in values:
             values["checkpoint"] = Path(values["checkpoint"])
+        if values.get("golden_inputs") is not None:
+            values["golden_inputs"] = Path(values["golden_inputs"])
         if "out" in values and values["out"] is not None:
             values["out"] = Path(values["out"])
         if isinstance(values.get("quantization"), Mapping):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from exporter._benchmark_stage import benchmark_stage, shipped_runners
+from exporter._benchmark_stage import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter._convert_stage import build_backends, verify_backends
 from exporter._onnx_stages import int8_samples, optimize_stage, quantize_stage
 from exporter._storage import check_free_space, check_writable, estimate_bytes, storage_errors
@@ -41,7 +41,7 @@ from exporter.stages import (
     StageTracker,
 )
 from exporter.targets import expand_targets
-from exporter.verify import GoldenCase, ParityResult, make_golden
+from exporter.verify import GoldenCase, ParityResult, golden_from_file, make_golden
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
 
@@ -236,6 +236,8 @@ def _load(run: _Run) -> LoadedModel:
         record.detail = f"{loaded.format.value}, {loaded.parameter_count:,} parameters"
         run.eager = EagerRunner(loaded.module, options.spec.names)
         run.golden = make_golden(run.eager, options.spec, shape_cases(options.spec), options.seed)
+        if options.golden_inputs is not None:
+            run.golden.append(golden_from_file(run.eager, options.spec, options.golden_inputs))
         # Bad calibration data is bad input: find it before minutes of conversion, not after.
         if options.quantization.mode is not QuantMode.NONE:
             run.samples = int8_samples(options)
@@ -300,6 +302,7 @@ def _benchmark(run: _Run) -> None:
             run.listener,
             run.load_seconds,
         )
+        run.latency = drop_slower_lossy(run.latency, run.quantization, run.notes)
         record.detail = f"{len(run.latency)} timings, {run.options.threads} threads"
 
 

@@ -140,6 +140,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "rtol": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "fail_on_nonfinite": (lambda v: isinstance(v, bool), "true or false"),
+        "golden_inputs": (lambda v: isinstance(v, str) and v.endswith(".npz"), "a path to an .npz file"),
     },
     "quantize": {
         "mode": _one_of(QuantMode),
@@ -159,6 +160,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
             "a path or package.module:callable yielding (inputs, label)",
         ),
         "metric": (lambda v: isinstance(v, str) and ":" in v, "package.module:callable(outputs, labels)"),
+        "require_real_data": (lambda v: isinstance(v, bool), "true or false"),
     },
     "optimize": {
         "steps": (
@@ -251,6 +253,8 @@ def load_recipe(path: Path, allow_packages: Sequence[str] = ()) -> Recipe:
         )
     settings.update({renames[k]: v for k, v in export.items() if k != "not_applicable"})
     settings.update(verify)
+    if "golden_inputs" in verify:
+        settings["golden_inputs"] = Path(_join(base, verify["golden_inputs"]))
     settings.update({("benchmark" if k == "enabled" else k): v for k, v in bench.items()})
     settings.update(_stage_tables(data, base, rule))
     try:

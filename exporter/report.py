@@ -367,6 +367,12 @@ def _markdown_optimization(report: dict[str, Any]) -> list[str]:
     ]
 
 
+SYNTHETIC_WARNING = (
+    "Judged on synthetic inputs only: the lossy models' parity was measured on inputs drawn from the spec, "
+    "which proves nothing about real data; re-export with --calibration FILE.npz of real inputs."
+)
+
+
 def _markdown_int8(report: dict[str, Any]) -> list[str]:
     quant = report.get("quantization")
     if not quant:
@@ -385,6 +391,7 @@ def _markdown_int8(report: dict[str, Any]) -> list[str]:
         f"{formats['weight']} ({formats['reason']}). "
         "Size and p50 are ratios to the float ONNX model in ONNX Runtime, timed side by side in alternating "
         "blocks.",
+        *(["", f"**{SYNTHETIC_WARNING}**"] if calibration.get("judged_on") == "synthetic" else []),
         "",
         _markdown_table(quantization_table(report)),
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,72 @@ class ParityResult:
             "passed": self.passed,
             "cases": [{**asdict(c), "passed": c.passed} for c in self.cases],
         }
+
+
+GOLDEN_INPUTS_CASE = "golden-inputs"
+
+
+def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCase:
+    """``--golden-inputs FILE.npz``: real inputs, one array per input name as the model takes them (batch
+    dim included), and the reference's outputs on them; verified on every backend like a drawn case.
+
+    Raises:
+        InputSpecError: the file is missing or unreadable, or its arrays do not fit the spec.
+    """
+    where = f"--golden-inputs '{path}'"
+    if path.suffix != ".npz" or not path.is_file():
+        raise InputSpecError(
+            f"{where} is not an .npz file: save real inputs with numpy.savez(FILE, name=array)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except Exception as error:
+        raise InputSpecError(f"{where} cannot be read: {first_line(error)}") from None
+    sizes: dict[str, int] = {}
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in spec.tensors:
+        if tensor.name not in arrays:
+            found = ", ".join(sorted(arrays)) or "nothing"
+            raise InputSpecError(f"{where} has no array '{tensor.name}' (it holds {found})")
+        array = arrays[tensor.name]
+        if array.ndim != len(tensor.dims):
+            raise InputSpecError(
+                f"{where}: '{tensor.name}' has shape {list(array.shape)}, "
+                f"the spec's rank is {len(tensor.dims)}"
+            )
+        for axis, (size, dim) in enumerate(zip(array.shape, tensor.dims, strict=True)):
+            if dim.label is None:
+                if size != dim.size:
+                    raise InputSpecError(
+                        f"{where}: '{tensor.name}' has size {size} at axis {axis}, the spec says {dim.size}"
+                    )
+                continue
+            legal = spec.dim(dim.label)
+            if sizes.setdefault(dim.label, size) != size:
+                raise InputSpecError(
+                    f"{where}: dim '{dim.label}' is {sizes[dim.label]} in one input, {size} in another"
+                )
+            if size < legal.min or (legal.max is not None and size > legal.max):
+                raise InputSpecError(
+                    f"{where}: '{tensor.name}' dim '{dim.label}' is {size}, "
+                    f"outside [{legal.min}, {legal.max}]"
+                )
+        expected = tensor.numpy_dtype
+        if array.dtype.kind != expected.kind and not {array.dtype.kind, expected.kind} <= {"i", "u"}:
+            raise InputSpecError(f"{where}: '{tensor.name}' is {array.dtype}, the spec says {tensor.dtype}")
+        inputs[tensor.name] = np.ascontiguousarray(array.astype(expected, copy=False))
+    case = ShapeCase(GOLDEN_INPUTS_CASE, sizes)
+    try:
+        outputs = reference.run(inputs)
+    except Exception as error:
+        raise InputSpecError(
+            f"the PyTorch model fails on {where}: {type(error).__name__}: {first_line(error)}"
+        ) from error
+    names = list(getattr(reference, "output_names", [])) or [f"output_{i}" for i in range(len(outputs))]
+    counts = {name: count_nonfinite(output) for name, output in zip(names, outputs, strict=False)}
+    nonfinite = {name: count for name, count in counts.items() if count is not None}
+    return GoldenCase(case, 0, inputs, outputs, names, nonfinite)
 
 
 def make_golden(

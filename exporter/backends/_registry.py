@@ -109,6 +109,7 @@ class BackendSpec:
         describe: report.md lines from its ``report.json`` entry.
         store: move the shipped candidate into the artifacts folder.
         keep_runner: keep the shipped candidate's runner after verification (costly to rebuild).
+        float_source: for a lossy backend, the float backend it replaces (it ships only if faster).
     """
 
     name: str
@@ -122,6 +123,7 @@ class BackendSpec:
     describe: Callable[[Mapping[str, Any]], list[str]] = _no_lines
     store: Callable[[Path, Path], None] = _move
     keep_runner: bool = False
+    float_source: str | None = None
 
 
 _REGISTRY: dict[str, BackendSpec] = {}

@@ -240,5 +240,6 @@ INT8 = register(
         build=None,
         open=partial(_open, name="onnxruntime-int8"),
         store=move_onnx_model,
+        float_source="onnxruntime",
     )
 )

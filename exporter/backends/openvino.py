@@ -196,6 +196,7 @@ OPENVINO_LOSSY = register(
         build=None,
         open=partial(_open, name="openvino-lossy"),
         store=store_ir,
+        float_source="openvino",
     )
 )
 """The quantize stage's OpenVINO choice (NNCF int8, or the float IR run in bf16), judged by the budget."""

@@ -148,6 +148,22 @@ def export_command(
         float | None, typer.Option("--min-top1", help="int8 budget: min top-1 agreement of 2-D outputs.")
     ] = None,
     min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="int8 budget: min SQNR in dB.")] = None,
+    require_real_data: Annotated[
+        bool,
+        typer.Option(
+            "--require-real-data",
+            help="With --quantize: exit 2 unless real calibration data is given (--calibration or the "
+            "recipe's), instead of judging lossy models on synthetic inputs only. For CI.",
+        ),
+    ] = False,
+    golden_inputs: Annotated[
+        Path | None,
+        typer.Option(
+            "--golden-inputs",
+            help="Real inputs (.npz, one array per input name, as the model takes them) verified on every "
+            "backend and kept in golden/ beside the inputs drawn from the spec.",
+        ),
+    ] = None,
     torchscript_mode: Annotated[
         TorchScriptMode | None,
         typer.Option(
@@ -200,6 +216,7 @@ def export_command(
         "compile_mode": _value(compile_mode),
         "force": force,
         "fail_on_nonfinite": fail_on_nonfinite or None,
+        "golden_inputs": golden_inputs,
     }
     quantization_flags = {
         "mode": _value(quantize),
@@ -209,6 +226,7 @@ def export_command(
         "min_cosine": min_cosine,
         "min_top1": min_top1,
         "min_sqnr_db": min_sqnr,
+        "require_real_data": require_real_data or None,
     }
 
     def action() -> ExportResult:
@@ -289,6 +307,11 @@ def _print_summary(result: ExportResult) -> None:
         out.print(f"[yellow]note:[/] {escape(note)}")
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
     lossy = [str(spec.file) for spec, _ in lossy_artifacts(result.quantization)]
+    if lossy and result.quantization is not None and result.quantization.synthetic_only:
+        verdict += (
+            f" [yellow]({escape(', '.join(lossy))} judged on synthetic inputs only: prove it with "
+            "--calibration FILE.npz of real inputs)[/]"
+        )
     files = ", ".join(
         [*(b.file for b in result.backends if b.file), *lossy, "golden/", "manifest.json", "report.md/.html"]
     )

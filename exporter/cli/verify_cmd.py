@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,13 @@ def verify_command(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, max=4096, help="Threads [default: all CPUs].")
     ] = None,
+    require_real_data: Annotated[
+        bool,
+        typer.Option(
+            "--require-real-data",
+            help="Fail (exit 2) when a lossy model's budget was judged on synthetic inputs only at export.",
+        ),
+    ] = False,
     json_out: JsonOut = None,
     junit: JunitOut = None,
     debug: DebugFlag = False,
@@ -51,8 +59,8 @@ def verify_command(
     """Re-check an artifacts folder: file hashes, every artifact on its golden inputs, the int8 budget, and
     latency against a baseline.
 
-    Exit codes: 0 every check holds; 1 a file was modified or missing, or parity failed; 2 bad input;
-    4 a latency budget was missed (parity held).
+    Exit codes: 0 every check holds; 1 a file was modified or missing, or parity failed; 2 bad input, or
+    (--require-real-data) a lossy model judged on synthetic inputs only; 4 a latency budget was missed.
     """
     from exporter.gate import describe_exit
 
@@ -68,9 +76,11 @@ def verify_command(
                     f"--baseline '{baseline}' does not exist; pass a report.json of an earlier run"
                 )
             latency = LatencyBudget(baseline, parse_percent(max_latency_regression or "10%"))
-        request = VerifyRequest(folder, checkpoint, model, trust_checkpoint, latency)
+        request = VerifyRequest(
+            folder, checkpoint, model, trust_checkpoint, latency, require_real_data=require_real_data
+        )
         if threads:
-            request = VerifyRequest(folder, checkpoint, model, trust_checkpoint, latency, threads)
+            request = replace(request, threads=threads)
         with out.status("[bold]verify[/] ...") as status:
             return verify_artifacts(
                 request, step=lambda message: status.update(f"[bold]verify[/] {escape(message)}")

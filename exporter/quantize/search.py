@@ -25,7 +25,7 @@ from exporter._resolve import resolve_callable
 from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig
 from exporter.errors import first_line
 from exporter.quantize.calibration import SampleSet
-from exporter.quantize.candidates import CandidateSpec, candidates_for
+from exporter.quantize.candidates import CandidateSpec, Requirement, candidates_for
 from exporter.quantize.judge import judge, open_candidate
 from exporter.quantize.onnx_ort import Int8Formats, preprocess
 from exporter.quantize.selection import choose_candidate, time_candidates
@@ -35,6 +35,8 @@ from exporter.specs import InputSpec
 from exporter.verify import GoldenCase
 
 __all__ = [
+    "NEEDS_REAL_DATA",
+    "SYNTHETIC_ONLY",
     "Candidate",
     "QuantMode",
     "QuantizationResult",
@@ -42,6 +44,16 @@ __all__ = [
     "build_candidate",
     "run_quantization",
 ]
+
+
+SYNTHETIC_ONLY = (
+    "lossy candidates were judged on synthetic inputs only (drawn from the input spec): parity on real data "
+    "is unproven; prove it with --calibration FILE.npz of real inputs (--require-real-data makes this exit 2)"
+)
+NEEDS_REAL_DATA = (
+    "not built: its int8 ranges come from calibration, and without real calibration data (--calibration, "
+    "or a recipe's [quantize].calibration) they would be the ranges of noise"
+)
 
 
 @dataclass
@@ -81,6 +93,11 @@ class QuantizationResult:
         return min(within, key=lambda c: c.latency[0].p50_ms, default=None)
 
     @property
+    def synthetic_only(self) -> bool:
+        """The candidates were judged on inputs drawn from the spec, not on real data."""
+        return self.evaluation.synthetic
+
+    @property
     def none_built(self) -> bool:
         return all(c.error is not None for c in self.candidates)
 
@@ -104,6 +121,7 @@ class QuantizationResult:
                 "evaluation_samples": len(self.evaluation.samples),
                 "evaluation_source": self.evaluation.source,
                 "method": self.options.method,
+                "judged_on": "synthetic" if self.synthetic_only else "real",
             },
             "float": {
                 "size_bytes": self.float_size,
@@ -145,11 +163,8 @@ def run_quantization(
     """Build, judge and time every candidate for ``options.mode``, then mark what ships per runtime."""
     work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    if calibration.synthetic:
-        notes.append(
-            "calibration and evaluation used synthetic inputs drawn from the spec: ranges and parity may not "
-            "reflect real data; pass --calibration"
-        )
+    if evaluation.synthetic:
+        notes.append(SYNTHETIC_ONLY)
     preprocessed = work_dir / "preprocessed.onnx"
     step("ONNX Runtime pre-processing")
     note = preprocess(float_onnx, preprocessed)
@@ -220,6 +235,8 @@ def _build_all(
     skipped: dict[str, str] = {}
     for spec in specs:
         reason = spec.unavailable(context) if spec.unavailable is not None else None
+        if reason is None and context.calibration.synthetic and Requirement.CALIBRATION_DATA in spec.needs:
+            reason = NEEDS_REAL_DATA
         if reason is None and spec.skip is not None:
             reason = spec.skip(context.options.mode, candidates)
         if reason is not None:

@@ -73,7 +73,8 @@ def float_label(runtime: str) -> str:
 
 def choose_candidate(mode: QuantMode, candidates: list[Candidate], notes: list[str]) -> None:
     """Per runtime, ``int8`` ships the fastest candidate within budget and faster than that runtime's float
-    model; an explicit mode ships its fastest candidate within budget even when slower than float, flagged."""
+    model at every batch size timed (a geometric mean would let a win at batch 1 hide a loss at batch 8);
+    an explicit mode ships its fastest candidate within budget even when slower than float, flagged."""
     for runtime in dict.fromkeys(c.runtime for c in candidates):
         _choose(mode, [c for c in candidates if c.runtime == runtime], notes, runtime)
 
@@ -84,8 +85,8 @@ def _choose(mode: QuantMode, candidates: list[Candidate], notes: list[str], runt
     for candidate in within:
         if not candidate.faster_than_float:
             notes.append(
-                f"lossy candidate {candidate.name} is SLOWER than float "
-                f"(p50 x{candidate.p50_ratio:.2f} of float {where})"
+                f"lossy candidate {candidate.name} is SLOWER than float {where} at "
+                f"{', '.join(candidate.slower_at)} (p50 x{candidate.p50_ratio:.2f} of float over all sizes)"
             )
     eligible = [c for c in within if c.faster_than_float] if mode is QuantMode.INT8 else within
     if not eligible:

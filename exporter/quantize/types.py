@@ -56,6 +56,9 @@ class QuantizeOptions:
     qat_train: str | None = None
     eval_data: str | None = None
     metric: str | None = None
+    require_real_data: bool = False
+    """``--require-real-data``: no real calibration data is a usage error (exit 2), not a synthetic-only
+    judgement; for CI, where a lossy artifact proven only on noise must not land."""
 
     def __post_init__(self) -> None:
         """Check the budget here, so a bad flag or recipe value fails before minutes of conversion."""
@@ -132,7 +135,16 @@ class Candidate:
 
     @property
     def faster_than_float(self) -> bool:
-        return self.p50_ratio is not None and self.p50_ratio < 1.0
+        """Faster than its runtime's float model at every batch size timed, not only on average: a lossy
+        artifact slower at some batch size than the float one it replaces is no win there."""
+        if self.p50_ratio is None or not self.latency:
+            return False
+        return all(s.speedup_vs_float is not None and s.speedup_vs_float > 1.0 for s in self.latency)
+
+    @property
+    def slower_at(self) -> list[str]:
+        """The batch plans (labels) at which it was not faster than its float model."""
+        return [s.label for s in self.latency if not (s.speedup_vs_float and s.speedup_vs_float > 1.0)]
 
     @property
     def cosine_error(self) -> float:
