@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +73,15 @@ def export_tiny_mlp(root: Path, **overrides: object) -> Path:
     result = export(ExportOptions.from_settings(settings))
     assert result.exit_code is ExitCode.OK, result.report["notes"]
     return result.out_dir
+
+
+def write_calibration(spec: InputSpec, folder: Path, count: int = 24) -> Path:
+    """Calibration data as a file, the way a user passes real data (``--calibration FILE.npz``): calibrated
+    int8 candidates are built only from data given, never from inputs drawn from the spec. For random-weight
+    mechanics tests the file holds seeded draws from the spec."""
+    from exporter.quantize import load_samples
+
+    samples = load_samples(None, spec, count, seed=7).samples
+    path = folder / f"calibration-{'-'.join(spec.names)}-{abs(hash(spec)) % 100_000}.npz"
+    np.savez(path, **{name: np.concatenate([s[name] for s in samples]) for name in spec.names})
+    return path

@@ -48,6 +48,7 @@ from exporter.quantize.repairs import (
 from exporter.quantize.selection import choose_candidate
 from exporter.quantize.types import QuantizeContext
 from exporter.specs import InputSpec, parse_tensor_spec
+from tests.conftest import write_calibration
 from tests.models import MODELS
 
 IMAGE_SPEC = InputSpec((parse_tensor_spec("image:float32:batch=1,3,8,8"),))
@@ -324,20 +325,10 @@ def _quantized(
 ) -> ExportOptions:
     spec = options_for(name).spec
     if mode != "dynamic" and "calibration" not in settings:
-        settings["calibration"] = str(_calibration_file(spec, options_for(name).out_dir.parent.parent))
+        settings["calibration"] = str(write_calibration(spec, options_for(name).out_dir.parent.parent))
     quantization = QuantizeOptions(mode=QuantMode(mode), samples=16, qat_steps=5, **settings)  # type: ignore[arg-type]
     extra = {"out": out} if out else {}
     return options_for(name, quantization=quantization, benchmark=False, **extra)
-
-
-def _calibration_file(spec: InputSpec, folder: Path) -> Path:
-    """Calibration data given as a file, as a user gives real data: calibrated candidates are built only
-    from data passed in, never from inputs drawn from the spec. For these random-weight mechanics tests the
-    file holds seeded draws from the spec."""
-    samples = load_samples(None, spec, 24, seed=7).samples
-    path = folder / f"calibration-{abs(hash(spec)) % 10_000}.npz"
-    np.savez(path, **{name: np.concatenate([s[name] for s in samples]) for name in spec.names})
-    return path
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from exporter.errors import UsageError
 from exporter.options import ExportOptions
 from exporter.pipeline import export
 from exporter.quantize import QuantizeOptions, QuantMode
+from tests.conftest import write_calibration
 from tests.models import MODELS
 
 NATIVE_BF16 = bf16_support()[0]
@@ -25,7 +26,11 @@ NATIVE_BF16 = bf16_support()[0]
 def lossy_options(
     options_for: Callable[..., ExportOptions], name: str, mode: QuantMode, **budget: float
 ) -> ExportOptions:
-    quantization = QuantizeOptions(mode=mode, samples=16, **budget)  # type: ignore[arg-type]
+    calibration = None
+    if mode is not QuantMode.BF16:
+        folder = options_for(name).out_dir.parent.parent
+        calibration = str(write_calibration(options_for(name).spec, folder))
+    quantization = QuantizeOptions(mode=mode, samples=16, calibration=calibration, **budget)  # type: ignore[arg-type]
     return options_for(name, targets=("onnx", "openvino"), quantization=quantization, benchmark=False)
 
 
