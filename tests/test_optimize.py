@@ -38,15 +38,24 @@ def test_a_step_that_breaks_parity_is_dropped_with_the_reason(
     assert "dropped fp16 (failed verification)" in stage.detail
 
 
-def test_auto_runs_ort_and_adds_transformer_fusions_for_attention(
+def test_auto_runs_transformer_fusions_for_attention_and_not_ort(
     options_for: Callable[..., ExportOptions],
 ) -> None:
     result = export(options_for("attention"))
     assert result.exit_code is ExitCode.OK, result.report["notes"]
     summary = result.report["optimization_summary"]
-    assert summary["steps"] == ["transformer", "splitnorm", "ort"]
-    names = [r["name"] for r in result.report["optimization"]]
-    assert "alternative exporter" in names and "ort" in names
+    assert summary["steps"] == ["transformer", "splitnorm"]
+    records = result.report["optimization"]
+    names = [r["name"] for r in records]
+    assert "alternative exporter" in names and "ort" not in names
+    # The alternative exporter's graph goes first; once its fusions reach Attention, the other source is not
+    # optimized again (the pipeline's time went there twice before).
+    fused = [r for r in records if r["name"] == "transformer" and r["kept"] and r["fused"].get("Attention")]
+    second = [r for r in records if r["name"] == "second source"]
+    assert bool(second) == bool(fused)
+    if fused:
+        assert fused[0]["source"] == "torchscript-exporter" and "already reached" in second[0]["reason"]
+        assert [r for r in records if r["name"] == "transformer"] == fused[:1]
     shipped = result.backend("onnxruntime")
     assert shipped.shipped == summary["shipped"] == summary["portable"]
     assert shipped.shipped_parity.passed and len(shipped.shipped_parity.cases) >= 3
@@ -119,16 +128,21 @@ def test_splitnorm_leaves_a_node_whose_statistics_are_used(tmp_path: Path) -> No
     assert [n.op_type for n in onnx.load(str(split)).graph.node] == ["SkipLayerNormalization"]
 
 
-def test_a_conv_net_gets_only_the_ort_step(options_for: Callable[..., ExportOptions]) -> None:
+def test_a_conv_net_gets_no_auto_step_and_ort_only_when_named(
+    options_for: Callable[..., ExportOptions],
+) -> None:
     options = options_for("conv")
     result = export(options)
-    assert result.report["optimization_summary"]["steps"] == ["ort"]
-    assert resolve_steps(OptimizeOptions(steps=("none",)), result.out_dir / "model.onnx") == []
+    assert result.report["optimization_summary"]["steps"] == []
+    model = result.out_dir / "model.onnx"
+    assert resolve_steps(OptimizeOptions(steps=("none",)), model) == []
+    assert resolve_steps(OptimizeOptions(steps=("ort",)), model) == ["ort"]
 
 
 def test_int8_starts_from_the_model_before_ort_kernels(options_for: Callable[..., ExportOptions]) -> None:
     quantization = QuantizeOptions(mode=QuantMode.DYNAMIC, samples=16)
-    result = export(options_for("mlp", quantization=quantization, benchmark=False))
+    steps = OptimizeOptions(steps=("ort",))
+    result = export(options_for("mlp", quantization=quantization, optimization=steps, benchmark=False))
     assert result.exit_code is ExitCode.OK, result.report["notes"]
     assert "+ort" not in result.report["optimization_summary"]["quantization_source"]
 
@@ -205,3 +219,32 @@ def test_a_step_slower_alone_is_kept_when_the_next_step_pays_for_it(
     assert fastest.endswith("+transformer+splitnorm")
     # It ships as model.onnx when the split left only standard ops, else beside it as model.ort.onnx.
     assert fastest == (summary["runtime_specific"] if summary["domains"][fastest] else summary["portable"])
+
+
+def test_the_second_source_is_not_optimized_once_the_first_reached_attention(
+    options_for: Callable[..., ExportOptions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TorchScript-based exporter's graph is optimized first; when its fusions reach Attention, the
+    exporter's own graph is not put through the steps again. The fusion is injected (a copy that reports one
+    Attention), and timings are constant, so the decision is what is tested."""
+    import shutil
+
+    from exporter import optimize
+
+    def fake_fusions(source: Path, target: Path, request: object) -> dict[str, int]:
+        shutil.copyfile(source, target)
+        return {"Attention": 1}
+
+    monkeypatch.setitem(optimize.BUILDERS, "transformer", fake_fusions)
+    monkeypatch.setattr(optimize, "_time_paths", lambda paths, request: [{"batch=1": 1.0} for _ in paths])
+    steps = OptimizeOptions(steps=("transformer",))
+    result = export(options_for("mlp", optimization=steps, benchmark=False))
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    records = result.report["optimization"]
+    transformer = [r for r in records if r["name"] == "transformer"]
+    assert [(r["source"], r["kept"]) for r in transformer] == [("torchscript-exporter", True)]
+    second = [r for r in records if r["name"] == "second source"]
+    assert (
+        len(second) == 1
+        and "torchscript-exporter already reached the Attention fusion" in second[0]["reason"]
+    )
