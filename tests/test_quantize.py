@@ -286,6 +286,8 @@ INT8_CANDIDATES = [
     "nncf-ort",
     "bf16-openvino",
     "nncf-openvino",
+    "nncf-openvino-sq",
+    "nncf-openvino-ac",
 ]
 """Every registered candidate, in registry order: what ``--quantize int8`` builds or skips with a reason."""
 
@@ -295,7 +297,14 @@ def test_each_mode_selects_its_candidates_through_the_registry() -> None:
     assert names == {
         QuantMode.NONE: [],
         QuantMode.DYNAMIC: ["dynamic-ort"],
-        QuantMode.STATIC: ["static-ort", "static-pt2e", "nncf-ort", "nncf-openvino"],
+        QuantMode.STATIC: [
+            "static-ort",
+            "static-pt2e",
+            "nncf-ort",
+            "nncf-openvino",
+            "nncf-openvino-sq",
+            "nncf-openvino-ac",
+        ],
         QuantMode.QAT: ["qat-pt2e"],
         QuantMode.INT8: INT8_CANDIDATES,
         QuantMode.BF16: ["bf16-openvino"],

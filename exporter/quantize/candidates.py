@@ -20,6 +20,23 @@ from exporter._resolve import resolve_callable
 from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
 from exporter.quantize.judge import judge
 from exporter.quantize.onnx_ort import quantize_dynamic_ort, quantize_static_ort
+from exporter.quantize.openvino_candidates import (
+    NNCF_OPENVINO_NAME,
+    bf16_config,
+    build_bf16_openvino,
+    build_nncf_openvino,
+    build_nncf_openvino_ac,
+    build_nncf_openvino_sq,
+    int8_openvino_config,
+    needs_bf16,
+    needs_openvino_target,
+    remember_judgement,
+    skip_accuracy_control,
+    skip_smooth_quant,
+    smooth_quant_unavailable,
+    transformer,
+)
+from exporter.quantize.openvino_mixed import keep_openvino_layers_in_float
 from exporter.quantize.pt2e import quantize_pt2e
 from exporter.quantize.repairs import (
     AUTO_CALIBRATION,
@@ -34,6 +51,8 @@ __all__ = [
     "BF16_OPENVINO",
     "DYNAMIC_ORT",
     "NNCF_OPENVINO",
+    "NNCF_OPENVINO_AC",
+    "NNCF_OPENVINO_SQ",
     "NNCF_ORT",
     "QAT_PT2E",
     "STATIC_ORT",
@@ -279,13 +298,7 @@ QAT_PT2E = register(
 )
 
 
-# ---- NNCF and OpenVINO -----------------------------------------------------------------------------------
-
-
-def _transformer(context: QuantizeContext) -> bool:
-    from exporter.optimize import looks_like_transformer
-
-    return looks_like_transformer(context.float_onnx)
+# ---- NNCF and OpenVINO (builders in openvino_candidates.py) ----------------------------------------------
 
 
 def _build_nncf_ort(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
@@ -293,84 +306,8 @@ def _build_nncf_ort(context: QuantizeContext, target: Path, exclude: Sequence[st
     from exporter.quantize.nncf_int8 import nncf_quantize_onnx
 
     return nncf_quantize_onnx(
-        context.float_onnx, target, context.calibration.samples, transformer=_transformer(context)
+        context.float_onnx, target, context.calibration.samples, transformer=transformer(context)
     )
-
-
-def _needs_openvino_target(context: QuantizeContext) -> str | None:
-    if "openvino" not in context.targets:
-        return "not run: its runtime is OpenVINO and --to openvino was not asked for"
-    return None
-
-
-def _needs_bf16(context: QuantizeContext) -> str | None:
-    from exporter.environment import bf16_support
-
-    target = _needs_openvino_target(context)
-    if target is not None:
-        return target
-    native, why = bf16_support()
-    return None if native else f"not run: {why}"
-
-
-def _openvino_precision() -> str:
-    """The plugin's own choice for the float parts of an int8 IR: bf16 where it is native, else f32."""
-    from exporter.environment import bf16_support
-
-    return "bf16" if bf16_support()[0] else "f32"
-
-
-def _bf16_config(context: QuantizeContext) -> dict[str, str]:
-    return {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
-
-
-def _int8_openvino_config(context: QuantizeContext) -> dict[str, str]:
-    return {"INFERENCE_PRECISION_HINT": _openvino_precision(), "PERFORMANCE_HINT": "LATENCY"}
-
-
-def _build_bf16_openvino(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
-    """The float IR, run with bf16 inference precision: weights stay float32 on disk, the CPU plugin
-    computes matmuls and convolutions in bf16 (AMX or AVX512-BF16)."""
-    import openvino as ov
-
-    from exporter.backends.openvino import save_ir
-
-    save_ir(ov.convert_model(str(context.float_onnx)), target)
-    return {"precision": "bf16", "weights": "float32 on disk"}
-
-
-def _build_nncf_openvino(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
-    from exporter.quantize.nncf_int8 import nncf_quantize_openvino
-
-    return nncf_quantize_openvino(
-        context.float_onnx, target, context.calibration.samples, transformer=_transformer(context)
-    )
-
-
-def nncf_accuracy_control(candidate: Candidate, build: Builder, context: QuantizeContext) -> None:
-    """When plain NNCF misses the budget: ``nncf.quantize_with_accuracy_control``, which reverts the layers
-    that cost most back to float until the worst cosine on the calibration samples (against eager) stays
-    within ``--min-cosine``; judged again on the held-out samples like every candidate."""
-    from exporter.quantize.nncf_int8 import nncf_quantize_openvino_with_accuracy_control
-    from exporter.runners import EagerRunner
-
-    if candidate.budget_passed or candidate.path is None:
-        return
-    context.step(f"{candidate.name}: NNCF accuracy control")
-    eager = EagerRunner(context.module, context.spec.names)
-    calibration = context.calibration.samples
-    settings = nncf_quantize_openvino_with_accuracy_control(
-        context.float_onnx,
-        candidate.path,
-        calibration,
-        calibration,
-        [eager.run(sample) for sample in calibration],
-        min_cosine=context.options.min_cosine,
-        transformer=_transformer(context),
-        threads=context.threads,
-    )
-    candidate.settings = {**candidate.settings, "accuracy_control": settings}
-    judge(candidate, context)
 
 
 NNCF_ORT = register(
@@ -386,25 +323,54 @@ BF16_OPENVINO = register(
     CandidateSpec(
         "bf16-openvino",
         "OpenVINO CPU plugin, bf16 inference precision",
-        _build_bf16_openvino,
+        build_bf16_openvino,
         frozenset({QuantMode.BF16, QuantMode.INT8}),
         runtime="openvino",
         suffix=".xml",
-        unavailable=_needs_bf16,
-        config=_bf16_config,
+        unavailable=needs_bf16,
+        config=bf16_config,
     )
 )
 NNCF_OPENVINO = register(
     CandidateSpec(
-        "nncf-openvino",
+        NNCF_OPENVINO_NAME,
         "NNCF (OpenVINO backend)",
-        _build_nncf_openvino,
+        build_nncf_openvino,
         frozenset({QuantMode.STATIC, QuantMode.INT8}),
         needs=frozenset({Requirement.CALIBRATION_DATA}),
-        repairs=(nncf_accuracy_control,),
+        repairs=(remember_judgement,),
         runtime="openvino",
         suffix=".xml",
-        unavailable=_needs_openvino_target,
-        config=_int8_openvino_config,
+        unavailable=needs_openvino_target,
+        config=int8_openvino_config,
+    )
+)
+NNCF_OPENVINO_SQ = register(
+    CandidateSpec(
+        "nncf-openvino-sq",
+        "NNCF (OpenVINO backend), smooth-quant alpha sweep, then layers in float by measured search",
+        build_nncf_openvino_sq,
+        frozenset({QuantMode.STATIC, QuantMode.INT8}),
+        needs=frozenset({Requirement.CALIBRATION_DATA}),
+        repairs=(keep_openvino_layers_in_float,),
+        skip=skip_smooth_quant,
+        runtime="openvino",
+        suffix=".xml",
+        unavailable=smooth_quant_unavailable,
+        config=int8_openvino_config,
+    )
+)
+NNCF_OPENVINO_AC = register(
+    CandidateSpec(
+        "nncf-openvino-ac",
+        "NNCF (OpenVINO backend) accuracy control, smooth quant off",
+        build_nncf_openvino_ac,
+        frozenset({QuantMode.STATIC, QuantMode.INT8}),
+        needs=frozenset({Requirement.CALIBRATION_DATA}),
+        skip=skip_accuracy_control,
+        runtime="openvino",
+        suffix=".xml",
+        unavailable=needs_openvino_target,
+        config=int8_openvino_config,
     )
 )

@@ -143,6 +143,7 @@ def nncf_quantize_openvino_with_accuracy_control(
     transformer: bool,
     threads: int,
     max_drop: float | None = None,
+    smooth_quant_alpha: float | None = None,
 ) -> dict[str, Any]:
     """``nncf.quantize_with_accuracy_control`` driven by our budget, on the OpenVINO backend.
 
@@ -151,6 +152,8 @@ def nncf_quantize_openvino_with_accuracy_control(
     drop is ``1 - min_cosine`` unless ``max_drop`` is given. NNCF compiles the models it validates itself
     (CPU, f32 inference precision, so the loop sees int8 error and not bf16's); the metric recorded as
     reached is measured again on the saved model compiled with ``threads`` threads and an f32 hint.
+    ``smooth_quant_alpha`` sets SmoothQuant's MatMul alpha (-1 turns it off; transformers only), else
+    NNCF's default.
 
     NNCF exposes the layers it reverted only in its log, so they are read from there; ``reverted_ops`` is
     None when the log did not say.
@@ -191,6 +194,7 @@ def nncf_quantize_openvino_with_accuracy_control(
                 drop_type=nncf.DropType.ABSOLUTE,
                 subset_size=size,
                 model_type=_model_type(transformer),
+                advanced_quantization_parameters=_smooth_quant(smooth_quant_alpha),
             )
         except Exception as error:
             raise RuntimeError(f"nncf.quantize_with_accuracy_control failed: {first_line(error)}") from error
@@ -208,6 +212,7 @@ def nncf_quantize_openvino_with_accuracy_control(
             "max_drop": drop,
             "drop_type": "absolute",
             "metric_reached": reached,
+            "smooth_quant_alpha": smooth_quant_alpha,
             "fake_quantize_ops": _count_fake_quantize(quantized),
             **_restorer_outcome(log),
         }
@@ -280,6 +285,17 @@ def _subset_size(samples: Sequence[Mapping[str, np.ndarray]], subset_size: int |
     return subset_size
 
 
+def _smooth_quant(alpha: float | None) -> Any:
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    if alpha is None:
+        return None
+    return AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+
+
 def _model_type(transformer: bool) -> Any:
     import nncf
 
@@ -299,6 +315,7 @@ def _settings(
         "model_type": "transformer" if transformer else None,
         "subset_size": subset_size,
         "target_device": "ANY",
+        "per_channel_weights": True,  # NNCF's default for weights; activations per tensor
     }
     if backend == "openvino":
         import openvino as ov

@@ -12,7 +12,9 @@ from typing import Any
 
 from exporter.quantize.budget import Int8Comparison
 from exporter.quantize.judge import describe_error, judge
-from exporter.quantize.sensitivity import LayerError, producers, quantizable_nodes, shortlist
+from exporter.quantize.layer_costs import layer_costs_ms
+from exporter.quantize.mixed_precision import moves_for, search_float_layers
+from exporter.quantize.sensitivity import producers, quantizable_nodes, shortlist
 from exporter.quantize.types import Builder, Candidate, QuantizeContext, cosine_error
 
 __all__ = [
@@ -27,8 +29,8 @@ __all__ = [
 Repair = Callable[[Candidate, Builder, QuantizeContext], None]
 
 AUTO_CALIBRATION = ("minmax", "percentile", "entropy")  # --calibration-method auto, in the order tried
-PROBE_LIMIT = 24  # layers measured one by one when a mode misses the budget
-STEP_WIDTH = 6  # layers tried at each later step of the greedy search
+PROBE_LIMIT = 16  # layers measured one by one when a candidate misses the budget
+PAIR_PROBES = 4  # of those, the likeliest also probed together with the layers producing their input
 
 
 @dataclass(frozen=True)
@@ -91,68 +93,56 @@ def search_calibration_method(candidate: Candidate, build: Builder, context: Qua
 
 
 def keep_sensitive_layers_in_float(candidate: Candidate, build: Builder, context: QuantizeContext) -> None:
-    """Greedy forward selection of layers to keep in float, each step measured by re-quantizing.
+    """The fastest mix of int8 and float layers that meets the budget (``mixed_precision``), each step
+    measured by re-quantizing with the layers kept in float left out of the builder's QDQ.
 
-    A move keeps one layer in float, or a layer together with the layer producing its input: an outlier
-    tensor's int8 range is set at both ends, so often only the pair helps. Step one tries every
-    shortlisted layer (a proxy picks ``PROBE_LIMIT`` when there are more); later steps the ``STEP_WIDTH``
-    best remaining. Stops when the budget holds, when nothing helps, or at ``max_float_layers`` / half the
-    layers (beyond that little int8 is left to ship). Only for builders that honour their exclude list.
+    The proxy (``sensitivity.shortlist``) picks the ``PROBE_LIMIT`` layers worth probing, the likeliest
+    ``PAIR_PROBES`` also with their producers; each layer's cost is its share of the quantizable MACs at a
+    calibration sample's shapes, in milliseconds its share of the time this int8 model saves over float
+    (both timed briefly here). At most ``max_float_layers`` (default 8) and half the layers are kept in
+    float: beyond that little int8 is left to ship. Only for builders that honour their exclude list.
     """
     if candidate.budget_passed or candidate.shape_errors:
         return
     assert candidate.path is not None
     nodes = dict(quantizable_nodes(context.preprocessed))
+    limit = min(context.options.max_float_layers, max(1, len(nodes) // 2))
+    if limit < 1 or not nodes:
+        return
     context.step(f"{candidate.name}: shortlisting sensitive layers")
     pool = shortlist(
         context.preprocessed, candidate.path, context.evaluation.samples[:8], context.threads, PROBE_LIMIT
     )
     pool += [n for n in nodes if n not in pool][: max(0, PROBE_LIMIT - len(pool))]
-    limit = min(context.options.max_float_layers, max(1, len(nodes) // 2))
+    costs = layer_costs_ms(context, context.preprocessed, candidate)
     trial = Candidate(
         candidate.name, candidate.engine, path=context.work_dir / f"{candidate.name}.trial.onnx"
     )
-    upstream = producers(context.preprocessed)
-    kept: list[LayerError] = []
-    baseline = error = candidate.cosine_error
-    while len(kept) < limit and pool:
-        names = [e.node for e in kept]
-        moves = _moves(pool[: len(pool) if not kept else STEP_WIDTH], upstream, names)
-        tried: list[tuple[float, tuple[str, ...]]] = []
-        for move in moves:
-            if len(kept) + len(move) > limit:
-                continue
-            context.step(f"{candidate.name}: trying {', '.join(move)} in float")
-            assert trial.path is not None
-            build(context, trial.path, names + list(move))
-            judge(trial, context)
-            tried.append((trial.cosine_error, move))
-        if not tried:
-            break
-        tried.sort(key=lambda item: item[0])  # stable: ties keep the proxy's order
-        best_error, best = tried[0]
-        if best_error >= error:
-            break  # nothing left helps
-        kept += [LayerError(node, nodes[node], error, best_error) for node in best]
-        pool = [node for node in pool if node not in best]
-        error = best_error
-        build(context, candidate.path, [e.node for e in kept])
-        candidate.float_layers = list(kept)
-        judge(candidate, context)
-        if candidate.budget_passed:
-            return
-    if kept and error >= baseline:  # nothing helped: ship no float layers for nothing
-        build(context, candidate.path, [])
-        candidate.float_layers = []
-        judge(candidate, context)
 
+    def measure(kept: Sequence[str]) -> tuple[float, bool]:
+        assert trial.path is not None
+        build(context, trial.path, kept)
+        judge(trial, context)
+        return trial.cosine_error, trial.budget_passed
 
-def _moves(
-    nodes: Sequence[str], upstream: Mapping[str, Sequence[str]], kept: Sequence[str]
-) -> list[tuple[str, ...]]:
-    """Each node alone, then with each of its producers not already in float."""
-    moves: list[tuple[str, ...]] = []
-    for node in nodes:
-        moves.append((node,))
-        moves.extend((p, node) for p in upstream.get(node, []) if p not in kept and p != node)
-    return moves
+    found = search_float_layers(
+        moves_for(pool, producers(context.preprocessed), PAIR_PROBES),
+        costs.shares,
+        nodes,
+        measure,
+        baseline=candidate.cosine_error,
+        limit=limit,
+        step=lambda message: context.step(f"{candidate.name}: {message}"),
+    )
+    if not found.layers:
+        candidate.settings = {**candidate.settings, "mixed_precision": found.summary()}
+        return
+    settings = build(context, candidate.path, found.nodes)
+    judge(candidate, context)
+    candidate.float_layers = costs.describe(found.layers, "fp32")
+    candidate.settings = {
+        **settings,
+        **{k: v for k, v in candidate.settings.items() if k not in settings},
+        "mixed_precision": found.summary() | costs.summary(),
+        "float_layer_precision": "fp32",
+    }

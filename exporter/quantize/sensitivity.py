@@ -41,12 +41,21 @@ QUANTIZABLE = {
 @dataclass
 class LayerError:
     """The output error (1 - worst min-cosine over outputs) with every layer quantized, and with this one
-    kept in float: their difference is the error this layer's quantization causes."""
+    kept in float: their difference is the error this layer's quantization causes.
+
+    The mixed-precision search also records what keeping it in float costs: ``cost_share``, its share of
+    the model's quantizable MACs, and ``est_ms``, that share of the time int8 saved on the whole model
+    (measured), i.e. the time this layer gives back; ``precision`` is what the float layer runs at (fp32
+    in ONNX Runtime, the plugin's hint in OpenVINO: bf16 where the CPU has it).
+    """
 
     node: str
     op_type: str
     error_all_int8: float
     error_kept_float: float
+    cost_share: float | None = None
+    est_ms: float | None = None
+    precision: str | None = None
 
     @property
     def caused(self) -> float:

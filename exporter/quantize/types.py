@@ -198,6 +198,9 @@ class QuantizeContext:
     """The run's ``--to`` targets: a candidate for a runtime that will not ship is not built."""
     reduce_range: bool | None = None
     calibration_method: str | None = None
+    cache: dict[Any, Any] = field(default_factory=dict)
+    """What candidates share within one run so none redoes another's work (NNCF statistics, variants
+    already judged); keys are the owning module's business."""
 
 
 Builder = Callable[[QuantizeContext, Path, Sequence[str]], dict[str, Any]]

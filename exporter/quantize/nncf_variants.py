@@ -1,0 +1,242 @@
+"""NNCF OpenVINO int8 variants of one model (a smooth-quant alpha, layers kept in float through an
+``IgnoredScope``) built from statistics collected once.
+
+``nncf.quantize`` spends most of its time collecting activation statistics (two inference passes over the
+calibration set on a transformer: one for SmoothQuant, one for the ranges). A sweep over alphas and a search
+over float layers re-quantize the same model many times, so ``VariantQuantizer`` runs NNCF's own
+post-training pipeline step by step and keeps each step's statistics: SmoothQuant's per-channel maxima do
+not depend on alpha, and the ranges collected with no layer ignored are a superset of those any
+``IgnoredScope`` needs. Statistics are matched by algorithm key, which NNCF derives from the object's hash,
+so every pipeline built here gets the same deterministic keys. This leans on NNCF internals
+(``PostTrainingQuantization._pipeline``, ``Pipeline.run_step``; nncf 3.4): any failure falls back to a plain
+``nncf.quantize`` with the same settings, and the settings record which way the model was made.
+
+Layer names are OpenVINO op names as NNCF sees them: ``ov.convert_model`` names an ONNX node's op after
+the node (a Gemm becomes ``<node>/WithoutBiases`` plus a bias Add), or after its output when that output is
+a graph output; ``openvino_names`` maps ONNX node names to them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from exporter.quantize.nncf_int8 import (
+    NNCF_DEFAULT_SUBSET_SIZE,
+    _dataset,
+    _import_nncf,
+    _nncf_session,
+    _openvino_input_names,
+    _read_openvino,
+)
+from exporter.quantize.sensitivity import QUANTIZABLE
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "OPENVINO_QUANTIZABLE",
+    "VariantQuantizer",
+    "openvino_names",
+    "openvino_shortlist",
+]
+
+DEFAULT_ALPHA = 0.95
+"""NNCF's default SmoothQuant alpha for MatMuls (``AdvancedSmoothQuantParameters().matmul``)."""
+OPENVINO_QUANTIZABLE = {"MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData"}
+_CAP_DB = 60.0
+_WEIGHT_PATH = {"Constant", "Convert", "FakeQuantize", "Multiply", "Subtract", "Reshape", "Transpose"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to quantize: the model type, SmoothQuant's MatMul alpha (-1 is off), layers left float."""
+
+    transformer: bool
+    alpha: float
+    ignored: tuple[str, ...] = ()
+
+
+@dataclass
+class VariantQuantizer:
+    """Quantizes variants of one float ONNX model, reusing NNCF statistics between them (module docstring)."""
+
+    float_onnx: Path
+    samples: Sequence[Mapping[str, np.ndarray]]
+    statistics: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    reused: int = 0
+
+    def quantize(self, variant: Variant) -> tuple[Any, str]:
+        """The int8 ``ov.Model`` and how it was made ("statistics reused", "collected" or "nncf.quantize")."""
+        nncf = _import_nncf()
+        model = _read_openvino(self.float_onnx)
+        dataset = _dataset(self.samples, _openvino_input_names(model))
+        before = self.reused
+        with _nncf_session():
+            try:
+                quantized = self._run_pipeline(model, dataset, variant)
+                return quantized, "statistics reused" if self.reused > before else "statistics collected"
+            except Exception:
+                model = _read_openvino(self.float_onnx)
+                try:
+                    quantized = nncf.quantize(
+                        model,
+                        dataset,
+                        subset_size=self.subset_size,
+                        model_type=nncf.ModelType.TRANSFORMER if variant.transformer else None,
+                        ignored_scope=_ignored(variant),
+                        advanced_parameters=_advanced(variant),
+                    )
+                except Exception as error:
+                    raise RuntimeError(f"nncf.quantize (OpenVINO backend) failed: {error}") from error
+                return quantized, "nncf.quantize"
+
+    @property
+    def subset_size(self) -> int:
+        return min(len(self.samples), NNCF_DEFAULT_SUBSET_SIZE)
+
+    def _pipeline(self, variant: Variant) -> Any:
+        import nncf
+        from nncf.common.utils.backend import BackendType
+        from nncf.quantization.algorithms.post_training.algorithm import PostTrainingQuantization
+
+        algorithm = PostTrainingQuantization(
+            subset_size=self.subset_size,
+            model_type=nncf.ModelType.TRANSFORMER if variant.transformer else None,
+            ignored_scope=_ignored(variant),
+            advanced_parameters=_advanced(variant),
+        )
+        steps = algorithm._pipeline._remove_unsupported_algorithms(BackendType.OPENVINO)
+        for index, step in enumerate(steps):
+            for position, part in enumerate(step):
+                part._algorithm_key = f"exporter_{index}_{position}_{type(part).__name__}"
+        return algorithm._pipeline, steps
+
+    def _run_pipeline(self, model: Any, dataset: Any, variant: Variant) -> Any:
+        from nncf.openvino.graph.nncf_graph_builder import GraphConverter
+        from nncf.quantization.algorithms.pipeline import collect_statistics
+        from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
+
+        pipeline, steps = self._pipeline(variant)
+        full, _ = self._pipeline(Variant(variant.transformer, variant.alpha))
+        graph = GraphConverter.create_nncf_graph(model)
+        for index, step in enumerate(steps):
+            smooth = all(isinstance(part, SmoothQuant) for part in step)
+            key = ("smooth quant",) if smooth else (variant.transformer, variant.alpha, index)
+            if key in self.statistics:
+                self.reused += 1
+            else:
+                points = full.get_statistic_points_for_step(index, model, graph)
+                self.statistics[key] = collect_statistics(points, model, graph, dataset)
+            pipeline.get_statistic_points_for_step(index, model, graph)  # sets up the backend
+            model = pipeline.run_step(index, self.statistics[key], model, graph)
+            graph = GraphConverter.create_nncf_graph(model)
+        return model
+
+
+def _ignored(variant: Variant) -> Any:
+    import nncf
+
+    return nncf.IgnoredScope(names=list(variant.ignored), validate=False) if variant.ignored else None
+
+
+def _advanced(variant: Variant) -> Any:
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    return AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=variant.alpha)
+    )
+
+
+def openvino_names(float_onnx: Path, model: Any) -> dict[str, str]:
+    """ONNX node name -> the OpenVINO op NNCF quantizes for it, for every quantizable node it can find."""
+    ops = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in OPENVINO_QUANTIZABLE}
+    graph = onnx.load(str(float_onnx), load_external_data=False).graph
+    found: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE or not node.name:
+            continue
+        names = [node.name, *node.output[:1]]
+        match = next((n for base in names for n in (base, f"{base}/WithoutBiases") if n in ops), None)
+        if match is not None:
+            found[node.name] = match
+    return found
+
+
+def openvino_shortlist(
+    float_onnx: Path,
+    quantized: Any,
+    names: Sequence[str],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    threads: int,
+    size: int,
+) -> list[str]:
+    """Up to ``size`` of the OpenVINO ops ``names``, those whose output SQNR (int8 IR against float) dropped
+    most below their activation inputs' first: the proxy that picks which layers to probe, as
+    ``sensitivity.shortlist`` does for ONNX Runtime. Both models expose the watched tensors as outputs."""
+    import openvino as ov
+
+    reference = _read_openvino(float_onnx)
+    copy = quantized.clone()
+    float_ops = {op.get_friendly_name(): op for op in reference.get_ops()}
+    int8_ops = {op.get_friendly_name(): op for op in copy.get_ops()}
+    sources: dict[str, list[tuple[str, int]]] = {}
+    for name in names:
+        op = float_ops.get(name)
+        if op is None:
+            continue
+        sources[name] = [
+            (port.get_source_output().get_node().get_friendly_name(), port.get_source_output().get_index())
+            for port in op.inputs()
+            if not _weight_path(port.get_source_output().get_node())
+        ]
+    watched = list(dict.fromkeys([(n, 0) for n in sources] + [s for v in sources.values() for s in v]))
+    watched = [(n, i) for n, i in watched if n in int8_ops and int8_ops[n].get_type_name() != "Parameter"]
+    values: list[list[list[np.ndarray]]] = []
+    for model, ops in ((reference, float_ops), (copy, int8_ops)):
+        first = len(model.outputs)
+        model.add_outputs([ops[n].output(i) for n, i in watched])
+        compiled = ov.Core().compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+        )
+        inputs = _openvino_input_names(model)
+        runs = [compiled({k: s[k] for k in inputs if k in s}) for s in samples]
+        values.append(
+            [[np.asarray(r[compiled.outputs[first + k]]) for r in runs] for k in range(len(watched))]
+        )
+    sqnr = {w: _sqnr(values[0][k], values[1][k]) for k, w in enumerate(watched)}
+    drops = {}
+    for name, feeding in sources.items():
+        before = min([min(sqnr.get(s, math.inf), _CAP_DB) for s in feeding], default=_CAP_DB)
+        after = sqnr.get((name, 0))
+        drops[name] = 0.0 if after is None else before - min(after, _CAP_DB)
+    return sorted(drops, key=lambda n: -drops[n])[:size]
+
+
+def _weight_path(node: Any, depth: int = 0) -> bool:
+    """Whether a tensor comes from constants only (a weight and its decompression), not an activation."""
+    if node.get_type_name() == "Constant":
+        return True
+    if node.get_type_name() not in _WEIGHT_PATH or depth > 6:
+        return False
+    return all(_weight_path(port.get_source_output().get_node(), depth + 1) for port in node.inputs())
+
+
+def _sqnr(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
+    ref = np.concatenate([r.ravel() for r in reference]).astype(np.float64)
+    act = np.concatenate([a.ravel() for a in actual]).astype(np.float64)
+    if ref.shape != act.shape:
+        return math.inf
+    noise = float(np.sum((ref - act) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
