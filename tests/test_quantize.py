@@ -48,7 +48,7 @@ from exporter.quantize.repairs import (
 from exporter.quantize.selection import choose_candidate
 from exporter.quantize.types import QuantizeContext
 from exporter.specs import InputSpec, parse_tensor_spec
-from tests.conftest import write_calibration
+from tests.conftest import FAST_TIMING, write_calibration
 from tests.models import MODELS
 
 IMAGE_SPEC = InputSpec((parse_tensor_spec("image:float32:batch=1,3,8,8"),))
@@ -543,3 +543,70 @@ def test_a_registered_toy_candidate_is_built_judged_and_timed(
     assert built.budget_passed and built.outputs[0].min_cosine == pytest.approx(1.0)
     assert built.latency and built.p50_ratio is not None
     assert "toy-copy" not in [spec.name for spec in candidates_for(QuantMode.DYNAMIC)]
+
+
+def _timed(name: str, label: str, p50: float) -> LatencyStats:
+    return LatencyStats(name, label, 1, {}, 1, 10, p50, p50, p50, p50, p50, 1000 / p50)
+
+
+def test_only_contenders_are_timed_beyond_the_first_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every candidate runs at batch 1; at batch 8 only the two fastest at batch 1 that met the budget and
+    beat float there. A candidate timed at batch 1 alone cannot ship in ``int8``. Timings are injected by
+    name, so the selection, not the machine, is tested."""
+    from exporter.benchmark import BatchPlan
+    from exporter.quantize import selection
+
+    p50 = {"float": 10.0, "fast": 4.0, "faster": 3.0, "fastest-but-fails": 2.0, "third": 5.0, "slow": 12.0}
+    seen: dict[str, list[str]] = {}
+
+    def fake_group(models, configs, group, *, plan, timing, threads):  # type: ignore[no-untyped-def]
+        seen[plan.label] = [c.name for c in group]
+        names = [selection.FLOAT_LABEL, *(c.name for c in group)]
+        return [_timed(n, plan.label, p50[n if n != selection.FLOAT_LABEL else "float"]) for n in names]
+
+    monkeypatch.setattr(selection, "_time_group", fake_group)
+    candidates = [
+        _candidate(name, 1.0, passed=name != "fastest-but-fails") for name in p50 if name != "float"
+    ]
+    for candidate in candidates:
+        candidate.path, candidate.latency = Path(f"{candidate.name}.onnx"), []
+    plans = [BatchPlan("batch=1", 1, {}), BatchPlan("batch=8", 8, {})]
+    floats = selection.time_candidates({"onnxruntime": Path("f.onnx")}, candidates, plans, FAST_TIMING, 1)
+    assert seen["batch=1"] == [c.name for c in candidates]
+    assert seen["batch=8"] == ["faster", "fast"]
+    assert [s.label for s in floats["onnxruntime"]] == ["batch=1", "batch=8"]
+    by_name = {c.name: c for c in candidates}
+    assert by_name["faster"].timed_in_full and not by_name["third"].timed_in_full
+    notes: list[str] = []
+    choose_candidate(QuantMode.INT8, candidates, notes)
+    assert [c.name for c in candidates if c.chosen] == ["faster"]
+    assert any("third was timed at batch=1 only" in n for n in notes)
+
+
+def test_a_candidate_slower_than_one_within_budget_is_not_repaired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repairs keep or cut an int8 model's speed; one already no faster than a candidate that meets the
+    budget is not repaired (the reason is recorded), one faster is."""
+    import contextlib
+
+    from exporter.benchmark import BatchPlan
+    from exporter.quantize import search
+
+    speeds = {"rival": 5.0, "slow": 6.0, "quick": 4.0}
+    monkeypatch.setattr(search, "open_candidate", lambda c, threads: contextlib.nullcontext(c))
+    monkeypatch.setattr(
+        search,
+        "compare_latency",
+        lambda runners, plan, config, threads: [_timed(r.name, plan.label, speeds[r.name]) for r in runners],
+    )
+    rival = _candidate("rival", 1.0)
+    rival.path = Path("rival.onnx")
+    context = QuantizeContext.__new__(QuantizeContext)
+    context.built, context.rank_plan, context.threads = [rival], BatchPlan("batch=1", 1, {}), 1
+    context.step = lambda message: None
+    slow, quick = _candidate("slow", 1.0, passed=False), _candidate("quick", 1.0, passed=False)
+    slow.path, quick.path = Path("slow.onnx"), Path("quick.onnx")
+    reason = search._cannot_win(slow, context)
+    assert reason is not None and "no faster than rival" in reason and "6 vs 5 ms" in reason
+    assert search._cannot_win(quick, context) is None
+    context.built = []
+    assert search._cannot_win(slow, context) is None  # nothing within budget to race

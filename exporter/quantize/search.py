@@ -11,6 +11,7 @@ choice in ``selection.py``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from exporter._resolve import resolve_callable
-from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig
+from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.errors import first_line
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.candidates import CandidateSpec, Requirement, candidates_for
@@ -186,6 +187,7 @@ def run_quantization(
         threads=threads,
         step=step,
         targets=tuple(targets),
+        rank_plan=plans[0] if plans else None,
     )
     metric = resolve_callable(options.metric, option="metric") if options.metric else None
     float_accuracy = _accuracy(metric, context.reference, evaluation)
@@ -244,6 +246,7 @@ def _build_all(
             continue
         context.step(f"building {spec.name}")
         candidate = build_candidate(spec, context)
+        context.built.append(candidate)
         if candidate.path is not None and metric is not None:
             with open_candidate(candidate, context.threads) as runner:
                 outputs = [runner.run(s) for s in context.evaluation.samples]
@@ -262,7 +265,10 @@ def build_candidate(spec: CandidateSpec, context: QuantizeContext) -> Candidate:
         candidate.settings = spec.build(context, target, ())
         candidate.path = target
         judge(candidate, context)
-        for repair in spec.repairs:
+        hopeless = _cannot_win(candidate, context) if spec.repairs and not candidate.budget_passed else None
+        if hopeless is not None:
+            candidate.settings = {**candidate.settings, "repairs_skipped": hopeless}
+        for repair in spec.repairs if hopeless is None else ():
             repair(candidate, spec.build, context)
     except Exception as error:
         candidate.error = f"{type(error).__name__}: {first_line(error)}"
@@ -273,6 +279,36 @@ def build_candidate(spec: CandidateSpec, context: QuantizeContext) -> Candidate:
         candidate.size_bytes = candidate.path.stat().st_size + (weights.stat().st_size if weights else 0)
     gc.collect()
     return candidate
+
+
+RACE_TIMING = TimingConfig(warmup=2, min_runs=8, min_seconds=0.3, max_runs=200, max_seconds=2.0)
+
+
+def _cannot_win(candidate: Candidate, context: QuantizeContext) -> str | None:
+    """Why repairing ``candidate`` is pointless, or None: every repair keeps its int8 graph's speed or slows
+    it (a calibration method changes ranges only; a float layer adds its kernel and a dequantize/quantize
+    pair), so when the all-int8 model is already no faster at the first batch plan than a candidate of the
+    same runtime that meets the budget, no repair can make it the one that ships. On the trained encoder the
+    repairs of static-ort took 60 of 157 s and ended slower than dynamic-ort."""
+    rivals = [
+        c
+        for c in context.built
+        if c.runtime == candidate.runtime and c.budget_passed and c.path is not None and not c.shape_errors
+    ]
+    if not rivals or context.rank_plan is None or candidate.path is None:
+        return None
+    context.step(f"{candidate.name}: racing it against {', '.join(c.name for c in rivals)}")
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(open_candidate(c, context.threads)) for c in (candidate, *rivals)]
+        stats = compare_latency(runners, context.rank_plan, config=RACE_TIMING, threads=context.threads)
+    mine, (best, best_stats) = stats[0], min(zip(rivals, stats[1:], strict=True), key=lambda p: p[1].p50_ms)
+    if mine.p50_ms < best_stats.p50_ms:
+        return None
+    return (
+        f"not repaired: all-int8 it is already no faster than {best.name}, which meets the budget "
+        f"(p50 {mine.p50_ms:.3g} vs {best_stats.p50_ms:.3g} ms at {context.rank_plan.label}), and a repair "
+        "can only keep its speed or slow it"
+    )
 
 
 def _accuracy(

@@ -31,12 +31,65 @@ def time_candidates(
 
     ``float_models`` maps a runtime (``onnxruntime``, ``openvino``) to its float model; each candidate is
     judged against the float model of the runtime that runs it (a lossy artifact must beat its own float
-    source), while all share one timing so figures compare across runtimes too. Fills each timed candidate's
-    ``latency`` and ``p50_ratio`` (geometric mean over plans of its p50 over its float's) and returns each
-    runtime's float statistics (the benchmark stage reuses them). The one place candidates are timed.
+    source), while all share one timing so figures compare across runtimes too. Every candidate is timed at
+    the first plan (batch 1, the cheapest); only the contenders go on to the other plans: per runtime, the
+    ``CONTENDERS`` fastest at the first plan that meet the budget and beat their float model there (the
+    rest cannot ship in ``int8``, and the larger batches are where the time goes). Fills each timed
+    candidate's ``latency``, ``p50_ratio`` (geometric mean over the plans it ran of its p50 over its
+    float's) and ``timed_in_full``; returns each runtime's float statistics at every plan. The one place
+    candidates are timed.
     """
     configs = float_configs or {}
     timed = [c for c in candidates if c.path is not None and not c.shape_errors and c.runtime in float_models]
+    runtimes = list(float_models)
+    floats: dict[str, list[LatencyStats]] = {runtime: [] for runtime in runtimes}
+    for candidate in timed:
+        candidate.latency = []
+    for plan_index, plan in enumerate(plans):
+        group = timed if plan_index == 0 else _contenders(timed, floats)
+        stats = _time_group(float_models, configs, group, plan=plan, timing=timing, threads=threads)
+        for runtime, float_stats in zip(runtimes, stats, strict=False):
+            floats[runtime].append(float_stats)
+        for candidate, candidate_stats in zip(group, stats[len(runtimes) :], strict=True):
+            reference = floats[candidate.runtime][-1]
+            ratio = reference.p50_ms / candidate_stats.p50_ms if candidate_stats.p50_ms > 0 else None
+            candidate_stats.speedup_vs_float = ratio
+            candidate.latency.append(candidate_stats)
+    for candidate in timed:
+        candidate.timed_in_full = len(candidate.latency) == len(plans)
+        ratios = [1 / s.speedup_vs_float for s in candidate.latency if s.speedup_vs_float]
+        candidate.p50_ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+    return floats
+
+
+CONTENDERS = 2
+"""Candidates per runtime timed beyond the first plan."""
+
+
+def _contenders(timed: Sequence[Candidate], floats: Mapping[str, list[LatencyStats]]) -> list[Candidate]:
+    chosen: list[Candidate] = []
+    for runtime in dict.fromkeys(c.runtime for c in timed):
+        first = floats[runtime][0].p50_ms
+        able = [
+            c
+            for c in timed
+            if c.runtime == runtime and c.budget_passed and c.latency and c.latency[0].p50_ms < first
+        ]
+        chosen += sorted(able, key=lambda c: c.latency[0].p50_ms)[:CONTENDERS]
+    return chosen
+
+
+def _time_group(
+    float_models: Mapping[str, Path],
+    configs: Mapping[str, dict[str, str]],
+    group: Sequence[Candidate],
+    *,
+    plan: BatchPlan,
+    timing: TimingConfig,
+    threads: int,
+) -> list[LatencyStats]:
+    """Each runtime's float model, then ``group``, timed together on one plan: stats in that order."""
+    runtimes = list(float_models)
     with contextlib.ExitStack() as stack:
         runners = [
             stack.enter_context(
@@ -44,26 +97,11 @@ def time_candidates(
             )
             for runtime, path in float_models.items()
         ]
-        runners += [stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in timed]
-        runtimes = list(float_models)
+        runners += [stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in group]
         reference_of = {
-            index: runtimes.index(c.runtime) for index, c in enumerate(timed, start=len(float_models))
+            index: runtimes.index(c.runtime) for index, c in enumerate(group, start=len(runtimes))
         }
-        per_plan = [
-            compare_latency(runners, plan, config=timing, threads=threads, reference_of=reference_of)
-            for plan in plans
-        ]
-    floats = {runtime: [stats[index] for stats in per_plan] for index, runtime in enumerate(float_models)}
-    for index, candidate in enumerate(timed, start=len(float_models)):
-        reference = floats[candidate.runtime]
-        candidate.latency = [stats[index] for stats in per_plan]
-        ratios = [
-            c.p50_ms / f.p50_ms for c, f in zip(candidate.latency, reference, strict=True) if f.p50_ms > 0
-        ]
-        candidate.p50_ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
-        for c, f in zip(candidate.latency, reference, strict=True):
-            c.speedup_vs_float = f.p50_ms / c.p50_ms if c.p50_ms > 0 else None
-    return floats
+        return compare_latency(runners, plan, config=timing, threads=threads, reference_of=reference_of)
 
 
 def float_label(runtime: str) -> str:
@@ -83,7 +121,12 @@ def _choose(mode: QuantMode, candidates: list[Candidate], notes: list[str], runt
     where = "ONNX Runtime" if runtime == "onnxruntime" else runtime
     within = [c for c in candidates if c.budget_passed and c.p50_ratio is not None]
     for candidate in within:
-        if not candidate.faster_than_float:
+        if not candidate.timed_in_full:
+            notes.append(
+                f"lossy candidate {candidate.name} was timed at {candidate.latency[0].label} only: slower "
+                f"there than float {where} or than {CONTENDERS} other candidates, so not a contender"
+            )
+        elif not candidate.faster_than_float:
             notes.append(
                 f"lossy candidate {candidate.name} is SLOWER than float {where} at "
                 f"{', '.join(candidate.slower_at)} (p50 x{candidate.p50_ratio:.2f} of float over all sizes)"

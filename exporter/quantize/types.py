@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter.benchmark import LatencyStats
+from exporter.benchmark import BatchPlan, LatencyStats
 from exporter.errors import UsageError
 from exporter.quantize.budget import Int8Comparison, ParityBudget
 from exporter.quantize.calibration import SampleSet
@@ -123,6 +123,8 @@ class Candidate:
     p50_ratio: float | None = None
     accuracy: float | None = None
     chosen: bool = False
+    timed_in_full: bool = True
+    """Timed at every batch plan; False when its first plan already ruled it out (``time_candidates``)."""
 
     @property
     def budget_passed(self) -> bool:
@@ -137,7 +139,7 @@ class Candidate:
     def faster_than_float(self) -> bool:
         """Faster than its runtime's float model at every batch size timed, not only on average: a lossy
         artifact slower at some batch size than the float one it replaces is no win there."""
-        if self.p50_ratio is None or not self.latency:
+        if self.p50_ratio is None or not self.latency or not self.timed_in_full:
             return False
         return all(s.speedup_vs_float is not None and s.speedup_vs_float > 1.0 for s in self.latency)
 
@@ -169,6 +171,7 @@ class Candidate:
             "accuracy": self.accuracy,
             "budget_passed": self.budget_passed,
             "faster_than_float": self.faster_than_float,
+            "timed_in_full": self.timed_in_full,
             "chosen": self.chosen,
         }
 
@@ -198,6 +201,11 @@ class QuantizeContext:
     """The run's ``--to`` targets: a candidate for a runtime that will not ship is not built."""
     reduce_range: bool | None = None
     calibration_method: str | None = None
+    rank_plan: BatchPlan | None = None
+    """The first batch plan, on which a candidate that missed the budget is raced against those that met it
+    before any repair (``search.build_candidate``); None: no race."""
+    built: list[Candidate] = field(default_factory=list)
+    """The candidates judged so far, in build order."""
     cache: dict[Any, Any] = field(default_factory=dict)
     """What candidates share within one run so none redoes another's work (NNCF statistics, variants
     already judged); keys are the owning module's business."""
