@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["quiet"]
+__all__ = ["quiet", "quiet_logs"]
 
 _LOGGERS = (
     "torch",
@@ -49,3 +49,21 @@ def quiet() -> Iterator[None]:
                 os.close(fd)
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
+
+
+_IMPORT_CHATTER = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Only the log warnings libraries print when a model's own code imports them (torchao's optional CUDA
+    kernels, torch's pytree deprecations): the user's own prints and errors still show."""
+    loggers = [logging.getLogger(name) for name in _IMPORT_CHATTER]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -27,9 +27,9 @@ from exporter._checkpoint_audit import (
     audit_torchscript,
 )
 from exporter._documents import sha256_file
-from exporter._quiet import quiet
+from exporter._quiet import quiet, quiet_logs
 from exporter._resolve import resolve_callable
-from exporter.errors import LoadError, first_line
+from exporter.errors import ExporterError, LoadError, first_line
 
 __all__ = ["CheckpointFormat", "LoadRequest", "LoadedModel", "load_model", "sha256_file"]
 
@@ -263,9 +263,12 @@ def _build_with_weights(
             f"checkpoint '{request.checkpoint}' holds only weights; pass --model package.module:factory "
             "(or path/to/file.py:factory) that builds the architecture"
         )
-    factory = resolve_callable(request.model_ref)
     try:
-        module = factory(**dict(request.model_kwargs))
+        with quiet_logs():
+            factory = resolve_callable(request.model_ref)
+            module = factory(**dict(request.model_kwargs))
+    except ExporterError:
+        raise
     except Exception as error:
         raise LoadError(
             f"--model {request.model_ref} raised {type(error).__name__}: {first_line(error)} "
