@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter._report_lossy import SYNTHETIC_WARNING, Table, quantization_table
 from exporter.backends import backends
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "SYNTHETIC_WARNING",
     "Table",
     "latency_matrix",
     "latency_table",
@@ -25,8 +27,6 @@ __all__ = [
 ]
 
 REPORT_SCHEMA_VERSION = 1
-
-Table = tuple[list[str], list[list[str]]]
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -190,65 +190,6 @@ def optimization_table(report: dict[str, Any]) -> Table:
     return headers, rows
 
 
-def quantization_table(report: dict[str, Any]) -> Table:
-    """One row per lossy candidate (int8, bf16): verdict, size and speed against the float model of its own
-    runtime, its p50, worst parity over outputs."""
-    headers = [
-        "candidate",
-        "status",
-        "size vs float",
-        "p50 ms",
-        "p50 vs its runtime's float",
-        "min cosine",
-        "SQNR dB",
-        "top-1 agree",
-        "accuracy",
-        "float layers",
-    ]
-    quant = report["quantization"]
-    rows = []
-    if quant["float"]["accuracy"] is not None:
-        accuracy = f"{quant['float']['accuracy']:.4f}"
-        rows.append(["float (reference)", "-", "1.00x", "-", "1.00x", "-", "-", "-", accuracy, "-"])
-    files = {"onnxruntime": "model.int8.onnx", "openvino": "model.lossy.xml"}
-    for c in quant["candidates"]:
-        runtime = c.get("runtime", "onnxruntime")
-        outputs = c["outputs"]
-        if c["error"]:
-            status = f"FAILED to build: {c['error']}"
-        elif not c["budget_passed"]:
-            misses = [o["message"] for o in outputs if o["message"]] + c["shape_errors"]
-            status = "FAIL budget: " + "; ".join(misses[:2])
-        else:
-            status = "within budget"
-        if c["chosen"]:
-            status = f"SHIPPED as {files.get(runtime, runtime)}, " + status
-        if quant.get("fastest") == c["name"]:
-            status += ", FASTEST within budget"
-        elif c["budget_passed"] and not c["faster_than_float"]:
-            status += ", SLOWER than float"
-        per_batch = ", ".join(
-            f"{s['label']} x{1 / s['speedup_vs_float']:.2f}" for s in c["latency"] if s["speedup_vs_float"]
-        )
-        top1 = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
-        rows.append(
-            [
-                c["name"] if runtime == "onnxruntime" else f"{c['name']} ({runtime})",
-                status,
-                "-" if c["size_ratio"] is None else f"{c['size_ratio']:.2f}x",
-                ", ".join(f"{s['label']} {s['p50_ms']:.3g}" for s in c["latency"]) or "-",
-                per_batch or "-",
-                "-" if not outputs else f"{min(o['min_cosine'] for o in outputs):.4f}",
-                "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
-                "-" if not top1 else f"{min(top1):.3f}",
-                "-" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
-                ", ".join(f"{e['node']} (caused {e['caused']:.2g})" for e in c["float_layers"]) or "-",
-            ]
-        )
-    rows += [[name, reason, *["-"] * 8] for name, reason in quant.get("skipped", {}).items()]
-    return headers, rows
-
-
 def _markdown_table(table: Table) -> str:
     headers, rows = table
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -365,12 +306,6 @@ def _markdown_optimization(report: dict[str, Any]) -> list[str]:
         "",
         _markdown_table(optimization_table(report)),
     ]
-
-
-SYNTHETIC_WARNING = (
-    "Judged on synthetic inputs only: the lossy models' parity was measured on inputs drawn from the spec, "
-    "which proves nothing about real data; re-export with --calibration FILE.npz of real inputs."
-)
 
 
 def _markdown_int8(report: dict[str, Any]) -> list[str]:
