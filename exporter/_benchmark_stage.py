@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from exporter.backends import BackendResult, OpenContext, open_shipped
 from exporter.benchmark import LatencyStats, batch_plans, compare_latency
 from exporter.documents import lossy_artifacts
-from exporter.quantize import QuantizationResult
+from exporter.quantize import QuantizationResult, QuantMode
 from exporter.runners import EagerRunner, Runner
 from exporter.stages import ProgressListener
 
@@ -81,10 +81,12 @@ def benchmark_stage(
 def drop_slower_lossy(
     latency: list[LatencyStats], quantization: QuantizationResult | None, notes: list[str]
 ) -> list[LatencyStats]:
-    """Un-ship a lossy model that the benchmark's full timing found slower than its float source at some
-    batch size, and drop its rows: the quantize stage chose it on a shorter timing, and the latency table
-    must never show a shipped lossy model slower than the float model it replaces. Its float source not
-    shipped (not a target) or not timed: nothing to compare, it stays."""
+    """``--quantize int8``: un-ship a lossy model that the benchmark's full timing found slower than its float
+    source at some batch size, and drop its rows: the quantize stage chose it on a shorter timing, and the
+    latency table must never show a shipped lossy model slower than the float model it replaces. Its float
+    source not shipped (not a target) or not timed: nothing to compare, it stays."""
+    if quantization is None or quantization.options.mode is not QuantMode.INT8:
+        return latency  # an explicit mode ships its choice within budget even when slower, flagged
     for spec, chosen in lossy_artifacts(quantization):
         floats = {s.label: s.p50_ms for s in latency if s.backend == spec.float_source}
         slower = [

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.errors import ExitCode
-from exporter.optimize import nonstandard_domains
+from exporter.optimize import OptimizeOptions, nonstandard_domains
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize import QuantizeOptions, QuantMode
@@ -135,6 +135,9 @@ def test_the_tiny_encoder_model_onnx_is_standard_and_runs_in_openvino(tmp_path: 
     _assert_portable_folder(_export_recipe("tiny_encoder.toml", tmp_path / "encoder"))
 
 
+ORT_STEP = OptimizeOptions(steps=("ort",))  # auto leaves ORT's offline rewrites out; named, it runs
+
+
 def _ort_step_timed_as(p50: float) -> Callable[..., list[dict[str, float]]]:
     """A stand-in for the optimize stage's timing: the ``+ort`` variant at ``p50``, every other at 1 ms, so
     the test decides which variant is faster rather than the machine's noise."""
@@ -155,7 +158,7 @@ def test_a_faster_ort_rewrite_ships_as_model_ort_onnx_listed_timed_and_gated(
     # as for a graph with rewrites ORT does not make at load (transformer fusions): the plumbing is the same
     monkeypatch.setattr(optimize, "only_load_time_rewrites", lambda portable, fastest: False)
     quantization = QuantizeOptions(mode=QuantMode.DYNAMIC, samples=16)
-    result = export(options_for("mlp", quantization=quantization))
+    result = export(options_for("mlp", quantization=quantization, optimization=ORT_STEP))
     assert result.exit_code is ExitCode.OK, result.report["notes"]
     folder = result.out_dir
     assert [b.backend for b in result.backends] == ["onnxruntime", "onnxruntime-optimized"]
@@ -191,7 +194,7 @@ def test_an_ort_rewrite_no_faster_than_the_portable_model_does_not_ship(
 
     monkeypatch.setattr(optimize, "_time_paths", _ort_step_timed_as(0.99))
     monkeypatch.setattr(optimize, "only_load_time_rewrites", lambda portable, fastest: False)
-    result = export(options_for("mlp", benchmark=False))
+    result = export(options_for("mlp", benchmark=False, optimization=ORT_STEP))
     assert result.exit_code is ExitCode.OK, result.report["notes"]
     assert [b.backend for b in result.backends] == ["onnxruntime"]
     assert not (result.out_dir / "model.ort.onnx").exists()
@@ -211,7 +214,7 @@ def test_ort_load_time_rewrites_alone_never_ship_however_they_time(
     from exporter import optimize
 
     monkeypatch.setattr(optimize, "_time_paths", _ort_step_timed_as(0.5))
-    result = export(options_for("mlp", benchmark=False))
+    result = export(options_for("mlp", benchmark=False, optimization=ORT_STEP))
     assert [b.backend for b in result.backends] == ["onnxruntime"]
     record = next(r for r in result.report["optimization"] if r["name"] == "runtime-specific")
     assert not record["kept"] and "load-time rewrites" in record["reason"]
