@@ -214,3 +214,23 @@ def test_the_benchmark_unships_a_lossy_model_slower_than_its_float_source() -> N
     chosen.chosen = True
     faster = [s for s in latency if s.label == "batch=1"]
     assert drop_slower_lossy(faster, quantization, notes) == faster and chosen.chosen
+
+
+def test_an_explicit_mode_keeps_its_choice_even_when_the_benchmark_finds_it_slower() -> None:
+    from exporter.quantize import Candidate
+    from exporter.quantize.search import QuantizationResult
+
+    chosen = Candidate("dynamic-ort", "test", path=Path("model.int8.onnx"), chosen=True)
+    quantization = QuantizationResult(
+        QuantizeOptions(mode=QuantMode.DYNAMIC),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        1,
+        [],
+        None,
+        [chosen],
+        [],
+    )
+    latency = [_stats("onnxruntime", "batch=1", 1.0), _stats("onnxruntime-int8", "batch=1", 1.5)]
+    assert drop_slower_lossy(latency, quantization, []) == latency and chosen.chosen
