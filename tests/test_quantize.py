@@ -313,13 +313,23 @@ def test_each_mode_selects_its_candidates_through_the_registry() -> None:
     assert STATIC_PT2E.repairs == () and Requirement.EXPORTABLE_MODULE in QAT_PT2E.needs
 
 
-def test_qat_is_skipped_in_int8_mode_only_when_static_pt2e_meets_the_budget() -> None:
+def test_qat_runs_in_int8_mode_only_as_a_last_resort() -> None:
     assert QAT_PT2E.skip is not None
     passing, failing = _candidate("static-pt2e", 0.5), _candidate("static-pt2e", 0.5, passed=False)
     reason = QAT_PT2E.skip(QuantMode.INT8, [passing])
     assert reason is not None and "static-pt2e already meets the budget" in reason
     assert QAT_PT2E.skip(QuantMode.INT8, [failing]) is None
     assert QAT_PT2E.skip(QuantMode.QAT, [passing]) is None
+    broken = _candidate("static-pt2e", 0.5, passed=False)
+    broken.error = "UserError: Constraints violated (seq)!"
+    assert "could not be built" in (QAT_PT2E.skip(QuantMode.INT8, [broken]) or "")
+    dynamic = _candidate("dynamic-ort", 0.6)
+    reason = QAT_PT2E.skip(QuantMode.INT8, [dynamic, failing])
+    assert reason is not None and "dynamic-ort already meets the budget in ONNX Runtime" in reason
+    openvino = _candidate("bf16-openvino", 0.6)
+    openvino.runtime = "openvino"
+    assert QAT_PT2E.skip(QuantMode.INT8, [openvino, failing]) is None  # another runtime's pass is no reason
+    assert QAT_PT2E.skip(QuantMode.QAT, [dynamic, failing]) is None
 
 
 # ---- end to end --------------------------------------------------------------------------------------------
@@ -424,10 +434,11 @@ def test_int8_mode_lists_every_candidate(options_for: Callable[..., ExportOption
     assert sorted(names + list(skipped), key=every.index) == every and not set(names) & set(skipped)
     assert "--to openvino was not asked for" in skipped["nncf-openvino"]  # OpenVINO candidates need it
     static_pt2e = next(c for c in result.quantization.candidates if c.name == "static-pt2e")
-    assert ("qat-pt2e" in skipped) == static_pt2e.budget_passed
-    if skipped:
-        report = (result.out_dir / "report.md").read_text()
-        assert "static-pt2e already meets the budget" in report
+    earlier = result.quantization.candidates[: names.index("static-pt2e") + 1]
+    ort_passed = any(c.runtime == "onnxruntime" and c.budget_passed for c in earlier)
+    assert ("qat-pt2e" in skipped) == (ort_passed or static_pt2e.error is not None)
+    if "qat-pt2e" in skipped:
+        assert skipped["qat-pt2e"] in (result.out_dir / "report.md").read_text()
     chosen = result.quantization.chosen
     if chosen is not None:
         assert chosen.faster_than_float and chosen.budget_passed

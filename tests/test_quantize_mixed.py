@@ -243,7 +243,7 @@ def test_a_budget_no_alpha_meets_keeps_layers_in_float_through_nncf_ignored_scop
     nodes = [e["node"] for e in sq["float_layers"]]
     assert sq["settings"]["ignored_scope"] and len(sq["settings"]["ignored_scope"]) == len(nodes)
     assert all(e["precision"] in {"bf16", "f32"} and e["caused"] > 0 for e in sq["float_layers"])
-    assert sq["settings"]["statistics"] == "statistics reused"
+    assert sq["settings"]["statistics"] == "nncf.quantize"
     cosine = min(o["min_cosine"] for o in sq["outputs"])
     assert sq["budget_passed"] == (cosine >= 0.999)
     if sq["budget_passed"]:

@@ -326,22 +326,22 @@ def test_no_calibration_samples_is_an_error(exported: Callable[[str], Exported],
         nncf_quantize_openvino(exported("mlp").onnx_path, tmp_path / "x.xml", [], transformer=False)
 
 
-# ---- variants from shared statistics ----------------------------------------------------------------------
+# ---- variants ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_variants_from_reused_statistics_match_plain_nncf_and_honour_the_ignored_scope(
+def test_variants_match_plain_nncf_and_honour_the_ignored_scope(
     exported: Callable[[str], Exported], tmp_path: Path
 ) -> None:
-    """The second variant reuses the first one's statistics and still equals ``nncf.quantize`` with the
-    same settings; an IgnoredScope (OpenVINO op names) leaves that layer without its FakeQuantize."""
+    """A variant equals ``nncf.quantize`` with the same settings; an IgnoredScope (OpenVINO op names)
+    leaves that layer without its FakeQuantize."""
     from exporter.quantize.nncf_variants import Variant, VariantQuantizer, openvino_names
 
     model = exported("fragile")
     quantizer = VariantQuantizer(model.onnx_path, model.samples)
     first, how_first = quantizer.quantize(Variant(False, -1.0))
     again, how_again = quantizer.quantize(Variant(False, -1.0))
-    assert (how_first, how_again) == ("statistics collected", "statistics reused")
+    assert (how_first, how_again) == ("nncf.quantize", "nncf.quantize")
     plain = tmp_path / "plain.xml"
     nncf_quantize_openvino(model.onnx_path, plain, model.samples, transformer=False)
     ov.save_model(again, str(tmp_path / "again.xml"), compress_to_fp16=False)
@@ -350,6 +350,6 @@ def test_variants_from_reused_statistics_match_plain_nncf_and_honour_the_ignored
 
     names = openvino_names(model.onnx_path, ov.convert_model(str(model.onnx_path)))
     ignored, how = quantizer.quantize(Variant(False, -1.0, (names["node_linear_2"],)))
-    assert how == "statistics reused"
+    assert how == "nncf.quantize"
     fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in first.get_ops())
     assert sum(op.get_type_name() == "FakeQuantize" for op in ignored.get_ops()) < fake_quantize

@@ -1,11 +1,10 @@
 """Mixed precision for NNCF's OpenVINO int8: the fastest set of layers to keep in float (``mixed_precision``
-search), each trial re-quantized by NNCF with those layers in an ``IgnoredScope``, statistics reused
+search), each trial re-quantized by ``nncf.quantize`` with those layers in an ``IgnoredScope``
 (``nncf_variants``). The float layers run at the plugin's precision hint, bf16 where the CPU has it.
 
 Layers are named by their ONNX node (as the report names ONNX Runtime's float layers); the OpenVINO op
 names NNCF ignores are recorded in settings. Fewer layers are probed than for ONNX Runtime
-(``PROBE_LIMIT``): each trial is an NNCF pipeline run (about 2.5 s on a 6-layer MiniLM-sized encoder with
-statistics reused, 4.6 s without).
+(``PROBE_LIMIT``): each trial is an ``nncf.quantize`` run (about 4.6 s on a 6-layer MiniLM-sized encoder).
 """
 
 from __future__ import annotations
