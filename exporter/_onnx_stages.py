@@ -257,12 +257,15 @@ def _quantize(
 
 
 def _quantize_status(result: QuantizationResult) -> tuple[StageStatus, str]:
+    """One clause per runtime that shipped (ONNX Runtime's ``model.int8.onnx``, OpenVINO's IR)."""
     status = StageStatus.PASSED if result.passed else StageStatus.FAILED
-    chosen = result.chosen
-    if chosen is None:
+    if not result.shipped:
         return status, f"{len(result.candidates)} candidates, none shipped"
-    size = chosen.size_bytes / result.float_size if result.float_size else 0
-    return status, (
-        f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float, size x{size:.2f}, "
-        f"min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
-    )
+    parts = []
+    for chosen in result.shipped:
+        size = chosen.size_bytes / result.float_size if result.float_size else 0
+        parts.append(
+            f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float {chosen.runtime}, "
+            f"size x{size:.2f}, min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
+        )
+    return status, "; ".join(parts)

@@ -62,10 +62,9 @@ class VariantQuantizer:
     def quantize(self, variant: Variant) -> tuple[Any, str]:
         """The int8 ``ov.Model``, made by ``nncf.quantize`` with the variant's alpha and ignored scope.
 
-        Statistics are not reused between variants: a step-by-step run of NNCF's internal pipeline that did
-        (NNCF 3.4 internals) gave min cosine 0.46 on the trained MiniLM where ``nncf.quantize`` with the same
-        settings gave 0.989, and failed outright on another export of it ("Could not find a node Gather_...
-        in NNCFGraph"). A plain run costs a few seconds more per variant."""
+        Statistics are not shared between variants: a step-by-step run of NNCF's internal pipeline that
+        shared them (NNCF 3.4 internals) failed outright on one export of the trained MiniLM ("Could not
+        find a node Gather_... in NNCFGraph"); the documented call costs a few seconds more per variant."""
         nncf = _import_nncf()
         model = _read_openvino(self.float_onnx)
         dataset = _dataset(self.samples, _openvino_input_names(model))
