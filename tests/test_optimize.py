@@ -247,3 +247,28 @@ def test_the_alternative_graph_is_not_made_once_the_own_graph_reached_attention(
     alternative = [r for r in records if r["name"] == "alternative exporter"]
     assert len(alternative) == 1 and "already reached the Attention fusion" in alternative[0]["reason"]
     assert not alternative[0]["kept"]
+
+
+def test_a_graph_with_fused_attention_still_looks_like_a_transformer(tmp_path: Path) -> None:
+    """The int8 stage starts from the optimized graph, whose Softmax sits inside ONNX Runtime's fused
+    Attention: it must still count as a transformer (NNCF's transformer model type depends on it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporter._graph_facts import looks_like_transformer
+
+    def save(op_type: str, domain: str) -> Path:
+        node = helper.make_node(op_type, ["x"], ["y"], domain=domain)
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        path = tmp_path / f"{op_type}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+        return path
+
+    assert looks_like_transformer(save("Attention", "com.microsoft"))
+    assert not looks_like_transformer(save("Relu", ""))
