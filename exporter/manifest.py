@@ -191,8 +191,7 @@ class Int8Entry(Typed):
     judged_on: Literal["real", "synthetic"] | None = Field(
         default=None, exclude_if=lambda value: value is None
     )
-    """What its budget was judged on at export: ``synthetic`` inputs drawn from the spec prove nothing about
-    real data (``exporter verify`` says so, and fails with exit 2 under ``--require-real-data``)."""
+    """``synthetic``: judged on inputs drawn from the spec only, which ``exporter verify`` reports."""
     backend: str | None = Field(default=None, exclude_if=lambda value: value is None)
     """The backend that opens it; None: ``onnxruntime-int8`` (``model.int8.onnx``)."""
     config: dict[str, str] | None = Field(default=None, exclude_if=lambda value: value is None)

@@ -564,6 +564,8 @@ def test_only_contenders_are_timed_beyond_the_first_plan(monkeypatch: pytest.Mon
     """Every candidate runs at batch 1; at batch 8 only the two fastest at batch 1 that met the budget and
     beat float there. A candidate timed at batch 1 alone cannot ship in ``int8``. Timings are injected by
     name, so the selection, not the machine, is tested."""
+    import contextlib
+
     from exporter.benchmark import BatchPlan
     from exporter.quantize import selection
 
@@ -576,6 +578,8 @@ def test_only_contenders_are_timed_beyond_the_first_plan(monkeypatch: pytest.Mon
         return [_timed(n, plan.label, p50[n if n != selection.FLOAT_LABEL else "float"]) for n in names]
 
     monkeypatch.setattr(selection, "_time_group", fake_group)
+    monkeypatch.setattr(selection, "open_model", lambda *args: contextlib.nullcontext(args[-1]))
+    monkeypatch.setattr(selection, "open_candidate", lambda c, threads, name: contextlib.nullcontext(c))
     candidates = [
         _candidate(name, 1.0, passed=name != "fastest-but-fails") for name in p50 if name != "float"
     ]

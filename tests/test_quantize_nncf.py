@@ -17,11 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
 from exporter.quantize.budget import ParityBudget, compare_int8
-from exporter.quantize.nncf_int8 import (
-    nncf_quantize_onnx,
-    nncf_quantize_openvino,
-    nncf_quantize_openvino_with_accuracy_control,
-)
+from exporter.quantize.nncf_accuracy import nncf_quantize_openvino_with_accuracy_control
+from exporter.quantize.nncf_int8 import nncf_quantize_onnx, nncf_quantize_openvino
 from exporter.specs import InputSpec, make_inputs, parse_tensor_spec, trace_sizes
 from tests.models import MODELS
 

@@ -207,7 +207,7 @@ def build_nncf_openvino_ac(context: QuantizeContext, target: Path, exclude: Sequ
     encoder: 0.9951 at 7.4 ms, in 80 s): it reverts the quantized operations that cost most back to float
     until the worst cosine on the calibration samples (against eager) drops by at most 1 - min cosine from
     float; judged again on the held-out samples like every candidate."""
-    from exporter.quantize.nncf_int8 import nncf_quantize_openvino_with_accuracy_control
+    from exporter.quantize.nncf_accuracy import nncf_quantize_openvino_with_accuracy_control
     from exporter.runners import EagerRunner
 
     eager = EagerRunner(context.module, context.spec.names)

@@ -11,6 +11,7 @@ from pathlib import Path
 from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.quantize.judge import open_candidate, open_model
 from exporter.quantize.types import Candidate, QuantMode
+from exporter.runners import Runner
 
 __all__ = ["FLOAT_LABEL", "choose_candidate", "float_label", "time_candidates"]
 
@@ -45,16 +46,25 @@ def time_candidates(
     floats: dict[str, list[LatencyStats]] = {runtime: [] for runtime in runtimes}
     for candidate in timed:
         candidate.latency = []
-    for plan_index, plan in enumerate(plans):
-        group = timed if plan_index == 0 else _contenders(timed, floats)
-        stats = _time_group(float_models, configs, group, plan=plan, timing=timing, threads=threads)
-        for runtime, float_stats in zip(runtimes, stats, strict=False):
-            floats[runtime].append(float_stats)
-        for candidate, candidate_stats in zip(group, stats[len(runtimes) :], strict=True):
-            reference = floats[candidate.runtime][-1]
-            ratio = reference.p50_ms / candidate_stats.p50_ms if candidate_stats.p50_ms > 0 else None
-            candidate_stats.speedup_vs_float = ratio
-            candidate.latency.append(candidate_stats)
+    with contextlib.ExitStack() as stack:  # every session opened once, for all plans
+        float_runners = [
+            stack.enter_context(
+                open_model(path, runtime, threads, configs.get(runtime, {}), float_label(runtime))
+            )
+            for runtime, path in float_models.items()
+        ]
+        runner_of = {id(c): stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in timed}
+        for plan_index, plan in enumerate(plans):
+            group = timed if plan_index == 0 else _contenders(timed, floats)
+            runners = [*float_runners, *(runner_of[id(c)] for c in group)]
+            stats = _time_group(runners, runtimes, group, plan=plan, timing=timing, threads=threads)
+            for runtime, float_stats in zip(runtimes, stats, strict=False):
+                floats[runtime].append(float_stats)
+            for candidate, candidate_stats in zip(group, stats[len(runtimes) :], strict=True):
+                reference = floats[candidate.runtime][-1]
+                ratio = reference.p50_ms / candidate_stats.p50_ms if candidate_stats.p50_ms > 0 else None
+                candidate_stats.speedup_vs_float = ratio
+                candidate.latency.append(candidate_stats)
     for candidate in timed:
         candidate.timed_in_full = len(candidate.latency) == len(plans)
         ratios = [1 / s.speedup_vs_float for s in candidate.latency if s.speedup_vs_float]
@@ -80,28 +90,17 @@ def _contenders(timed: Sequence[Candidate], floats: Mapping[str, list[LatencySta
 
 
 def _time_group(
-    float_models: Mapping[str, Path],
-    configs: Mapping[str, dict[str, str]],
+    runners: Sequence[Runner],
+    runtimes: Sequence[str],
     group: Sequence[Candidate],
     *,
     plan: BatchPlan,
     timing: TimingConfig,
     threads: int,
 ) -> list[LatencyStats]:
-    """Each runtime's float model, then ``group``, timed together on one plan: stats in that order."""
-    runtimes = list(float_models)
-    with contextlib.ExitStack() as stack:
-        runners = [
-            stack.enter_context(
-                open_model(path, runtime, threads, configs.get(runtime, {}), float_label(runtime))
-            )
-            for runtime, path in float_models.items()
-        ]
-        runners += [stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in group]
-        reference_of = {
-            index: runtimes.index(c.runtime) for index, c in enumerate(group, start=len(runtimes))
-        }
-        return compare_latency(runners, plan, config=timing, threads=threads, reference_of=reference_of)
+    """The runtimes' float runners, then ``group``'s, timed together on one plan: stats in that order."""
+    reference_of = {index: runtimes.index(c.runtime) for index, c in enumerate(group, start=len(runtimes))}
+    return compare_latency(runners, plan, config=timing, threads=threads, reference_of=reference_of)
 
 
 def float_label(runtime: str) -> str:
