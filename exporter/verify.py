@@ -142,6 +142,10 @@ def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCa
         InputSpecError: the file is missing or unreadable, or its arrays do not fit the spec.
     """
     where = f"--golden-inputs '{path}'"
+    if not path.exists():
+        raise InputSpecError(
+            f"{where} does not exist: give an .npz of real inputs (numpy.savez(FILE, name=array))"
+        )
     if path.suffix != ".npz" or not path.is_file():
         raise InputSpecError(
             f"{where} is not an .npz file: save real inputs with numpy.savez(FILE, name=array)"

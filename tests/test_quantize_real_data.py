@@ -234,3 +234,11 @@ def test_an_explicit_mode_keeps_its_choice_even_when_the_benchmark_finds_it_slow
     )
     latency = [_stats("onnxruntime", "batch=1", 1.0), _stats("onnxruntime-int8", "batch=1", 1.5)]
     assert drop_slower_lossy(latency, quantization, []) == latency and chosen.chosen
+
+
+def test_missing_golden_inputs_say_so(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:
+    out = tmp_path / "out"
+    code, output = _cli(
+        *_mlp_args(state_dict_checkpoint("mlp"), out), "--golden-inputs", str(tmp_path / "nope.npz")
+    )
+    assert code == ExitCode.BAD_INPUT and "does not exist" in output and not out.exists()
