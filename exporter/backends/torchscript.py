@@ -1,4 +1,4 @@
-"""The TorchScript backend: ``torch.jit.script`` or ``trace``, saved three ways and loaded back with
+"""The TorchScript backend: ``torch.jit.script`` or ``trace``, saved frozen and plain and loaded back with
 ``torch.jit.load``, the way a deployment runs it."""
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def _describe(entry: Mapping[str, Any]) -> list[str]:
     details = entry["conversion"]
     return [
         f"- TorchScript: torch.jit.{details['method']}, shipped the {entry['shipped']} archive "
-        f"(`{entry['file']}`, loaded back with torch.jit.load)"
+        f"(`{entry['file']}`, loaded back with torch.jit.load); not optimized for inference, because "
+        "PyTorch cannot save that form (pytorch/pytorch#81085): call torch.jit.optimize_for_inference on the "
+        "loaded module for its MKLDNN kernels"
     ]
 
 
