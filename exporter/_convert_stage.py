@@ -5,7 +5,7 @@ alone, against float64 eager)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,23 +17,47 @@ from exporter.backends import (
     arbitrate_float_backends,
     verify_built,
 )
+from exporter.errors import ConversionError, explain
 from exporter.loading import LoadedModel
 from exporter.verify import GoldenCase
 
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["Built", "build_backends", "verify_backends"]
+__all__ = ["Built", "TargetFailure", "build_backends", "verify_backends"]
+
+
+@dataclass(frozen=True)
+class TargetFailure:
+    """A requested target whose conversion failed while others built: reported, not shipped."""
+
+    target: str
+    backend: str
+    error: str
+    """The one line, as the CLI would have shown it alone."""
+    explanation: str | None = None
+    """The converter's whole message (torch's explanation and suggested fix), when longer than the line."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "error": self.error,
+            "explanation": self.explanation,
+        }
 
 
 @dataclass
 class Built:
-    """The convert stage's output: each backend's build, in registry order."""
+    """The convert stage's output: each backend's build, in registry order, and the targets that failed."""
 
     builds: list[tuple[BackendSpec, BuiltBackend]]
+    failed: list[TargetFailure] = field(default_factory=list)
 
     def describe(self) -> str:
-        return "; ".join(built.summary for _, built in self.builds)
+        built = "; ".join(b.summary for _, b in self.builds)
+        failed = "; ".join(f"{f.target} FAILED: {f.error}" for f in self.failed)
+        return "; ".join(part for part in (built, failed) if part)
 
 
 def build_backends(
@@ -45,13 +69,34 @@ def build_backends(
     build_dir: Path,
     step: Callable[[str], None],
 ) -> Built:
-    builds = []
+    """Build every backend. With more than one ``--to`` target, a backend whose conversion fails is recorded
+    and the others go on (a partial export, exit 6); when every backend fails, the first failure is raised.
+
+    Raises:
+        ConversionError: the only target, or every target, failed to convert.
+    """
+    builds: list[tuple[BackendSpec, BuiltBackend]] = []
+    failed: list[TargetFailure] = []
     shared: dict[str, Any] = {}
+    failures: list[ConversionError] = []
+    one_target = len({spec.target for spec in specs}) == 1
     for spec in specs:
         assert spec.build is not None
         context = BuildContext(loaded, options, golden, build_dir / spec.name, step, shared)
-        builds.append((spec, spec.build(context)))
-    return Built(builds)
+        try:
+            builds.append((spec, spec.build(context)))
+        except ConversionError as error:
+            if one_target:
+                raise
+            failures.append(error)
+            failed.append(TargetFailure(spec.target or spec.name, spec.name, str(error), explain(error)))
+    if not builds:
+        first = failures[0]
+        raise ConversionError(
+            "every target failed to convert: " + "; ".join(f"{f.target}: {f.error}" for f in failed),
+            details=explain(first),
+        ) from first
+    return Built(builds, failed)
 
 
 def verify_backends(

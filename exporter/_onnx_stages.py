@@ -33,7 +33,6 @@ from exporter.quantize import (
 )
 from exporter.quantize.candidates import Requirement, candidates_for
 from exporter.stages import ProgressListener, StageStatus, StageTracker
-from exporter.targets import expand_targets
 from exporter.verify import GoldenCase
 
 if TYPE_CHECKING:
@@ -164,7 +163,10 @@ def quantize_stage(
     if samples is None:
         stages.skip("quantize", "not requested")
         return None
-    if onnx_backend is None or not onnx_backend.passed or onnx_backend.path is None:
+    if onnx_backend is None:
+        stages.skip("quantize", "no float ONNX model: the onnx target failed to convert")
+        return None
+    if not onnx_backend.passed or onnx_backend.path is None:
         stages.skip("quantize", "the float ONNX model failed verification")
         return None
     with stages.run("quantize") as record:
@@ -245,7 +247,7 @@ def _quantize(
         threads=options.threads,
         work_dir=work_dir,
         step=lambda message: listener.step(message, 0, 0),
-        targets=expand_targets(options.targets),
+        targets=options.chosen_targets,
     )
     if not result.candidates:
         reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())

@@ -20,6 +20,7 @@ __all__ = [
     "StorageError",
     "UsageError",
     "describe_failure",
+    "explain",
     "first_line",
 ]
 
@@ -33,6 +34,8 @@ class ExitCode(IntEnum):
     CONVERSION_FAILED = 3
     LATENCY_REGRESSED = 4
     INTERNAL_ERROR = 5
+    PARTIAL_EXPORT = 6
+    """Some targets failed to convert; the others were verified and written (the report says why)."""
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -42,6 +45,11 @@ class ExporterError(Exception):
 
     exit_code: ExitCode = ExitCode.BAD_INPUT
     stage: str = "export"
+
+    def __init__(self, *args: object, details: str | None = None) -> None:
+        super().__init__(*args)
+        self.details = details
+        """The full text behind the one line (torch's own explanation), when it was not raised ``from``."""
 
 
 class UsageError(ExporterError):
@@ -114,6 +122,29 @@ def first_line(error: BaseException, limit: int = 300) -> str:
         return type(error).__name__
     line = lines[-1] if lines[0] in _GENERIC_HEADERS else lines[0]  # TorchScript puts the real error last
     return line.removeprefix(f"{type(error).__name__}: ")[:limit]
+
+
+def explain(error: BaseException, limit: int = 6000) -> str | None:
+    """The full text of what caused ``error``: each exception it was raised ``from``, whole, so torch's own
+    explanation and its suggested fix reach the report and ``--debug`` when the one-line message is cut.
+    None when the error has no cause with more to say than its first line."""
+    if isinstance(error, ExporterError) and error.details:
+        return error.details if len(error.details) <= limit else f"{error.details[: limit - 20]}\n... (cut)"
+    parts: list[str] = []
+    seen: set[int] = set()
+    cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    while cause is not None and id(cause) not in seen and len(parts) < 4:
+        seen.add(id(cause))
+        text = str(cause).strip()
+        if text:
+            parts.append(f"{type(cause).__name__}: {text}")
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    if not parts:
+        return None
+    text = "\n\n".join(parts)
+    if "\n" not in text and len(text) <= 300:
+        return None
+    return text if len(text) <= limit else f"{text[: limit - 20]}\n... (cut at {limit} chars)"
 
 
 _GENERIC_HEADERS = {"The following operation failed in the TorchScript interpreter."}

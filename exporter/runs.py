@@ -78,7 +78,7 @@ def find_recipes(paths: Sequence[Path]) -> list[Path]:
 
 def merge_exit_codes(codes: Sequence[int]) -> ExitCode:
     """One exit code for many: a signal (143, 130) first, then a bug in exporter (5), bad input (2),
-    conversion (3), parity (1), latency (4)."""
+    conversion (3), parity (1), a partial export (6), latency (4)."""
     order = (
         ExitCode.TERMINATED,
         ExitCode.INTERRUPTED,
@@ -86,6 +86,7 @@ def merge_exit_codes(codes: Sequence[int]) -> ExitCode:
         ExitCode.BAD_INPUT,
         ExitCode.CONVERSION_FAILED,
         ExitCode.VERIFICATION_FAILED,
+        ExitCode.PARTIAL_EXPORT,
         ExitCode.LATENCY_REGRESSED,
     )
     for code in order:
@@ -302,6 +303,15 @@ def run_recipe(
             }
             for b in exported.backends
         ]
+        checks += [
+            {
+                "name": f"export convert {failure.backend}",
+                "kind": "convert",
+                "passed": False,
+                "detail": "\n\n".join(filter(None, (failure.error, failure.explanation))),
+            }
+            for failure in exported.failed_targets
+        ]
         if exported.quantization is not None:
             checks.append(
                 {
@@ -325,6 +335,7 @@ def run_recipe(
             "exit_code": int(merge_exit_codes(codes)),
             "error": None,
             "targets": [b.backend for b in exported.backends],
+            "failed_targets": [f.to_json() for f in exported.failed_targets],
             "not_applicable": dict(recipe.not_applicable),
             "checks": checks,
             "latency": [s.to_json() for s in exported.latency],
@@ -370,7 +381,7 @@ def write_junit(path: Path, results: Sequence[dict[str, Any]]) -> None:
                 element = ET.SubElement(case, "error", message=check["detail"].splitlines()[0][:500])
                 counts["errors"] += 1
             else:
-                element = ET.SubElement(case, "failure", message=check["detail"][:500])
+                element = ET.SubElement(case, "failure", message=check["detail"].splitlines()[0][:500])
                 counts["failures"] += 1
             element.text = check["detail"]
         for target, reason in result.get("not_applicable", {}).items():

@@ -38,6 +38,8 @@ class StageRecord:
     status: StageStatus = StageStatus.NOT_RUN
     seconds: float = 0.0
     detail: str = ""
+    raised: bool = False
+    """The stage ended the run with an error (whose one line the CLI prints after it)."""
 
 
 class ProgressListener(Protocol):
@@ -96,7 +98,7 @@ class StageTracker:
             record.status, record.detail = StageStatus.FAILED, "interrupted"
             raise
         except BaseException as error:
-            record.status = StageStatus.FAILED
+            record.status, record.raised = StageStatus.FAILED, True
             record.detail = record.detail or (
                 str(error).splitlines()[0] if str(error) else type(error).__name__
             )

@@ -17,11 +17,12 @@ TARGET_BACKENDS = {
 }
 
 
-def expand_targets(requested: Iterable[str]) -> tuple[str, ...]:
-    """``all`` means every target; order is the canonical one, duplicates collapse.
+def expand_targets(requested: Iterable[str], skip: Iterable[str] = ()) -> tuple[str, ...]:
+    """``all`` means every target; order is the canonical one, duplicates collapse; ``skip`` (``--skip``,
+    a recipe's ``skip`` and ``not_applicable``) leaves targets out, so ``--to all --skip compile`` works.
 
     Raises:
-        UsageError: an unknown target or none at all.
+        UsageError: an unknown target, none at all, or a ``skip`` that leaves none.
     """
     known = targets()
     wanted: set[str] = set()
@@ -34,4 +35,14 @@ def expand_targets(requested: Iterable[str]) -> tuple[str, ...]:
             raise UsageError(f"--to {target}: unknown target (choose from {', '.join(known)}, all)")
     if not wanted:
         raise UsageError(f"no target given: use --to with one of {', '.join(known)}, all")
-    return tuple(t for t in known if t in wanted)
+    skipped = set(skip)
+    unknown = sorted(skipped - set(known))
+    if unknown:
+        raise UsageError(f"--skip {unknown[0]}: unknown target (choose from {', '.join(known)})")
+    chosen = tuple(t for t in known if t in wanted and t not in skipped)
+    if not chosen:
+        raise UsageError(
+            f"--skip {', '.join(t for t in known if t in skipped)} leaves no target of --to "
+            f"{', '.join(t for t in known if t in wanted)}: skip fewer"
+        )
+    return chosen

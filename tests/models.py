@@ -205,6 +205,27 @@ class UsesOpaqueOp(nn.Module):
         return opaque(x) + 1
 
 
+class CeilPoolNet(nn.Module):
+    """Fully convolutional with ceil-mode pooling, as face detectors are: torch.export can keep H and W
+    dynamic only as multiples of 4, and says so in its "Suggested fixes"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+        )
+        self.score = nn.Conv2d(4, 2, 1)
+        self.box = nn.Conv2d(4, 4, 1)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.body(image)  # (B, 4, ceil(H/4), ceil(W/4))
+        return self.score(features).softmax(1), self.box(features)
+
+
 def make_mlp(features: int = 16) -> MLPWithBatchNorm:
     torch.manual_seed(0)
     model = MLPWithBatchNorm(features)
@@ -267,6 +288,10 @@ def make_nan_log() -> LogOfLinear:
     return LogOfLinear()
 
 
+def make_ceil_pool() -> CeilPoolNet:
+    return CeilPoolNet()
+
+
 def _warm_batchnorm(model: nn.Module, batch: Tensor) -> None:
     """Give BatchNorm non-trivial running stats, as a trained model has."""
     model.train()
@@ -303,4 +328,5 @@ MODELS: dict[str, TinyModel] = {
     "cell_stack": TinyModel("make_cell_stack", ("sequence:float32:batch=2,seq=5,6",)),
     "depth_gate": TinyModel("make_depth_gate", ("x:float32:batch=2,8",)),
     "nan_log": TinyModel("make_nan_log", ("x:float32:batch=2,4",)),
+    "ceil_pool": TinyModel("make_ceil_pool", ("image:float32:batch=1,3,h=16,w=16",)),
 }

@@ -125,10 +125,14 @@ def test_bad_input_exits_2_with_one_clear_line(
     assert not out.exists()
 
 
-def test_debug_shows_the_exception(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["export", str(tmp_path / "nope.pt"), "--input", "x:float32:1", "--debug"])
-    assert result.exit_code != 0
-    assert result.exception is not None and "does not exist" in str(result.exception)
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    args = ["export", str(tmp_path / "nope.pt"), "--input", "x:float32:1"]
+    plain = runner.invoke(app, args)
+    debug = runner.invoke(app, [*args, "--debug"])
+    assert plain.exit_code == debug.exit_code == 2
+    assert "Traceback" in debug.output and "LoadError" in debug.output
+    assert "does not exist" in debug.output.splitlines()[-1]
+    assert "Traceback" not in plain.output
 
 
 def test_flags_override_the_recipe(tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -15,7 +16,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from exporter.errors import UsageError, describe_failure
+from exporter.errors import UsageError, describe_failure, explain
 from exporter.report import Table as RowTable
 from exporter.stages import StageRecord, StageStatus
 
@@ -52,7 +53,7 @@ class RichProgress:
             self.status.stop()
             self.status = None
         mark = self._MARKS[record.status]
-        detail = "" if record.status is StageStatus.FAILED and record.name != "verify" else record.detail
+        detail = "" if record.raised else record.detail
         self.console.print(
             f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{escape(detail)}[/]",
             highlight=False,
@@ -82,15 +83,19 @@ def rich_table(title: str, table: RowTable) -> Table:
 
 def guarded(debug: bool, action: Callable[[], T]) -> T:
     """Run ``action``; an error becomes one line on stderr and its exit code (``describe_failure``), so
-    every command fails alike. ``--debug`` lets the traceback through instead."""
+    every command fails alike. ``--debug`` prints the traceback and the full text of the error's causes
+    (torch's own explanation) above that line; the exit code stays the same."""
     try:
         return action()
     except typer.Exit:
         raise
     except (Exception, KeyboardInterrupt) as error:
-        if debug:
-            raise
         code, line = describe_failure(error, " ".join(sys.argv[1:]))
+        if debug:
+            err.print("".join(traceback.format_exception(error)), highlight=False, markup=False)
+            explanation = explain(error)
+            if explanation:
+                err.print(f"full explanation:\n{explanation}", highlight=False, markup=False)
         heading, _, rest = line.partition(": ")
         err.print(f"[red]{escape(heading)}:[/] {escape(rest)}", highlight=False, soft_wrap=True)
         raise typer.Exit(int(code)) from None
@@ -130,7 +135,10 @@ AllowPackages = Annotated[
     ),
 ]
 """``--allow-package NAME``, the same on ``export`` and ``run``."""
-DebugFlag = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DebugFlag = Annotated[
+    bool,
+    typer.Option("--debug", help="Show tracebacks and the full text of errors (exit codes stay the same)."),
+]
 """``--debug``, the same on every command."""
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write results as JSON (- for stdout).")]
 """``--json FILE`` (``-`` prints the document instead of the tables)."""

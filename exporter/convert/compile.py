@@ -7,7 +7,6 @@ Both need a C++ compiler (inductor generates C++ for CPU); its absence is a clea
 from __future__ import annotations
 
 import io
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from exporter._quiet import quiet
+from exporter.convert._export_errors import export_reason
 from exporter.convert.onnx import dynamic_shapes_for
 from exporter.errors import ConversionError, first_line
 from exporter.runners import CallConvention, CompiledRunner
@@ -116,23 +116,6 @@ def cpp_compiler() -> str:
         ) from None
 
 
-_SPECIALIZED = re.compile(
-    r"You marked (\w+) as dynamic but your code specialized it to be a constant \((\d+)\)"
-)
-
-
-def _export_reason(error: BaseException) -> str:
-    """torch.export's constraint errors are paragraphs; say which dim the model pins and to what."""
-    pinned = _SPECIALIZED.findall(str(error))
-    if pinned:
-        dims = ", ".join(f"'{name}' to {size}" for name, size in pinned)
-        return (
-            f"the model's code pins dynamic dim {dims}, so it cannot stay dynamic (make it static in the "
-            "input spec, or change the code that turns the size into a constant)"
-        )
-    return f"{type(error).__name__}: {first_line(error)}"
-
-
 def _refuse_torchscript(module: torch.nn.Module) -> None:
     if isinstance(module, torch.jit.ScriptModule):
         raise ConversionError(
@@ -194,8 +177,9 @@ def package_aot_inductor(
             )
         except Exception as error:
             raise ConversionError(
-                f"AOTInductor: torch.export failed: {_export_reason(error)}; without it there is no "
-                "deployable package (leave compile out of --to to export the other targets)"
+                f"AOTInductor: torch.export failed: {export_reason(error)}; without it there is no "
+                "deployable package (leave compile out of --to, or --skip compile; --debug and the report "
+                "show torch's full explanation)"
             ) from error
         exported = time.perf_counter()
         report("AOTInductor compile and package")
