@@ -1,11 +1,11 @@
-# The two commands of the README: `make demo` and `make test`. Both build the virtual environment
-# from the pinned requirements when it is missing or older than the pins.
+# The two commands of the README: `make demo` and `make test`. Both build the virtual environment from the
+# pinned requirements when it is missing or older than the pins (`make setup` builds only that).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= artifacts/digits_cnn
 
-.PHONY: demo test test-fast gate lint clean
+.PHONY: setup demo test test-fast gate lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The environment alone (the other targets build it too when it is missing or older than the pins).
+setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/exporter export examples/digits/digits_cnn.pt \

@@ -31,6 +31,14 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_every_make_target_the_readme_names_exists() -> None:
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    named = set(re.findall(r"`make ([a-z][a-z-]*)`", README)) | set(
+        re.findall(r"^make ([a-z-]+)", README, re.M)
+    )
+    assert "setup" in named and named <= targets, named - targets
+
+
 def test_readme_demo_command_is_what_make_demo_runs() -> None:
     makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     demo = next(c for c in _readme_commands() if "digits" in c)
