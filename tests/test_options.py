@@ -132,3 +132,23 @@ def test_recipe_and_flag_accept_the_same_choices(
         assert "no CHECKPOINT given" in said, said
     said = CliRunner().invoke(app, ["export", flag, "bogus"]).output
     assert "no CHECKPOINT given" not in said and "bogus" in said
+
+
+def test_recipe_skip_and_not_applicable_leave_targets_out_and_the_flag_replaces_them(tmp_path: Path) -> None:
+    text = RECIPE.replace(
+        "[export]\n",
+        '[export]\ntargets = ["all"]\nskip = ["compile"]\nnot_applicable.openvino = "no IR here"\n',
+    )
+    recipe = _recipe(tmp_path, text)
+    assert build_export_options(recipe, {}).chosen_targets == ("onnx", "torchscript")
+    flagged = build_export_options(recipe, {"skip": ("torchscript",)})
+    assert flagged.chosen_targets == ("onnx", "compile", "openvino")
+
+
+def test_skip_flag_splits_commas_and_refuses_leaving_nothing(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    result = CliRunner().invoke(
+        app, ["export", "--recipe", str(recipe), "--to", "onnx", "--to", "compile", "--skip", "onnx,compile"]
+    )
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "leaves no target" in result.output
