@@ -56,7 +56,7 @@ class Built:
 
     def describe(self) -> str:
         built = "; ".join(b.summary for _, b in self.builds)
-        failed = "; ".join(f"{f.target} FAILED: {f.error}" for f in self.failed)
+        failed = "; ".join(f"{f.target} FAILED ({f.backend} did not convert: see below)" for f in self.failed)
         return "; ".join(part for part in (built, failed) if part)
 
 
