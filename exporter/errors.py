@@ -22,6 +22,7 @@ __all__ = [
     "describe_failure",
     "explain",
     "first_line",
+    "full_text",
 ]
 
 
@@ -122,6 +123,17 @@ def first_line(error: BaseException, limit: int = 300) -> str:
         return type(error).__name__
     line = lines[-1] if lines[0] in _GENERIC_HEADERS else lines[0]  # TorchScript puts the real error last
     return line.removeprefix(f"{type(error).__name__}: ")[:limit]
+
+
+def full_text(error: BaseException, limit: int = 6000) -> str | None:
+    """``error``'s own whole message and its causes' (``explain``), for a report's detail; None when the
+    first line already says everything."""
+    own = str(error).strip()
+    parts = [f"{type(error).__name__}: {own}" if own else type(error).__name__, explain(error, limit) or ""]
+    text = "\n\n".join(part for part in parts if part)
+    if "\n" not in text and len(text) <= 300:
+        return None
+    return text if len(text) <= limit else f"{text[: limit - 20]}\n... (cut at {limit} chars)"
 
 
 def explain(error: BaseException, limit: int = 6000) -> str | None:

@@ -63,3 +63,25 @@ def test_the_cli_prints_the_mapped_line_once_with_markup_shown_as_is(tmp_path: P
     code, line = describe_failure(LoadError(f"checkpoint '{missing}' does not exist"), "export")
     assert result.exit_code == code == 2
     assert " ".join(result.output.split()) == line
+
+
+def test_full_text_keeps_what_the_one_line_cuts_for_failed_candidates() -> None:
+    from exporter.errors import full_text
+    from exporter.quantize import Candidate
+    from exporter.report import render_markdown
+
+    short = RuntimeError("one line is all there is")
+    assert full_text(short) is None
+    try:
+        raise RuntimeError("Constraints violated (seq)!\nSuggested fixes:\n  seq = Dim('seq', min=2)")
+    except RuntimeError as error:
+        text = full_text(error)
+    assert text is not None and text.startswith("RuntimeError: Constraints") and "Suggested fixes" in text
+    candidate = Candidate(
+        "static-pt2e", "torchao", error="RuntimeError: Constraints violated", explanation=text
+    )
+    assert candidate.to_json(1)["explanation"] == text
+    markdown_lines = render_markdown.__globals__["_markdown_candidate_failures"](
+        {"candidates": [candidate.to_json(1)]}
+    )
+    assert any("Suggested fixes" in line for line in markdown_lines)

@@ -24,7 +24,7 @@ import torch
 
 from exporter._resolve import resolve_callable
 from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig, compare_latency
-from exporter.errors import first_line
+from exporter.errors import first_line, full_text
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.candidates import CandidateSpec, Requirement, candidates_for
 from exporter.quantize.judge import judge, open_candidate
@@ -272,6 +272,7 @@ def build_candidate(spec: CandidateSpec, context: QuantizeContext) -> Candidate:
             repair(candidate, spec.build, context)
     except Exception as error:
         candidate.error = f"{type(error).__name__}: {first_line(error)}"
+        candidate.explanation = full_text(error)
         candidate.path = None
     candidate.build_seconds = time.perf_counter() - started
     if candidate.path is not None:

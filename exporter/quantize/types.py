@@ -114,6 +114,8 @@ class Candidate:
     """What runs it: ``onnxruntime`` (an ONNX file) or ``openvino`` (an IR compiled with ``config``)."""
     config: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    explanation: str | None = None
+    """The failure's whole text (torch's explanation and suggested fix) when ``error``'s one line cuts it."""
     build_seconds: float = 0.0
     size_bytes: int = 0
     outputs: list[Int8Comparison] = field(default_factory=list)
@@ -160,6 +162,7 @@ class Candidate:
             "config": self.config,
             "settings": self.settings,
             "error": self.error,
+            "explanation": self.explanation,
             "build_seconds": round(self.build_seconds, 2),
             "size_bytes": self.size_bytes,
             "size_ratio": self.size_bytes / float_size if self.size_bytes and float_size else None,
