@@ -1,27 +1,24 @@
 """The human-facing files of a bundle: Dockerfile, README.md and example_request.json.
 
 Each is generated from the manifest and the chosen artifact, so the commands it shows are the ones that run
-the bundle (the same port, backend and image tag) and the example is the golden export case.
+the bundle (the same port, backend and image tag); the example request is chosen in ``_bundle_example``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from string import Template
-from typing import Any
 
-import numpy as np
-
+from exporter._bundle_example import Example, example_values
 from exporter._triton_repository import TritonRepository, triton_model_name
 from exporter._version import __version__
-from exporter.manifest import Manifest, TensorEntry
-from exporter.serving.artifact import ServedArtifact, golden_cases
+from exporter.manifest import Manifest
+from exporter.serving.artifact import ServedArtifact
 from exporter.serving.protocol import DATATYPE_OF
 
-__all__ = ["PORT", "bundle_readme", "dockerfile", "example_request", "image_name"]
+__all__ = ["PORT", "bundle_readme", "dockerfile", "image_name"]
 
 PORT = 8000
 EXAMPLE_INLINE_VALUES = 64
@@ -66,7 +63,7 @@ Protocol) HTTP API on port $port, with Prometheus metrics at `/metrics`.
 - `exporter/`: the server's source, $modules files of exporter (no torch unless the backend needs it).
 - `requirements.txt`: exact pins of the server and the $runtime runtime, with their dependencies.
 - `Dockerfile`, `.dockerignore`: the image; non-root user, health check on `/v2/health/ready`.
-- `example_request.json`: the golden `$case` case as a request.
+- `example_request.json`: a request with $example.
 - `model_repository/`: the same model for Triton Inference Server (see below).
 
 ## Run it with Docker
@@ -129,46 +126,12 @@ def _python_version() -> str:
     return ".".join(map(str, sys.version_info[:2]))
 
 
-def _example_values(tensor: TensorEntry) -> tuple[list[int], list[Any]]:
-    """A valid request tensor at the example shape: every value the low end of the input's range."""
-    shape = list(tensor.example_shape)
-    dtype = np.dtype(tensor.dtype)
-    low = tensor.range[0] if tensor.range else 0
-    value: Any = False if dtype.kind == "b" else (int(low) if dtype.kind in "iu" else float(low))
-    return shape, [value] * math.prod(shape)
-
-
-def example_request(folder: Path, manifest: Manifest) -> dict[str, Any]:
-    """The golden ``export`` case's inputs as a KServe v2 request (its outputs are the expected answer)."""
-    cases = golden_cases(manifest)
-    case = next((c for c in cases if c.case == "export"), cases[0] if cases else None)
-    if case is None:
-        tensors = []
-        for tensor in manifest.input_spec.inputs:
-            shape, data = _example_values(tensor)
-            tensors.append(
-                {"name": tensor.name, "shape": shape, "datatype": DATATYPE_OF[tensor.dtype], "data": data}
-            )
-        return {"id": "example", "inputs": tensors}
-    with np.load(folder / case.inputs, allow_pickle=False) as arrays:
-        tensors = [
-            {
-                "name": tensor.name,
-                "shape": list(arrays[tensor.name].shape),
-                "datatype": DATATYPE_OF[arrays[tensor.name].dtype.name],
-                "data": arrays[tensor.name].reshape(-1).tolist(),
-            }
-            for tensor in manifest.input_spec.inputs
-        ]
-    return {"id": case.case, "inputs": tensors}
-
-
 def bundle_readme(
     manifest: Manifest,
     artifact: ServedArtifact,
     triton: TritonRepository,
     sources: dict[str, Path],
-    example: dict[str, Any],
+    example: Example,
 ) -> str:
     return _README.substitute(
         name=manifest.name,
@@ -179,7 +142,7 @@ def bundle_readme(
         runtime=artifact.runtime,
         port=PORT,
         modules=len(sources),
-        case=example["id"],
+        example=example.origin,
         image=image_name(manifest),
         python=_python_version(),
         curl=_curl_example(manifest, example),
@@ -188,14 +151,17 @@ def bundle_readme(
     )
 
 
-def _curl_example(manifest: Manifest, example: dict[str, Any]) -> str:
+def _curl_example(manifest: Manifest, example: Example) -> str:
     """Inline zeros at the example shape when that is short, and the example request file."""
     url = f"http://localhost:{PORT}/v2/models/{manifest.name}/infer"
     header = "-H 'Content-Type: application/json'"
     by_file = f"```bash\ncurl -s {url} {header} -d @example_request.json\n```"
-    case = example["id"]
-    golden = f"the golden `{case}` case (expected outputs: `artifacts/golden/{case}.outputs.npz`)"
-    inline = [(tensor, *_example_values(tensor)) for tensor in manifest.input_spec.inputs]
+    golden = f"`example_request.json` ({example.origin}"
+    if example.expected is not None:
+        rows = f", its first {example.rows} rows" if example.rows is not None else ""
+        golden += f"; expected outputs: `artifacts/{example.expected}`{rows}"
+    golden += ")"
+    inline = [(tensor, *example_values(tensor)) for tensor in manifest.input_spec.inputs]
     if sum(len(data) for _, _, data in inline) > EXAMPLE_INLINE_VALUES:
         return f"Send {golden}:\n\n{by_file}"
     body = {
@@ -208,7 +174,7 @@ def _curl_example(manifest: Manifest, example: dict[str, Any]) -> str:
     return f"{inline_curl}\n\nor send {golden}:\n\n{by_file}"
 
 
-def _client_example(manifest: Manifest, example: dict[str, Any]) -> str:
+def _client_example(manifest: Manifest, example: Example) -> str:
     """A tritonclient.http script: the example request's inputs in, the largest error vs golden out."""
     lines = [
         "import json",
@@ -229,11 +195,12 @@ def _client_example(manifest: Manifest, example: dict[str, Any]) -> str:
         "outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in names]",
         f'result = client.infer("{manifest.name}", tensors, outputs=outputs)',
     ]
-    if example["id"] in {case.case for case in golden_cases(manifest)}:
+    if example.expected is not None:
+        rows = "" if example.rows is None else f"[:{example.rows}]"
         lines += [
-            f'expected = np.load("artifacts/golden/{example["id"]}.outputs.npz")',
+            f'expected = np.load("artifacts/{example.expected}")',
             "for name in names:",
-            "    error = np.abs(result.as_numpy(name) - expected[name]).max()",
+            f"    error = np.abs(result.as_numpy(name) - expected[name]{rows}).max()",
             '    print(name, "max abs error vs golden:", error)',
         ]
     else:

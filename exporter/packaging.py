@@ -23,7 +23,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import exporter
-from exporter._bundle_docs import bundle_readme, dockerfile, example_request, image_name
+from exporter._bundle_docs import bundle_readme, dockerfile, image_name
+from exporter._bundle_example import example_request
 from exporter._safe_paths import inside_folder, read_inside
 from exporter._triton_repository import (
     TritonRepository,
@@ -106,7 +107,7 @@ def package_bundle(folder: Path, out: Path, backend: str | None = None, force: b
         (staging / "Dockerfile").write_text(dockerfile(artifact))
         (staging / ".dockerignore").write_text("model_repository/\n.venv/\n**/__pycache__/\n")
         example = example_request(folder, manifest)
-        (staging / "example_request.json").write_text(json.dumps(example) + "\n")
+        (staging / "example_request.json").write_text(json.dumps(example.request) + "\n")
         (staging / "README.md").write_text(bundle_readme(manifest, artifact, triton, sources, example))
     files = [path for path in out.rglob("*") if path.is_file()]
     return Bundle(

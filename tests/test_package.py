@@ -29,10 +29,12 @@ from typer.testing import CliRunner
 from exporter._triton_repository import triton_config, triton_repository
 from exporter.cli import app
 from exporter.manifest import read_manifest
-from exporter.packaging import RUNTIME_REQUIREMENTS, _check_covered
+from exporter.packaging import RUNTIME_REQUIREMENTS, _check_covered, package_bundle
 from exporter.serving.artifact import check_integrity, choose_artifact
 from exporter.serving.protocol import signature_of
-from tests.conftest import export_tiny_mlp
+from exporter.specs import InputSpec, parse_tensor_spec
+from tests.conftest import export_tiny_mlp, write_calibration
+from tests.models import MODELS
 
 TRAINING_STACK = {"torch", "onnx", "nncf", "scipy", "scikit-learn", "openvino", "onnxscript", "torchao"}
 PIN = re.compile(r"^[a-z0-9][a-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
@@ -192,6 +194,55 @@ def test_readme_examples_fit_the_model(folder: Path, onnx_bundle: Path) -> None:
     assert "python -m exporter.serving artifacts --backend onnxruntime" in readme
     assert "tritonserver --model-repository=model_repository" in readme
     assert "tritonclient.http" in readme and "docker build" in readme
+
+
+def _real_inputs(root: Path, rows: int) -> Path:
+    """Stand-in real data for the MLP: distinct, structured values no spec draw would give."""
+    path = root / "real.npz"
+    np.savez(path, x=np.linspace(-3.0, 3.0, rows * 16, dtype=np.float32).reshape(rows, 16))
+    return path
+
+
+def test_example_request_sends_the_golden_inputs_case_cut_to_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _real_inputs(tmp_path, rows=6)
+    exported = export_tiny_mlp(tmp_path, targets=("torchscript",), golden_inputs=real)
+    package_bundle(exported, tmp_path / "bundle")
+    request = json.loads((tmp_path / "bundle" / "example_request.json").read_text())
+    with np.load(exported / "golden" / "golden-inputs.inputs.npz") as golden, np.load(real) as given:
+        assert np.array_equal(golden["x"], given["x"])  # the case keeps the user's real inputs
+        expected = golden["x"]
+    assert request["id"] == "golden-inputs" and request["inputs"][0]["shape"] == [6, 16]
+    assert np.array_equal(np.array(request["inputs"][0]["data"], np.float32).reshape(6, 16), expected)
+    readme = (tmp_path / "bundle" / "README.md").read_text()
+    assert "--golden-inputs" in readme and "artifacts/golden/golden-inputs.outputs.npz" in readme
+
+    monkeypatch.setattr("exporter._bundle_example.EXAMPLE_MAX_VALUES", 40)  # two rows of 16 values fit
+    package_bundle(exported, tmp_path / "small", force=True)
+    request = json.loads((tmp_path / "small" / "example_request.json").read_text())
+    assert request["inputs"][0]["shape"] == [2, 16]
+    assert np.array_equal(np.array(request["inputs"][0]["data"], np.float32).reshape(2, 16), expected[:2])
+    readme = (tmp_path / "small" / "README.md").read_text()
+    assert "first 2 rows" in readme and "expected[name][:2]" in readme
+
+
+@pytest.mark.slow
+def test_example_request_sends_a_held_out_real_sample_int8_was_judged_on(tmp_path: Path) -> None:
+    spec = InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["mlp"].inputs))
+    calibration = write_calibration(spec, tmp_path)
+    quantization = {"mode": "dynamic", "samples": 16, "calibration": str(calibration)}
+    exported = export_tiny_mlp(tmp_path, quantization=quantization)
+    manifest = read_manifest(exported)
+    assert manifest.int8 is not None and manifest.int8.judged_on == "real"
+    package_bundle(exported, tmp_path / "bundle")
+    request = json.loads((tmp_path / "bundle" / "example_request.json").read_text())
+    assert request["id"] == "int8-eval-0"
+    with np.load(exported / "golden" / "int8-eval.inputs.npz") as kept:
+        sample = kept["x.0"]
+    assert np.array_equal(np.array(request["inputs"][0]["data"], np.float32).reshape(sample.shape), sample)
+    with np.load(exported / "golden" / "export.inputs.npz") as drawn:
+        assert not np.array_equal(np.array(request["inputs"][0]["data"], np.float32), drawn["x"].reshape(-1))
 
 
 def test_server_sources_import_no_torch(onnx_bundle: Path) -> None:
