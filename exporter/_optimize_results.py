@@ -98,10 +98,16 @@ class OptimizationResult:
             "fastest": self.best.label,
             "runtime_specific_p50_ratio": self.runtime_specific_ratio,
             "speedup_vs_unoptimized": self.baseline.score / portable.score if portable.score else None,
-            "quantization_source": self.best.quantizable.name,
+            "quantization_source": self.best.quantizable.name,  # a working file: reports name the label
+            "quantization_source_label": self._label_of(self.best.quantizable),
             "domains": {label: sorted(found) for label, found in self.domains.items()},
             "records": [r.to_json() for r in self.records],
         }
+
+    def _label_of(self, path: Path) -> str | None:
+        """The label of the variant saved at ``path`` (None if it is none of those this result holds)."""
+        known = (self.portable, self.baseline, self.best, self.runtime_specific)
+        return next((v.label for v in known if v is not None and v.path == path), None)
 
 
 @dataclass

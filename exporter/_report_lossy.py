@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SYNTHETIC_WARNING", "quantization_table"]
+__all__ = ["SYNTHETIC_WARNING", "int8_source", "quantization_table", "top1_note"]
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -14,9 +14,45 @@ SYNTHETIC_WARNING = (
 )
 
 
+TOP1_OMITTED = (
+    "Top-1 agreement is not shown: nothing declares the outputs class scores, and on a 2-D output that is an "
+    "embedding it means nothing. --min-top1 (recipe [quantize] min_top1) declares them, measures it and "
+    "gates on it."
+)
+
+
+def int8_source(summary: dict[str, Any]) -> str:
+    """Which graph int8 starts from, named by what the artifacts folder holds: the graph optimization's
+    working files (``model.simplified.onnx``, ``simplified+transformer.onnx``) are not shipped."""
+    label = summary.get("quantization_source_label")
+    if label is None:  # a report.json from before the label was recorded: only a working file's name
+        return "int8 starts from a graph the optimize stage verified (not shipped)"
+    if label == summary.get("portable"):
+        return f"int8 starts from the {label} graph, shipped as model.onnx"
+    return f"int8 starts from the verified {label} graph (not shipped)"
+
+
+def _judges_top1(report: dict[str, Any]) -> bool:
+    """Top-1 is shown only when the budget gates it: the threshold declares the outputs class scores."""
+    return report["quantization"]["budget"].get("min_top1") is not None
+
+
+def top1_note(report: dict[str, Any]) -> str | None:
+    """Why the lossy table has no top-1 column, or None when it has one."""
+    return None if _judges_top1(report) else TOP1_OMITTED
+
+
 def quantization_table(report: dict[str, Any]) -> Table:
     """One row per lossy candidate (int8, bf16): verdict, size and speed against the float model of its own
-    runtime, its p50, worst parity over outputs."""
+    runtime, its p50, worst parity over outputs (top-1 only when the budget declares class scores)."""
+    headers, rows = _full_table(report)
+    if _judges_top1(report):
+        return headers, rows
+    keep = [i for i, header in enumerate(headers) if header != "top-1 agree"]
+    return [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def _full_table(report: dict[str, Any]) -> Table:
     headers = [
         "candidate",
         "status",

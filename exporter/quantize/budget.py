@@ -2,8 +2,10 @@
 
 Float tolerances (``atol + rtol*|b|``) cannot hold for int8, so an int8 candidate is judged per output by
 the minimum cosine similarity over samples, the signal-to-quantization-noise ratio (SQNR, dB) and, for
-2-D outputs, top-1 agreement. Only cosine is gated by default; top-1 (say, for a classifier's logits), SQNR
-and max abs diff are gated when a threshold is given, since a 2-D output may as well be an embedding.
+2-D outputs declared class scores, top-1 agreement. Only cosine is gated by default; SQNR and max abs diff are
+gated when a threshold is given. A threshold for top-1 (``--min-top1``) is also what declares the 2-D outputs
+class scores: without it top-1 is not even measured, since a 2-D output may as well be an embedding, whose
+argmax means nothing.
 """
 
 from __future__ import annotations
@@ -74,9 +76,12 @@ def compare_int8(
     sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     min_cosine = float(cosine_rows(rows_a, rows_b).min())
     max_abs = float(np.abs(rows_a - rows_b).max(initial=0.0))
-    classifier = (
-        expected[0].ndim == 2 and expected[0].shape[1] >= 2 and expected[0].dtype.kind == "f"
-    )  # (B, C)
+    classifier = (  # (B, C) scores, as --min-top1 declares them
+        budget.min_top1 is not None
+        and expected[0].ndim == 2
+        and expected[0].shape[1] >= 2
+        and expected[0].dtype.kind == "f"
+    )
     top1 = float(np.mean(rows_a.argmax(axis=1) == rows_b.argmax(axis=1))) if classifier else None
     misses = []
     if min_cosine < budget.min_cosine:
