@@ -133,6 +133,25 @@ def test_checkpoint_rederives_the_reference(exported: Path, tmp_path: Path) -> N
     assert code == 1, output
 
 
+def test_checkpoint_verify_says_pytorch_was_the_reference_and_on_which_cases(
+    exported: Path, tmp_path: Path
+) -> None:
+    checkpoint = Path(json.loads((exported / "manifest.json").read_text())["source"]["checkpoint"])
+    plain, with_checkpoint = tmp_path / "plain.json", tmp_path / "checkpoint.json"
+    code, output = _invoke("verify", exported, "--json", plain)
+    assert code == 0, output
+    code, output = _invoke("verify", exported, "--checkpoint", checkpoint, "--json", with_checkpoint)
+    assert code == 0, output
+    verdict = " ".join(output.split()[output.split().index("PASSED") :])
+    assert "parity against PyTorch eager from the checkpoint" in verdict and checkpoint.name in verdict
+    cases = [c["case"] for c in json.loads(plain.read_text())["parity"][0]["cases"]]
+    assert f"(cases {', '.join(cases)})" in verdict
+    reference = json.loads(with_checkpoint.read_text())["reference"]
+    assert reference.startswith("PyTorch eager") and reference != json.loads(plain.read_text())["reference"]
+    parity = [c for c in json.loads(with_checkpoint.read_text())["checks"] if c["kind"] == "parity"]
+    assert parity and all(c["detail"].endswith("of PyTorch from --checkpoint") for c in parity)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
