@@ -13,7 +13,7 @@ from typing import Any
 from exporter._recipe_refs import RecipeReference
 from exporter.errors import UsageError
 
-__all__ = ["resolve_callable"]
+__all__ = ["import_from_working_directory", "resolve_callable"]
 
 
 def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]:
@@ -51,10 +51,22 @@ def resolve_callable(ref: str, *, option: str = "--model") -> Callable[..., Any]
     return target
 
 
-def _import(module_part: str) -> Any:
+def import_from_working_directory() -> str:
+    """Put the current directory on ``sys.path`` (first, unless it is already there) and return it.
+
+    One rule for every name exporter imports on the user's behalf: ``--model pkg.mod:fn`` and the classes
+    a trusted pickled module names (``pkg.mod.Encoder``) are found in the working directory, as
+    ``python -c "import pkg.mod"`` run there would find them. The console script's own ``sys.path[0]`` is
+    its ``bin`` folder, so without this neither would be.
+    """
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    return cwd
+
+
+def _import(module_part: str) -> Any:
+    import_from_working_directory()
     if not module_part.endswith(".py"):
         return importlib.import_module(module_part)
     path = Path(module_part).resolve()

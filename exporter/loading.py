@@ -10,7 +10,6 @@ refused checkpoint gets one line naming the offending entry and the way out.
 from __future__ import annotations
 
 import pickle
-import sys
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ from exporter._checkpoint_audit import (
 )
 from exporter._documents import sha256_file
 from exporter._quiet import quiet, quiet_logs
-from exporter._resolve import resolve_callable
+from exporter._resolve import import_from_working_directory, resolve_callable
+from exporter._state_dict import find_state_dict, strip_wrapper_prefixes
 from exporter.errors import ExporterError, LoadError, first_line
 
 __all__ = ["CheckpointFormat", "LoadRequest", "LoadedModel", "load_model", "sha256_file"]
-
-STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointFormat(StrEnum):
@@ -53,6 +50,9 @@ class LoadRequest:
     model_ref: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     trust_checkpoint: bool = False
+    state_dict_key: str | None = None
+    """``--state-dict-key``: the entry of a checkpoint dict holding the weights (``a.b`` nests); None tries
+    the common keys (``exporter._state_dict``)."""
 
 
 @dataclass
@@ -67,11 +67,19 @@ class LoadedModel:
     parameter_count: int
     exported_program: torch.export.ExportedProgram | None = None
     notes: list[str] = field(default_factory=list)
+    state_dict_key: str | None = None
+    """The checkpoint dict's entry the weights were read from; None when they were the whole file."""
+
+    def describe(self) -> str:
+        """The load stage's one-line detail: format, where the weights were, parameter count."""
+        entry = f" (the '{self.state_dict_key}' entry)" if self.state_dict_key else ""
+        return f"{self.format.value}{entry}, {self.parameter_count:,} parameters"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "checkpoint": str(self.checkpoint),
             "format": self.format.value,
+            "state_dict_key": self.state_dict_key,
             "file_size": self.file_size,
             "sha256": self.sha256,
             "parameter_count": self.parameter_count,
@@ -97,6 +105,7 @@ def load_model(request: LoadRequest) -> LoadedModel:
         raise LoadError(f"checkpoint '{path}' is empty")
     notes: list[str] = []
     exported: torch.export.ExportedProgram | None = None
+    key: str | None = None
     kind = _sniff(path)
     if not request.trust_checkpoint:
         _audit(path, kind)
@@ -119,11 +128,14 @@ def load_model(request: LoadRequest) -> LoadedModel:
                 notes.append(f"--model {request.model_ref} ignored: the checkpoint holds a whole module")
         else:
             kind = CheckpointFormat.STATE_DICT
-            module = _build_with_weights(request, _find_state_dict(path, payload, notes), notes)
+            weights, key = find_state_dict(path, payload, request.state_dict_key, notes)
+            module = _build_with_weights(request, weights, notes)
+    if request.state_dict_key is not None and kind is not CheckpointFormat.STATE_DICT:
+        notes.append(f"--state-dict-key {request.state_dict_key} ignored: the checkpoint is a {kind.value}")
     if kind is not CheckpointFormat.EXPORTED_PROGRAM:
         module.eval()
     parameters = sum(p.numel() for p in module.parameters())
-    return LoadedModel(module, kind, path, size, sha256_file(path), parameters, exported, notes)
+    return LoadedModel(module, kind, path, size, sha256_file(path), parameters, exported, notes, key)
 
 
 def _sniff(path: Path) -> CheckpointFormat | None:
@@ -206,53 +218,35 @@ def _torch_load(request: LoadRequest) -> Any:
         raise LoadError(
             f"cannot read checkpoint '{path}': not a PyTorch checkpoint, or truncated ({_cause(error)})"
         ) from error
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # the pickle names its classes by module, importable as --model's are
+    folder = import_from_working_directory()  # the pickle names its classes by module, as --model does
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise LoadError(
-            f"cannot unpickle trusted checkpoint '{path}': {first_line(error)} "
-            "(its classes must be importable from the current directory)"
+            f"cannot unpickle trusted checkpoint '{path}': {_unpickling_fix(error, folder)}"
         ) from error
+
+
+def _unpickling_fix(error: Exception, folder: str) -> str:
+    """Why a trusted pickle's classes were not found, and how to make them importable, in one clause."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        top = error.name.partition(".")[0]
+        return (
+            f"it pickles classes from module '{error.name}', which is not importable from the working "
+            f"directory '{folder}'; run exporter from the folder holding {top}.py (or the {top} package), "
+            "or add that folder to PYTHONPATH"
+        )
+    if isinstance(error, AttributeError) and "__main__" in str(error):
+        return (
+            f"{first_line(error)}: the class was defined in the script that saved the checkpoint; move it "
+            "into a module, load and re-save the model from there, or save a state_dict and pass --model"
+        )
+    return f"{first_line(error)} (its classes must be importable from the working directory '{folder}')"
 
 
 def _needs_unsafe_globals(message: str) -> bool:
     """A weights-only refusal because the pickle names Python classes, as opposed to a corrupt stream."""
     return "Weights only load failed" in message and ("GLOBAL" in message or "Unsupported global" in message)
-
-
-def _is_tensor_mapping(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
-    )
-
-
-def _find_state_dict(path: Path, payload: Any, notes: list[str]) -> Mapping[str, torch.Tensor]:
-    if _is_tensor_mapping(payload):
-        return payload
-    if isinstance(payload, Mapping):
-        for key in STATE_DICT_KEYS:
-            if _is_tensor_mapping(payload.get(key)):
-                notes.append(f"weights taken from the checkpoint's '{key}' entry")
-                return payload[key]
-        keys = ", ".join(repr(k) for k in list(payload)[:8])
-        raise LoadError(
-            f"checkpoint '{path}' is a dict without a state_dict (keys: {keys}); expected tensors at the top "
-            f"level or under one of {', '.join(STATE_DICT_KEYS)}"
-        )
-    raise LoadError(f"checkpoint '{path}' holds a {type(payload).__name__}, not a model or a state_dict")
-
-
-def _strip_wrapper_prefixes(weights: Mapping[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
-    """Drop the prefixes DataParallel (``module.``) and torch.compile (``_orig_mod.``) add to every key."""
-    result = dict(weights)
-    for prefix in _WRAPPER_PREFIXES:
-        if result and all(k.startswith(prefix) for k in result):
-            result = {k[len(prefix) :]: v for k, v in result.items()}
-            notes.append(f"stripped the '{prefix}' prefix from every weight name")
-    return result
 
 
 def _build_with_weights(
@@ -276,7 +270,7 @@ def _build_with_weights(
         ) from error
     if not isinstance(module, torch.nn.Module):
         raise LoadError(f"--model {request.model_ref} returned {type(module).__name__}, not an nn.Module")
-    weights = _strip_wrapper_prefixes(weights, notes)
+    weights = strip_wrapper_prefixes(weights, notes)
     own = module.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

@@ -87,6 +87,19 @@ class TwoInputsDictOutput(nn.Module):
         return {"logits": self.head(pooled), "extras": (pooled, h.amax(dim=(1, 2)))}
 
 
+class TupleEncoder(nn.Module):
+    """A speaker-encoder-like model returning a tuple: embedding, its energy and a score per class."""
+
+    def __init__(self, features: int = 6, dim: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Linear(features, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        embedding = torch.tanh(self.proj(x))  # (B, D)
+        return embedding, embedding.pow(2).sum(-1), self.head(embedding)  # (B, D), (B,), (B, classes)
+
+
 class FrozenSeqLen(nn.Module):
     """Turns a dynamic size into a Python int: a trace records it as a constant, freezing the dim."""
 
@@ -250,6 +263,10 @@ def make_two_inputs() -> TwoInputsDictOutput:
     return TwoInputsDictOutput()
 
 
+def make_tuple_encoder() -> TupleEncoder:
+    return TupleEncoder()
+
+
 def make_frozen() -> FrozenSeqLen:
     return FrozenSeqLen()
 
@@ -321,6 +338,7 @@ MODELS: dict[str, TinyModel] = {
         "make_two_inputs", ("features:float32:batch=2,seq=5,8", "mask:bool:batch=2,seq=5")
     ),
     "frozen": TinyModel("make_frozen", ("x:float32:batch=2,seq=5",)),
+    "tuple_encoder": TinyModel("make_tuple_encoder", ("x:float32:batch=2,6",)),
     "gate": TinyModel("make_gate", ("x:float32:batch=2,4",)),
     "opaque": TinyModel("make_opaque", ("x:float32:batch=2,4",)),
     "lstm": TinyModel("make_lstm", ("sequence:float32:batch=2,seq=6,12",)),

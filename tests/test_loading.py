@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -177,3 +181,76 @@ def test_factory_that_raises_names_the_factory(tmp_path: Path) -> None:
     torch.save(_mlp().state_dict(), path)
     with pytest.raises(LoadError, match="--model-kwargs"):
         load_model(LoadRequest(path, MODELS["mlp"].ref, {"no_such_argument": 1}))
+
+
+_NET_SOURCE = """
+import torch
+
+
+class SpeakerNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+"""
+
+
+@pytest.fixture
+def pickled_from_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """A trusted whole module whose class lives in ``tmp_path/code/<module>.py``, saved, then forgotten (as a
+    fresh exporter process would not know it); yields the checkpoint and the module's name."""
+    name = f"speaker_net_{uuid.uuid4().hex[:8]}"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / f"{name}.py").write_text(_NET_SOURCE)
+    importlib.invalidate_caches()
+    monkeypatch.setattr(sys, "path", [str(code), *sys.path])
+    checkpoint = tmp_path / "whole.pt"
+    torch.save(importlib.import_module(name).SpeakerNet(), checkpoint)
+    del sys.modules[name]
+    monkeypatch.setattr(sys, "path", sys.path[1:])  # undone in reverse: the original list comes back
+    yield checkpoint, name
+    sys.modules.pop(name, None)
+
+
+def test_trusted_pickle_finds_its_class_in_the_working_directory(
+    pickled_from_folder: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, name = pickled_from_folder
+    monkeypatch.chdir(checkpoint.parent / "code")
+    loaded = load_model(LoadRequest(checkpoint, trust_checkpoint=True))
+    assert type(loaded.module).__module__ == name and loaded.format is CheckpointFormat.PICKLED_MODULE
+
+
+def test_trusted_pickle_whose_module_is_not_importable_names_it_and_the_fix(
+    pickled_from_folder: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, name = pickled_from_folder
+    monkeypatch.chdir(checkpoint.parent)
+    with pytest.raises(LoadError) as caught:
+        load_model(LoadRequest(checkpoint, trust_checkpoint=True))
+    message = str(caught.value)
+    assert f"classes from module '{name}'" in message and str(checkpoint.parent) in message
+    assert f"run exporter from the folder holding {name}.py" in message and "PYTHONPATH" in message
+    assert "\n" not in message
+
+
+def test_trusted_pickle_of_a_class_defined_in_the_saving_script_says_to_move_it(tmp_path: Path) -> None:
+    class ScriptNet(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    ScriptNet.__module__, ScriptNet.__qualname__ = "__main__", "ScriptNet"  # as `python train.py` saves it
+    main = sys.modules["__main__"]
+    path = tmp_path / "whole.pt"
+    main.ScriptNet = ScriptNet  # type: ignore[attr-defined]
+    try:
+        torch.save(ScriptNet(), path)
+    finally:
+        delattr(main, "ScriptNet")
+    with pytest.raises(
+        LoadError, match="defined in the script that saved the checkpoint; move it into a module"
+    ):
+        load_model(LoadRequest(path, trust_checkpoint=True))
