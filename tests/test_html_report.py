@@ -50,8 +50,7 @@ def _export(root: Path, name: str, quantization: QuantizeOptions) -> dict[str, A
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """Two real exports shared read-only by this module: the MLP with dynamic int8, the conv net without
-    (its optimized TorchScript archive fails to load, so it also has a candidate that was not shipped)."""
+    """Two real exports shared read-only by this module: the MLP with dynamic int8, the conv net without."""
     root = tmp_path_factory.mktemp("html")
     return {
         "int8": _export(root, "mlp", QuantizeOptions(mode=QuantMode.DYNAMIC, samples=16)),
