@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
+from exporter._naming import name_outputs
+
 __all__ = [
     "AotInductorRunner",
     "CallConvention",
@@ -168,9 +170,18 @@ class EagerRunner(_CallableRunner):
 
     name = "pytorch-eager"
 
-    def __init__(self, module: torch.nn.Module, input_names: Sequence[str]) -> None:
+    def __init__(
+        self, module: torch.nn.Module, input_names: Sequence[str], output_names: Sequence[str] = ()
+    ) -> None:
         super().__init__(module, CallConvention.for_module(module, input_names), input_names)
         self.module = module
+        self.given_output_names = tuple(output_names)
+        """``--output-names``: replace the pytree paths, one per output (``exporter._naming``)."""
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = super()._infer(inputs)
+        self.output_names = name_outputs(self.output_names, self.given_output_names)
+        return outputs
 
 
 class Float64EagerRunner(EagerRunner):

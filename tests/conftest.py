@@ -62,6 +62,7 @@ def export_tiny_mlp(root: Path, **overrides: object) -> Path:
     torch.save(MODELS["mlp"].build().state_dict(), checkpoint)
     settings: dict[str, object] = {
         "checkpoint": checkpoint,
+        "name": "mlp",  # served as /v2/models/mlp (without it the folder would name the model "artifacts")
         "model_ref": MODELS["mlp"].ref,
         "spec": InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["mlp"].inputs)),
         "out": root / "artifacts",

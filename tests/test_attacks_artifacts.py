@@ -162,7 +162,7 @@ def test_an_unsafe_name_is_refused_even_with_out(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_name_with_spaces_becomes_a_safe_model_name(tmp_path: Path) -> None:
-    settings = {"checkpoint": tmp_path / "my model (v2).pt", "out": tmp_path / "o", "spec": SPEC}
+    settings = {"checkpoint": tmp_path / "my model (v2).pt", "spec": SPEC}
     assert ExportOptions.from_settings(settings).model_name == "my_model__v2_"
 
 

@@ -395,6 +395,7 @@ def _export(root: Path, name: str) -> Path:
     torch.save(MODELS[name].build().state_dict(), checkpoint)
     settings: dict[str, object] = {
         "checkpoint": checkpoint,
+        "name": name,
         "model_ref": MODELS[name].ref,
         "spec": InputSpec(tuple(parse_tensor_spec(s) for s in MODELS[name].inputs)),
         "out": root / "artifacts",
