@@ -1,6 +1,7 @@
 """The command-line form of one input, ``NAME:DTYPE:DIMS[:LOW..HIGH]``, read strictly (ASCII only, ranges
-that fit the dtype; see :mod:`exporter.specs`). ``exporter.specs.parse_tensor_spec`` builds the TensorSpec
-from these fields and checks its size, which needs the spec types this module stays below.
+that fit the dtype, dim ranges that hold a legal size; see :mod:`exporter.specs`).
+``exporter.specs.parse_tensor_spec`` builds the TensorSpec from these fields and checks its size, which
+needs the spec types this module stays below.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from exporter.errors import InputSpecError
 
-__all__ = ["DTYPES", "ParsedSpec", "parse_fields", "show"]
+__all__ = ["DTYPES", "ParsedDim", "ParsedSpec", "parse_fields", "round_up", "show"]
 
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
@@ -45,6 +46,8 @@ _DTYPE_ALIASES = {
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SIZE = re.compile(r"[0-9]+")
+_DIM_VALUE = re.compile(r"(?P<low>[0-9]+)(?:\s*\.\.\s*(?P<high>[0-9]+))?(?:\s*%\s*(?P<multiple>[0-9]+))?")
+"""A dynamic dim's value: ``SIZE``, ``LOW..HIGH``, either followed by ``%N`` (multiples of N only)."""
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NOT_FINITE = {"inf", "infinity", "nan"}
@@ -52,14 +55,33 @@ _FIELDS = ("NAME", "DTYPE", "DIMS", "LOW..HIGH")
 _SHOWN_CHARS = 120
 
 
+class ParsedDim(NamedTuple):
+    """One checked dim: its example size, its label (None when static) and the range written with it.
+
+    ``low``/``high`` are None unless written as ``label=LOW..HIGH``; then ``size`` is ``LOW`` rounded up to
+    ``multiple_of``. ``multiple_of`` is 1 unless written with ``%N``.
+    """
+
+    size: int
+    label: str | None
+    low: int | None = None
+    high: int | None = None
+    multiple_of: int = 1
+
+
 class ParsedSpec(NamedTuple):
-    """The checked fields of one spec; each dim is (example size, label or None when static)."""
+    """The checked fields of one spec."""
 
     name: str
     dtype: str
-    dims: tuple[tuple[int, str | None], ...]
+    dims: tuple[ParsedDim, ...]
     low: float | None
     high: float | None
+
+
+def round_up(size: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` at or above ``size``."""
+    return -(-size // multiple) * multiple
 
 
 def show(text: str) -> str:
@@ -78,12 +100,17 @@ def _check_ascii(text: str, where: str) -> None:
         described = " ".join(filter(None, (f"U+{ord(char):04X}", unicodedata.name(char, ""))))
         raise InputSpecError(
             f"{where}: {field_name} has the non-ASCII character {show(char)!r} ({described}); "
-            "use ASCII letters, digits 0-9 and . _ = , : + -"
+            "use ASCII letters, digits 0-9 and . _ = , : + - %"
         )
 
 
 def parse_fields(text: str, where: str) -> ParsedSpec:
-    """The fields of ``NAME:DTYPE:DIMS[:LOW..HIGH]``, each checked; errors start with ``where``."""
+    """The fields of ``NAME:DTYPE:DIMS[:LOW..HIGH]``, each checked; errors start with ``where``.
+
+    A dim in DIMS is ``SIZE`` (static) or ``label=SIZE``, ``label=LOW..HIGH``, ``label=SIZE%N``,
+    ``label=LOW..HIGH%N`` (dynamic; ``%N``: multiples of N only). A range's example size is LOW rounded up
+    to the multiple.
+    """
     _check_ascii(text, where)
     parts = text.strip().split(":")
     if len(parts) not in (3, 4):
@@ -131,26 +158,65 @@ def parse_fields(text: str, where: str) -> ParsedSpec:
     return ParsedSpec(name, dtype, dims, low, high)
 
 
-def _parse_dim(item: str, where: str) -> tuple[int, str | None]:
-    label, sep, size_text = item.partition("=")
+def _parse_dim(item: str, where: str) -> ParsedDim:
+    """``3`` (static), or ``label=SIZE``, ``label=LOW..HIGH``, either with ``%N``; see ``ParsedDim``."""
+    label, sep, value = item.partition("=")
     if not sep:
-        label, size_text = "", item
-    label, size_text = label.strip(), size_text.strip()
+        label, value = "", item
+    label, value = label.strip(), value.strip()
     if sep and not _LABEL.fullmatch(label):
         raise InputSpecError(f"{where}: dim label '{show(label)}' must be an identifier, as in batch=1")
     shown = show(item)
-    if size_text.startswith("-") and _SIZE.fullmatch(size_text[1:]):
+    if value.startswith("-") and _SIZE.fullmatch(value[1:]):
         raise InputSpecError(f"{where}: dim '{shown}' must be a positive size")
-    if not _SIZE.fullmatch(size_text):
+    match = _DIM_VALUE.fullmatch(value)
+    if match is None or (not sep and value != match["low"]):
+        if sep and (".." in value or "%" in value):
+            raise InputSpecError(
+                f"{where}: dim '{shown}' is not label=SIZE, label=LOW..HIGH or either with %N (e.g. "
+                "batch=1..16 or h=64..512%4)"
+            )
+        if match is not None or ".." in value or "%" in value:
+            raise InputSpecError(
+                f"{where}: dim '{shown}' has a range but no label: give it one, as in batch=1..16 or "
+                "h=64..512%4"
+            )
         raise InputSpecError(
-            f"{where}: dim '{shown}' is neither an integer nor label=size (e.g. 3 or batch=1)"
+            f"{where}: dim '{shown}' is neither an integer nor label=size (e.g. 3, batch=1 or batch=1..16)"
         )
-    if len(size_text) > 18:
+    if any(len(part) > 18 for part in match.groups() if part is not None):
         raise InputSpecError(f"{where}: dim '{shown}' is too large: sizes must stay below 10**18")
-    size = int(size_text)
-    if size == 0 and not sep:
-        raise InputSpecError(f"{where}: dim '{shown}' must be a positive size")
-    return size, label or None
+    size = int(match["low"])
+    if not sep:
+        if size == 0:
+            raise InputSpecError(f"{where}: dim '{shown}' must be a positive size")
+        return ParsedDim(size, None)
+    multiple = int(match["multiple"] or 1)
+    if multiple == 0:
+        raise InputSpecError(f"{where}: dim '{shown}': the multiple after % must be at least 1, as in h=64%4")
+    if match["high"] is None:
+        if size % multiple:
+            lower, upper = size // multiple * multiple, round_up(size, multiple)
+            raise InputSpecError(
+                f"{where}: dim '{shown}': example size {size} is not a multiple of {multiple}; use "
+                + (f"{lower} or {upper}" if lower else str(upper))
+            )
+        return ParsedDim(size, label, None, None, multiple)
+    low, high = size, int(match["high"])
+    if low == 0:
+        raise InputSpecError(
+            f"{where}: dim '{shown}': LOW must be at least 1 (the example size is LOW), as in "
+            f"{label}=1..{high}"
+        )
+    if low > high:
+        raise InputSpecError(f"{where}: dim '{shown}' needs LOW <= HIGH, as in {label}={high}..{low}")
+    example = round_up(low, multiple)
+    if example > high:
+        raise InputSpecError(
+            f"{where}: dim '{shown}' holds no multiple of {multiple} between {low} and {high}: widen the "
+            "range or change the multiple"
+        )
+    return ParsedDim(example, label, low, high, multiple)
 
 
 def _parse_range(text: str, where: str) -> tuple[float, float]:

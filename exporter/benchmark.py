@@ -69,7 +69,7 @@ def batch_plans(spec: InputSpec, batch_dim: str, batch_sizes: tuple[int, ...], s
     sizes = spec.example_sizes
     if batch_dim in sizes:
         dim = spec.dim(batch_dim)
-        legal = [b for b in batch_sizes if b >= dim.min and (dim.max is None or b <= dim.max)]
+        legal = [b for b in batch_sizes if dim.allows(b)]
         shapes: list[tuple[str, int | None, dict[str, int]]] = [
             (f"{batch_dim}={b}", b, {**sizes, batch_dim: b}) for b in legal
         ]

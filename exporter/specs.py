@@ -1,9 +1,13 @@
 """Input specs: what the model is fed, which dims may change, and how example data is drawn.
 
 The command-line form is ``NAME:DTYPE:DIMS[:LOW..HIGH]``. DIMS are comma-separated; each is an integer (a
-static dim) or ``label=size`` (a dynamic dim and its example size). The same label in two inputs names the
-same dim. Numbers are drawn from ``[LOW, HIGH)`` when a range is given (integers) or uniformly (floats);
-without a range floats are standard normal and integers are drawn from ``[0, 10)``.
+static dim) or a dynamic dim: ``label=SIZE`` (its example size; legal sizes 1 and up, or the recipe's range),
+``label=LOW..HIGH`` (legal sizes LOW to HIGH; the example size is LOW), and either followed by ``%N``: only
+multiples of N are legal (``h=64..512%4``; the example size is then LOW rounded up to a multiple of N, and
+``h=64%4`` needs SIZE to be one). The same label in two inputs names the same dim, with one range; a range
+written here replaces the recipe's ``[inputs.dims]`` range for that label. Numbers are drawn from
+``[LOW, HIGH)`` when a range is given (integers) or uniformly (floats); without a range floats are standard
+normal and integers are drawn from ``[0, 10)``.
 
 Only ASCII is legal: ``int()`` and ``float()`` would read full-width or Arabic-Indic digits as numbers, so a
 spec pasted from a rich-text document could silently mean something else. Ranges must fit the dtype (and,
@@ -22,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter._spec_parser import DTYPES, parse_fields
+from exporter._shape_cases import ShapeCase, larger_size, shape_cases, trace_sizes
+from exporter._spec_parser import DTYPES, parse_fields, round_up
 from exporter._spec_parser import show as _show
 from exporter.errors import InputSpecError
 
@@ -34,6 +39,7 @@ __all__ = [
     "InputSpec",
     "ShapeCase",
     "TensorSpec",
+    "larger_size",
     "make_inputs",
     "memory_limit",
     "parse_tensor_spec",
@@ -61,26 +67,69 @@ def memory_limit() -> int | None:
 
 @dataclass(frozen=True)
 class DimSpec:
-    """One dimension: its example size and, when dynamic, the label shared by every input using it."""
+    """One dimension: its example size and, when dynamic, the label shared by every input using it, with
+    the range written beside it (``label=LOW..HIGH``: ``low``, ``high``; ``%N``: ``multiple_of``).
+
+    With ``low`` set, ``size`` is ``low`` rounded up to ``multiple_of``, as the parser makes it, so that
+    ``str`` (which writes the range, not the size) reads back the same.
+    """
 
     size: int
     label: str | None = None
+    low: int | None = None
+    high: int | None = None
+    multiple_of: int = 1
 
     @property
     def dynamic(self) -> bool:
         return self.label is not None
 
+    @property
+    def range(self) -> DynamicDim | None:
+        """The legal sizes written with this dim; None when it gives only its example size."""
+        if self.label is None or (self.low is None and self.multiple_of == 1):
+            return None
+        return DynamicDim(self.label, 1 if self.low is None else self.low, self.high, self.multiple_of)
+
     def __str__(self) -> str:
-        return f"{self.label}={self.size}" if self.label else str(self.size)
+        if not self.label:
+            return str(self.size)
+        value = str(self.size) if self.low is None else f"{self.low}..{self.high}"
+        return f"{self.label}={value}" + (f"%{self.multiple_of}" if self.multiple_of != 1 else "")
 
 
 @dataclass(frozen=True)
 class DynamicDim:
-    """Legal sizes of a dynamic dim (``max`` None means unbounded)."""
+    """Legal sizes of a dynamic dim: the multiples of ``multiple_of`` from ``min`` to ``max`` (None means
+    unbounded). With ``multiple_of`` > 1 the bounds are rounded inward to multiples on construction (64..514%4
+    is 64..512%4), so ``min`` and ``max`` are legal sizes; when no multiple lies between them they are kept,
+    and ``InputSpec`` refuses the dim.
+    """
 
     label: str
     min: int = 1
     max: int | None = None
+    multiple_of: int = 1
+
+    def __post_init__(self) -> None:
+        step = self.multiple_of
+        if not isinstance(step, int) or step <= 1 or self.min < 0:
+            return
+        low = round_up(self.min, step)
+        high = None if self.max is None else self.max // step * step
+        if high is None or low <= high:
+            object.__setattr__(self, "min", low)
+            object.__setattr__(self, "max", high)
+
+    def allows(self, size: int) -> bool:
+        """True when ``size`` is in range and a multiple."""
+        in_range = self.min <= size and (self.max is None or size <= self.max)
+        return in_range and size % self.multiple_of == 0
+
+    def __str__(self) -> str:
+        """The legal sizes as a spec writes them: ``1..16``, ``64..512%4``, ``1..unbounded``."""
+        text = f"{self.min}..{'unbounded' if self.max is None else self.max}"
+        return text + (f"%{self.multiple_of}" if self.multiple_of != 1 else "")
 
 
 @dataclass(frozen=True)
@@ -113,22 +162,14 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
-class ShapeCase:
-    """A set of dynamic-dim sizes to verify at, with a short human name (``export``, ``min``, ...)."""
-
-    name: str
-    sizes: dict[str, int]
-
-    def describe(self, spec: InputSpec) -> str:
-        return " ".join(f"{t.name}={list(t.shape(self.sizes))}" for t in spec.tensors)
-
-
-@dataclass(frozen=True)
 class InputSpec:
     """Every input of the model, in the order they are passed, plus the legal range of each dynamic dim.
 
+    A dim's range comes from the inputs (``batch=1..16``) or from ``dynamic_dims`` (a recipe's
+    ``[inputs.dims]``), not both unless equal; a dim with neither gets ``DynamicDim(label)`` (1 and up).
     Each input must fit ``MAX_ELEMENTS`` (2**31 elements) and ``memory_limit()`` (a quarter of RAM) at the
-    largest shape ``shape_cases`` draws (the ``large`` case, about twice the example), else InputSpecError.
+    largest shape ``shape_cases`` draws (``max``, every dim at its declared maximum, or ``large``, about
+    twice the example), else InputSpecError.
     """
 
     tensors: tuple[TensorSpec, ...]
@@ -143,38 +184,61 @@ class InputSpec:
         for name in names:
             if names.count(name) > 1:
                 raise InputSpecError(f"input '{name}' is given twice; each --input needs its own name")
+        sizes, written = self._example_sizes_and_written_ranges()
+        given = {d.label: d for d in self.dynamic_dims}
+        for label, (dim, name) in written.items():
+            if label in given and given[label] != dim:
+                raise InputSpecError(
+                    f"dim '{label}' has the range {dim} in input '{name}' but {given[label]} in the dim "
+                    "ranges given beside the inputs (a recipe's [inputs.dims]); give it in one place"
+                )
+        merged = dict(given)
+        for label in sizes:
+            if label not in merged:
+                merged[label] = written[label][0] if label in written else DynamicDim(label)
+        object.__setattr__(self, "dynamic_dims", tuple(merged.values()))
+        for dyn in self.dynamic_dims:
+            if dyn.label not in sizes:
+                raise InputSpecError(f"dim '{dyn.label}' has a range but no input uses it")
+            _check_range(dyn, sizes[dyn.label])
+        cases = shape_cases(self)
+        for tensor in self.tensors:
+            largest = max(cases, key=lambda c: math.prod(tensor.shape(c.sizes)))
+            where, fix = "at the example size", None
+            if largest.name == "max":
+                where = "at verification case 'max' (every dim at its declared maximum, which is verified)"
+                fix = "lower the dim's declared maximum (HIGH in label=LOW..HIGH, or max in [inputs.dims])"
+            elif largest.name not in ("export", "values"):
+                where = f"at verification case '{largest.name}' (up to about twice the example size)"
+            _check_size(tensor, tensor.shape(largest.sizes), where, f"input '{tensor.name}'", fix)
+
+    def _example_sizes_and_written_ranges(self) -> tuple[dict[str, int], dict[str, tuple[DynamicDim, str]]]:
+        """Each label's example size, and the range written beside it (with the input it is written in);
+        refuses a label given two sizes or two ranges."""
         sizes: dict[str, int] = {}
+        written: dict[str, tuple[DynamicDim, str]] = {}
         for tensor in self.tensors:
             for dim in tensor.dims:
                 if dim.label is None:
                     continue
+                stated = dim.range
+                if stated is not None:
+                    first, where = written.setdefault(dim.label, (stated, tensor.name))
+                    if first != stated:
+                        raise InputSpecError(
+                            f"dim '{dim.label}' has the range {stated} in input '{tensor.name}' but {first} "
+                            f"in input '{where}'; a shared label has one range: write the same in both"
+                        )
                 seen = sizes.setdefault(dim.label, dim.size)
                 if seen != dim.size:
+                    hint = ""
+                    if dim.label in written:
+                        hint = " (a range's example size is its LOW, rounded up to its multiple: repeat it)"
                     raise InputSpecError(
                         f"input '{tensor.name}': dim '{dim.label}' has example size {dim.size} here but "
-                        f"{seen} in another input; a shared label must have one size"
+                        f"{seen} in another input; a shared label must have one size{hint}"
                     )
-        known = {d.label for d in self.dynamic_dims}
-        for label in sizes:
-            if label not in known:
-                object.__setattr__(self, "dynamic_dims", (*self.dynamic_dims, DynamicDim(label)))
-        for dyn in self.dynamic_dims:
-            if dyn.label not in sizes:
-                raise InputSpecError(f"dim '{dyn.label}' has a range but no input uses it")
-            size = sizes[dyn.label]
-            if dyn.min < 0 or (dyn.max is not None and dyn.max < dyn.min):
-                raise InputSpecError(f"dim '{dyn.label}': bad range min={dyn.min} max={dyn.max}")
-            if size < dyn.min or (dyn.max is not None and size > dyn.max):
-                raise InputSpecError(
-                    f"dim '{dyn.label}': example size {size} is outside its range [{dyn.min}, {dyn.max}]"
-                )
-        cases = shape_cases(self)
-        for tensor in self.tensors:
-            largest = max(cases, key=lambda c: math.prod(tensor.shape(c.sizes)))
-            where = "at the example size"
-            if largest.name not in ("export", "values"):
-                where = f"at verification case '{largest.name}' (up to about twice the example size)"
-            _check_size(tensor, tensor.shape(largest.sizes), where, f"input '{tensor.name}'")
+        return sizes, written
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -188,12 +252,16 @@ class InputSpec:
         return next(d for d in self.dynamic_dims if d.label == label)
 
     def with_overrides(self, tensors: Iterable[TensorSpec]) -> InputSpec:
-        """This spec with the given tensors replacing (by name) or appended to its own."""
+        """This spec with the given tensors replacing (by name) or appended to its own; a dim range written
+        in them (``batch=1..16``) replaces this spec's range for that label."""
         by_name = {t.name: t for t in self.tensors}
-        for tensor in tensors:
+        given = tuple(tensors)
+        for tensor in given:
             by_name[tensor.name] = tensor
         used = {d.label for t in by_name.values() for d in t.dims if d.label}
-        return InputSpec(tuple(by_name.values()), tuple(d for d in self.dynamic_dims if d.label in used))
+        replaced = {d.label for t in given for d in t.dims if d.range is not None}
+        kept = tuple(d for d in self.dynamic_dims if d.label in used and d.label not in replaced)
+        return InputSpec(tuple(by_name.values()), kept)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -209,7 +277,12 @@ class InputSpec:
                 for t in self.tensors
             ],
             "dynamic_dims": {
-                d.label: {"min": d.min, "max": d.max, "example": self.example_sizes[d.label]}
+                d.label: {
+                    "min": d.min,
+                    "max": d.max,
+                    "example": self.example_sizes[d.label],
+                    **({"multiple_of": d.multiple_of} if d.multiple_of != 1 else {}),
+                }
                 for d in self.dynamic_dims
             },
         }
@@ -221,7 +294,30 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
-def _check_size(tensor: TensorSpec, shape: tuple[int, ...], where: str, who: str) -> None:
+def _check_range(dyn: DynamicDim, size: int) -> None:
+    """Refuse a range that is empty or not sane, or that leaves out the example size."""
+    step = dyn.multiple_of
+    if not isinstance(step, int) or step < 1:
+        raise InputSpecError(f"dim '{dyn.label}': multiple_of must be an integer >= 1, got {step}")
+    if dyn.min < 0 or (dyn.max is not None and dyn.max < dyn.min):
+        raise InputSpecError(f"dim '{dyn.label}': bad range min={dyn.min} max={dyn.max}")
+    if dyn.min % step:  # DynamicDim rounds the bounds to multiples unless no multiple lies between them
+        raise InputSpecError(
+            f"dim '{dyn.label}': no multiple of {step} lies in [{dyn.min}, {dyn.max}]; widen the range or "
+            "change multiple_of"
+        )
+    if size % step:
+        raise InputSpecError(
+            f"dim '{dyn.label}': example size {size} is not a multiple of {step}, as its range {dyn} needs"
+        )
+    if not dyn.allows(size):
+        raise InputSpecError(
+            f"dim '{dyn.label}': example size {size} is outside its range [{dyn.min}, {dyn.max}]"
+            + (f" (multiples of {step})" if step != 1 else "")
+        )
+
+
+def _check_size(tensor: TensorSpec, shape: tuple[int, ...], where: str, who: str, fix: str | None) -> None:
     """Refuse a tensor over ``MAX_ELEMENTS`` or ``memory_limit()`` bytes at ``shape``."""
     elements = math.prod(shape)
     size = elements * tensor.numpy_dtype.itemsize
@@ -229,7 +325,7 @@ def _check_size(tensor: TensorSpec, shape: tuple[int, ...], where: str, who: str
     if elements <= MAX_ELEMENTS and (limit is None or size <= limit):
         return
     caps = f"{MAX_ELEMENTS} elements" + (f" and {limit / 1e9:.1f} GB (a quarter of RAM)" if limit else "")
-    fix = (
+    fix = fix or (
         "use a smaller example size; the dynamic dim's range can still be large"
         if any(d.dynamic for d in tensor.dims)
         else "use smaller dims"
@@ -242,55 +338,15 @@ def _check_size(tensor: TensorSpec, shape: tuple[int, ...], where: str, who: str
 
 
 def parse_tensor_spec(text: str) -> TensorSpec:
-    """Parse ``NAME:DTYPE:DIMS[:LOW..HIGH]``; errors name the field that is wrong."""
+    """Parse ``NAME:DTYPE:DIMS[:LOW..HIGH]`` (dims as in the module docstring: ``3``, ``batch=1``,
+    ``batch=1..16``, ``h=64..512%4``); errors name the field that is wrong."""
     where = f"bad input spec '{_show(text)}'"
     fields = parse_fields(text, where)
-    dims = tuple(DimSpec(size, label) for size, label in fields.dims)
+    dims = tuple(DimSpec(*dim) for dim in fields.dims)
     tensor = TensorSpec(fields.name, fields.dtype, dims, fields.low, fields.high)
     example = tuple(d.size for d in dims)
-    _check_size(tensor, example, "at the example size", where)
+    _check_size(tensor, example, "at the example size", where, None)
     return tensor
-
-
-def larger_size(dim: DynamicDim, example: int) -> int | None:
-    """A size above the example, odd so that even-only assumptions show; None when the range forbids it."""
-    size = 2 * example + 1
-    if dim.max is not None:
-        size = min(size, dim.max)
-    return size if size > example else None
-
-
-def shape_cases(spec: InputSpec) -> list[ShapeCase]:
-    """Sizes to verify at: the export shape, the export shape again with other values, every dynamic dim at
-    its minimum, one above the example, about twice the example, then each dim moved alone. A dim that
-    conversion froze fails at least one of them; a branch a trace froze on values fails ``values``."""
-    example = spec.example_sizes
-    cases = [ShapeCase("export", dict(example)), ShapeCase("values", dict(example))]
-    if not spec.dynamic_dims:
-        return cases
-    smallest = {d.label: d.min for d in spec.dynamic_dims}
-    larger = {d.label: larger_size(d, example[d.label]) or example[d.label] for d in spec.dynamic_dims}
-    following = {
-        d.label: example[d.label] + 1 if d.max is None or example[d.label] < d.max else example[d.label]
-        for d in spec.dynamic_dims
-    }
-    candidates = [ShapeCase("min", smallest), ShapeCase("next", following), ShapeCase("large", larger)]
-    if len(spec.dynamic_dims) > 1:
-        for dim in spec.dynamic_dims:
-            for label, sizes in (("min", smallest), ("large", larger)):
-                candidates.append(ShapeCase(f"{dim.label}-{label}", {**example, dim.label: sizes[dim.label]}))
-    for case in candidates:
-        if all(case.sizes != seen.sizes for seen in cases):
-            cases.append(case)
-    return cases
-
-
-def trace_sizes(spec: InputSpec) -> dict[str, int]:
-    """Dynamic-dim sizes to trace at: torch.export specializes sizes 0 and 1, so at least 2 where legal."""
-    return {
-        d.label: max(2, spec.example_sizes[d.label]) if d.max is None or d.max >= 2 else d.max
-        for d in spec.dynamic_dims
-    }
 
 
 def make_inputs(spec: InputSpec, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:

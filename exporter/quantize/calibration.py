@@ -77,7 +77,8 @@ def load_samples(source: str | Path | None, spec: InputSpec, limit: int, seed: i
     if limit < 1:
         raise CalibrationError(f"the sample count must be at least 1, got {limit}")
     if source is None:
-        sizes = {**spec.example_sizes, **({"batch": 1} if "batch" in spec.example_sizes else {})}
+        batch = spec.dim("batch") if "batch" in spec.example_sizes else None  # one sample: its smallest legal
+        sizes = {**spec.example_sizes, **({"batch": max(batch.min, batch.multiple_of)} if batch else {})}
         samples = [make_inputs(spec, sizes, seed + 5000 + i) for i in range(limit)]
         return SampleSet(samples, "synthetic (drawn from the input spec)", True)
     text = str(source)
@@ -206,10 +207,10 @@ def _fit(sample: Mapping[str, Any], spec: InputSpec, where: str) -> Sample:
                 )
             if dim.label is not None:
                 legal = spec.dim(dim.label)
-                if size < legal.min or (legal.max is not None and size > legal.max):
+                if not legal.allows(size):
                     raise CalibrationError(
-                        f"{where}: input '{tensor.name}' dim '{dim.label}' is {size}, outside "
-                        f"[{legal.min}, {legal.max}]"
+                        f"{where}: input '{tensor.name}' dim '{dim.label}' is {size}, "
+                        f"outside its range {legal}"
                     )
         expected = tensor.numpy_dtype
         kinds_match = array.dtype.kind == expected.kind or {array.dtype.kind, expected.kind} <= {"i", "u"}
