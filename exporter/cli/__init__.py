@@ -24,6 +24,7 @@ __all__ = ["app", "export", "main"]
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: rich markup would eat their "[default: ...]"
     no_args_is_help=True,
     help="Turn a trained PyTorch model into verified, benchmarked deployment artifacts.",
 )
