@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 import exporter.specs as specs_module
+from exporter.benchmark import batch_plans
 from exporter.errors import InputSpecError
+from exporter.quantize.calibration import load_samples
 from exporter.specs import (
     DimSpec,
     DynamicDim,
@@ -227,3 +229,11 @@ def test_a_declared_maximum_too_large_to_draw_is_refused(monkeypatch: pytest.Mon
     message = str(info.value)
     assert "shape [3000000000] at verification case 'max'" in message
     assert "lower the dim's declared maximum" in message
+
+
+def test_benchmark_batches_and_synthetic_calibration_keep_to_the_multiple() -> None:
+    spec = spec_of("x:float32:batch=4..16%4,8")
+    plans = batch_plans(spec, "batch", (1, 4, 6, 8, 32), seed=0)
+    assert [p.batch for p in plans] == [4, 8]
+    samples = load_samples(None, spec, 2, seed=0)
+    assert all(sample["x"].shape == (4, 8) for sample in samples.samples)
