@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from exporter._thread_probe import probe_threads
+from exporter._timing_trust import LoadWatch, TimingQuality, assess_timing
 from exporter.backends import BackendResult, OpenContext, open_shipped
 from exporter.benchmark import LatencyStats, batch_plans, compare_latency
 from exporter.documents import lossy_artifacts
@@ -19,7 +22,15 @@ from exporter.stages import ProgressListener
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["benchmark_stage", "drop_slower_lossy", "shipped_runners"]
+__all__ = ["BenchmarkResult", "benchmark_stage", "drop_slower_lossy", "shipped_runners"]
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Every timing, and how far to trust them (``exporter._timing_trust``)."""
+
+    latency: list[LatencyStats]
+    quality: TimingQuality
 
 
 def shipped_runners(
@@ -43,7 +54,7 @@ def benchmark_stage(
     options: ExportOptions,
     listener: ProgressListener,
     load_seconds: dict[str, float],
-) -> list[LatencyStats]:
+) -> BenchmarkResult:
     """Time eager and every shipped artifact alike, in alternating blocks per batch size.
 
     Every runner is open at once and visited in turn (``compare_latency``), so all share the machine's
@@ -51,6 +62,9 @@ def benchmark_stage(
     The optimize and quantize stages rank with a shorter timing (``decision_timing``); what ships is
     measured here with the full one, so every figure in the latency table comes from one timing. Load
     times go into ``load_seconds``.
+
+    Beside the timing: the load average before and after it, and a short thread probe of eager at each batch
+    plan (``probe_threads``); ``assess_timing`` turns them and each timing's p90/p50 into warnings.
     """
     plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
     results: list[LatencyStats] = []
@@ -63,19 +77,29 @@ def benchmark_stage(
             load_seconds[runner.name] = time.perf_counter() - started
             order.append(runner.name)
             runners.append(stack.enter_context(runner))
-        for index, plan in enumerate(plans):
+        with LoadWatch() as watch:
+            probes = []
+            for index, plan in enumerate(plans):
+                listener.step(f"thread probe: {eager.name} at {plan.label}", index, len(plans))
+                probe = probe_threads(eager, plan, options.threads)
+                probes += [probe] if probe is not None else []
+            for index, plan in enumerate(plans):
 
-            def show(runner: Runner, label: str = plan.label, done: int = index) -> None:
-                listener.step(f"timing {runner.name} at {label}", done, len(plans))
+                def show(runner: Runner, label: str = plan.label, done: int = index) -> None:
+                    listener.step(f"timing {runner.name} at {label}", done, len(plans))
 
-            results += compare_latency(
-                runners, plan, config=options.timing, threads=options.threads, on_block=show
-            )
+                results += compare_latency(
+                    runners, plan, config=options.timing, threads=options.threads, on_block=show
+                )
     baseline = {s.label: s.p50_ms for s in results if s.backend == eager.name}
     for stats in results:
         stats.speedup_vs_eager = baseline[stats.label] / stats.p50_ms if stats.p50_ms > 0 else None
     listener.step("timing done", len(plans), len(plans))
-    return sorted(results, key=lambda s: order.index(s.backend) if s.backend in order else len(order))
+    results.sort(key=lambda s: order.index(s.backend) if s.backend in order else len(order))
+    quality = assess_timing(
+        results, baseline=eager.name, threads=options.threads, load=watch.load, probes=probes
+    )
+    return BenchmarkResult(results, quality)
 
 
 def drop_slower_lossy(

@@ -34,6 +34,8 @@ class VerifyRequest:
     timing: TimingConfig = field(default_factory=TimingConfig)
     require_real_data: bool = False
     """A lossy model whose budget was judged on synthetic inputs only fails the gate with exit 2."""
+    state_dict_key: str | None = None
+    """``--state-dict-key`` for ``checkpoint`` [default: the entry the export read, from the manifest]."""
 
 
 @dataclass
@@ -57,6 +59,8 @@ class VerifyResult:
     checks: list[Check]
     parity: list[ParityResult] = field(default_factory=list)
     latency: list[dict[str, Any]] = field(default_factory=list)
+    reference: str = "the golden outputs saved at export"
+    """What the parity checks compared the artifacts' outputs with: the golden files or PyTorch now."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -77,6 +81,7 @@ class VerifyResult:
             "exit_code": int(self.exit_code),
             "passed": self.exit_code is ExitCode.OK,
             "checks": [c.to_json() for c in self.checks],
+            "reference": self.reference,
             "parity": [p.to_json() for p in self.parity],
             "latency": self.latency,
         }
@@ -97,6 +102,8 @@ def parse_percent(text: str) -> float:
 
 def describe_exit(result: VerifyResult) -> str:
     failed = [c for c in result.checks if not c.passed]
+    against = f"; parity against {result.reference}" if result.parity else ""
     if not failed:
-        return f"{len(result.checks)} checks passed"
-    return f"{len(failed)} of {len(result.checks)} checks failed: " + "; ".join(c.detail for c in failed[:3])
+        return f"{len(result.checks)} checks passed{against}"
+    details = "; ".join(c.detail for c in failed[:3])
+    return f"{len(failed)} of {len(result.checks)} checks failed: {details}{against}"

@@ -70,7 +70,7 @@ def spec_of(manifest: Manifest) -> InputSpec:
     """The input spec the artifacts were exported and verified with."""
     inputs = manifest.input_spec
     tensors = tuple(parse_tensor_spec(i.spec) for i in inputs.inputs)
-    dims = tuple(DynamicDim(label, d.min, d.max) for label, d in inputs.dynamic_dims.items())
+    dims = tuple(DynamicDim(label, d.min, d.max, d.multiple_of) for label, d in inputs.dynamic_dims.items())
     return InputSpec(tensors, dims)
 
 

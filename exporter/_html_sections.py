@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from exporter._report_lossy import int8_source
 from exporter._svg import esc
+from exporter._timing_trust import UNTRUSTED_NOTE, probe_sentence, warning_sentences
 from exporter.report import Table, _num, stage_table
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "resources_section",
     "stages_section",
     "table_html",
+    "timing_trust_html",
 ]
 
 
@@ -44,6 +47,20 @@ def table_html(
         f'<div class="table-wrap"><table{ident}><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def timing_trust_html(report: dict[str, Any]) -> str:
+    """Above the latency chart: the thread probe's finding, and why figures are not trustworthy."""
+    probe = probe_sentence(report)
+    html = f'<p id="thread-probe">{esc(probe)}</p>' if probe else ""
+    warnings = warning_sentences(report)
+    if warnings:
+        items = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+        html += (
+            f'<div class="warning" id="timing-warnings"><p>{esc(UNTRUSTED_NOTE)}</p>'
+            f'<ul class="notes">{items}</ul></div>'
+        )
+    return html
 
 
 # ---- stages, notes, environment ---------------------------------------------------------------------------
@@ -118,7 +135,8 @@ def _optimization_summary(summary: dict[str, Any]) -> str:
         )
         text += "."
     if summary.get("quantization_source"):
-        text += f" Int8 starts from {summary['quantization_source']}."
+        source = int8_source(summary)
+        text += f" {source[0].upper()}{source[1:]}."
     return f"<p>{esc(text)} A step is kept only if it verifies and is not slower than its input.</p>"
 
 

@@ -177,9 +177,10 @@ def _tensor(
 
 def _max_batch(manifest: Manifest, batch: str) -> int:
     """The batch dim's declared maximum; with none declared, the server's own batch limit (64 rows) or the
-    largest batch the folder was checked at, if larger. 0 (no batching) when batches below 2 are refused."""
+    largest batch the folder was checked at, if larger. 0 (no batching) when batches below 2 are refused, or
+    only multiples of some N are legal (Triton's batcher would form other sizes)."""
     declared = manifest.input_spec.dynamic_dims.get(batch)
-    if declared is not None and declared.min > 1:
+    if declared is not None and (declared.min > 1 or declared.multiple_of > 1):
         return 0
     if declared is not None and declared.max is not None:
         return min(declared.max, TRITON_MAX_BATCH)

@@ -176,9 +176,9 @@ def compare_latency(
     ``block_seconds``. Not call-by-call alternation: on 2 cores a call right after an ONNX Runtime call
     runs 1.5-2.6x slower (ORT's threads keep spinning after ``run``), which biases A-B-A-B toward whatever
     runs first. Rounds go on until every runner has ``min_runs`` samples over ``min_seconds`` of timed
-    calls, or a cap (``max_runs`` or ``max_seconds`` per runner) is reached. Returns stats in the order of
-    ``runners``. ``on_block`` hears which runner a block is about to time (for progress displays),
-    outside the timed calls.
+    calls or its own ``max_runs`` (then it drops out of the rounds), or ``max_seconds`` per runner pass.
+    Returns stats in the order of ``runners``. ``on_block`` hears which runner a block is about to time
+    (for progress displays), outside the timed calls.
 
     A runner has enough samples at ``min_runs`` over ``min_seconds``, or (slow models) at
     ``SLOW_MODEL_RUNS`` over ``enough_seconds``. ``reference_of`` maps a candidate's index to its
@@ -231,9 +231,11 @@ def compare_latency(
                 median = float(np.median(samples[reference]))
                 if candidate in active and min(samples[candidate]) > CLEARLY_SLOWER * median:
                     active.discard(candidate)
+        # A runner at max_runs is done; the others go on: a microsecond model filling its cap in one
+        # block once ended every runner's timing, leaving a slow one with the few calls of its first block.
+        active -= {i for i in active if len(samples[i]) >= config.max_runs}
         enough = all(has_enough(i) for i in active)
-        capped = max(len(s) for s in samples) >= config.max_runs
-        if enough or capped or time.perf_counter() - started >= config.max_seconds * len(runners):
+        if enough or time.perf_counter() - started >= config.max_seconds * len(runners):
             break
     return [
         _stats(runner.name, plan, threads, values) for runner, values in zip(runners, samples, strict=True)

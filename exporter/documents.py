@@ -24,6 +24,8 @@ from exporter.stages import StageRecord
 from exporter.verify import GoldenCase, nonfinite_summary
 
 if TYPE_CHECKING:
+    from exporter._convert_stage import TargetFailure
+    from exporter._timing_trust import TimingQuality
     from exporter.manifest import ArtifactEntry, Int8Entry
     from exporter.options import ExportOptions
 
@@ -54,6 +56,10 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     optimization: OptimizationResult | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)
+    failed_targets: list[TargetFailure] = field(default_factory=list)
+    """Requested targets whose conversion failed while others shipped (a partial export)."""
+    timing_quality: TimingQuality | None = None
+    """How far to trust the latency figures (machine load, spread, thread probe); None: not benchmarked."""
 
     @property
     def onnx(self) -> BackendResult | None:
@@ -119,7 +125,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "status": "passed" if passed else "failed",
+        "status": "failed" if not passed else "partial" if run.failed_targets else "passed",
         "stages": [
             {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
             for s in stages
@@ -134,11 +140,13 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "parity": [p.to_json() for b in run.backends for p in b.parity],
         "latency": [s.to_json() for s in latency],
         "timing": vars(options.timing),
+        "timing_quality": run.timing_quality.to_json() if run.timing_quality else None,
         "quantization": quantization.to_json() if quantization else None,
         "optimization": [r.to_json() for r in run.optimization.records] if run.optimization else None,
         "resources": _resources(run),
         "optimization_summary": run.optimization.to_json() if run.optimization else None,
         "nonfinite": run.nonfinite,
+        "failed_targets": [f.to_json() for f in run.failed_targets] or None,
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
@@ -173,6 +181,8 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
         "model": options.model_ref,
         "model_kwargs": dict(options.model_kwargs),
         "trust_checkpoint": options.trust_checkpoint,
+        "state_dict_key": options.state_dict_key,
+        "output_names": list(options.output_names) or None,
         "atol": options.atol,
         "rtol": options.rtol,
         "seed": options.seed,
@@ -297,6 +307,7 @@ def build_manifest(
             bytes=loaded.file_size,
             model=options.model_ref,
             model_kwargs=jsonable(dict(options.model_kwargs)),
+            state_dict_key=loaded.state_dict_key,
         ),
         onnx=None if onnx is None else OnnxEntry.model_validate(onnx, strict=False),
         artifacts=[_artifact_entry(b, b.file) for b in run.backends if b.file],

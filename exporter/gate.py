@@ -34,6 +34,7 @@ from exporter._gate_files import (
     spec_of,
 )
 from exporter._safe_paths import inside_folder
+from exporter._timing_trust import LoadWatch, busy_machine
 from exporter.backends.onnxruntime import INT8, ONNX
 from exporter.benchmark import BatchPlan, batch_plans, p50_per_plan
 from exporter.errors import UsageError, first_line
@@ -80,13 +81,15 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
     result.checks += _check_files(request.folder, manifest)
     spec = spec_of(manifest)
     golden = _golden(request, manifest, spec, result)
+    result.reference = _reference(request, manifest, golden)
     tolerance = Tolerance(float(manifest.tolerance.atol), float(manifest.tolerance.rtol))
     missing = {c.name.removeprefix("file ") for c in result.checks if c.kind == "integrity" and not c.passed}
     for entry in artifacts_of(manifest):
         if entry.file in missing and not folder_file(request.folder, entry.file).exists():
             continue
         report(f"re-running {entry.file} on the golden inputs")
-        check, parity = _check_parity(request, entry, spec, golden, tolerance)
+        against = "the golden outputs" if request.checkpoint is None else "PyTorch from --checkpoint"
+        check, parity = _check_parity(request, entry, spec, golden, tolerance, against=against)
         result.checks.append(check)
         result.parity += [parity] if parity is not None else []
     for lossy in lossy_entries(manifest):
@@ -111,8 +114,11 @@ def _check_parity(
     spec: InputSpec,
     golden: list[GoldenCase],
     tolerance: Tolerance,
+    *,
+    against: str,
 ) -> tuple[Check, ParityResult | None]:
-    """One artifact re-run on the golden inputs; one that cannot be loaded or compared fails the check."""
+    """One artifact re-run on the golden inputs and compared with ``against`` (what made ``golden``'s
+    outputs); one that cannot be loaded or compared fails the check."""
     name, started = f"parity {entry.backend}", time.perf_counter()
     try:
         runner = open_artifact(request.folder, entry, spec, request.threads)
@@ -122,12 +128,12 @@ def _check_parity(
         with runner:
             parity = verify_runner(runner, golden, tolerance, entry.file)
     except Exception as error:
-        detail = f"{entry.file} cannot be compared with the golden outputs: {first_line(error)}"
+        detail = f"{entry.file} cannot be compared with {against}: {first_line(error)}"
         return Check(name, "parity", False, detail), None
     failures = parity.failures()
     detail = (
         f"{entry.file}: {len(parity.cases)} golden cases within "
-        f"atol={tolerance.atol:g} rtol={tolerance.rtol:g}"
+        f"atol={tolerance.atol:g} rtol={tolerance.rtol:g} of {against}"
     )
     if failures:
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
@@ -195,12 +201,26 @@ def _golden(
             request.model_ref or source.model,
             source.model_kwargs,
             request.trust_checkpoint,
+            request.state_dict_key or source.state_dict_key,
         )
     )
     eager = EagerRunner(loaded.module, spec.names)
     for item in golden:
         item.outputs = eager.run(item.inputs)
     return golden
+
+
+def _reference(request: VerifyRequest, manifest: Manifest, golden: list[GoldenCase]) -> str:
+    """What the artifacts' outputs were compared with, and on which cases: said in the verdict."""
+    cases = ", ".join(item.case.name for item in golden) or "none"
+    if request.checkpoint is None:
+        return f"the golden outputs saved at export (cases {cases})"
+    model = request.model_ref or manifest.source.model
+    built = f", built by {model}" if model else ""
+    return (
+        f"PyTorch eager from the checkpoint {request.checkpoint}{built}, re-run now on the golden inputs "
+        f"(cases {cases}), not the golden output files"
+    )
 
 
 def _synthetic_evidence(lossy: Int8Entry, required: bool) -> Check:
@@ -268,11 +288,15 @@ def _check_latency(
     entries = artifacts_of(manifest)
     entries += [ArtifactRef(e.backend or INT8.name, e.file, None, e.config) for e in lossy_entries(manifest)]
     checks = []
+    watch = LoadWatch()
     for entry in entries:
         report(f"timing {entry.file} here and in the baseline")
-        sides = _time_sides(
-            entry, spec, request, {"baseline": baseline_folder, "current": request.folder}, plans
-        )
+        with watch:
+            sides = _time_sides(
+                entry, spec, request, {"baseline": baseline_folder, "current": request.folder}, plans
+            )
+        busy = "; ".join(w.message for w in busy_machine(watch.load, request.threads))
+        busy = f" (timing not trustworthy: {busy})" if busy else ""
         for plan in plans:
             current = sides.get("current", {}).get(plan.label)
             reference = sides.get("baseline", {}).get(plan.label)
@@ -301,7 +325,7 @@ def _check_latency(
                     "latency",
                     current <= allowed,
                     f"p50 {current:.3f} ms vs baseline {reference:.3f} ms ({origin}): {change:+.1%}, "
-                    f"budget {budget.max_regression:+.0%}",
+                    f"budget {budget.max_regression:+.0%}{busy}",
                 )
             )
     if not checks:

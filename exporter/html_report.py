@@ -19,10 +19,13 @@ from exporter._html_sections import (
     resources_section,
     stages_section,
     table_html,
+    timing_trust_html,
 )
+from exporter._report_lossy import top1_note
 from exporter._svg import SHIPPED_MARK, esc, int8_scatter, latency_chart
 from exporter.report import (
     SYNTHETIC_WARNING,
+    failed_targets_heading,
     latency_table,
     nonfinite_table,
     nonfinite_warning,
@@ -158,6 +161,26 @@ def _nonfinite_section(report: dict[str, Any]) -> str:
     return f'<section class="warning" id="nonfinite"><p>{esc(warning)}</p>{table}</section>'
 
 
+def _failed_targets_section(report: dict[str, Any]) -> str:
+    """A partial export's failed targets right under the header, each with the converter's own words."""
+    heading = failed_targets_heading(report)
+    if heading is None:
+        return ""
+    items = []
+    for failure in report["failed_targets"]:
+        explanation = failure.get("explanation")
+        summary = "<summary>The converter's full explanation</summary>"
+        details = f"<details>{summary}<pre>{esc(explanation)}</pre></details>" if explanation else ""
+        items.append(
+            f"<li><strong>{esc(failure['target'])}</strong> ({esc(failure['backend'])}): "
+            f"{esc(failure['error'])}{details}</li>"
+        )
+    return (
+        f'<section class="warning" id="failed-targets"><h2>Targets that failed to convert</h2>'
+        f"<p>{esc(heading)}</p><ul>{''.join(items)}</ul></section>"
+    )
+
+
 # ---- 2. parity matrix -------------------------------------------------------------------------------------
 
 
@@ -270,7 +293,7 @@ def _latency_section(report: dict[str, Any]) -> str:
         "Speedup is against eager PyTorch at the same batch; red text is slower than eager."
     )
     return (
-        f'<section id="latency"><h2>Latency</h2><p>{how}</p>'
+        f'<section id="latency"><h2>Latency</h2><p>{how}</p>{timing_trust_html(report)}'
         f'<figure id="latency-chart">{latency_chart(report)}'
         "<figcaption>p50 latency per backend (shorter is faster), grouped by batch.</figcaption></figure>"
         f"{table_html(latency_table(report), table_id='latency-table', numeric=range(2, 8))}</section>"
@@ -343,6 +366,8 @@ def _int8_section(report: dict[str, Any]) -> str:
         items += [f"<li>not plotted: {esc(reason)}</li>" for reason in unplotted]
         html.append(f'<ul class="notes" id="int8-failed">{"".join(items)}</ul>')
     html.append(table_html(table, table_id="int8-table", numeric=(2, 4, 5, 6, 7), row_classes=chosen_rows))
+    if note := top1_note(report):
+        html.append(f'<p id="int8-top1">{esc(note)}</p>')
     html.append("</section>")
     return "".join(html)
 
@@ -355,6 +380,7 @@ def render_html(report: dict[str, Any]) -> str:
     sections = [
         _header(report),
         _nonfinite_section(report),
+        _failed_targets_section(report),
         _parity_section(report),
         _latency_section(report),
     ]

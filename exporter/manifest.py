@@ -109,6 +109,7 @@ class SourceEntry(Typed):
     bytes: int
     model: str | None
     model_kwargs: dict[str, Any]
+    state_dict_key: str | None = Field(default=None, exclude_if=lambda value: value is None)  # entry read
 
 
 class OnnxEntry(Typed):
@@ -151,6 +152,7 @@ class DynamicDimEntry(Typed):
     min: int
     max: int | None
     example: int
+    multiple_of: int = Field(default=1, ge=1, exclude_if=lambda value: value == 1)  # sizes: its multiples
 
 
 class InputSpecEntry(Typed):

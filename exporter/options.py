@@ -10,12 +10,12 @@ the same name.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from exporter._naming import default_model_name, output_names_problem
 from exporter.benchmark import TimingConfig
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.errors import LoadError, UsageError
@@ -23,6 +23,7 @@ from exporter.optimize import OptimizeOptions
 from exporter.quantize import QuantizeOptions
 from exporter.recipe import Recipe, is_safe_name, load_recipe
 from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.targets import expand_targets
 from exporter.verify import Tolerance
 
 __all__ = ["ExportOptions", "build_export_options"]
@@ -35,6 +36,8 @@ class ExportOptions:
     checkpoint: Path
     spec: InputSpec
     targets: tuple[str, ...] = ("onnx",)
+    skip: tuple[str, ...] = ()
+    """``--skip`` (and a recipe's ``skip`` and ``not_applicable``): targets left out of ``targets``."""
     name: str | None = None
     out: Path | None = None
     force: bool = False
@@ -59,6 +62,10 @@ class ExportOptions:
     fail_on_nonfinite: bool = False
     golden_inputs: Path | None = None
     """``--golden-inputs FILE.npz``: real inputs verified on every backend beside the drawn shape cases."""
+    state_dict_key: str | None = None
+    """``--state-dict-key`` (``[model].state_dict_key``): the checkpoint dict's entry holding the weights."""
+    output_names: tuple[str, ...] = ()
+    """``--output-names`` (``[outputs].names``): the outputs' names in order; () keeps their pytree paths."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ExportOptions:
@@ -68,9 +75,11 @@ class ExportOptions:
         if unknown:
             raise UsageError(f"unknown settings: {', '.join(sorted(unknown))}")
         values = dict(settings)
-        for key in ("targets", "batch_sizes"):
+        for key in ("targets", "skip", "batch_sizes"):
             if key in values:
                 values[key] = tuple(values[key])
+        if "output_names" in values:
+            values["output_names"] = tuple(values["output_names"])
         if "onnx_exporter" in values:
             values["onnx_exporter"] = OnnxExporterChoice(values["onnx_exporter"])
         if "checkpoint" in values:
@@ -95,13 +104,21 @@ class ExportOptions:
                 f"model name '{shown}' is not a safe name (it names artifacts/<name>, the served model and "
                 "log lines): use ASCII letters, digits, '.', '_' or '-' in --name"
             )
+        problem = output_names_problem(self.output_names, self.spec.names) if self.output_names else None
+        if problem is not None:
+            shown = ",".join(self.output_names)
+            raise UsageError(f"output names {shown} (--output-names, [outputs].names): {problem}")
 
     @property
     def model_name(self) -> str:
-        """``--name``, else the checkpoint's file name with anything but ``[A-Za-z0-9._-]`` as ``_``."""
-        if self.name is not None:
-            return self.name
-        return re.sub(r"[^A-Za-z0-9._-]", "_", self.checkpoint.stem).lstrip(".")[:100] or "model"
+        """``--name`` (or the recipe's ``name``, unless ``--out`` was given), else the ``--out`` folder's
+        name, else the checkpoint's stem (``exporter._naming.default_model_name``)."""
+        return self.name if self.name is not None else default_model_name(self.out, self.checkpoint)
+
+    @property
+    def chosen_targets(self) -> tuple[str, ...]:
+        """``targets`` expanded (``all``) in canonical order, without the skipped ones."""
+        return expand_targets(self.targets, self.skip)
 
     @property
     def out_dir(self) -> Path:
@@ -142,6 +159,8 @@ def build_export_options(
         merged = {**settings.get(key, {}), **_given(stage_flags)}
         if merged:
             settings[key] = merged
+    if flags.get("out") is not None and flags.get("name") is None:
+        settings.pop("name", None)  # the --out folder names the model before the recipe's name does
     settings.update(_given(flags))
     if "checkpoint" not in settings:
         raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from exporter._benchmark_stage import benchmark_stage, drop_slower_lossy, shipped_runners
-from exporter._convert_stage import build_backends, verify_backends
+from exporter._convert_stage import TargetFailure, build_backends, verify_backends
 from exporter._onnx_stages import int8_samples, optimize_stage, quantize_stage
 from exporter._storage import check_free_space, check_writable, estimate_bytes, storage_errors
+from exporter._timing_trust import TimingQuality
 from exporter._write_stage import write_stage
 from exporter.artifacts import check_output_dir, output_lock, staging_dir
 from exporter.backends import BackendResult, BackendSpec, BuildContext, backends_for
@@ -40,7 +41,6 @@ from exporter.stages import (
     StageStatus,
     StageTracker,
 )
-from exporter.targets import expand_targets
 from exporter.verify import GoldenCase, ParityResult, golden_from_file, make_golden
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
@@ -59,6 +59,8 @@ class ExportResult:
     quantization: QuantizationResult | None = None
     nonfinite_failed: bool = False
     """``fail_on_nonfinite`` was set and the PyTorch reference produced NaN/Inf on a golden input."""
+    failed_targets: list[TargetFailure] = field(default_factory=list)
+    """Targets whose conversion failed while the others shipped: a partial export (exit 6)."""
 
     @property
     def parity(self) -> list[ParityResult]:
@@ -90,7 +92,10 @@ class ExportResult:
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.OK if self.passed else ExitCode.VERIFICATION_FAILED
+        """1 when anything shipped fails its checks; else 6 when a target failed to convert; else 0."""
+        if not self.passed:
+            return ExitCode.VERIFICATION_FAILED
+        return ExitCode.PARTIAL_EXPORT if self.failed_targets else ExitCode.OK
 
 
 def export(options: ExportOptions, listener: ProgressListener | None = None) -> ExportResult:
@@ -102,7 +107,7 @@ def export(options: ExportOptions, listener: ProgressListener | None = None) -> 
         ExporterError: bad input (exit 2) or conversion failure (exit 3); nothing is written then. A full,
             read-only or unwritable disk is a ``StorageError`` (exit 2), also when a writer failed midway.
     """
-    specs = backends_for(expand_targets(options.targets))
+    specs = backends_for(options.chosen_targets)
     if options.quantization.mode is not QuantMode.NONE and ONNX not in specs:
         raise UsageError(
             f"--quantize {options.quantization.mode.value} starts from the verified float ONNX model: add "
@@ -158,10 +163,12 @@ class _Run:
     results: list[BackendResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     nonfinite_failed: bool = False
+    failed_targets: list[TargetFailure] = field(default_factory=list)
     optimization: OptimizationResult | None = None
     quantization: QuantizationResult | None = None
     latency: list[LatencyStats] = field(default_factory=list)
     load_seconds: dict[str, float] = field(default_factory=dict)
+    timing_quality: TimingQuality | None = None
 
     def step(self, message: str) -> None:
         self.listener.step(message, 0, 0)
@@ -196,6 +203,8 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
                 run.notes,
                 run.optimization,
                 run.load_seconds,
+                run.failed_targets,
+                timing_quality=run.timing_quality,
             )
             report = write_stage(
                 staging=staging, build_dir=build_dir, options=options, run=record_of_run, stages=run.stages
@@ -212,6 +221,7 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
         report,
         run.quantization,
         run.nonfinite_failed,
+        run.failed_targets,
     )
 
 
@@ -231,10 +241,16 @@ def _load(run: _Run) -> LoadedModel:
     options = run.options
     with run.stages.run("load") as record:
         loaded = load_model(
-            LoadRequest(options.checkpoint, options.model_ref, options.model_kwargs, options.trust_checkpoint)
+            LoadRequest(
+                options.checkpoint,
+                options.model_ref,
+                options.model_kwargs,
+                options.trust_checkpoint,
+                options.state_dict_key,
+            )
         )
-        record.detail = f"{loaded.format.value}, {loaded.parameter_count:,} parameters"
-        run.eager = EagerRunner(loaded.module, options.spec.names)
+        record.detail = loaded.describe()
+        run.eager = EagerRunner(loaded.module, options.spec.names, options.output_names)
         run.golden = make_golden(run.eager, options.spec, shape_cases(options.spec), options.seed)
         if options.golden_inputs is not None:
             run.golden.append(golden_from_file(run.eager, options.spec, options.golden_inputs))
@@ -251,6 +267,9 @@ def _convert_and_verify(run: _Run, loaded: LoadedModel, build_dir: Path) -> None
             run.specs, options=options, loaded=loaded, golden=golden, build_dir=build_dir, step=run.step
         )
         record.detail = built.describe()
+        run.failed_targets = built.failed
+        if built.failed:
+            record.status = StageStatus.FAILED
     with run.stages.run("verify") as record:
         run.results, run.notes = verify_backends(
             built, golden=golden, options=options, loaded=loaded, step=run.step
@@ -295,15 +314,17 @@ def _benchmark(run: _Run) -> None:
         return
     assert run.eager is not None
     with run.stages.run("benchmark") as record:
-        run.latency = benchmark_stage(
+        timed = benchmark_stage(
             run.eager,
             shipped_runners(run.results, run.quantization, run.options),
             run.options,
             run.listener,
             run.load_seconds,
         )
-        run.latency = drop_slower_lossy(run.latency, run.quantization, run.notes)
+        run.latency = drop_slower_lossy(timed.latency, run.quantization, run.notes)
+        run.timing_quality = timed.quality.restricted_to(s.backend for s in run.latency)
         record.detail = f"{len(run.latency)} timings, {run.options.threads} threads"
+        record.detail += run.timing_quality.describe()
 
 
 def _verify_status(

@@ -20,7 +20,7 @@ Example (``recipes/digits_cnn.toml``)::
 
     [inputs]
     specs = ["image:float32:batch=1,1,8,8"]
-    dims.batch = { min = 1, max = 256 }
+    dims.batch = { min = 1, max = 256 }               # also multiple_of = 4: only multiples are legal
 
     [export]
     targets = ["onnx"]
@@ -41,6 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from exporter._naming import OUTPUT_NAMES_RULE, output_names_problem
 from exporter._recipe_refs import ReferenceRule
 from exporter._safe_paths import SAFE_NAME_PATTERN
 from exporter.convert.compile import CompileMode
@@ -114,6 +115,16 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "factory": (lambda v: isinstance(v, str) and ":" in v, "package.module:callable or file.py:callable"),
         "kwargs": (lambda v: isinstance(v, dict), "a table"),
         "trust_checkpoint": (lambda v: isinstance(v, bool), "true or false"),
+        "state_dict_key": (
+            lambda v: isinstance(v, str) and bool(v.strip()),
+            "the key of the checkpoint's dict holding the weights, e.g. 'model_state' (a.b for nested)",
+        ),
+    },
+    "outputs": {
+        "names": (
+            lambda v: _is_str_list(v) and output_names_problem(v) is None,
+            f"a list of the outputs' names in order: {OUTPUT_NAMES_RULE}",
+        ),
     },
     "inputs": {
         "specs": (_is_str_list, "a list of NAME:DTYPE:DIMS[:LOW..HIGH] strings"),
@@ -121,6 +132,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
     },
     "export": {
         "targets": (lambda v: _is_str_list(v) and set(v) <= set(TARGETS), f"a list from {TARGETS}"),
+        "skip": (lambda v: _is_str_list(v) and set(v) <= set(_TARGETS), f"a list from {_TARGETS}"),
         "opset": (lambda v: _is_int(v) and 7 <= v <= 30, "an integer opset between 7 and 30"),
         "onnx_exporter": _one_of(OnnxExporterChoice),
         "simplify": (lambda v: isinstance(v, bool), "true or false"),
@@ -181,7 +193,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "enabled": (lambda v: isinstance(v, bool), "true or false"),
     },
 }
-_DIM_KEYS = {"min", "max"}
+_DIM_KEYS = {"min", "max", "multiple_of"}
 
 
 @dataclass(frozen=True)
@@ -237,21 +249,11 @@ def load_recipe(path: Path, allow_packages: Sequence[str] = ()) -> Recipe:
         settings["model_kwargs"] = dict(model["kwargs"])
     if "trust_checkpoint" in model:
         settings["trust_checkpoint"] = model["trust_checkpoint"]
-    renames = {
-        "opset": "opset",
-        "onnx_exporter": "onnx_exporter",
-        "simplify": "simplify",
-        "targets": "targets",
-        "torchscript_mode": "torchscript_mode",
-        "compile_mode": "compile_mode",
-    }
-    not_applicable = dict(export.get("not_applicable", {}))
-    clash = set(not_applicable) & set(export.get("targets", []))
-    if clash:
-        raise RecipeError(
-            f"{where}: [export] lists {', '.join(sorted(clash))} both in targets and not_applicable"
-        )
-    settings.update({renames[k]: v for k, v in export.items() if k != "not_applicable"})
+    if "state_dict_key" in model:
+        settings["state_dict_key"] = model["state_dict_key"]
+    if "names" in data.get("outputs", {}):
+        settings["output_names"] = tuple(data["outputs"]["names"])
+    not_applicable = _export_table(export, settings, where)
     settings.update(verify)
     if "golden_inputs" in verify:
         settings["golden_inputs"] = Path(_join(base, verify["golden_inputs"]))
@@ -263,6 +265,21 @@ def load_recipe(path: Path, allow_packages: Sequence[str] = ()) -> Recipe:
         raise RecipeError(f"{where}: [inputs].specs: {error}") from None
     dims = tuple(_parse_dim(label, value, where) for label, value in inputs.get("dims", {}).items())
     return Recipe(path, specs, dims, settings, data.get("description", ""), not_applicable)
+
+
+def _export_table(export: Mapping[str, Any], settings: dict[str, Any], where: str) -> dict[str, str]:
+    """``[export]`` into ``settings``; its ``not_applicable`` targets (returned) are skipped like ``skip``."""
+    not_applicable = dict(export.get("not_applicable", {}))
+    clash = set(not_applicable) & set(export.get("targets", []))
+    if clash:
+        raise RecipeError(
+            f"{where}: [export] lists {', '.join(sorted(clash))} both in targets and not_applicable"
+        )
+    settings.update({k: v for k, v in export.items() if k not in ("not_applicable", "skip")})
+    skipped = [*export.get("skip", []), *(t for t in not_applicable if t not in export.get("skip", []))]
+    if skipped:
+        settings["skip"] = skipped
+    return not_applicable
 
 
 def _stage_tables(data: Mapping[str, Any], base: Path, rule: ReferenceRule) -> dict[str, Any]:
@@ -313,13 +330,14 @@ def _parse_dim(label: str, value: Any, where: str) -> DynamicDim:
             f"{where}: [inputs.dims] key {_show(label)} is not a dim label (an identifier, as in batch)"
         )
     if not isinstance(value, dict) or not set(value) <= _DIM_KEYS:
-        raise RecipeError(f"{where}: [inputs.dims].{label} must be a table with min and/or max")
+        raise RecipeError(f"{where}: [inputs.dims].{label} must be a table with min, max and/or multiple_of")
     for key, item in value.items():
-        if not _is_int(item) or item < 0:
+        least = 1 if key == "multiple_of" else 0
+        if not _is_int(item) or item < least:
             raise RecipeError(
-                f"{where}: [inputs.dims].{label}.{key} must be an integer >= 0, got {_show(item)}"
+                f"{where}: [inputs.dims].{label}.{key} must be an integer >= {least}, got {_show(item)}"
             )
-    return DynamicDim(label, value.get("min", 1), value.get("max"))
+    return DynamicDim(label, value.get("min", 1), value.get("max"), value.get("multiple_of", 1))
 
 
 def _relative_source(source: str, base: Path, rule: ReferenceRule, key: str) -> str:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter._report_lossy import SYNTHETIC_WARNING, Table, quantization_table
+from exporter._report_lossy import SYNTHETIC_WARNING, Table, int8_source, quantization_table, top1_note
+from exporter._timing_trust import markdown_lines, matrix_speedup, speedup_cell, timing_cell
 from exporter.backends import backends
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "SYNTHETIC_WARNING",
     "Table",
+    "failed_targets_heading",
     "latency_matrix",
     "latency_table",
     "nonfinite_table",
@@ -106,7 +108,8 @@ def parity_table(report: dict[str, Any]) -> Table:
 
 
 def latency_table(report: dict[str, Any]) -> Table:
-    headers = ["backend", "shape", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "vs eager", "runs"]
+    """Per backend and shape: percentiles, throughput, speedup vs eager, runs, and the timing warnings."""
+    headers = ["backend", "shape", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "vs eager", "runs", "timing"]
     rows = [
         [
             s["backend"],
@@ -115,8 +118,9 @@ def latency_table(report: dict[str, Any]) -> Table:
             _num(s["p90_ms"]),
             _num(s["p99_ms"]),
             f"{s['throughput_per_s']:.1f}",
-            "-" if s["speedup_vs_eager"] is None else f"{s['speedup_vs_eager']:.2f}x",
+            speedup_cell(report, s),
             str(s["runs"]),
+            timing_cell(report, s),
         ]
         for s in report["latency"]
     ]
@@ -166,8 +170,7 @@ def latency_matrix(report: dict[str, Any]) -> Table:
             if stats is None:
                 row.append("-")
                 continue
-            speedup = stats["speedup_vs_eager"]
-            row.append(f"{_num(stats['p50_ms'])}" + ("" if speedup is None else f" ({speedup:.2f}x)"))
+            row.append(_num(stats["p50_ms"]) + matrix_speedup(report, stats))
         rows.append(row)
     return ["backend", *(f"p50 ms {label}" for label in labels)], rows
 
@@ -218,6 +221,7 @@ def _nonfinite_markdown(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     parts = [
         *_markdown_header(report),
+        *_markdown_failed_targets(report),
         *_markdown_parity(report),
         *_markdown_latency(report),
         *_markdown_optimization(report),
@@ -253,6 +257,37 @@ def _markdown_header(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def failed_targets_heading(report: dict[str, Any]) -> str | None:
+    """The sentence above a partial export's failed targets (None when every target was built)."""
+    failed = report.get("failed_targets") or []  # absent from reports written before partial exports
+    if not failed:
+        return None
+    names = ", ".join(f"{f['target']} ({f['backend']})" for f in failed)
+    verb = "is" if len(failed) == 1 else "are"
+    return (
+        f"Partial export (exit 6): {names} failed to convert and {verb} not in this folder; every other "
+        "target was verified and written. Leave a target out with --skip TARGET (recipe [export] skip), "
+        "or fix what the converter says below."
+    )
+
+
+def _markdown_failed_targets(report: dict[str, Any]) -> list[str]:
+    heading = failed_targets_heading(report)
+    if heading is None:
+        return []
+    fence = "~~~~"
+    lines = ["## Targets that failed to convert", "", heading, ""]
+    for failure in report["failed_targets"]:
+        lines.append(f"- **{failure['target']}** ({failure['backend']}): {failure['error']}")
+        if failure.get("explanation"):
+            text = failure["explanation"].replace(fence, "~ ~ ~ ~")
+            lines += ["", "  The converter's full explanation:", "", f"  {fence}text"]
+            lines += [f"  {line}".rstrip() for line in text.splitlines()]
+            lines.append(f"  {fence}")
+        lines.append("")
+    return lines
+
+
 def _markdown_parity(report: dict[str, Any]) -> list[str]:
     tolerance = report["parity"][0]["tolerance"]
     return [
@@ -282,6 +317,7 @@ def _markdown_latency(report: dict[str, Any]) -> list[str]:
         f"alternating blocks until each has at least {timing['min_runs']} runs and "
         f"{timing['min_seconds']} s. Speedup is against eager PyTorch.",
         "",
+        *markdown_lines(report),
         _markdown_table(latency_matrix(report)),
         "",
         _markdown_table(latency_table(report)),
@@ -301,7 +337,7 @@ def _markdown_optimization(report: dict[str, Any]) -> list[str]:
         f"Steps: {', '.join(summary['steps']) or 'none'}. Unoptimized `{summary['baseline']['label']}`: "
         f"{baseline}. Shipped `{summary['shipped']}`"
         + (f" (p50 x{1 / speedup:.2f} of unoptimized)" if speedup else "")
-        + f"; int8 starts from `{summary['quantization_source']}`. "
+        + f"; {int8_source(summary)}. "
         "A step is kept only if it verifies and is not slower than its input.",
         "",
         _markdown_table(optimization_table(report)),
@@ -329,4 +365,23 @@ def _markdown_int8(report: dict[str, Any]) -> list[str]:
         *(["", f"**{SYNTHETIC_WARNING}**"] if calibration.get("judged_on") == "synthetic" else []),
         "",
         _markdown_table(quantization_table(report)),
+        *(["", note] if (note := top1_note(report)) else []),
+        *_markdown_candidate_failures(quant),
     ]
+
+
+def _markdown_candidate_failures(quant: dict[str, Any]) -> list[str]:
+    """Candidates that failed to build, each with the whole error its table row cuts to one line."""
+    failed = [c for c in quant.get("candidates", []) if c.get("explanation")]
+    lines = ["", "Candidates that failed to build, in full:"] if failed else []
+    for candidate in failed:
+        text = candidate["explanation"].replace("~~~~", "~ ~ ~ ~")
+        lines += [
+            "",
+            f"- `{candidate['name']}`:",
+            "",
+            "  ~~~~text",
+            *(f"  {t}".rstrip() for t in text.splitlines()),
+        ]
+        lines.append("  ~~~~")
+    return lines

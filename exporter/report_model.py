@@ -17,10 +17,12 @@ from exporter.report import REPORT_SCHEMA_VERSION
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "BackendEntry",
+    "FailedTargetEntry",
     "LatencyEntry",
     "ParityEntry",
     "Report",
     "StageEntry",
+    "TimingQualityEntry",
     "read_report",
 ]
 
@@ -74,13 +76,56 @@ class LatencyEntry(Typed):
     speedup_vs_float: Number | None = None
 
 
+class ThreadProbeEntry(Typed):
+    """Eager PyTorch timed briefly at 1 thread and at the configured threads."""
+
+    backend: str
+    label: str
+    threads: int
+    one_thread_p50_ms: Number
+    threads_p50_ms: Number
+    faster: str
+
+
+class TimingWarningEntry(Typed):
+    """One reason not to trust the figures of ``backend`` at ``label`` (None: every one)."""
+
+    code: Literal["busy-machine", "threads-over-cpus", "wide-spread", "threads-slower"]
+    backend: str | None
+    label: str | None
+    message: str
+
+
+class TimingQualityEntry(Typed):
+    """How far to trust the latency figures: load around the timing, the thread probe, the warnings."""
+
+    baseline: str
+    threads: int
+    usable_cpus: int
+    load_before: Number | None
+    load_after: Number | None
+    own_cpus: Number | None
+    probes: list[ThreadProbeEntry]
+    thresholds: dict[str, Number]
+    warnings: list[TimingWarningEntry]
+
+
+class FailedTargetEntry(Typed):
+    """A requested target whose conversion failed in a partial export, with the converter's own words."""
+
+    target: str
+    backend: str
+    error: str
+    explanation: str | None = None
+
+
 class Report(Typed):
     """Everything one export measured, with the notes a reader needs."""
 
     schema_version: Literal[1]
     name: str
     created_utc: str
-    status: Literal["passed", "failed"]
+    status: Literal["passed", "failed", "partial"]
     stages: list[StageEntry]
     environment: dict[str, Any]
     source: dict[str, Any]
@@ -92,11 +137,13 @@ class Report(Typed):
     parity: list[ParityEntry]
     latency: list[LatencyEntry]
     timing: dict[str, Any] | None = None
+    timing_quality: TimingQualityEntry | None = None
     quantization: dict[str, Any] | None = None
     optimization: list[dict[str, Any]] | None = None
     resources: dict[str, Any] | None = None
     optimization_summary: dict[str, Any] | None = None
     nonfinite: list[NonfiniteEntry] | None = None
+    failed_targets: list[FailedTargetEntry] | None = None
     notes: list[str]
     artifacts: dict[str, str]
 

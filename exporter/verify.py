@@ -23,7 +23,7 @@ from exporter.comparison import (
     count_nonfinite,
     float64_accepts,
 )
-from exporter.errors import InputSpecError, first_line
+from exporter.errors import InputSpecError, UsageError, first_line
 from exporter.runners import EagerRunner, Runner
 from exporter.specs import InputSpec, ShapeCase, make_inputs
 
@@ -179,10 +179,9 @@ def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCa
                 raise InputSpecError(
                     f"{where}: dim '{dim.label}' is {sizes[dim.label]} in one input, {size} in another"
                 )
-            if size < legal.min or (legal.max is not None and size > legal.max):
+            if not legal.allows(size):
                 raise InputSpecError(
-                    f"{where}: '{tensor.name}' dim '{dim.label}' is {size}, "
-                    f"outside [{legal.min}, {legal.max}]"
+                    f"{where}: '{tensor.name}' dim '{dim.label}' is {size}, outside its range {legal}"
                 )
         expected = tensor.numpy_dtype
         if array.dtype.kind != expected.kind and not {array.dtype.kind, expected.kind} <= {"i", "u"}:
@@ -191,6 +190,8 @@ def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCa
     case = ShapeCase(GOLDEN_INPUTS_CASE, sizes)
     try:
         outputs = reference.run(inputs)
+    except UsageError:
+        raise  # --output-names that do not fit the model's outputs
     except Exception as error:
         raise InputSpecError(
             f"the PyTorch model fails on {where}: {type(error).__name__}: {first_line(error)}"
@@ -216,6 +217,8 @@ def make_golden(
         inputs = make_inputs(spec, case.sizes, case_seed)
         try:
             outputs = reference.run(inputs)
+        except UsageError:
+            raise  # --output-names that do not fit the model's outputs
         except Exception as error:
             raise InputSpecError(
                 f"the PyTorch model fails on inputs drawn from the spec at shape case '{case.name}' "

@@ -227,3 +227,23 @@ def test_a_slow_model_has_enough_samples_after_enough_seconds() -> None:
     (stats,) = compare_latency([EagerRunner(model, ["x"])], plan, config=config, threads=1)
     assert 10 <= stats.runs < 50
     assert model.calls < 50  # warm-up stopped at warmup_seconds, timing at enough_seconds
+
+
+def test_a_fast_runner_at_its_cap_does_not_end_a_slow_runners_timing() -> None:
+    """A microsecond model fills max_runs in one block; the slow model beside it still gets min_runs."""
+    _, _, inputs = runner_and_inputs()
+    plan = BatchPlan("batch=2", 2, inputs)
+    fast, slow = EagerRunner(SleepingModel(0.0), ["x"]), EagerRunner(SleepingModel(0.005), ["x"])
+    config = TimingConfig(
+        warmup=1,
+        min_runs=20,
+        min_seconds=0.0,
+        max_runs=30,
+        max_seconds=30.0,
+        block_calls=5,
+        block_seconds=0.05,
+    )
+    config = TimingConfig(**{**vars(config), "warm_seconds": 0.0})
+    stats = compare_latency([fast, slow], plan, config=config, threads=1)
+    assert stats[0].runs >= 30  # capped in its first block
+    assert stats[1].runs >= 20, "the slow runner's timing ended with the fast one's cap"

@@ -422,3 +422,23 @@ def test_fail_on_nonfinite_is_a_verify_key(tmp_path: Path) -> None:
     recipe.write_text('schema_version = 1\n[verify]\nfail_on_nonfinite = "yes"\n')
     with pytest.raises(RecipeError, match="fail_on_nonfinite"):
         load_recipe(recipe)
+
+
+def test_state_dict_key_and_output_names_are_recipe_keys(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        write(
+            tmp_path,
+            'schema_version = 1\n[model]\nstate_dict_key = "checkpoint.model_state"\n'
+            '[outputs]\nnames = ["embedding", "energy", "scores"]\n',
+        )
+    )
+    assert recipe.settings == {
+        "state_dict_key": "checkpoint.model_state",
+        "output_names": ("embedding", "energy", "scores"),
+    }
+
+
+@pytest.mark.parametrize("names", ['["a", "a"]', '["a", "2b"]', "[]", '"a,b"'])
+def test_output_names_that_are_not_distinct_identifiers_name_the_key(tmp_path: Path, names: str) -> None:
+    message = load_error(tmp_path, f"schema_version = 1\n[outputs]\nnames = {names}\n")
+    assert "[outputs].names must be a list of the outputs' names in order" in message

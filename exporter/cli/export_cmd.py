@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from exporter._naming import parse_output_names
+from exporter._timing_trust import timing_sentences
 from exporter.cli.shared import (
     AllowPackages,
     DebugFlag,
@@ -28,7 +30,7 @@ from exporter.pipeline import ExportOptions, ExportResult
 from exporter.quantize import QuantMode
 from exporter.quantize.calibration import CalibrationMethod
 from exporter.report import latency_matrix, parity_matrix, parity_table, quantization_table
-from exporter.targets import TARGETS, expand_targets
+from exporter.targets import TARGETS
 
 __all__ = ["Target", "export_command"]
 
@@ -52,6 +54,14 @@ def export_command(
             "repeat for several [default: onnx].",
         ),
     ] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip",
+            help="Leave a target out of --to (repeat or comma-separate), e.g. --to all --skip compile; "
+            "replaces a recipe's skip.",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -63,14 +73,33 @@ def export_command(
         str | None,
         typer.Option("--model-kwargs", help="Keyword arguments for --model as JSON, e.g. '{\"width\": 16}'."),
     ] = None,
+    state_dict_key: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dict-key",
+            help="Key of the checkpoint's dict holding the weights, e.g. model_state (a.b for nested) "
+            "(default: the one common key that holds them: state_dict, model_state_dict, model_state, "
+            "model, module, net, params, weights, ema...).",
+        ),
+    ] = None,
     inputs: Annotated[
         list[str] | None,
         typer.Option(
             "--input",
             help="NAME:DTYPE:DIMS[:LOW..HIGH], once per input. DIMS: comma-separated ints (static) or "
-            "label=size "
-            "(dynamic; a label shared by inputs is one dim). Ints are drawn from [LOW, HIGH). "
-            "E.g. image:float32:batch=1,3,224,224 or input_ids:int64:batch=2,seq=128:0..30522",
+            "label=size, label=LOW..HIGH (legal sizes; the example is LOW), either with %N for multiples "
+            "of N only (dynamic; a label shared by inputs is one dim). Ints are drawn from [LOW, HIGH). "
+            "E.g. image:float32:batch=1,3,224,224, input_ids:int64:batch=2,seq=128:0..30522 or "
+            "x:float32:batch=1..8,3,h=64..512%4,w=64..512%4",
+        ),
+    ] = None,
+    output_names: Annotated[
+        str | None,
+        typer.Option(
+            "--output-names",
+            help="Names of the model's outputs, in order, comma-separated (one per output, identifiers), "
+            "used in the ONNX graph, golden files, manifest and served signature (default: output for one "
+            "tensor, 0,1,... for a tuple, the keys for a dict).",
         ),
     ] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe TOML; flags override it.")] = None,
@@ -113,7 +142,14 @@ def export_command(
     benchmark: Annotated[
         bool | None, typer.Option("--benchmark/--no-benchmark", help="Measure latency [default: on].")
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Model name [default: checkpoint stem].")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Model name used in the manifest, reports, served URL and Triton repository "
+            "(default: the --out folder's name, else the recipe's name, else the checkpoint's stem).",
+        ),
+    ] = None,
     quantize: Annotated[
         QuantMode | None,
         typer.Option(
@@ -195,7 +231,8 @@ def export_command(
     at several shapes, time them alike, write artifacts.
 
     Exit codes: 0 passed; 1 verification failed (report still written); 2 bad input or usage;
-    3 conversion failed; 5 internal error; 130/143 interrupted (nothing written).
+    3 conversion failed; 5 internal error; 6 partial: some targets failed to convert, the others were
+    verified and written; 130/143 interrupted (nothing written).
     """
     flags = {
         "checkpoint": checkpoint,
@@ -211,7 +248,9 @@ def export_command(
         "seed": seed,
         "benchmark": benchmark,
         "trust_checkpoint": trust_checkpoint or None,
+        "state_dict_key": state_dict_key,
         "targets": tuple(t.value for t in to) if to else None,
+        "skip": tuple(t.strip() for item in skip for t in item.split(",") if t.strip()) if skip else None,
         "torchscript_mode": _value(torchscript_mode),
         "compile_mode": _value(compile_mode),
         "force": force,
@@ -230,7 +269,11 @@ def export_command(
     }
 
     def action() -> ExportResult:
-        parsed = {**flags, "model_kwargs": json_object(model_kwargs)}
+        parsed = {
+            **flags,
+            "model_kwargs": json_object(model_kwargs),
+            "output_names": parse_output_names(output_names) if output_names is not None else None,
+        }
         options = build_export_options(
             recipe,
             parsed,
@@ -271,7 +314,7 @@ def _run(options: ExportOptions) -> ExportResult:
     from exporter import cli  # the package's ``export``, looked up per call: tests replace it there
 
     progress = RichProgress(out)
-    targets = ", ".join(expand_targets(options.targets))
+    targets = ", ".join(options.chosen_targets)
     out.print(
         f"[bold]exporter[/] {escape(str(options.checkpoint))} -> {targets} ({options.threads} threads)",
         highlight=False,
@@ -303,9 +346,23 @@ def _print_summary(result: ExportResult) -> None:
     if report["latency"]:
         title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
         out.print(rich_table(title, latency_matrix(report)))
+        for line in timing_sentences(report):  # next to the matrix: why a speedup is not trustworthy
+            out.print(f"[yellow]timing:[/] {escape(line)}")
     for note in report["notes"]:
         out.print(f"[yellow]note:[/] {escape(note)}")
+    for failure in result.failed_targets:
+        out.print(
+            f"[red]not converted:[/] {escape(failure.target)} ({escape(failure.backend)}): "
+            f"{escape(failure.error)}",
+            highlight=False,
+        )
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
+    if result.passed and result.failed_targets:
+        names = ", ".join(f.target for f in result.failed_targets)
+        verdict = (
+            f"[yellow]PARTIAL (exit 6): {escape(names)} not converted (report.md has the converter's full "
+            "explanation; --skip leaves a target out)[/]"
+        )
     lossy = [str(spec.file) for spec, _ in lossy_artifacts(result.quantization)]
     if lossy and result.quantization is not None and result.quantization.synthetic_only:
         verdict += (

@@ -30,6 +30,13 @@ def verify_command(
     trust_checkpoint: Annotated[
         bool, typer.Option("--trust-checkpoint", help="Allow unpickling --checkpoint (only files you trust).")
     ] = False,
+    state_dict_key: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dict-key",
+            help="Key of --checkpoint's dict holding the weights (default: the one the export read).",
+        ),
+    ] = None,
     baseline: Annotated[
         Path | None,
         typer.Option(
@@ -77,7 +84,13 @@ def verify_command(
                 )
             latency = LatencyBudget(baseline, parse_percent(max_latency_regression or "10%"))
         request = VerifyRequest(
-            folder, checkpoint, model, trust_checkpoint, latency, require_real_data=require_real_data
+            folder,
+            checkpoint,
+            model,
+            trust_checkpoint,
+            latency,
+            require_real_data=require_real_data,
+            state_dict_key=state_dict_key,
         )
         if threads:
             request = replace(request, threads=threads)

@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from exporter._quiet import quiet
+from exporter.convert._dynamic_shapes import dynamic_shapes_for
 from exporter.errors import ConversionError
 from exporter.runners import CallConvention, flatten_outputs
 from exporter.specs import InputSpec
@@ -73,6 +74,8 @@ class ExportAttempt:
     seconds: float
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    details: str | None = None
+    """The exporter's whole message (``error`` is its one line), for the report and ``--debug``."""
 
 
 @dataclass
@@ -143,11 +146,11 @@ def convert_to_onnx(
                 frozen = _frozen_dims(path, request.spec)
                 if frozen:
                     raise RuntimeError(f"the exported graph froze dynamic dims: {', '.join(frozen)}")
-                error = None
+                error, details = None, None
             except Exception as exc:
-                error = _explain(exc)
+                error, details = _explain(exc), _ANSI.sub("", str(exc)).strip()[:6000] or None
         attempts.append(
-            ExportAttempt(name, error is None, time.perf_counter() - started, error, _unique(caught))
+            ExportAttempt(name, error is None, time.perf_counter() - started, error, _unique(caught), details)
         )
         if error is None:
             break
@@ -156,7 +159,8 @@ def convert_to_onnx(
         tried = "; ".join(f"{a.exporter} exporter: {a.error}" for a in attempts)
         raise ConversionError(
             f"ONNX conversion failed ({tried}). Try another --opset, --onnx-exporter, or rewrite that "
-            "construct; --debug shows the full error"
+            "construct; --debug shows the full error",
+            details="\n\n".join(f"{a.exporter} exporter: {a.details}" for a in attempts if a.details) or None,
         )
     return _finish(request, path, attempts, report)
 
@@ -248,21 +252,6 @@ def _simplify(path: Path, result: OnnxConversion) -> None:
     except Exception as exc:
         result.simplify_error = _explain(exc)
     result.simplify_seconds = time.perf_counter() - started
-
-
-def dynamic_shapes_for(spec: InputSpec, convention: CallConvention) -> Any:
-    """``torch.export`` dynamic shapes for the spec, keyed like the call (by name or by position)."""
-    dims = {
-        d.label: torch.export.Dim(d.label, min=d.min, **({"max": d.max} if d.max is not None else {}))
-        for d in spec.dynamic_dims
-    }
-    per_input = {
-        t.name: {axis: dims[d.label] for axis, d in enumerate(t.dims) if d.label} or None
-        for t in spec.tensors
-    }
-    if convention.by_name:
-        return {name: per_input[name] for name in (*convention.positional, *convention.keyword)}
-    return tuple(per_input[name] for name in convention.positional)
 
 
 def _export_dynamo(request: OnnxConversionRequest, path: Path) -> None:

@@ -193,6 +193,9 @@ def _check_dim(
     if size < low or (high is not None and size > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise RequestError(field, f"{dim}={size} is outside its declared range {bound}")
+    step = signature.dim_multiples.get(dim, 1)
+    if size % step:
+        raise RequestError(field, f"{dim}={size} is not a multiple of {step}, as its declared range needs")
     seen = sizes.setdefault(dim, (size, field))
     if seen[0] != size:
         raise RequestError(field, f"{dim}={size}, but {seen[1]} has {dim}={seen[0]}")

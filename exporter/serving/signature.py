@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ class ModelSignature:
     dim_ranges: dict[str, tuple[int, int | None]]
     batch_dim: str | None
     """The dim label requests are batched along, when it is the first axis of every input and output."""
+    dim_multiples: dict[str, int] = field(default_factory=dict)
+    """Dims whose legal sizes are multiples of a number above 1 (``h=64..512%4``): that number."""
 
     def input(self, name: str) -> InputRule | None:
         return next((rule for rule in self.inputs if rule.name == name), None)
@@ -136,7 +138,10 @@ def signature_of(folder: Path, manifest: Manifest) -> ModelSignature:
     batch = manifest.benchmark.batch_dim if manifest.benchmark else None
     if batch is not None and not _batch_leads(batch, rules, cases, golden_outputs, names):
         batch = None
-    return ModelSignature(manifest.name, tuple(rules), tuple(outputs), ranges, batch)
+    multiples = {
+        label: d.multiple_of for label, d in manifest.input_spec.dynamic_dims.items() if d.multiple_of > 1
+    }
+    return ModelSignature(manifest.name, tuple(rules), tuple(outputs), ranges, batch, multiples)
 
 
 def _batch_leads(
