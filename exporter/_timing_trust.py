@@ -17,9 +17,9 @@ Thresholds (also in the README's benchmark section):
 - ``wide-spread``: a timing's p90 is more than ``SPREAD_LIMIT`` (2.0) x its p50 (calls of one model on one
   input differ that much only when something else takes the cores now and then).
 - ``threads-slower``: eager PyTorch at a batch size with the configured threads has a p50 more than
-  ``THREADS_SLOWER_RATIO`` (1.5) x its p50 with 1 thread: the threads fight for the cores. Probed at every
-  batch size: on a busy 2-core machine a tiny MLP took 0.028 ms with either thread count at batch 1 and
-  38 ms with 2 threads (0.028 ms with 1) at batch 2.
+  ``THREADS_SLOWER_RATIO`` (1.5) x its p50 with 1 thread: the threads wait for cores, or the model is too
+  small to split. Probed at every batch size: on a busy 2-core machine a tiny MLP took 0.028 ms with
+  either thread count at batch 1 and 38 ms with 2 threads (0.028 ms with 1) at batch 2.
 
 Imports neither torch nor the runners: the renderers use the report-dict helpers at the bottom.
 """
@@ -267,8 +267,8 @@ def _threads_slower(probe: ThreadProbe) -> TimingWarning | None:
         TimingIssue.THREADS_SLOWER,
         f"{probe.backend} at {probe.label}: {probe.threads} threads took {probe.threads_ms:.3g} ms, "
         f"1 thread {probe.one_thread_ms:.3g} ms ({probe.ratio:.1f}x slower, over "
-        f"{THREADS_SLOWER_RATIO:g}x): the threads fight for the cores, and every speedup against it mostly "
-        "measures that",
+        f"{THREADS_SLOWER_RATIO:g}x): the threads wait for busy cores, or the model is too small to split "
+        "(try --threads 1); every speedup against this baseline mostly measures that",
         probe.backend,
         probe.label,
     )
