@@ -10,10 +10,11 @@ from typing import Any
 from exporter._report_lossy import int8_source
 from exporter._svg import esc
 from exporter._timing_trust import UNTRUSTED_NOTE, probe_sentence, warning_sentences
-from exporter.report import Table, _num, stage_table
+from exporter.report import Table, _num, failed_targets_heading, stage_table
 
 __all__ = [
     "environment_section",
+    "failed_targets_section",
     "notes_section",
     "optimization_section",
     "resources_section",
@@ -202,4 +203,24 @@ def resources_section(resources: dict[str, Any]) -> str:
     return (
         "<section><h2>Resources</h2>"
         f"{table_html((['measure', 'value'], rows), table_id='resources', numeric=(1,))}</section>"
+    )
+
+
+def failed_targets_section(report: dict[str, Any]) -> str:
+    """A partial export's failed targets right under the header, each with the converter's own words."""
+    heading = failed_targets_heading(report)
+    if heading is None:
+        return ""
+    items = []
+    for failure in report["failed_targets"]:
+        explanation = failure.get("explanation")
+        summary = "<summary>The converter's full explanation</summary>"
+        details = f"<details>{summary}<pre>{esc(explanation)}</pre></details>" if explanation else ""
+        items.append(
+            f"<li><strong>{esc(failure['target'])}</strong> ({esc(failure['backend'])}): "
+            f"{esc(failure['error'])}{details}</li>"
+        )
+    return (
+        f'<section class="warning" id="failed-targets"><h2>Targets that failed to convert</h2>'
+        f"<p>{esc(heading)}</p><ul>{''.join(items)}</ul></section>"
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from exporter._html_sections import (
     environment_section,
+    failed_targets_section,
     notes_section,
     optimization_section,
     resources_section,
@@ -25,7 +26,6 @@ from exporter._report_lossy import top1_note
 from exporter._svg import SHIPPED_MARK, esc, int8_scatter, latency_chart
 from exporter.report import (
     SYNTHETIC_WARNING,
-    failed_targets_heading,
     latency_table,
     nonfinite_table,
     nonfinite_warning,
@@ -159,26 +159,6 @@ def _nonfinite_section(report: dict[str, Any]) -> str:
         return ""
     table = table_html(nonfinite_table(report), table_id="nonfinite-table", numeric=(2, 3, 4, 5))
     return f'<section class="warning" id="nonfinite"><p>{esc(warning)}</p>{table}</section>'
-
-
-def _failed_targets_section(report: dict[str, Any]) -> str:
-    """A partial export's failed targets right under the header, each with the converter's own words."""
-    heading = failed_targets_heading(report)
-    if heading is None:
-        return ""
-    items = []
-    for failure in report["failed_targets"]:
-        explanation = failure.get("explanation")
-        summary = "<summary>The converter's full explanation</summary>"
-        details = f"<details>{summary}<pre>{esc(explanation)}</pre></details>" if explanation else ""
-        items.append(
-            f"<li><strong>{esc(failure['target'])}</strong> ({esc(failure['backend'])}): "
-            f"{esc(failure['error'])}{details}</li>"
-        )
-    return (
-        f'<section class="warning" id="failed-targets"><h2>Targets that failed to convert</h2>'
-        f"<p>{esc(heading)}</p><ul>{''.join(items)}</ul></section>"
-    )
 
 
 # ---- 2. parity matrix -------------------------------------------------------------------------------------
@@ -380,7 +360,7 @@ def render_html(report: dict[str, Any]) -> str:
     sections = [
         _header(report),
         _nonfinite_section(report),
-        _failed_targets_section(report),
+        failed_targets_section(report),
         _parity_section(report),
         _latency_section(report),
     ]
