@@ -1,8 +1,9 @@
 """The names an export gives: the model's and its outputs'.
 
 The model name is written into the manifest, and ``serve``, ``package`` and the Triton repository all read
-it from there, so the one default decided here holds everywhere: ``--name``, else the ``--out`` folder's
-name, else the recipe's ``name``, else the checkpoint's stem (``ExportOptions.model_name``).
+it from there, so the one default decided here holds everywhere: ``--name``, else the recipe's ``name``
+(an explicit name too), else the ``--out`` folder's name, else the checkpoint's stem
+(``ExportOptions.model_name``).
 
 Output names are decided once, by the reference (eager) runner, and every document and artifact takes them
 from its golden cases: the ONNX graph's outputs, the golden ``.npz`` files, the manifest, the report, the

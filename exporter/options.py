@@ -111,8 +111,8 @@ class ExportOptions:
 
     @property
     def model_name(self) -> str:
-        """``--name`` (or the recipe's ``name``, unless ``--out`` was given), else the ``--out`` folder's
-        name, else the checkpoint's stem (``exporter._naming.default_model_name``)."""
+        """``--name``, else the recipe's ``name``, else the ``--out`` folder's name, else the checkpoint's
+        stem (``exporter._naming.default_model_name``)."""
         return self.name if self.name is not None else default_model_name(self.out, self.checkpoint)
 
     @property
@@ -159,8 +159,10 @@ def build_export_options(
         merged = {**settings.get(key, {}), **_given(stage_flags)}
         if merged:
             settings[key] = merged
-    if flags.get("out") is not None and flags.get("name") is None:
-        settings.pop("name", None)  # the --out folder names the model before the recipe's name does
+    explicit = set(flags.get("targets") or ()) - {"all"}
+    if explicit and flags.get("skip") is None and settings.get("skip"):
+        # A target named in --to is wanted, even one the recipe leaves out (skip, not_applicable).
+        settings["skip"] = [t for t in settings["skip"] if t not in explicit]
     settings.update(_given(flags))
     if "checkpoint" not in settings:
         raise UsageError("no CHECKPOINT given (as an argument or in the recipe's [model].checkpoint)")

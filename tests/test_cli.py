@@ -169,7 +169,7 @@ enabled = false
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["name"] == "o"  # --out names the model before the recipe's name does
+    assert manifest["name"] == "from_recipe"  # the recipe names the model before the --out folder does
     assert manifest["tolerance"]["atol"] == 1e-3
     assert manifest["input_spec"]["dynamic_dims"]["seq"] == {"min": 2, "max": 9, "example": 7}
     cases = {g["case"]: g["sizes"]["seq"] for g in manifest["golden"]}

@@ -94,7 +94,7 @@ def test_help_says_what_name_names_and_shows_the_new_flags() -> None:
     result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     text = " ".join(result.output.replace("│", " ").split())
     assert "Model name used in the manifest, reports, served URL and Triton repository" in text
-    assert "--out folder's name, else the recipe's name, else the checkpoint's stem" in text
+    assert "the recipe's name, else the --out folder's name, else the checkpoint's stem" in text
     assert "--state-dict-key" in text and "--output-names" in text
 
 

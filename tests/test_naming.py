@@ -56,12 +56,13 @@ def test_the_out_folder_names_the_model_before_the_checkpoint(
     ("flags", "recipe_name", "expected"),
     [
         ({"name": "given", "out": "artifacts/encoder"}, "speaker", "given"),
-        ({"out": "artifacts/encoder"}, "speaker", "encoder"),
+        ({"out": "artifacts/encoder"}, "speaker", "speaker"),
+        ({"out": "artifacts/encoder"}, None, "encoder"),
         ({}, "speaker", "speaker"),
         ({}, None, "encoder_state"),
     ],
 )
-def test_name_then_out_folder_then_recipe_name_then_checkpoint_stem(
+def test_name_then_recipe_name_then_out_folder_then_checkpoint_stem(
     tmp_path: Path, checkpoint: Path, flags: dict[str, str], recipe_name: str | None, expected: str
 ) -> None:
     options = build_export_options(_recipe(tmp_path, checkpoint, recipe_name), flags)

@@ -143,6 +143,8 @@ def test_recipe_skip_and_not_applicable_leave_targets_out_and_the_flag_replaces_
     assert build_export_options(recipe, {}).chosen_targets == ("onnx", "torchscript")
     flagged = build_export_options(recipe, {"skip": ("torchscript",)})
     assert flagged.chosen_targets == ("onnx", "compile", "openvino")
+    named = build_export_options(recipe, {"targets": ("onnx", "openvino")})  # --to names it: wanted
+    assert named.chosen_targets == ("onnx", "openvino")
 
 
 def test_skip_flag_splits_commas_and_refuses_leaving_nothing(tmp_path: Path) -> None:

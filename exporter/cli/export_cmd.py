@@ -147,7 +147,7 @@ def export_command(
         typer.Option(
             "--name",
             help="Model name used in the manifest, reports, served URL and Triton repository "
-            "(default: the --out folder's name, else the recipe's name, else the checkpoint's stem).",
+            "(default: the recipe's name, else the --out folder's name, else the checkpoint's stem).",
         ),
     ] = None,
     quantize: Annotated[
