@@ -148,7 +148,7 @@ def explain(error: BaseException, limit: int = 6000) -> str | None:
     while cause is not None and id(cause) not in seen and len(parts) < 4:
         seen.add(id(cause))
         text = str(cause).strip()
-        if text:
+        if text and not any(text in part for part in parts):  # torch re-raises its cause's text whole
             parts.append(f"{type(cause).__name__}: {text}")
         cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
     if not parts:

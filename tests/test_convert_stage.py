@@ -22,7 +22,7 @@ _TORCH_SUGGESTION = """Constraints violated (h, w)! For more information, run wi
   - Not all values of h = L['x'].size()[2] in the specified range satisfy the generated guard ...
 Suggested fixes:
   _h = Dim('_h', min=1, max=oo)
-  _w = Dim('_w', min=1, max=oo)
+  _w = Dim('_w', min=16, max=128)
   h = 4*_h
   w = 4*_w
   seq = Dim('seq', min=2, max=64)
@@ -36,6 +36,7 @@ def test_suggested_fixes_are_said_in_the_input_spec_syntax() -> None:
     fixes = {fix.dim: fix for fix in suggested_fixes(_TORCH_SUGGESTION)}
     assert set(fixes) == {"h", "w", "seq", "batch", "b2"}  # torch's helper dims (_h) are not the user's
     assert "h=LOW..HIGH%4" in fixes["h"].advice() and "multiple_of = 4" in fixes["h"].advice()
+    assert "w=64..512%4" in fixes["w"].advice()  # torch's bounded helper dim, scaled back
     assert "seq=2..64" in fixes["seq"].advice()
     assert fixes["batch"].kind == "static" and "1" in fixes["batch"].advice()
     assert fixes["b2"].kind == "equal" and "batch0" in fixes["b2"].advice()
@@ -122,3 +123,13 @@ def test_one_failing_target_alone_still_fails_the_export(options_for: Callable[.
         export(options)
     assert caught.value.exit_code is ExitCode.CONVERSION_FAILED
     assert not options.out_dir.exists()
+
+
+def test_explain_says_a_cause_repeated_whole_by_its_wrapper_once() -> None:
+    inner = RuntimeError("Constraints violated (w)!\nSuggested fixes:\n  w = 4*_w")
+    outer = ValueError(str(inner))
+    outer.__cause__ = inner
+    error = ConversionError("AOTInductor: torch.export failed")
+    error.__cause__ = outer
+    explanation = explain(error)
+    assert explanation is not None and explanation.count("Suggested fixes") == 1

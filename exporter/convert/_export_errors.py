@@ -30,12 +30,14 @@ class SpecFix:
     kind: str
     """``multiple``, ``range``, ``static`` or ``equal``."""
     value: str
+    bounds: str = "LOW..HIGH"
+    """For a multiple: the legal range torch gave its helper dim, scaled (``64..512``), when bounded."""
 
     def advice(self) -> str:
         if self.kind == "multiple":
             return (
                 f"'{self.dim}' must be a multiple of {self.value} (--input "
-                f"{self.dim}=LOW..HIGH%{self.value}, recipe dims.{self.dim}.multiple_of = {self.value})"
+                f"{self.dim}={self.bounds}%{self.value}, recipe dims.{self.dim}.multiple_of = {self.value})"
             )
         if self.kind == "range" and self.value.endswith(".."):
             low = self.value.removesuffix("..")
@@ -53,12 +55,21 @@ def suggested_fixes(text: str) -> list[SpecFix]:
     if not block:
         return []
     fixes: list[SpecFix] = []
+    helpers: dict[str, tuple[int, int]] = {}
     for raw in block.group(1).splitlines():
         line = raw.strip()
-        if not line or line.split(" ", 1)[0].startswith("_"):
+        if line.startswith("_"):
+            match = _RANGE.match(line)
+            if match and match.group(2) and match.group(3) not in (None, "oo"):
+                helpers[line.split(" ", 1)[0]] = (int(match.group(2)), int(match.group(3)))
+            continue
+        if not line:
             continue
         if match := _MULTIPLE.match(line):
-            fixes.append(SpecFix(match.group(1), "multiple", match.group(2)))
+            step, helper = int(match.group(2)), match.group(3)
+            low, high = helpers.get(helper, (0, 0))
+            bounds = f"{low * step}..{high * step}" if helper in helpers else "LOW..HIGH"
+            fixes.append(SpecFix(match.group(1), "multiple", match.group(2), bounds))
         elif match := _RANGE.match(line):
             low, high = match.group(2) or "1", match.group(3)
             bounded = f"{low}..{high}" if high not in (None, "oo") else f"{low}.."
