@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from exporter._naming import parse_output_names
+from exporter._report_lossy import top1_note
 from exporter._timing_trust import timing_sentences
 from exporter.cli.shared import (
     AllowPackages,
@@ -343,6 +344,8 @@ def _print_summary(result: ExportResult) -> None:
                 f"Lossy candidates ({report['quantization']['budget']['text']})", quantization_table(report)
             )
         )
+        if note := top1_note(report):
+            out.print(f"[dim]{escape(note)}[/]")
     if report["latency"]:
         title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
         out.print(rich_table(title, latency_matrix(report)))

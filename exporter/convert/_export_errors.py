@@ -67,8 +67,8 @@ def suggested_fixes(text: str) -> list[SpecFix]:
             continue
         if match := _MULTIPLE.match(line):
             step, helper = int(match.group(2)), match.group(3)
-            low, high = helpers.get(helper, (0, 0))
-            bounds = f"{low * step}..{high * step}" if helper in helpers else "LOW..HIGH"
+            base_low, base_high = helpers.get(helper, (0, 0))
+            bounds = f"{base_low * step}..{base_high * step}" if helper in helpers else "LOW..HIGH"
             fixes.append(SpecFix(match.group(1), "multiple", match.group(2), bounds))
         elif match := _RANGE.match(line):
             low, high = match.group(2) or "1", match.group(3)
