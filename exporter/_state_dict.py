@@ -12,7 +12,7 @@ both, rather than silently exporting one of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 
 from exporter.errors import LoadError
 
-__all__ = ["STATE_DICT_KEYS", "find_state_dict", "strip_wrapper_prefixes"]
+__all__ = ["STATE_DICT_KEYS", "find_state_dict", "fit_owner_prefix", "strip_wrapper_prefixes"]
 
 STATE_DICT_KEYS = (
     "state_dict",
@@ -116,6 +116,27 @@ def strip_wrapper_prefixes(weights: Mapping[str, torch.Tensor], notes: list[str]
             result = {k[len(prefix) :]: v for k, v in result.items()}
             notes.append(f"stripped the '{prefix}' prefix from every weight name")
     return result
+
+
+def fit_owner_prefix(
+    weights: Mapping[str, torch.Tensor], own: Collection[str], notes: list[str]
+) -> Mapping[str, torch.Tensor]:
+    """The model's weights out of a wrapper's: a LightningModule saves its network under its attribute's
+    name (``model.``, ``net.``, ``encoder.``), beside other submodules' keys. Used only when the names do
+    not already fit and one first component's keys, without it, are exactly the model's."""
+    wanted = set(own)
+    if not wanted or set(weights) == wanted:
+        return weights
+    for prefix in dict.fromkeys(k.split(".", 1)[0] + "." for k in weights if "." in k):
+        inner = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        if set(inner) == wanted:
+            others = len(weights) - len(inner)
+            dropped = f"; {others} other entries (another submodule's) left out" if others else ""
+            notes.append(
+                f"weights taken from the '{prefix}' part of every name (a wrapper's attribute){dropped}"
+            )
+            return inner
+    return weights
 
 
 def _is_tensor_mapping(value: Any) -> bool:

@@ -28,7 +28,7 @@ from exporter._checkpoint_audit import (
 from exporter._documents import sha256_file
 from exporter._quiet import quiet, quiet_logs
 from exporter._resolve import import_from_working_directory, resolve_callable
-from exporter._state_dict import find_state_dict, strip_wrapper_prefixes
+from exporter._state_dict import find_state_dict, fit_owner_prefix, strip_wrapper_prefixes
 from exporter.errors import ExporterError, LoadError, first_line
 
 __all__ = ["CheckpointFormat", "LoadRequest", "LoadedModel", "load_model", "sha256_file"]
@@ -270,8 +270,8 @@ def _build_with_weights(
         ) from error
     if not isinstance(module, torch.nn.Module):
         raise LoadError(f"--model {request.model_ref} returned {type(module).__name__}, not an nn.Module")
-    weights = strip_wrapper_prefixes(weights, notes)
     own = module.state_dict()
+    weights = fit_owner_prefix(strip_wrapper_prefixes(weights, notes), own, notes)
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     mismatched = [

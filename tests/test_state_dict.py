@@ -109,3 +109,20 @@ def test_state_dict_key_on_a_whole_module_is_noted_as_ignored(tmp_path: Path) ->
     loaded = load_model(LoadRequest(path, state_dict_key="model_state"))
     assert loaded.state_dict_key is None
     assert any("--state-dict-key model_state ignored" in note for note in loaded.notes)
+
+
+def test_a_lightning_checkpoint_loses_its_attribute_prefix_and_other_submodules(tmp_path: Path) -> None:
+    """Lightning saves ``state_dict`` as the LightningModule's: the network under ``model.``, beside a
+    loss module's buffers."""
+    weights = _weights(3)
+    lightning = {f"model.{k}": v for k, v in weights.items()} | {"criterion.pos_weight": torch.ones(2)}
+    path = _save(tmp_path, {"state_dict": lightning, "epoch": 4, "pytorch-lightning_version": "2.5.0"})
+    loaded = load_model(LoadRequest(path, REF))
+    assert _equal(loaded.module.state_dict(), weights)
+    assert any("'model.' part of every name" in note and "1 other entries" in note for note in loaded.notes)
+
+
+def test_a_prefix_that_does_not_give_the_models_names_is_not_stripped(tmp_path: Path) -> None:
+    weights = {f"model.{k}": v for k, v in list(_weights(3).items())[:-1]}  # one weight short
+    with pytest.raises(LoadError, match="do not fit"):
+        load_model(LoadRequest(_save(tmp_path, weights), REF))
