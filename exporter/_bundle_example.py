@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter._gate_files import lossy_entries
+from exporter._gate_files import folder_file, lossy_entries
 from exporter.manifest import GoldenCaseEntry, GoldenSamplesEntry, Manifest, TensorEntry
 from exporter.serving.artifact import golden_cases
 from exporter.serving.protocol import DATATYPE_OF
@@ -93,7 +93,7 @@ def example_values(tensor: TensorEntry) -> tuple[list[int], list[Any]]:
 def _from_case(
     folder: Path, manifest: Manifest, case: GoldenCaseEntry, origin: str, *, cap: bool = True
 ) -> Example | None:
-    with np.load(folder / case.inputs, allow_pickle=False) as data:
+    with np.load(folder_file(folder, case.inputs), allow_pickle=False) as data:  # lazily: one case's arrays
         arrays = {tensor.name: data[tensor.name] for tensor in manifest.input_spec.inputs}
     rows = _rows_within_cap(manifest, arrays) if cap else None
     if rows == 0:
@@ -113,7 +113,7 @@ def _from_real_samples(folder: Path, manifest: Manifest) -> Example | None:
         return None
     if not any(lossy.judged_on == "real" for lossy in lossy_entries(manifest)):
         return None
-    with np.load(folder / entry.inputs, allow_pickle=False) as data:
+    with np.load(folder_file(folder, entry.inputs), allow_pickle=False) as data:  # sample 0 only
         arrays = {tensor.name: data[f"{tensor.name}.0"] for tensor in manifest.input_spec.inputs}
     rows = _rows_within_cap(manifest, arrays)
     if rows == 0:

@@ -275,17 +275,19 @@ def _markdown_failed_targets(report: dict[str, Any]) -> list[str]:
     heading = failed_targets_heading(report)
     if heading is None:
         return []
-    fence = "~~~~"
     lines = ["## Targets that failed to convert", "", heading, ""]
     for failure in report["failed_targets"]:
         lines.append(f"- **{failure['target']}** ({failure['backend']}): {failure['error']}")
         if failure.get("explanation"):
-            text = failure["explanation"].replace(fence, "~ ~ ~ ~")
-            lines += ["", "  The converter's full explanation:", "", f"  {fence}text"]
-            lines += [f"  {line}".rstrip() for line in text.splitlines()]
-            lines.append(f"  {fence}")
+            lines += ["", "  The converter's full explanation:", "", *_fenced(failure["explanation"])]
         lines.append("")
     return lines
+
+
+def _fenced(text: str) -> list[str]:
+    """A long error as an indented ``~~~~`` block under a list item (a fence inside it is broken up)."""
+    body = text.replace("~~~~", "~ ~ ~ ~").splitlines()
+    return ["  ~~~~text", *(f"  {line}".rstrip() for line in body), "  ~~~~"]
 
 
 def _markdown_parity(report: dict[str, Any]) -> list[str]:
@@ -375,13 +377,5 @@ def _markdown_candidate_failures(quant: dict[str, Any]) -> list[str]:
     failed = [c for c in quant.get("candidates", []) if c.get("explanation")]
     lines = ["", "Candidates that failed to build, in full:"] if failed else []
     for candidate in failed:
-        text = candidate["explanation"].replace("~~~~", "~ ~ ~ ~")
-        lines += [
-            "",
-            f"- `{candidate['name']}`:",
-            "",
-            "  ~~~~text",
-            *(f"  {t}".rstrip() for t in text.splitlines()),
-        ]
-        lines.append("  ~~~~")
+        lines += ["", f"- `{candidate['name']}`:", "", *_fenced(candidate["explanation"])]
     return lines

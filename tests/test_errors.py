@@ -68,7 +68,7 @@ def test_the_cli_prints_the_mapped_line_once_with_markup_shown_as_is(tmp_path: P
 def test_full_text_keeps_what_the_one_line_cuts_for_failed_candidates() -> None:
     from exporter.errors import full_text
     from exporter.quantize import Candidate
-    from exporter.report import render_markdown
+    from exporter.report import _markdown_candidate_failures
 
     short = RuntimeError("one line is all there is")
     assert full_text(short) is None
@@ -81,7 +81,5 @@ def test_full_text_keeps_what_the_one_line_cuts_for_failed_candidates() -> None:
         "static-pt2e", "torchao", error="RuntimeError: Constraints violated", explanation=text
     )
     assert candidate.to_json(1)["explanation"] == text
-    markdown_lines = render_markdown.__globals__["_markdown_candidate_failures"](
-        {"candidates": [candidate.to_json(1)]}
-    )
+    markdown_lines = _markdown_candidate_failures({"candidates": [candidate.to_json(1)]})
     assert any("Suggested fixes" in line for line in markdown_lines)
