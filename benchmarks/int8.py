@@ -35,12 +35,12 @@ import torch
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from exporter.benchmark import LatencyStats, TimingConfig
+from exporter.benchmark.latency import LatencyStats, TimingConfig
 from exporter.environment import collect_environment
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
 from exporter.quantize import QuantizationResult, QuantizeOptions, QuantMode
 from exporter.quantize.search import Candidate
-from exporter.specs import DynamicDim, InputSpec, parse_tensor_spec
+from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 HERE = Path(__file__).resolve().parent
 MODELS_FILE = HERE / "models.py"

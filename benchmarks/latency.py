@@ -11,8 +11,8 @@ from rich.table import Table
 
 from exporter.environment import collect_environment
 from exporter.pipeline import ExportOptions, export
-from exporter.recipe import load_recipe
-from exporter.specs import InputSpec
+from exporter.recipe.document import load_recipe
+from exporter.specs.inputs import InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

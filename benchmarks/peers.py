@@ -28,7 +28,7 @@ Paths (rows), each built the way its documentation shows, then timed by the same
   ours-int8             exporter.pipeline.export() with --quantize int8: the shipped model.int8.onnx
 
 The harness: every path of a model is built and checked first, then all are timed together per batch size
-in alternating blocks (exporter.benchmark.compare_latency) with the same threads for PyTorch, ONNX Runtime
+in alternating blocks (benchmark.latency.compare_latency) with the same threads for PyTorch, ONNX Runtime
 and OpenVINO (intra-op = --threads, inter-op 1); p50/p90 are numpy percentiles of all timed calls, and the
 speedup vs eager is the median over rounds of eager's block median / the path's block median in the same
 round. Parity is against eager fp32 on 32 seeded held-out inputs; calibration uses 32 other seeded
@@ -69,13 +69,13 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter._quiet import quiet
-from exporter.benchmark import BatchPlan, TimingConfig, compare_latency
+from exporter.benchmark.latency import BatchPlan, TimingConfig, compare_latency
 from exporter.environment import collect_environment
 from exporter.errors import first_line
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
 from exporter.quantize import QuantizeOptions, QuantMode
 from exporter.runners import CallConvention, OnnxRuntimeRunner, Runner, flatten_outputs
-from exporter.specs import DynamicDim, InputSpec, parse_tensor_spec
+from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 HERE = Path(__file__).resolve().parent
 MODELS_FILE = HERE / "models.py"

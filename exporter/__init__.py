@@ -24,8 +24,8 @@ if TYPE_CHECKING:
         UsageError,
     )
     from exporter.pipeline import ExportOptions, ExportResult, export
-    from exporter.recipe import Recipe, load_recipe
-    from exporter.specs import InputSpec, TensorSpec, parse_tensor_spec
+    from exporter.recipe.document import Recipe, load_recipe
+    from exporter.specs.inputs import InputSpec, TensorSpec, parse_tensor_spec
 
 _HOMES = {
     "exporter.errors": (
@@ -38,8 +38,8 @@ _HOMES = {
         "UsageError",
     ),
     "exporter.pipeline": ("ExportOptions", "ExportResult", "export"),
-    "exporter.recipe": ("Recipe", "load_recipe"),
-    "exporter.specs": ("InputSpec", "TensorSpec", "parse_tensor_spec"),
+    "exporter.recipe.document": ("Recipe", "load_recipe"),
+    "exporter.specs.inputs": ("InputSpec", "TensorSpec", "parse_tensor_spec"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from exporter._naming import default_model_name, output_names_problem
-from exporter.benchmark import TimingConfig
+from exporter.backends.target_names import expand_targets
+from exporter.benchmark.latency import TimingConfig
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.errors import LoadError, UsageError
-from exporter.optimize import OptimizeOptions
+from exporter.optimize.optimizer import OptimizeOptions
 from exporter.quantize import QuantizeOptions
-from exporter.recipe import Recipe, is_safe_name, load_recipe
-from exporter.specs import InputSpec, parse_tensor_spec
-from exporter.targets import expand_targets
-from exporter.verify import Tolerance
+from exporter.recipe.document import Recipe, is_safe_name, load_recipe
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
+from exporter.specs.naming import default_model_name, output_names_problem
+from exporter.verify.parity import Tolerance
 
 __all__ = ["ExportOptions", "build_export_options"]
 
@@ -112,7 +112,7 @@ class ExportOptions:
     @property
     def model_name(self) -> str:
         """``--name``, else the recipe's ``name``, else the ``--out`` folder's name, else the checkpoint's
-        stem (``exporter._naming.default_model_name``)."""
+        stem (``exporter.specs.naming.default_model_name``)."""
         return self.name if self.name is not None else default_model_name(self.out, self.checkpoint)
 
     @property

@@ -12,28 +12,25 @@ from typing import Any
 
 import torch
 
-from exporter._benchmark_stage import benchmark_stage, drop_slower_lossy, shipped_runners
-from exporter._convert_stage import TargetFailure, build_backends, verify_backends
-from exporter._onnx_stages import int8_samples, optimize_stage, quantize_stage
-from exporter._storage import check_free_space, check_writable, estimate_bytes, storage_errors
-from exporter._timing_trust import TimingQuality
-from exporter._write_stage import write_stage
-from exporter.artifacts import check_output_dir, output_lock, staging_dir
 from exporter.backends import BackendResult, BackendSpec, BuildContext, backends_for
 from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
 from exporter.backends.openvino import OPENVINO
-from exporter.benchmark import LatencyStats
+from exporter.benchmark.latency import LatencyStats
+from exporter.benchmark.trust import TimingQuality
 from exporter.convert.onnx import OnnxConversion
-from exporter.documents import RunRecord, nonfinite_gate_failed
+from exporter.documents.build import RunRecord, nonfinite_gate_failed
 from exporter.environment import bf16_support, collect_environment
 from exporter.errors import ExitCode, UsageError
-from exporter.loading import LoadedModel, LoadRequest, load_model
-from exporter.optimize import OptimizationResult
+from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
+from exporter.optimize.optimizer import OptimizationResult
 from exporter.options import ExportOptions
 from exporter.quantize import QuantizationResult, QuantMode, SampleSet
 from exporter.runners import EagerRunner
-from exporter.specs import shape_cases
-from exporter.stages import (
+from exporter.specs.inputs import shape_cases
+from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
+from exporter.stages.convert import TargetFailure, build_backends, verify_backends
+from exporter.stages.onnx import int8_samples, optimize_stage, quantize_stage
+from exporter.stages.records import (
     CheckpointListener,
     ProgressListener,
     SilentListener,
@@ -41,7 +38,10 @@ from exporter.stages import (
     StageStatus,
     StageTracker,
 )
-from exporter.verify import GoldenCase, ParityResult, golden_from_file, make_golden
+from exporter.stages.staging import check_output_dir, output_lock, staging_dir
+from exporter.stages.storage import check_free_space, check_writable, estimate_bytes, storage_errors
+from exporter.stages.write import write_stage
+from exporter.verify.parity import GoldenCase, ParityResult, golden_from_file, make_golden
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
 
@@ -226,7 +226,7 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
 
 
 def _needed_bytes(run: _Run, loaded: LoadedModel) -> int:
-    """The staging folder's estimated peak size (``exporter._storage.estimate_bytes``)."""
+    """The staging folder's estimated peak size (``exporter.stages.storage.estimate_bytes``)."""
     options = run.options
     return estimate_bytes(
         loaded.module,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
-from exporter._naming import name_outputs
+from exporter.specs.naming import name_outputs
 
 __all__ = [
     "AotInductorRunner",
@@ -176,7 +176,7 @@ class EagerRunner(_CallableRunner):
         super().__init__(module, CallConvention.for_module(module, input_names), input_names)
         self.module = module
         self.given_output_names = tuple(output_names)
-        """``--output-names``: replace the pytree paths, one per output (``exporter._naming``)."""
+        """``--output-names``: replace the pytree paths, one per output (``exporter.specs.naming``)."""
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = super()._infer(inputs)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.benchmark import TimingConfig
+from exporter.benchmark.latency import TimingConfig
 from exporter.pipeline import ExportOptions
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.models import MODELS
 
 FAST_TIMING = TimingConfig(warmup=1, min_runs=3, min_seconds=0.0, max_runs=5, max_seconds=1.0)

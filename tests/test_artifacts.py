@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from exporter.artifacts import staging_dir
-from exporter.documents import RENDERED
+from exporter.documents.build import RENDERED
 from exporter.pipeline import ExportOptions, export
+from exporter.stages.staging import staging_dir
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
 from exporter.options import ExportOptions
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import export_tiny_mlp
 
 runner = CliRunner()

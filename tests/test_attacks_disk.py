@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from exporter._storage import estimate_bytes, storage_errors
 from exporter.errors import ConversionError, ExitCode, LoadError, StorageError
+from exporter.stages.storage import estimate_bytes, storage_errors
 from tests.conftest import export_tiny_mlp
 from tests.models import MODELS
 

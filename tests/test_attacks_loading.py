@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from exporter.errors import ExitCode, LoadError
-from exporter.loading import CheckpointFormat, LoadRequest, load_model
+from exporter.loading.checkpoint import CheckpointFormat, LoadRequest, load_model
 from tests.conftest import export_tiny_mlp
 from tests.test_loading_trust import _code, _payload, _rewrite, save_linear_program, save_scripted_linear
 

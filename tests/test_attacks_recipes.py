@@ -15,10 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter._resolve import resolve_callable
 from exporter.cli import app
 from exporter.errors import ExitCode, RecipeError
-from exporter.recipe import load_recipe
+from exporter.loading.resolve import resolve_callable
+from exporter.recipe.document import load_recipe
 from tests.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_a_python_installation_inside_the_project_is_refused(layout: tuple[Path,
 
 def test_a_module_outside_the_allowed_packages_is_refused(layout: tuple[Path, Path]) -> None:
     project, _ = layout
-    for ref in ("torch.hub:load", "exporter._resolve:resolve_callable", "tests.models:make_mlp"):
+    for ref in ("torch.hub:load", "exporter.loading.resolve:resolve_callable", "tests.models:make_mlp"):
         assert "no allowed package" in _refused(_recipe(project, "factory", ref), "factory")
 
 

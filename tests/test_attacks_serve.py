@@ -28,9 +28,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from exporter.comparison import Tolerance, cosine_rows, min_row_cosine
 from exporter.serving.app import ServerState, build_app
 from exporter.serving.protocol import InputRule, ModelSignature, OutputInfo
+from exporter.verify.comparison import Tolerance, cosine_rows, min_row_cosine
 from tests.conftest import FAST_TIMING, export_tiny_mlp
 from tests.models import MODELS
 from tests.test_serve import NAME, ROOT, Server, body_of, start
@@ -376,7 +376,7 @@ def test_the_model_loaded_is_the_copy_that_was_hashed(folder: Path, tmp_path: Pa
 
 def test_cosine_of_all_zero_rows_is_one_convention_everywhere() -> None:
     from exporter.quantize.budget import ParityBudget, compare_int8
-    from exporter.verify import compare_outputs
+    from exporter.verify.parity import compare_outputs
 
     zero, ones = np.zeros((1, 4)), np.ones((1, 4))
     assert cosine_rows(zero, zero).tolist() == [1.0]
@@ -389,7 +389,7 @@ def test_cosine_of_all_zero_rows_is_one_convention_everywhere() -> None:
 def _export(root: Path, name: str) -> Path:
     from exporter.errors import ExitCode
     from exporter.pipeline import ExportOptions, export
-    from exporter.specs import InputSpec, parse_tensor_spec
+    from exporter.specs.inputs import InputSpec, parse_tensor_spec
 
     checkpoint = root / f"{name}.pt"
     torch.save(MODELS[name].build().state_dict(), checkpoint)

@@ -19,9 +19,9 @@ from exporter.cli import app
 from exporter.errors import UsageError
 from exporter.options import ExportOptions
 from exporter.pipeline import export
-from exporter.recipe import load_recipe
+from exporter.recipe.document import load_recipe
 from exporter.runners import EagerRunner, OpenVinoRunner
-from exporter.specs import make_inputs
+from exporter.specs.inputs import make_inputs
 from tests.models import MODELS
 
 ZOO_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("zoo_*.toml"))
@@ -78,7 +78,7 @@ def test_checked_config_refuses_unknown_settings(config: dict[str, str]) -> None
 def test_ir_from_pytorch_matches_eager(tmp_path: Path) -> None:
     """The fallback when the ONNX model does not verify: ``ov.convert_model`` on the module itself."""
     from exporter.backends.openvino import _from_pytorch
-    from exporter.specs import InputSpec, parse_tensor_spec
+    from exporter.specs.inputs import InputSpec, parse_tensor_spec
 
     model = MODELS["mlp"]
     module = model.build().eval()

@@ -25,11 +25,11 @@ from exporter.backends import (
     targets,
     unregister,
 )
+from exporter.backends.target_names import TARGET_BACKENDS, TARGETS
 from exporter.errors import ExitCode, UsageError
-from exporter.gate import VerifyRequest, verify_artifacts
+from exporter.gate.reverify import VerifyRequest, verify_artifacts
 from exporter.pipeline import ExportOptions, export
 from exporter.runners import Runner
-from exporter.targets import TARGET_BACKENDS, TARGETS
 
 
 class ToyRunner(Runner):

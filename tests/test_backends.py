@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from exporter.backends import ArtifactCandidate, arbitrate_float_backends, verify_backend
 from exporter.runners import EagerRunner, Float64EagerRunner, Runner
-from exporter.specs import InputSpec, parse_tensor_spec, shape_cases
-from exporter.verify import Tolerance, make_golden
+from exporter.specs.inputs import InputSpec, parse_tensor_spec, shape_cases
+from exporter.verify.parity import Tolerance, make_golden
 
 TIGHT = Tolerance(atol=0.0, rtol=1e-7)
 

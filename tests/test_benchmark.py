@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exporter.benchmark import (
+from exporter.benchmark.latency import (
     BatchPlan,
     LatencyStats,
     TimingConfig,

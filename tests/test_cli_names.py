@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter._triton_repository import triton_repository
 from exporter.cli import app
-from exporter.manifest import read_manifest
+from exporter.documents.manifest import read_manifest
+from exporter.packaging.triton import triton_repository
 from exporter.serving.artifact import choose_artifact
 from exporter.serving.signature import signature_of
 from tests.models import MODELS

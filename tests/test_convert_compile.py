@@ -18,7 +18,7 @@ from exporter.convert.compile import CompileRequest, compile_model, cpp_compiler
 from exporter.errors import ConversionError, ExitCode
 from exporter.pipeline import ExportOptions, export
 from exporter.runners import AotInductorRunner, EagerRunner
-from exporter.specs import InputSpec, make_inputs, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec
 from tests.models import MODELS
 
 

@@ -18,7 +18,7 @@ from exporter.convert.onnx import (
     move_onnx_model,
 )
 from exporter.errors import ConversionError
-from exporter.specs import InputSpec, make_inputs, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec
 from tests.models import MODELS
 
 

@@ -14,8 +14,8 @@ import torch
 
 from exporter.convert._export_errors import export_reason, suggested_fixes
 from exporter.errors import ConversionError, ExitCode, explain
+from exporter.gate.runs import merge_exit_codes, write_junit
 from exporter.pipeline import ExportOptions, export
-from exporter.runs import merge_exit_codes, write_junit
 from tests.models import MODELS
 
 _TORCH_SUGGESTION = """Constraints violated (h, w)! For more information, run with TORCH_LOGS="+dynamic".

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exporter.documents.manifest import DynamicDimEntry, read_manifest
 from exporter.errors import ExitCode, RecipeError
-from exporter.manifest import DynamicDimEntry, read_manifest
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, export
-from exporter.recipe import load_recipe
+from exporter.recipe.document import load_recipe
 from exporter.serving.protocol import InputRule, ModelSignature, OutputInfo, RequestError, parse_infer_request
 from exporter.serving.signature import signature_of
-from exporter.specs import DynamicDim, InputSpec, parse_tensor_spec
+from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 FACE_SPEC = "image:float32:batch=1..4,3,h=64..512%4,w=64..512%4"
 

@@ -8,7 +8,7 @@ import torch
 
 from exporter.convert._dynamic_shapes import dynamic_shapes_for
 from exporter.runners import CallConvention
-from exporter.specs import InputSpec, make_inputs, parse_tensor_spec, shape_cases, trace_sizes
+from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec, shape_cases, trace_sizes
 from tests.models import MODELS
 
 FACE_SPEC = "image:float32:batch=1..4,3,h=64..512%4,w=64..512%4"

@@ -21,8 +21,16 @@ from hypothesis import strategies as st
 
 from exporter.errors import ExporterError
 from exporter.quantize.search import QuantizeOptions
-from exporter.recipe import _SCHEMA, load_recipe
-from exporter.specs import DTYPES, DimSpec, DynamicDim, InputSpec, TensorSpec, make_inputs, parse_tensor_spec
+from exporter.recipe.document import _SCHEMA, load_recipe
+from exporter.specs.inputs import (
+    DTYPES,
+    DimSpec,
+    DynamicDim,
+    InputSpec,
+    TensorSpec,
+    make_inputs,
+    parse_tensor_spec,
+)
 
 FUZZ = settings(
     max_examples=300,

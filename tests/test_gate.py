@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from exporter.cli import app
-from exporter.loading import sha256_file
+from exporter.loading.checkpoint import sha256_file
 from tests.conftest import export_tiny_mlp
 from tests.models import MODELS, MODELS_FILE
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import exporter.gate
+import exporter.gate.reverify
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
-from exporter.gate import VerifyRequest, verify_artifacts
-from exporter.loading import sha256_file
+from exporter.gate.reverify import VerifyRequest, verify_artifacts
+from exporter.loading.checkpoint import sha256_file
 from tests.conftest import export_tiny_mlp
 
 OUTSIDE = "outside the artifacts folder; refusing to read it"
@@ -47,7 +47,7 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         seen.append(Path(path))
         return sha256_file(path)
 
-    monkeypatch.setattr(exporter.gate, "sha256_file", spy)
+    monkeypatch.setattr(exporter.gate.reverify, "sha256_file", spy)
     return seen
 
 
@@ -57,7 +57,7 @@ def _edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _verify(folder: Path) -> exporter.gate.VerifyResult:
+def _verify(folder: Path) -> exporter.gate.reverify.VerifyResult:
     return verify_artifacts(VerifyRequest(folder, threads=1))
 
 
@@ -176,7 +176,7 @@ def test_a_damaged_golden_file_is_a_failed_integrity_check(
     )
     assert failed["golden large"].kind == "integrity"
     assert failed["golden large"].detail.startswith("golden/large.outputs.npz cannot be read: ")
-    assert exporter.gate.describe_exit(result).count("golden/large.outputs.npz was modified") == 1
+    assert exporter.gate.reverify.describe_exit(result).count("golden/large.outputs.npz was modified") == 1
 
 
 def test_a_flipped_byte_in_a_golden_file_exits_1_through_the_cli(folder: Path) -> None:

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from exporter.errors import ExitCode
-from exporter.html_report import render_html
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize import QuantizeOptions, QuantMode
-from exporter.report import latency_table
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.report.html import render_html
+from exporter.report.markdown import latency_table
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import FAST_TIMING
 from tests.models import MODELS
 

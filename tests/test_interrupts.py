@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from exporter.artifacts import output_lock, remove_stale_staging, staging_dir
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
 from exporter.interrupts import Interrupted, blocked_signals, check_interrupted, signals_handled
-from exporter.stages import SilentListener, StageStatus, StageTracker
+from exporter.stages.records import SilentListener, StageStatus, StageTracker
+from exporter.stages.staging import output_lock, remove_stale_staging, staging_dir
 from tests.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_a_second_export_into_a_locked_folder_fails_at_once_naming_the_holder(tm
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from exporter.artifacts import output_lock\n"
+            "import sys, time; from pathlib import Path; from exporter.stages.staging import output_lock\n"
             f"with output_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)",
         ],
         cwd=ROOT,

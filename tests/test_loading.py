@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from exporter.errors import ExitCode, LoadError, UsageError
-from exporter.loading import CheckpointFormat, LoadRequest, load_model
+from exporter.loading.checkpoint import CheckpointFormat, LoadRequest, load_model
 from tests.models import MODELS, MLPWithBatchNorm
 
 

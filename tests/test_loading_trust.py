@@ -20,10 +20,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter._checkpoint_audit import audit_exported_program, audit_torch_save, audit_torchscript
 from exporter.cli import app
 from exporter.errors import ExitCode, LoadError
-from exporter.loading import CheckpointFormat, LoadRequest, load_model
+from exporter.loading.checkpoint import CheckpointFormat, LoadRequest, load_model
+from exporter.loading.checkpoint_audit import audit_exported_program, audit_torch_save, audit_torchscript
 
 Rewrite = Callable[[bytes], bytes]
 
@@ -352,7 +352,7 @@ def test_legitimate_files_still_load(exported: Path, scripted: Path, trust: bool
     ],
 )
 def test_shape_expressions_must_be_plain_arithmetic(text: str, plain: bool) -> None:
-    from exporter._checkpoint_audit import _is_plain_sympy
+    from exporter.loading.checkpoint_audit import _is_plain_sympy
 
     assert _is_plain_sympy(text) is plain
 
@@ -372,6 +372,6 @@ def test_shape_expressions_must_be_plain_arithmetic(text: str, plain: bool) -> N
     ],
 )
 def test_shape_guards_must_be_plain_comparisons(guard: str, plain: bool) -> None:
-    from exporter._checkpoint_audit import _is_plain_guard
+    from exporter.loading.checkpoint_audit import _is_plain_guard
 
     assert _is_plain_guard(guard) is plain

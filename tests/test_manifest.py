@@ -16,10 +16,8 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from exporter.artifacts import MANIFEST_SCHEMA_VERSION
 from exporter.cli import app
-from exporter.errors import ExitCode, UsageError
-from exporter.manifest import (
+from exporter.documents.manifest import (
     GoldenCaseEntry,
     GoldenSamplesEntry,
     Int8Entry,
@@ -28,7 +26,9 @@ from exporter.manifest import (
     schema_text,
     write_manifest,
 )
-from exporter.report_model import read_report
+from exporter.documents.report_model import read_report
+from exporter.errors import ExitCode, UsageError
+from exporter.stages.staging import MANIFEST_SCHEMA_VERSION
 from tests.conftest import export_tiny_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,9 +189,9 @@ def test_a_baseline_that_is_not_a_report_is_bad_input(exported: Path, tmp_path: 
 
 
 def test_the_published_schema_is_the_models_schema() -> None:
-    """``python -m exporter.manifest --schema`` writes docs/manifest.schema.json exactly, and nothing else."""
+    """``python -m exporter.documents.manifest --schema`` writes the schema file exactly, nothing else."""
     done = subprocess.run(
-        [sys.executable, "-m", "exporter.manifest", "--schema"],
+        [sys.executable, "-m", "exporter.documents.manifest", "--schema"],
         capture_output=True,
         text=True,
         check=True,
@@ -199,7 +199,8 @@ def test_the_published_schema_is_the_models_schema() -> None:
     )
     assert done.stderr == ""
     assert done.stdout == schema_text() == SCHEMA.read_text(), (
-        "docs/manifest.schema.json is stale: python -m exporter.manifest --schema > docs/manifest.schema.json"
+        "docs/manifest.schema.json is stale: "
+        "python -m exporter.documents.manifest --schema > docs/manifest.schema.json"
     )
     assert get_args(Manifest.model_fields["schema_version"].annotation) == (MANIFEST_SCHEMA_VERSION,)
 

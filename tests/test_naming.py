@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporter._naming import parse_output_names
 from exporter.errors import UsageError
 from exporter.options import ExportOptions, build_export_options
 from exporter.runners import EagerRunner
-from exporter.specs import InputSpec, parse_tensor_spec, shape_cases
-from exporter.verify import make_golden
+from exporter.specs.inputs import InputSpec, parse_tensor_spec, shape_cases
+from exporter.specs.naming import parse_output_names
+from exporter.verify.parity import make_golden
 from tests.models import MODELS
 
 SPEC = InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["tuple_encoder"].inputs))

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from exporter.cli import app
 from exporter.errors import ExitCode
-from exporter.optimize import (
+from exporter.optimize.optimizer import (
     OptimizeOptions,
     infer_attention_shape,
     nonstandard_domains,
@@ -179,7 +179,7 @@ def test_an_unknown_optimize_step_exits_2(
 
 @pytest.mark.parametrize("steps", [["ort"], ["transformer", "ort"], ["none"], ["auto"]])
 def test_recipe_optimize_steps_are_accepted(steps: list[str], tmp_path: Path) -> None:
-    from exporter.recipe import load_recipe
+    from exporter.recipe.document import load_recipe
 
     path = tmp_path / "r.toml"
     quoted = ", ".join(f'"{s}"' for s in steps)
@@ -193,7 +193,7 @@ def test_a_step_slower_alone_is_kept_when_the_next_step_pays_for_it(
     """The fusions alone measured slower at batch 8 on the benchmark encoder (their SkipLayerNormalization
     is slow) while fusions + splitnorm were the fastest: the decision must look one step ahead. Latencies
     are injected by label so the decision, not the machine's noise, is what is tested."""
-    from exporter import optimize
+    from exporter.optimize import optimizer as optimize
 
     def fake_time(path: Path) -> dict[str, float]:
         name = path.stem
@@ -226,7 +226,7 @@ def test_the_alternative_graph_is_not_made_once_the_own_graph_reached_attention(
     one Attention), and timings are constant, so the decision is what is tested."""
     import shutil
 
-    from exporter import optimize
+    from exporter.optimize import optimizer as optimize
 
     def fake_fusions(source: Path, target: Path, request: object) -> dict[str, int]:
         shutil.copyfile(source, target)
@@ -255,7 +255,7 @@ def test_a_graph_with_fused_attention_still_looks_like_a_transformer(tmp_path: P
     import onnx
     from onnx import TensorProto, helper
 
-    from exporter._graph_facts import looks_like_transformer
+    from exporter.optimize.graph_facts import looks_like_transformer
 
     def save(op_type: str, domain: str) -> Path:
         node = helper.make_node(op_type, ["x"], ["y"], domain=domain)

@@ -14,12 +14,12 @@ from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
 from exporter.errors import ExitCode, InputSpecError, LoadError, RecipeError, UsageError
+from exporter.gate.runs import run_recipe
 from exporter.options import build_export_options
 from exporter.quantize import QuantMode
 from exporter.quantize.calibration import CalibrationMethod
-from exporter.recipe import load_recipe
-from exporter.runs import run_recipe
-from exporter.specs import DimSpec
+from exporter.recipe.document import load_recipe
+from exporter.specs.inputs import DimSpec
 
 RECIPE = """\
 schema_version = 1

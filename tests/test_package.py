@@ -26,13 +26,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
-from exporter._triton_repository import triton_config, triton_repository
 from exporter.cli import app
-from exporter.manifest import read_manifest
-from exporter.packaging import RUNTIME_REQUIREMENTS, _check_covered, package_bundle
+from exporter.documents.manifest import read_manifest
+from exporter.packaging.bundle import RUNTIME_REQUIREMENTS, _check_covered, package_bundle
+from exporter.packaging.triton import triton_config, triton_repository
 from exporter.serving.artifact import check_integrity, choose_artifact
 from exporter.serving.protocol import signature_of
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import export_tiny_mlp, write_calibration
 from tests.models import MODELS
 
@@ -218,7 +218,7 @@ def test_example_request_sends_the_golden_inputs_case_cut_to_size(
     readme = (tmp_path / "bundle" / "README.md").read_text()
     assert "--golden-inputs" in readme and "artifacts/golden/golden-inputs.outputs.npz" in readme
 
-    monkeypatch.setattr("exporter._bundle_example.EXAMPLE_MAX_VALUES", 40)  # two rows of 16 values fit
+    monkeypatch.setattr("exporter.packaging.example.EXAMPLE_MAX_VALUES", 40)  # two rows of 16 values fit
     package_bundle(exported, tmp_path / "small", force=True)
     request = json.loads((tmp_path / "small" / "example_request.json").read_text())
     assert request["inputs"][0]["shape"] == [2, 16]

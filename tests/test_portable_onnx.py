@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.errors import ExitCode
-from exporter.optimize import OptimizeOptions, nonstandard_domains
+from exporter.optimize.optimizer import OptimizeOptions, nonstandard_domains
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize import QuantizeOptions, QuantMode
@@ -151,8 +151,8 @@ def _ort_step_timed_as(p50: float) -> Callable[..., list[dict[str, float]]]:
 def test_a_faster_ort_rewrite_ships_as_model_ort_onnx_listed_timed_and_gated(
     options_for: Callable[..., ExportOptions], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporter import optimize
-    from exporter.gate import VerifyRequest, verify_artifacts
+    from exporter.gate.reverify import VerifyRequest, verify_artifacts
+    from exporter.optimize import optimizer as optimize
 
     monkeypatch.setattr(optimize, "_time_paths", _ort_step_timed_as(0.5))
     # as for a graph with rewrites ORT does not make at load (transformer fusions): the plumbing is the same
@@ -190,7 +190,7 @@ def test_a_faster_ort_rewrite_ships_as_model_ort_onnx_listed_timed_and_gated(
 def test_an_ort_rewrite_no_faster_than_the_portable_model_does_not_ship(
     options_for: Callable[..., ExportOptions], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporter import optimize
+    from exporter.optimize import optimizer as optimize
 
     monkeypatch.setattr(optimize, "_time_paths", _ort_step_timed_as(0.99))
     monkeypatch.setattr(optimize, "only_load_time_rewrites", lambda portable, fastest: False)
@@ -211,7 +211,7 @@ def test_ort_load_time_rewrites_alone_never_ship_however_they_time(
 ) -> None:
     """model.onnx + the ``ort`` step is what a session makes of model.onnx at load: a faster timing of it is
     noise, so it does not ship and the record says why."""
-    from exporter import optimize
+    from exporter.optimize import optimizer as optimize
 
     monkeypatch.setattr(optimize, "_time_paths", _ort_step_timed_as(0.5))
     result = export(options_for("mlp", benchmark=False, optimization=ORT_STEP))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter.benchmark import LatencyStats
+from exporter.benchmark.latency import LatencyStats
 from exporter.cli import app
 from exporter.errors import CalibrationError, ConversionError, ExitCode
 from exporter.pipeline import ExportOptions, export
@@ -47,7 +47,7 @@ from exporter.quantize.repairs import (
 )
 from exporter.quantize.selection import choose_candidate
 from exporter.quantize.types import QuantizeContext
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import FAST_TIMING, write_calibration
 from tests.models import MODELS
 
@@ -469,7 +469,7 @@ def test_bad_calibration_data_exits_2(tmp_path: Path, state_dict_checkpoint: Cal
 
 def test_recipe_quantize_section_resolves_paths(tmp_path: Path) -> None:
     from exporter.errors import RecipeError
-    from exporter.recipe import load_recipe
+    from exporter.recipe.document import load_recipe
 
     (tmp_path / "cal.npz").write_bytes(b"")
     recipe = tmp_path / "r.toml"
@@ -567,7 +567,7 @@ def test_only_contenders_are_timed_beyond_the_first_plan(monkeypatch: pytest.Mon
     name, so the selection, not the machine, is tested."""
     import contextlib
 
-    from exporter.benchmark import BatchPlan
+    from exporter.benchmark.latency import BatchPlan
     from exporter.quantize import selection
 
     p50 = {"float": 10.0, "fast": 4.0, "faster": 3.0, "fastest-but-fails": 2.0, "third": 5.0, "slow": 12.0}
@@ -604,7 +604,7 @@ def test_a_candidate_slower_than_one_within_budget_is_not_repaired(monkeypatch: 
     budget is not repaired (the reason is recorded), one faster is."""
     import contextlib
 
-    from exporter.benchmark import BatchPlan
+    from exporter.benchmark.latency import BatchPlan
     from exporter.quantize import search
 
     speeds = {"rival": 5.0, "slow": 6.0, "quick": 4.0}

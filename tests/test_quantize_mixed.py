@@ -19,7 +19,7 @@ from exporter.pipeline import ExportOptions, export
 from exporter.quantize import QuantizeOptions, QuantMode
 from exporter.quantize.layer_costs import macs_of
 from exporter.quantize.mixed_precision import moves_for, search_float_layers
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import FAST_TIMING
 
 FEATURES = 16

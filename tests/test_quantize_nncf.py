@@ -19,7 +19,7 @@ from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, con
 from exporter.quantize.budget import ParityBudget, compare_int8
 from exporter.quantize.nncf_accuracy import nncf_quantize_openvino_with_accuracy_control
 from exporter.quantize.nncf_int8 import nncf_quantize_onnx, nncf_quantize_openvino
-from exporter.specs import InputSpec, make_inputs, parse_tensor_spec, trace_sizes
+from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec, trace_sizes
 from tests.models import MODELS
 
 Sample = dict[str, np.ndarray]

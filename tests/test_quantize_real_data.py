@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from exporter._benchmark_stage import drop_slower_lossy
-from exporter.benchmark import LatencyStats
+from exporter.benchmark.latency import LatencyStats
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize import QuantizeOptions, QuantMode
 from exporter.quantize.search import NEEDS_REAL_DATA
+from exporter.stages.benchmark import drop_slower_lossy
 from tests.models import MODELS
 
 CALIBRATED = ("static-ort", "static-pt2e", "qat-pt2e", "nncf-ort")
@@ -122,7 +122,7 @@ def test_require_real_data_makes_missing_data_exit_2(
 def test_require_real_data_from_a_recipe_is_checked(
     tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
 ) -> None:
-    from exporter.recipe import load_recipe
+    from exporter.recipe.document import load_recipe
 
     recipe = tmp_path / "r.toml"
     recipe.write_text('[quantize]\nmode = "int8"\nrequire_real_data = true\n')

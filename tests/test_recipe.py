@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.errors import RecipeError, UsageError
 from exporter.quantize.search import QuantizeOptions
-from exporter.recipe import RECIPE_SCHEMA_VERSION, load_recipe
-from exporter.specs import DimSpec, DynamicDim
+from exporter.recipe.document import RECIPE_SCHEMA_VERSION, load_recipe
+from exporter.specs.inputs import DimSpec, DynamicDim
 
 FULL_RECIPE = """\
 schema_version = 1

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.cli import app
-from exporter.recipe import load_recipe
+from exporter.recipe.document import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter._report_lossy import int8_source
 from exporter.errors import ExitCode
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize.types import QuantizeOptions, QuantMode
+from exporter.report.lossy import int8_source
 
 # Names ending in an artifact extension, as a report writes them: `model.int8.onnx`, golden/x.inputs.npz.
 _ARTIFACT = re.compile(r"[\w./+-]+\.(?:onnx|ts|pt2|xml|bin|npz)\b")

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter._report_lossy import quantization_table, top1_note
 from exporter.quantize.budget import ParityBudget, compare_int8
+from exporter.report.lossy import quantization_table, top1_note
 
 
 def _report(min_top1: float | None, top1: float | None) -> dict[str, Any]:

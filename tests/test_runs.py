@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from exporter.cli import app
 from exporter.errors import ExitCode
-from exporter.runs import RunRequest, merge_exit_codes, run_recipe, run_recipes
+from exporter.gate.runs import RunRequest, merge_exit_codes, run_recipe, run_recipes
 from tests.models import MODELS, MODELS_FILE
 
 runner = CliRunner()

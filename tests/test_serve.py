@@ -23,7 +23,7 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter._documents import sha256_file
+from exporter.documents.files import sha256_file
 from tests.conftest import export_tiny_mlp
 
 ROOT = Path(__file__).resolve().parents[1]

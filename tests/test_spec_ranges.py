@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-import exporter.specs as specs_module
-from exporter.benchmark import batch_plans
+import exporter.specs.inputs as specs_module
+from exporter.benchmark.latency import batch_plans
 from exporter.errors import InputSpecError
 from exporter.quantize.calibration import load_samples
-from exporter.specs import (
+from exporter.specs.inputs import (
     DimSpec,
     DynamicDim,
     InputSpec,

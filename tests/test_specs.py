@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import exporter.specs as specs_module
+import exporter.specs.inputs as specs_module
 from exporter.cli import app
 from exporter.errors import InputSpecError
-from exporter.specs import (
+from exporter.specs.inputs import (
     MAX_ELEMENTS,
     DimSpec,
     DynamicDim,

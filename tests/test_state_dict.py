@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from exporter.errors import LoadError
-from exporter.loading import LoadRequest, load_model
+from exporter.loading.checkpoint import LoadRequest, load_model
 from tests.models import MODELS
 
 REF = MODELS["tuple_encoder"].ref

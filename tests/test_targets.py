@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.backends.target_names import TARGET_BACKENDS, TARGETS, expand_targets
 from exporter.errors import ExitCode, UsageError
-from exporter.targets import TARGET_BACKENDS, TARGETS, expand_targets
 
 
 def test_all_expands_to_every_target_in_order() -> None:

@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import exporter._benchmark_stage as benchmark_stage
-import exporter._timing_trust as timing_trust
-from exporter._gate_checks import LatencyBudget, VerifyRequest
-from exporter._thread_probe import probe_threads
-from exporter._timing_trust import (
+import exporter.benchmark.trust as timing_trust
+import exporter.stages.benchmark as benchmark_stage
+from exporter.benchmark.latency import BatchPlan, LatencyStats
+from exporter.benchmark.thread_probe import probe_threads
+from exporter.benchmark.trust import (
     LoadWatch,
     MachineLoad,
     ThreadProbe,
@@ -31,13 +31,13 @@ from exporter._timing_trust import (
     assess_timing,
     timing_sentences,
 )
-from exporter.artifacts import write_json
-from exporter.benchmark import BatchPlan, LatencyStats
-from exporter.gate import verify_artifacts
-from exporter.html_report import render_html
-from exporter.report import latency_matrix, latency_table, render_markdown
-from exporter.report_model import read_report
+from exporter.documents.report_model import read_report
+from exporter.gate.checks import LatencyBudget, VerifyRequest
+from exporter.gate.reverify import verify_artifacts
+from exporter.report.html import render_html
+from exporter.report.markdown import latency_matrix, latency_table, render_markdown
 from exporter.runners import EagerRunner
+from exporter.stages.staging import write_json
 from tests.conftest import FAST_TIMING, export_tiny_mlp
 
 EAGER = EagerRunner.name

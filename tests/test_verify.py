@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from exporter.errors import InputSpecError
 from exporter.runners import EagerRunner
-from exporter.specs import InputSpec, ShapeCase, parse_tensor_spec, shape_cases
-from exporter.verify import (
+from exporter.specs.inputs import InputSpec, ShapeCase, parse_tensor_spec, shape_cases
+from exporter.verify.parity import (
     DEFAULT_TOLERANCE,
     NonFinite,
     Tolerance,

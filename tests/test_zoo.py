@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from exporter.recipe import load_recipe
-from exporter.specs import InputSpec, make_inputs
-from exporter.targets import TARGETS
+from exporter.backends.target_names import TARGETS
+from exporter.recipe.document import load_recipe
+from exporter.specs.inputs import InputSpec, make_inputs
 from exporter.zoo import ZOO
 from exporter.zoo.build_checkpoints import build_all
 from exporter.zoo.dynamic_depth import DynamicDepthNet

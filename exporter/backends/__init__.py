@@ -30,7 +30,7 @@ from exporter.backends._verify import (
     verify_backend,
 )
 from exporter.runners import CallConvention, Runner
-from exporter.verify import GoldenCase, Tolerance
+from exporter.verify.parity import GoldenCase, Tolerance
 
 for _builtin in ("onnxruntime", "torchscript", "compiled", "openvino"):  # registration order is listing order
     importlib.import_module(f"exporter.backends.{_builtin}")

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.errors import UsageError
 from exporter.runners import CallConvention, Runner
-from exporter.specs import InputSpec
+from exporter.specs.inputs import InputSpec
 
 if TYPE_CHECKING:
     from exporter.backends._verify import ArtifactCandidate, BackendResult
-    from exporter.loading import LoadedModel
+    from exporter.loading.checkpoint import LoadedModel
     from exporter.options import ExportOptions
-    from exporter.verify import GoldenCase
+    from exporter.verify.parity import GoldenCase
 
 __all__ = [
     "BackendSpec",
@@ -110,6 +110,12 @@ class BackendSpec:
         store: move the shipped candidate into the artifacts folder.
         keep_runner: keep the shipped candidate's runner after verification (costly to rebuild).
         float_source: for a lossy backend, the float backend it replaces (it ships only if faster).
+        runtime: the package a deployment runs the shipped file with (``onnxruntime``, ``openvino``,
+            ``torch``); None for a backend that lives only in process (it cannot be served or packaged).
+        platform: the KServe v2 ``platform`` string the server reports (``onnxruntime_onnx``).
+        requirements: the packages a bundle's server needs to run the file, besides the server's own.
+        triton_platform: the Triton Inference Server ``platform`` that runs the file, where there is one.
+        help: one line for the CLI's help texts (``--to``, ``--backend``).
     """
 
     name: str
@@ -124,6 +130,16 @@ class BackendSpec:
     store: Callable[[Path, Path], None] = _move
     keep_runner: bool = False
     float_source: str | None = None
+    runtime: str | None = None
+    platform: str | None = None
+    requirements: tuple[str, ...] = ()
+    triton_platform: str | None = None
+    help: str = ""
+
+    @property
+    def servable(self) -> bool:
+        """Whether ``exporter serve`` and ``exporter package`` can run this backend's shipped file."""
+        return self.file is not None and self.runtime is not None and self.platform is not None
 
 
 _REGISTRY: dict[str, BackendSpec] = {}

@@ -15,7 +15,7 @@ import torch
 
 from exporter.errors import first_line
 from exporter.runners import EagerRunner, Float64EagerRunner, Runner
-from exporter.verify import (
+from exporter.verify.parity import (
     CaseResult,
     GoldenCase,
     ParityResult,

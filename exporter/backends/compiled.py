@@ -15,7 +15,7 @@ from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend,
 from exporter.backends._verify import ArtifactCandidate, BackendResult
 from exporter.convert.compile import CompileRequest, compile_model, cpp_compiler, package_aot_inductor
 from exporter.runners import AotInductorRunner, CallConvention, Runner
-from exporter.specs import InputSpec, make_inputs, trace_sizes
+from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
 
 __all__ = ["AOT_INDUCTOR", "TORCH_COMPILE"]
 
@@ -97,6 +97,7 @@ def _compiler_present() -> None:
 TORCH_COMPILE = register(
     BackendSpec(
         name="torch-compile",
+        help="torch.compile in process (nothing shipped; measured beside the others)",
         target="compile",
         file=None,
         loader=None,
@@ -112,6 +113,10 @@ TORCH_COMPILE = register(
 AOT_INDUCTOR = register(
     BackendSpec(
         name="aotinductor",
+        runtime="torch",
+        platform="pytorch_aotinductor",
+        requirements=("torch",),
+        help="AOTInductor package (model.pt2) compiled ahead of time",
         target="compile",
         file="model.pt2",
         loader="torch._inductor.aoti_load_package",

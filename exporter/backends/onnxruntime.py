@@ -23,8 +23,8 @@ from exporter.convert.onnx import (
     move_onnx_model,
 )
 from exporter.runners import OnnxRuntimeRunner, Runner
-from exporter.specs import InputSpec, make_inputs, trace_sizes
-from exporter.verify import CaseResult, ParityResult
+from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
+from exporter.verify.parity import CaseResult, ParityResult
 
 __all__ = ["INT8", "ONNX", "alternative_graph", "conversion_of", "manifest_section", "onnx_conversion"]
 
@@ -207,6 +207,11 @@ def manifest_section(results: Sequence[BackendResult]) -> dict[str, Any] | None:
 ONNX = register(
     BackendSpec(
         name="onnxruntime",
+        runtime="onnxruntime",
+        platform="onnxruntime_onnx",
+        requirements=("onnxruntime",),
+        triton_platform="onnxruntime_onnx",
+        help="ONNX (dynamo exporter, simplified) run by ONNX Runtime",
         target="onnx",
         file="model.onnx",
         loader="onnxruntime.InferenceSession",
@@ -222,6 +227,11 @@ ONNX = register(
 ORT_OPTIMIZED = register(
     BackendSpec(
         name="onnxruntime-optimized",
+        runtime="onnxruntime",
+        platform="onnxruntime_onnx",
+        requirements=("onnxruntime",),
+        triton_platform="onnxruntime_onnx",
+        help="the ONNX model after ONNX Runtime's offline graph optimizations",
         target=None,
         file="model.ort.onnx",
         loader="onnxruntime.InferenceSession",
@@ -234,6 +244,11 @@ ORT_OPTIMIZED = register(
 INT8 = register(
     BackendSpec(
         name="onnxruntime-int8",
+        runtime="onnxruntime",
+        platform="onnxruntime_onnx",
+        requirements=("onnxruntime",),
+        triton_platform="onnxruntime_onnx",
+        help="the int8 ONNX model run by ONNX Runtime",
         target=None,
         file="model.int8.onnx",
         loader="onnxruntime.InferenceSession",

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter._openvino_settings import PRECISION_HINT, checked_config
 from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend, OpenContext, register
 from exporter.backends._verify import ArtifactCandidate, BackendResult
+from exporter.documents.openvino_settings import PRECISION_HINT, checked_config
 from exporter.errors import ExporterError, UsageError, first_line
 from exporter.runners import CallConvention, OpenVinoRunner, Runner
-from exporter.specs import InputSpec, make_inputs, trace_sizes
+from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
 
 __all__ = [
     "OPENVINO",
@@ -175,6 +175,10 @@ def _openvino_present() -> None:
 OPENVINO = register(
     BackendSpec(
         name="openvino",
+        runtime="openvino",
+        platform="openvino_xml",
+        requirements=("openvino",),
+        help="OpenVINO IR (model.xml/.bin) run by the OpenVINO CPU plugin",
         target="openvino",
         file="model.xml",
         loader="openvino.Core().compile_model(model.xml, 'CPU', config)",
@@ -190,6 +194,10 @@ OPENVINO = register(
 OPENVINO_LOSSY = register(
     BackendSpec(
         name="openvino-lossy",
+        runtime="openvino",
+        platform="openvino_xml",
+        requirements=("openvino",),
+        help="the int8/bf16 OpenVINO IR run by the OpenVINO CPU plugin",
         target=None,
         file="model.lossy.xml",
         loader="openvino.Core().compile_model(model.lossy.xml, 'CPU', config)",

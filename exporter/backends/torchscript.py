@@ -20,7 +20,7 @@ from exporter.convert.torchscript import (
     trace_failure_message,
 )
 from exporter.runners import Runner, TorchScriptRunner
-from exporter.specs import InputSpec
+from exporter.specs.inputs import InputSpec
 
 __all__ = ["TORCHSCRIPT"]
 
@@ -94,6 +94,10 @@ def _describe(entry: Mapping[str, Any]) -> list[str]:
 TORCHSCRIPT = register(
     BackendSpec(
         name="torchscript",
+        runtime="torch",
+        platform="pytorch_torchscript",
+        requirements=("torch",),
+        help="TorchScript archive (script, or trace as fallback) run by torch.jit",
         target="torchscript",
         file="model.ts",
         loader="torch.jit.load",

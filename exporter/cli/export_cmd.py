@@ -9,9 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from exporter._naming import parse_output_names
-from exporter._report_lossy import top1_note
-from exporter._timing_trust import timing_sentences
+from exporter.backends.target_names import TARGETS
+from exporter.benchmark.trust import timing_sentences
 from exporter.cli.shared import (
     AllowPackages,
     DebugFlag,
@@ -24,14 +23,15 @@ from exporter.cli.shared import (
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
-from exporter.documents import lossy_artifacts
+from exporter.documents.build import lossy_artifacts
 from exporter.errors import UsageError
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, ExportResult
 from exporter.quantize import QuantMode
 from exporter.quantize.calibration import CalibrationMethod
-from exporter.report import latency_matrix, parity_matrix, parity_table, quantization_table
-from exporter.targets import TARGETS
+from exporter.report.lossy import top1_note
+from exporter.report.markdown import latency_matrix, parity_matrix, parity_table, quantization_table
+from exporter.specs.naming import parse_output_names
 
 __all__ = ["Target", "export_command"]
 
@@ -299,7 +299,7 @@ def _optimization_flags(text: str | None) -> dict[str, Any]:
     """``--optimize auto|none|step,step``, checked against the known steps."""
     if text is None:
         return {}
-    from exporter.optimize import OPTIMIZE_STEPS
+    from exporter.optimize.optimizer import OPTIMIZE_STEPS
 
     steps = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in steps if s not in {"auto", "none", *OPTIMIZE_STEPS}]

@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from exporter.cli.shared import DebugFlag, guarded, json_object, out, rich_table, write_json
 from exporter.errors import UsageError
-from exporter.recipe import load_recipe
-from exporter.specs import InputSpec, parse_tensor_spec
+from exporter.recipe.document import load_recipe
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 
 __all__ = ["inspect_command"]
 
@@ -41,7 +41,7 @@ def inspect_command(
     debug: DebugFlag = False,
 ) -> None:
     """Summarize a checkpoint (layers, parameters, output shapes) or an ONNX model (I/O, operators, opset)."""
-    from exporter.summary import summarize_checkpoint, summarize_onnx
+    from exporter.report.inspect import summarize_checkpoint, summarize_onnx
 
     def action() -> dict[str, Any]:
         settings: dict[str, Any] = {}

@@ -34,7 +34,7 @@ def package_command(
 
     Exit codes: 0 written; 2 nothing written (integrity check failed, backend not shipped, --out in the way).
     """
-    from exporter.packaging import package_bundle
+    from exporter.packaging.bundle import package_bundle
 
     result = guarded(debug, lambda: package_bundle(folder, bundle, backend, force))
     triton = (

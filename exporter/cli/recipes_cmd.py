@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from exporter.cli.shared import AllowPackages, DebugFlag, guarded, out, rich_table
-from exporter.recipe import Recipe, load_recipe
+from exporter.recipe.document import Recipe, load_recipe
 
 __all__ = ["recipes_command"]
 
@@ -19,7 +19,7 @@ def recipes_command(
     debug: DebugFlag = False,
 ) -> None:
     """List the recipes in FOLDER: name, pattern, targets, and targets that do not apply (and why)."""
-    from exporter.runs import find_recipes
+    from exporter.gate.runs import find_recipes
 
     def action() -> list[Recipe]:
         return [load_recipe(path, allow_packages or ()) for path in find_recipes([folder])]

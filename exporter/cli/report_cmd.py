@@ -19,7 +19,7 @@ def report_command(
 ) -> None:
     """Re-render report.md and the self-contained report.html from FOLDER/report.json (and update their
     sha256 in FOLDER/manifest.json)."""
-    from exporter._report_files import rerender_reports
+    from exporter.report.files import rerender_reports
 
     for written in guarded(debug, lambda: rerender_reports(folder)):
         out.print(Text(f"wrote {written}"))

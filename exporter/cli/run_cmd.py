@@ -20,7 +20,7 @@ from exporter.cli.shared import (
     write_json,
 )
 from exporter.errors import UsageError
-from exporter.report import Table as RowTable
+from exporter.report.markdown import Table as RowTable
 
 __all__ = ["run_command"]
 
@@ -51,8 +51,8 @@ def run_command(
     debug: DebugFlag = False,
 ) -> None:
     """Export and gate every recipe: one summary table, one exit code (2, then 3, then 1, then 4 win)."""
-    from exporter.gate import parse_percent
-    from exporter.runs import (
+    from exporter.gate.reverify import parse_percent
+    from exporter.gate.runs import (
         RunInterrupted,
         RunRequest,
         find_recipes,

@@ -17,8 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from exporter.errors import UsageError, describe_failure, explain
-from exporter.report import Table as RowTable
-from exporter.stages import StageRecord, StageStatus
+from exporter.report.markdown import Table as RowTable
+from exporter.stages.records import StageRecord, StageStatus
 
 __all__ = ["RichProgress", "err", "guarded", "json_object", "out", "rich_table", "write_json"]
 

@@ -69,10 +69,10 @@ def verify_command(
     Exit codes: 0 every check holds; 1 a file was modified or missing, or parity failed; 2 bad input, or
     (--require-real-data) a lossy model judged on synthetic inputs only; 4 a latency budget was missed.
     """
-    from exporter.gate import describe_exit
+    from exporter.gate.reverify import describe_exit
 
     def action() -> Any:
-        from exporter.gate import LatencyBudget, VerifyRequest, parse_percent, verify_artifacts
+        from exporter.gate.reverify import LatencyBudget, VerifyRequest, parse_percent, verify_artifacts
 
         if max_latency_regression is not None and baseline is None:
             raise UsageError("--max-latency-regression needs --baseline OLD/report.json to compare with")
@@ -105,7 +105,7 @@ def verify_command(
         out.print(_checks_table(f"exporter verify {folder}", payload["checks"]))
     write_json(json_out, payload)
     if junit is not None:
-        from exporter.runs import write_junit
+        from exporter.gate.runs import write_junit
 
         write_junit(junit, [_as_run_result(payload)])
     if str(json_out) != "-":

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from exporter.runners import CallConvention
-from exporter.specs import DynamicDim, InputSpec
+from exporter.specs.inputs import DynamicDim, InputSpec
 
 __all__ = ["dynamic_shapes_for"]
 

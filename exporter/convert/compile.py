@@ -22,7 +22,7 @@ from exporter.convert._export_errors import export_reason
 from exporter.convert.onnx import dynamic_shapes_for
 from exporter.errors import ConversionError, first_line
 from exporter.runners import CallConvention, CompiledRunner
-from exporter.specs import InputSpec
+from exporter.specs.inputs import InputSpec
 
 __all__ = [
     "AotPackage",

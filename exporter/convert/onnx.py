@@ -1,7 +1,7 @@
 """ONNX conversion: dynamo exporter first, TorchScript-based exporter as a recorded fallback, then a full
 ``onnx.checker`` pass, shape inference and onnxsim.
 
-The simplified model is only a candidate: verification decides whether it ships (see ``exporter.verify``).
+The simplified model is only a candidate: verification decides whether it ships (``verify.parity``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from exporter._quiet import quiet
 from exporter.convert._dynamic_shapes import dynamic_shapes_for
 from exporter.errors import ConversionError
 from exporter.runners import CallConvention, flatten_outputs
-from exporter.specs import InputSpec
+from exporter.specs.inputs import InputSpec
 
 __all__ = [
     "ExportAttempt",

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from exporter._quiet import quiet
-from exporter._storage import write_through_memory
 from exporter.convert.onnx import ExportAttempt
 from exporter.errors import ConversionError, first_line
 from exporter.runners import CallConvention
-from exporter.specs import InputSpec
+from exporter.specs.inputs import InputSpec
+from exporter.stages.storage import write_through_memory
 
 __all__ = [
     "TorchScriptConversion",

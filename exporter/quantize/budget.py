@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.comparison import cosine_rows
+from exporter.verify.comparison import cosine_rows
 
 __all__ = ["Int8Comparison", "ParityBudget", "compare_int8"]
 

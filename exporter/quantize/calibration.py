@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter._resolve import resolve_callable
 from exporter.errors import CalibrationError, UsageError, first_line
-from exporter.specs import InputSpec, make_inputs
+from exporter.loading.resolve import resolve_callable
+from exporter.specs.inputs import InputSpec, make_inputs
 
 __all__ = ["CalibrationMethod", "SampleSet", "load_samples"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from exporter._resolve import resolve_callable
 from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
+from exporter.loading.resolve import resolve_callable
 from exporter.quantize.judge import judge
 from exporter.quantize.onnx_ort import quantize_dynamic_ort, quantize_static_ort
 from exporter.quantize.openvino_candidates import (
@@ -45,7 +45,7 @@ from exporter.quantize.repairs import (
     search_calibration_method,
 )
 from exporter.quantize.types import Builder, Candidate, QuantizeContext, QuantMode
-from exporter.specs import make_inputs, trace_sizes
+from exporter.specs.inputs import make_inputs, trace_sizes
 
 __all__ = [
     "BF16_OPENVINO",

@@ -47,7 +47,7 @@ meets the budget (off and 0.5 both did on the trained encoder; the default did n
 
 
 def transformer(context: QuantizeContext) -> bool:
-    from exporter.optimize import looks_like_transformer
+    from exporter.optimize.optimizer import looks_like_transformer
 
     return looks_like_transformer(context.float_onnx)
 

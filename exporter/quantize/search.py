@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter._resolve import resolve_callable
-from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig, compare_latency
+from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.errors import first_line, full_text
+from exporter.loading.resolve import resolve_callable
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.candidates import CandidateSpec, Requirement, candidates_for
 from exporter.quantize.judge import judge, open_candidate
@@ -32,8 +32,8 @@ from exporter.quantize.onnx_ort import Int8Formats, preprocess
 from exporter.quantize.selection import choose_candidate, time_candidates
 from exporter.quantize.types import Candidate, QuantizeContext, QuantizeOptions, QuantMode
 from exporter.runners import EagerRunner
-from exporter.specs import InputSpec
-from exporter.verify import GoldenCase
+from exporter.specs.inputs import InputSpec
+from exporter.verify.parity import GoldenCase
 
 __all__ = [
     "NEEDS_REAL_DATA",

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from exporter.benchmark import BatchPlan, LatencyStats, TimingConfig, compare_latency
+from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.quantize.judge import open_candidate, open_model
 from exporter.quantize.types import Candidate, QuantMode
 from exporter.runners import Runner

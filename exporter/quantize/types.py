@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter.benchmark import BatchPlan, LatencyStats
+from exporter.benchmark.latency import BatchPlan, LatencyStats
 from exporter.errors import UsageError
 from exporter.quantize.budget import Int8Comparison, ParityBudget
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.onnx_ort import CALIBRATION_METHODS, Int8Formats
 from exporter.quantize.sensitivity import LayerError
-from exporter.specs import InputSpec
-from exporter.verify import GoldenCase
+from exporter.specs.inputs import InputSpec
+from exporter.verify.parity import GoldenCase
 
 __all__ = ["Builder", "Candidate", "QuantMode", "QuantizeContext", "QuantizeOptions", "cosine_error"]
 

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter._documents import sha256_file
-from exporter._safe_paths import inside_folder, read_inside
+from exporter.documents.files import sha256_file
+from exporter.documents.manifest import BudgetEntry, CallEntry, GoldenCaseEntry, Manifest
 from exporter.errors import UsageError
-from exporter.manifest import BudgetEntry, CallEntry, GoldenCaseEntry, Manifest
+from exporter.loading.safe_paths import inside_folder, read_inside
 
 __all__ = [
     "RUNTIME_OF",

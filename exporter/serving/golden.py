@@ -1,5 +1,5 @@
 """The start-up check: every golden case through ``POST /v2/models/{name}/infer`` (the path clients take),
-judged by ``exporter.comparison``, the rules ``exporter verify`` applies (one implementation).
+judged by ``exporter.verify.comparison``, the rules ``exporter verify`` applies (one implementation).
 
 The outputs are asked for as raw bytes (the binary tensor data extension), so NaN and +/-Inf come back bit
 for bit and a model whose reference outputs hold NaN is served when it reproduces them, as verify passed it.
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from exporter.comparison import Tolerance, compare_outputs, min_row_cosine
-from exporter.manifest import GoldenCaseEntry, Manifest
+from exporter.documents.manifest import GoldenCaseEntry, Manifest
 from exporter.serving.app import SELF_CHECK_HEADER
 from exporter.serving.artifact import ServedArtifact, golden_cases
 from exporter.serving.limits import BINARY_HEADER
 from exporter.serving.signature import DATATYPE_OF, ModelSignature
+from exporter.verify.comparison import Tolerance, compare_outputs, min_row_cosine
 
 __all__ = ["GoldenMismatch", "golden_check", "judge"]
 

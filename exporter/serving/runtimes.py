@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter._openvino_settings import checked_config
+from exporter.documents.openvino_settings import checked_config
 from exporter.serving.artifact import ServedArtifact
 
 __all__ = ["ModelRunner", "onnxruntime_session", "open_runner"]

@@ -29,9 +29,9 @@ from types import FrameType
 
 import uvicorn
 
+from exporter.documents.manifest import Manifest, read_manifest
 from exporter.errors import UsageError
 from exporter.interrupts import frames_on_thread_stack
-from exporter.manifest import Manifest, read_manifest
 from exporter.serving.app import ServerState, build_app
 from exporter.serving.artifact import ServedArtifact, choose_artifact, copy_checked
 from exporter.serving.golden import golden_check

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.manifest import GoldenCaseEntry, Manifest
+from exporter.documents.manifest import GoldenCaseEntry, Manifest
 
 __all__ = [
     "DATATYPE_OF",

@@ -1,0 +1,159 @@
+"""report.json as a typed, versioned model: checked when written and when read back.
+
+The parts other code reads (stages, backends, parity, latency) are typed; deeply nested free-form parts
+(conversion details, environment, settings, quantization, optimization) stay JSON objects. Fields with a
+default are absent from reports written by earlier exporters of the same schema version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from exporter.documents.manifest import InputSpecEntry, NonfiniteEntry, Number, Tolerance, Typed, read_typed
+from exporter.report.markdown import REPORT_SCHEMA_VERSION
+from exporter.stages.staging import read_document
+
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "BackendEntry",
+    "FailedTargetEntry",
+    "LatencyEntry",
+    "ParityEntry",
+    "Report",
+    "StageEntry",
+    "TimingQualityEntry",
+    "read_report",
+]
+
+
+class StageEntry(Typed):
+    name: str
+    status: Literal["not run", "passed", "failed", "skipped"]
+    seconds: Number
+    detail: str
+
+
+class BackendEntry(Typed):
+    """One target's outcome: the shipped candidate, whether it passed, and its conversion record."""
+
+    backend: str
+    target: str
+    file: str | None
+    shipped: str
+    passed: bool
+    conversion: dict[str, Any]
+    notes: list[str]
+    load_seconds: dict[str, Number]
+
+
+class ParityEntry(Typed):
+    """One candidate of one backend against the reference, per golden case (cases stay free-form)."""
+
+    backend: str
+    artifact: str
+    reference: str
+    tolerance: Tolerance
+    float64_arbitrated: bool
+    passed: bool
+    cases: list[dict[str, Any]]
+
+
+class LatencyEntry(Typed):
+    backend: str
+    label: str
+    batch: int | None
+    input_shapes: dict[str, list[int]]
+    threads: int
+    runs: int
+    p50_ms: Number
+    p90_ms: Number
+    p99_ms: Number
+    mean_ms: Number
+    min_ms: Number
+    throughput_per_s: Number
+    speedup_vs_eager: Number | None = None
+    speedup_vs_float: Number | None = None
+
+
+class ThreadProbeEntry(Typed):
+    """Eager PyTorch timed briefly at 1 thread and at the configured threads."""
+
+    backend: str
+    label: str
+    threads: int
+    one_thread_p50_ms: Number
+    threads_p50_ms: Number
+    faster: str
+
+
+class TimingWarningEntry(Typed):
+    """One reason not to trust the figures of ``backend`` at ``label`` (None: every one)."""
+
+    code: Literal["busy-machine", "threads-over-cpus", "wide-spread", "threads-slower"]
+    backend: str | None
+    label: str | None
+    message: str
+
+
+class TimingQualityEntry(Typed):
+    """How far to trust the latency figures: load around the timing, the thread probe, the warnings."""
+
+    baseline: str
+    threads: int
+    usable_cpus: int
+    load_before: Number | None
+    load_after: Number | None
+    own_cpus: Number | None
+    probes: list[ThreadProbeEntry]
+    thresholds: dict[str, Number]
+    warnings: list[TimingWarningEntry]
+
+
+class FailedTargetEntry(Typed):
+    """A requested target whose conversion failed in a partial export, with the converter's own words."""
+
+    target: str
+    backend: str
+    error: str
+    explanation: str | None = None
+
+
+class Report(Typed):
+    """Everything one export measured, with the notes a reader needs."""
+
+    schema_version: Literal[1]
+    name: str
+    created_utc: str
+    status: Literal["passed", "failed", "partial"]
+    stages: list[StageEntry]
+    environment: dict[str, Any]
+    source: dict[str, Any]
+    input_spec: InputSpecEntry
+    seed: int
+    settings: dict[str, Any]
+    conversion: dict[str, Any] | None = None
+    backends: list[BackendEntry]
+    parity: list[ParityEntry]
+    latency: list[LatencyEntry]
+    timing: dict[str, Any] | None = None
+    timing_quality: TimingQualityEntry | None = None
+    quantization: dict[str, Any] | None = None
+    optimization: list[dict[str, Any]] | None = None
+    resources: dict[str, Any] | None = None
+    optimization_summary: dict[str, Any] | None = None
+    nonfinite: list[NonfiniteEntry] | None = None
+    failed_targets: list[FailedTargetEntry] | None = None
+    notes: list[str]
+    artifacts: dict[str, str]
+
+
+def read_report(folder: Path, name: str = "report.json") -> Report:
+    """``folder/name`` as a ``Report``; ``model_dump(exclude_unset=True)`` gives back the document as read,
+    for the renderers.
+
+    Raises:
+        UsageError: not a folder, no such file, not JSON, another schema version, or not a report.
+    """
+    document = read_document(folder, name, REPORT_SCHEMA_VERSION, use="render", kind="report")
+    return read_typed(Report, document, f"{name} of '{folder}'", "report")

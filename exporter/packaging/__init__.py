@@ -1,0 +1,1 @@
+"""``exporter package``: an artifacts folder and its server as a Docker/Triton bundle."""

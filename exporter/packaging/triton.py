@@ -1,0 +1,204 @@
+"""``model_repository/`` of a bundle: the served model in Triton Inference Server's layout.
+
+A ``config.pbtxt`` and ``1/model.onnx`` (platform ``onnxruntime_onnx``, dims from the manifest checked
+against the graph, ``max_batch_size`` and ``dynamic_batching`` when there is a batch dim, one CPU
+instance), for tritonserver or KServe's Triton runtime unchanged; or the reason there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.documents.manifest import Manifest
+from exporter.serving.artifact import ServedArtifact, golden_cases, shipped_artifacts
+from exporter.serving.protocol import DATATYPE_OF, ModelSignature, signature_of
+
+__all__ = [
+    "SERVER_BATCH_ROWS",
+    "TRITON_MAX_BATCH",
+    "TRITON_QUEUE_DELAY_US",
+    "TritonRepository",
+    "triton_config",
+    "triton_model_name",
+    "triton_repository",
+]
+
+TRITON_MAX_BATCH = 1024
+"""Triton's ``max_batch_size`` never exceeds this, whatever the batch dim's declared maximum."""
+SERVER_BATCH_ROWS = 64
+"""How many rows the server batches along a batch dim without a declared maximum (``ServeOptions``)."""
+TRITON_QUEUE_DELAY_US = 2000
+"""How long Triton's dynamic batcher waits to fill a batch (the server's ``--max-batch-delay-ms``)."""
+
+_DATA_TYPE = {name: f"TYPE_{datatype}" for name, datatype in DATATYPE_OF.items()}
+"""numpy dtype name -> Triton's ``data_type`` enum name."""
+
+
+@dataclass(frozen=True)
+class TritonRepository:
+    """``model_repository/<model>/``: a config.pbtxt and ``1/model.onnx``, or why there is none."""
+
+    model: str | None
+    source: str | None
+    batching: bool
+    skipped: str | None = None
+
+
+def triton_model_name(name: str) -> str:
+    """``name`` as a Triton model (and folder) name: letters, digits, ``_``, ``.`` and ``-`` only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return cleaned if cleaned.strip(".") else "model"
+
+
+def _onnx_source(manifest: Manifest, artifact: ServedArtifact) -> ServedArtifact | None:
+    """The ONNX model Triton serves: the bundle's own, else the folder's verified float ``onnxruntime``
+    model. An ORT-optimized graph may hold com.microsoft fused ops tied to this ORT build: not preferred."""
+    shipped = shipped_artifacts(manifest)
+    if artifact.runtime == "onnxruntime" and artifact.backend != "onnxruntime-optimized":
+        return artifact
+    return shipped.get("onnxruntime") or (artifact if artifact.runtime == "onnxruntime" else None)
+
+
+def triton_repository(
+    folder: Path, manifest: Manifest, artifact: ServedArtifact, repository: Path
+) -> TritonRepository:
+    """Write ``repository/<model>/config.pbtxt`` and ``1/model.onnx`` (with any external data beside it).
+
+    Returns why it was skipped instead when the folder has no ONNX model, or the model's inputs, outputs or
+    data types do not match the manifest's (Triton would refuse the config).
+    """
+    source = _onnx_source(manifest, artifact)
+    if source is None:
+        return TritonRepository(None, None, False, "the folder ships no verified ONNX model")
+    model = triton_model_name(manifest.name)
+    try:
+        text, batching = triton_config(folder / source.file, signature_of(folder, manifest), manifest, model)
+    except ValueError as error:
+        return TritonRepository(None, source.file, False, str(error))
+    version = repository / model / "1"
+    version.mkdir(parents=True)
+    (repository / model / "config.pbtxt").write_text(text)
+    shutil.copyfile(folder / source.file, version / "model.onnx", follow_symlinks=False)
+    for companion in source.files[1:]:
+        shutil.copyfile(folder / companion, version / Path(companion).name, follow_symlinks=False)
+    return TritonRepository(model, source.file, batching)
+
+
+def triton_config(path: Path, signature: ModelSignature, manifest: Manifest, model: str) -> tuple[str, bool]:
+    """config.pbtxt of the ONNX model at ``path``, and whether it batches.
+
+    Names come from the ONNX graph (Triton matches them exactly); data types and dims from the manifest and
+    the golden outputs, which say which dims are dynamic. The batch dim is folded into ``max_batch_size``
+    only when it leads every input and output and the graph leaves it dynamic.
+
+    Raises:
+        ValueError: the graph's tensors do not match the manifest's.
+    """
+    graph_inputs, graph_outputs = _graph_tensors(path)
+    declared = {rule.name: (rule.dtype, rule.dims) for rule in signature.inputs}
+    declared_outputs = {info.name: (info.dtype, info.shape) for info in signature.outputs}
+    inputs = [_tensor(t, declared, "input") for t in graph_inputs]
+    outputs = [_tensor(t, declared_outputs, "output") for t in graph_outputs]
+    limit = _max_batch(manifest, signature.batch_dim) if signature.batch_dim is not None else 0
+    batching = limit > 1 and all(
+        graph_dims and graph_dims[0] is None for (_, _, graph_dims) in (*graph_inputs, *graph_outputs)
+    )
+    lines = [
+        f"name: {_quoted(model)}",
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {limit if batching else 0}",
+    ]
+    for kind, tensors in (("input", inputs), ("output", outputs)):
+        blocks = [
+            _tensor_block(name, data_type, dims[1:] if batching else dims)
+            for name, data_type, dims in tensors
+        ]
+        lines += [f"{kind} [", ",\n".join(blocks), "]"]
+    if batching:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US}", "}"]
+    lines += ["instance_group [", "  {", "    count: 1", "    kind: KIND_CPU", "  }", "]"]
+    return "\n".join(lines) + "\n", batching
+
+
+_GraphTensor = tuple[str, str, tuple[int | None, ...]]
+"""An ONNX graph input or output: name, numpy dtype name, dims (None where the graph leaves it open)."""
+
+
+def _graph_tensors(path: Path) -> tuple[list[_GraphTensor], list[_GraphTensor]]:
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {initializer.name for initializer in graph.initializer}
+
+    def described(value: Any) -> _GraphTensor:
+        tensor_type = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        return value.name, np.dtype(tensor_dtype_to_np_dtype(tensor_type.elem_type)).name, dims
+
+    inputs = [described(value) for value in graph.input if value.name not in initializers]
+    return inputs, [described(value) for value in graph.output]
+
+
+def _tensor(
+    graph: _GraphTensor, declared: Mapping[str, tuple[np.dtype, tuple[int | str, ...]]], kind: str
+) -> tuple[str, str, list[int]]:
+    """name, Triton data type and dims (-1 where dynamic) of one graph tensor, checked against the manifest.
+
+    A size the graph fixes wins over a dynamic one the manifest declares: Triton refuses a config whose
+    dim is looser than the model's.
+    """
+    name, graph_dtype, graph_dims = graph
+    if name not in declared:
+        raise ValueError(f"the ONNX model's {kind} '{name}' is not in the manifest")
+    dtype, dims = declared[name]
+    if dtype.name != graph_dtype:
+        raise ValueError(f"the ONNX model's {kind} '{name}' is {graph_dtype}, the manifest says {dtype.name}")
+    if dtype.name not in _DATA_TYPE:
+        raise ValueError(f"{kind} '{name}' is {dtype.name}, which Triton has no data type for")
+    if len(dims) != len(graph_dims):
+        raise ValueError(
+            f"the ONNX model's {kind} '{name}' has rank {len(graph_dims)}, the manifest says {len(dims)}"
+        )
+    merged = [
+        graph_size if graph_size is not None else (-1 if isinstance(size, str) else size)
+        for size, graph_size in zip(dims, graph_dims, strict=True)
+    ]
+    return name, _DATA_TYPE[dtype.name], merged
+
+
+def _max_batch(manifest: Manifest, batch: str) -> int:
+    """The batch dim's declared maximum; with none declared, the server's own batch limit (64 rows) or the
+    largest batch the folder was checked at, if larger. 0 (no batching) when batches below 2 are refused, or
+    only multiples of some N are legal (Triton's batcher would form other sizes)."""
+    declared = manifest.input_spec.dynamic_dims.get(batch)
+    if declared is not None and (declared.min > 1 or declared.multiple_of > 1):
+        return 0
+    if declared is not None and declared.max is not None:
+        return min(declared.max, TRITON_MAX_BATCH)
+    checked = [case.sizes[batch] for case in golden_cases(manifest) if batch in case.sizes]
+    checked += manifest.benchmark.batch_sizes if manifest.benchmark else []
+    return min(max([SERVER_BATCH_ROWS, *checked]), TRITON_MAX_BATCH)
+
+
+def _tensor_block(name: str, data_type: str, dims: list[int]) -> str:
+    shown = ", ".join(map(str, dims))
+    lines = ["  {", f"    name: {_quoted(name)}", f"    data_type: {data_type}"]
+    if dims:
+        lines.append(f"    dims: [ {shown} ]")
+    else:
+        lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
+    return "\n".join([*lines, "  }"])
+
+
+def _quoted(text: str) -> str:
+    """A protobuf text-format string literal (JSON's escapes are a subset of it for these names)."""
+    return json.dumps(text, ensure_ascii=False)

@@ -1,0 +1,129 @@
+"""The benchmark stage: eager PyTorch and every shipped artifact timed alike, one at a time, at each batch
+size (or at the export shape without a batch dim)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from exporter.backends import BackendResult, OpenContext, open_shipped
+from exporter.benchmark.latency import LatencyStats, batch_plans, compare_latency
+from exporter.benchmark.thread_probe import probe_threads
+from exporter.benchmark.trust import LoadWatch, TimingQuality, assess_timing
+from exporter.documents.build import lossy_artifacts
+from exporter.quantize import QuantizationResult, QuantMode
+from exporter.runners import EagerRunner, Runner
+from exporter.stages.records import ProgressListener
+
+if TYPE_CHECKING:
+    from exporter.options import ExportOptions
+
+__all__ = ["BenchmarkResult", "benchmark_stage", "drop_slower_lossy", "shipped_runners"]
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Every timing, and how far to trust them (``exporter.benchmark.trust``)."""
+
+    latency: list[LatencyStats]
+    quality: TimingQuality
+
+
+def shipped_runners(
+    results: Sequence[BackendResult], quantization: QuantizationResult | None, options: ExportOptions
+) -> list[Callable[[], Runner]]:
+    """Openers for every backend's shipped artifact (and the lossy models), in registry order."""
+    context = OpenContext(options.spec, options.threads)
+    openers: list[Callable[[], Runner]] = [partial(open_shipped, r, context) for r in results]
+    for spec, chosen in lossy_artifacts(quantization):
+        if chosen.path is not None and spec.open is not None:
+            config = dict(chosen.config) or None
+            openers.append(
+                partial(spec.open, chosen.path, OpenContext(options.spec, options.threads, None, config))
+            )
+    return openers
+
+
+def benchmark_stage(
+    eager: EagerRunner,
+    openers: Sequence[Callable[[], Runner]],
+    options: ExportOptions,
+    listener: ProgressListener,
+    load_seconds: dict[str, float],
+) -> BenchmarkResult:
+    """Time eager and every shipped artifact alike, in alternating blocks per batch size.
+
+    Every runner is open at once and visited in turn (``compare_latency``), so all share the machine's
+    drift; each is warmed before its block, which lets an ONNX Runtime session's spinning threads settle.
+    The optimize and quantize stages rank with a shorter timing (``decision_timing``); what ships is
+    measured here with the full one, so every figure in the latency table comes from one timing. Load
+    times go into ``load_seconds``.
+
+    Beside the timing: the load average before and after it, and a short thread probe of eager at each batch
+    plan (``probe_threads``); ``assess_timing`` turns them and each timing's p90/p50 into warnings.
+    """
+    plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
+    results: list[LatencyStats] = []
+    order = [eager.name]
+    with contextlib.ExitStack() as stack:
+        runners: list[Runner] = [eager]
+        for opener in openers:
+            started = time.perf_counter()
+            runner = opener()
+            load_seconds[runner.name] = time.perf_counter() - started
+            order.append(runner.name)
+            runners.append(stack.enter_context(runner))
+        with LoadWatch() as watch:
+            probes = []
+            for index, plan in enumerate(plans):
+                listener.step(f"thread probe: {eager.name} at {plan.label}", index, len(plans))
+                probe = probe_threads(eager, plan, options.threads)
+                probes += [probe] if probe is not None else []
+            for index, plan in enumerate(plans):
+
+                def show(runner: Runner, label: str = plan.label, done: int = index) -> None:
+                    listener.step(f"timing {runner.name} at {label}", done, len(plans))
+
+                results += compare_latency(
+                    runners, plan, config=options.timing, threads=options.threads, on_block=show
+                )
+    baseline = {s.label: s.p50_ms for s in results if s.backend == eager.name}
+    for stats in results:
+        stats.speedup_vs_eager = baseline[stats.label] / stats.p50_ms if stats.p50_ms > 0 else None
+    listener.step("timing done", len(plans), len(plans))
+    results.sort(key=lambda s: order.index(s.backend) if s.backend in order else len(order))
+    quality = assess_timing(
+        results, baseline=eager.name, threads=options.threads, load=watch.load, probes=probes
+    )
+    return BenchmarkResult(results, quality)
+
+
+def drop_slower_lossy(
+    latency: list[LatencyStats], quantization: QuantizationResult | None, notes: list[str]
+) -> list[LatencyStats]:
+    """``--quantize int8``: un-ship a lossy model that the benchmark's full timing found slower than its float
+    source at some batch size, and drop its rows: the quantize stage chose it on a shorter timing, and the
+    latency table must never show a shipped lossy model slower than the float model it replaces. Its float
+    source not shipped (not a target) or not timed: nothing to compare, it stays."""
+    if quantization is None or quantization.options.mode is not QuantMode.INT8:
+        return latency  # an explicit mode ships its choice within budget even when slower, flagged
+    for spec, chosen in lossy_artifacts(quantization):
+        floats = {s.label: s.p50_ms for s in latency if s.backend == spec.float_source}
+        slower = [
+            s.label
+            for s in latency
+            if s.backend == spec.name and s.label in floats and s.p50_ms >= floats[s.label]
+        ]
+        if not slower:
+            continue
+        chosen.chosen = False
+        latency = [s for s in latency if s.backend != spec.name]
+        notes.append(
+            f"{spec.file} not shipped: the benchmark measured {chosen.name} no faster than "
+            f"{spec.float_source} at {', '.join(slower)} (the quantize stage's shorter timing had it faster)"
+        )
+    return latency

@@ -1,0 +1,113 @@
+"""The convert and verify stages: every requested backend built through the registry, then every one
+verified alike against the golden cases (and, for float backends that missed float32 eager on values
+alone, against float64 eager)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.backends import (
+    BackendResult,
+    BackendSpec,
+    BuildContext,
+    BuiltBackend,
+    arbitrate_float_backends,
+    verify_built,
+)
+from exporter.errors import ConversionError, explain
+from exporter.loading.checkpoint import LoadedModel
+from exporter.verify.parity import GoldenCase
+
+if TYPE_CHECKING:
+    from exporter.options import ExportOptions
+
+__all__ = ["Built", "TargetFailure", "build_backends", "verify_backends"]
+
+
+@dataclass(frozen=True)
+class TargetFailure:
+    """A requested target whose conversion failed while others built: reported, not shipped."""
+
+    target: str
+    backend: str
+    error: str
+    """The one line, as the CLI would have shown it alone."""
+    explanation: str | None = None
+    """The converter's whole message (torch's explanation and suggested fix), when longer than the line."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "error": self.error,
+            "explanation": self.explanation,
+        }
+
+
+@dataclass
+class Built:
+    """The convert stage's output: each backend's build, in registry order, and the targets that failed."""
+
+    builds: list[tuple[BackendSpec, BuiltBackend]]
+    failed: list[TargetFailure] = field(default_factory=list)
+
+    def describe(self) -> str:
+        built = "; ".join(b.summary for _, b in self.builds)
+        failed = "; ".join(f"{f.target} FAILED ({f.backend} did not convert: see below)" for f in self.failed)
+        return "; ".join(part for part in (built, failed) if part)
+
+
+def build_backends(
+    specs: Sequence[BackendSpec],
+    *,
+    options: ExportOptions,
+    loaded: LoadedModel,
+    golden: Sequence[GoldenCase],
+    build_dir: Path,
+    step: Callable[[str], None],
+) -> Built:
+    """Build every backend. With more than one ``--to`` target, a backend whose conversion fails is recorded
+    and the others go on (a partial export, exit 6); when every backend fails, the first failure is raised.
+
+    Raises:
+        ConversionError: the only target, or every target, failed to convert.
+    """
+    builds: list[tuple[BackendSpec, BuiltBackend]] = []
+    failed: list[TargetFailure] = []
+    shared: dict[str, Any] = {}
+    failures: list[ConversionError] = []
+    one_target = len({spec.target for spec in specs}) == 1
+    for spec in specs:
+        assert spec.build is not None
+        context = BuildContext(loaded, options, golden, build_dir / spec.name, step, shared)
+        try:
+            builds.append((spec, spec.build(context)))
+        except ConversionError as error:
+            if one_target:
+                raise
+            failures.append(error)
+            failed.append(TargetFailure(spec.target or spec.name, spec.name, str(error), explain(error)))
+    if not builds:
+        first = failures[0]
+        raise ConversionError(
+            "every target failed to convert: " + "; ".join(f"{f.target}: {f.error}" for f in failed),
+            details=explain(first),
+        ) from first
+    return Built(builds, failed)
+
+
+def verify_backends(
+    built: Built,
+    *,
+    golden: Sequence[GoldenCase],
+    options: ExportOptions,
+    loaded: LoadedModel,
+    step: Callable[[str], None],
+) -> tuple[list[BackendResult], list[str]]:
+    """Every backend through the same verification; then float64 arbitration."""
+    results = [verify_built(spec, b, golden, options.tolerance, step) for spec, b in built.builds]
+    note = arbitrate_float_backends(results, loaded.module, golden, options.spec.names)
+    return results, [note] if note else []
