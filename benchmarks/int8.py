@@ -38,8 +38,8 @@ from rich.table import Table
 from exporter.benchmark.latency import LatencyStats, TimingConfig
 from exporter.environment import collect_environment
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
-from exporter.quantize import QuantizationResult, QuantizeOptions, QuantMode
-from exporter.quantize.search import Candidate
+from exporter.quantize.search import Candidate, QuantizationResult
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 HERE = Path(__file__).resolve().parent

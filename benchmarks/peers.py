@@ -73,7 +73,7 @@ from exporter.benchmark.latency import BatchPlan, TimingConfig, compare_latency
 from exporter.environment import collect_environment
 from exporter.errors import first_line
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
-from exporter.quantize import QuantizeOptions, QuantMode
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from exporter.runners import CallConvention, OnnxRuntimeRunner, Runner, flatten_outputs
 from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 

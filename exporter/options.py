@@ -20,7 +20,7 @@ from exporter.benchmark.latency import TimingConfig
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.errors import LoadError, UsageError
 from exporter.optimize.optimizer import OptimizeOptions
-from exporter.quantize import QuantizeOptions
+from exporter.quantize.types import QuantizeOptions
 from exporter.recipe.document import Recipe, is_safe_name, load_recipe
 from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from exporter.specs.naming import default_model_name, output_names_problem

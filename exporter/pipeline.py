@@ -24,7 +24,9 @@ from exporter.errors import ExitCode, UsageError
 from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
 from exporter.optimize.optimizer import OptimizationResult
 from exporter.options import ExportOptions
-from exporter.quantize import QuantizationResult, QuantMode, SampleSet
+from exporter.quantize.calibration import SampleSet
+from exporter.quantize.search import QuantizationResult
+from exporter.quantize.types import QuantMode
 from exporter.runners import EagerRunner
 from exporter.specs.inputs import shape_cases
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners

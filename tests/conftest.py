@@ -80,7 +80,7 @@ def write_calibration(spec: InputSpec, folder: Path, count: int = 24) -> Path:
     """Calibration data as a file, the way a user passes real data (``--calibration FILE.npz``): calibrated
     int8 candidates are built only from data given, never from inputs drawn from the spec. For random-weight
     mechanics tests the file holds seeded draws from the spec."""
-    from exporter.quantize import load_samples
+    from exporter.quantize.calibration import load_samples
 
     samples = load_samples(None, spec, count, seed=7).samples
     path = folder / f"calibration-{'-'.join(spec.names)}-{abs(hash(spec)) % 100_000}.npz"

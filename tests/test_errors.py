@@ -67,7 +67,7 @@ def test_the_cli_prints_the_mapped_line_once_with_markup_shown_as_is(tmp_path: P
 
 def test_full_text_keeps_what_the_one_line_cuts_for_failed_candidates() -> None:
     from exporter.errors import full_text
-    from exporter.quantize import Candidate
+    from exporter.quantize.types import Candidate
     from exporter.report.markdown import _markdown_candidate_failures
 
     short = RuntimeError("one line is all there is")

@@ -18,7 +18,7 @@ import torch
 
 from exporter.errors import ExitCode
 from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from exporter.report.html import render_html
 from exporter.report.markdown import latency_table
 from exporter.specs.inputs import InputSpec, parse_tensor_spec

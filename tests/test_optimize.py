@@ -18,7 +18,7 @@ from exporter.optimize.optimizer import (
     split_skip_layer_norm,
 )
 from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from tests.models import MODELS
 
 

@@ -16,8 +16,8 @@ from exporter.convert.torchscript import TorchScriptMode
 from exporter.errors import ExitCode, InputSpecError, LoadError, RecipeError, UsageError
 from exporter.gate.runs import run_recipe
 from exporter.options import build_export_options
-from exporter.quantize import QuantMode
 from exporter.quantize.calibration import CalibrationMethod
+from exporter.quantize.types import QuantMode
 from exporter.recipe.document import load_recipe
 from exporter.specs.inputs import DimSpec
 

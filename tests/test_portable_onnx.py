@@ -17,7 +17,7 @@ from exporter.errors import ExitCode
 from exporter.optimize.optimizer import OptimizeOptions, nonstandard_domains
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from tests.conftest import FAST_TIMING
 
 ROOT = Path(__file__).resolve().parents[1]

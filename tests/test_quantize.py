@@ -19,16 +19,8 @@ from exporter.benchmark.latency import LatencyStats
 from exporter.cli import app
 from exporter.errors import CalibrationError, ConversionError, ExitCode
 from exporter.pipeline import ExportOptions, export
-from exporter.quantize import (
-    Candidate,
-    ParityBudget,
-    QuantizeOptions,
-    QuantMode,
-    choose_formats,
-    compare_int8,
-    load_samples,
-)
-from exporter.quantize.budget import Int8Comparison
+from exporter.quantize.budget import Int8Comparison, ParityBudget, compare_int8
+from exporter.quantize.calibration import load_samples
 from exporter.quantize.candidates import (
     QAT_PT2E,
     STATIC_ORT,
@@ -39,6 +31,7 @@ from exporter.quantize.candidates import (
     register,
     unregister,
 )
+from exporter.quantize.onnx_ort import choose_formats
 from exporter.quantize.repairs import (
     CalibrationTrial,
     choose_calibration,
@@ -46,7 +39,7 @@ from exporter.quantize.repairs import (
     search_calibration_method,
 )
 from exporter.quantize.selection import choose_candidate
-from exporter.quantize.types import QuantizeContext
+from exporter.quantize.types import Candidate, QuantizeContext, QuantizeOptions, QuantMode
 from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import FAST_TIMING, write_calibration
 from tests.models import MODELS

@@ -16,7 +16,7 @@ from exporter.environment import DISABLE_FEATURES_ENV, bf16_support
 from exporter.errors import UsageError
 from exporter.options import ExportOptions
 from exporter.pipeline import export
-from exporter.quantize import QuantizeOptions, QuantMode
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from tests.conftest import write_calibration
 from tests.models import MODELS
 

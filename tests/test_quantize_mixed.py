@@ -16,9 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
 from exporter.quantize.layer_costs import macs_of
 from exporter.quantize.mixed_precision import moves_for, search_float_layers
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.conftest import FAST_TIMING
 

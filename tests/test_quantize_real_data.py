@@ -16,8 +16,8 @@ from exporter.benchmark.latency import LatencyStats
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
 from exporter.pipeline import ExportOptions, export
-from exporter.quantize import QuantizeOptions, QuantMode
 from exporter.quantize.search import NEEDS_REAL_DATA
+from exporter.quantize.types import QuantizeOptions, QuantMode
 from exporter.stages.benchmark import drop_slower_lossy
 from tests.models import MODELS
 
@@ -185,8 +185,8 @@ def _stats(backend: str, label: str, p50: float) -> LatencyStats:
 
 
 def test_the_benchmark_unships_a_lossy_model_slower_than_its_float_source() -> None:
-    from exporter.quantize import Candidate
     from exporter.quantize.search import QuantizationResult
+    from exporter.quantize.types import Candidate
 
     chosen = Candidate("dynamic-ort", "test", path=Path("model.int8.onnx"), chosen=True)
     quantization = QuantizationResult(
@@ -217,8 +217,8 @@ def test_the_benchmark_unships_a_lossy_model_slower_than_its_float_source() -> N
 
 
 def test_an_explicit_mode_keeps_its_choice_even_when_the_benchmark_finds_it_slower() -> None:
-    from exporter.quantize import Candidate
     from exporter.quantize.search import QuantizationResult
+    from exporter.quantize.types import Candidate
 
     chosen = Candidate("dynamic-ort", "test", path=Path("model.int8.onnx"), chosen=True)
     quantization = QuantizationResult(

@@ -27,8 +27,8 @@ from exporter.documents.build import lossy_artifacts
 from exporter.errors import UsageError
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, ExportResult
-from exporter.quantize import QuantMode
 from exporter.quantize.calibration import CalibrationMethod
+from exporter.quantize.types import QuantMode
 from exporter.report.lossy import top1_note
 from exporter.report.markdown import latency_matrix, parity_matrix, parity_table, quantization_table
 from exporter.specs.naming import parse_output_names

@@ -16,7 +16,8 @@ from exporter.backends.openvino import OPENVINO_LOSSY
 from exporter.benchmark.latency import LatencyStats
 from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
-from exporter.quantize import Candidate, QuantizationResult
+from exporter.quantize.search import QuantizationResult
+from exporter.quantize.types import Candidate
 from exporter.report.markdown import REPORT_SCHEMA_VERSION
 from exporter.specs.inputs import InputSpec
 from exporter.stages.records import StageRecord

@@ -48,8 +48,8 @@ from exporter.convert.torchscript import TorchScriptMode
 from exporter.errors import InputSpecError, RecipeError
 from exporter.loading.safe_paths import SAFE_NAME_PATTERN
 from exporter.optimize.optimizer import OPTIMIZE_STEPS
-from exporter.quantize import QuantMode
 from exporter.quantize.calibration import CalibrationMethod
+from exporter.quantize.types import QuantMode
 from exporter.recipe.refs import ReferenceRule
 from exporter.specs.inputs import DynamicDim, TensorSpec, parse_tensor_spec
 from exporter.specs.naming import OUTPUT_NAMES_RULE, output_names_problem

@@ -15,7 +15,8 @@ from exporter.benchmark.latency import LatencyStats, batch_plans, compare_latenc
 from exporter.benchmark.thread_probe import probe_threads
 from exporter.benchmark.trust import LoadWatch, TimingQuality, assess_timing
 from exporter.documents.build import lossy_artifacts
-from exporter.quantize import QuantizationResult, QuantMode
+from exporter.quantize.search import QuantizationResult
+from exporter.quantize.types import QuantMode
 from exporter.runners import EagerRunner, Runner
 from exporter.stages.records import ProgressListener
 

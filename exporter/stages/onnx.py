@@ -23,15 +23,11 @@ from exporter.optimize.optimizer import (
     infer_attention_shape,
     optimize_onnx,
 )
-from exporter.quantize import (
-    QuantizationResult,
-    QuantizeOptions,
-    SampleSet,
-    choose_formats,
-    load_samples,
-    run_quantization,
-)
+from exporter.quantize.calibration import SampleSet, load_samples
 from exporter.quantize.candidates import Requirement, candidates_for
+from exporter.quantize.onnx_ort import choose_formats
+from exporter.quantize.search import QuantizationResult, run_quantization
+from exporter.quantize.types import QuantizeOptions
 from exporter.stages.records import ProgressListener, StageStatus, StageTracker
 from exporter.verify.parity import GoldenCase
 
