@@ -239,15 +239,14 @@ def _set(value: Any, *keys: str | int) -> Callable[[dict[str, Any]], None]:
     ],
 )
 def test_a_damaged_manifest_is_bad_input_in_one_line(
-    folder: Path, edit: Callable[[dict[str, Any]], None], problem: str | None
+    folder: Path, edit: Callable[[dict[str, Any]], None], problem: str
 ) -> None:
     _edit_manifest(folder, edit)
     with pytest.raises(UsageError) as caught:
         _verify(folder)
-    if problem is not None:
-        assert str(caught.value) == (
-            f"manifest.json of '{folder}' {problem} (not a manifest written by this exporter, or damaged)"
-        )
+    assert str(caught.value) == (
+        f"manifest.json of '{folder}' {problem} (not a manifest written by this exporter, or damaged)"
+    )
 
 
 def test_a_manifest_without_tolerance_exits_2_through_the_cli(folder: Path) -> None:

@@ -167,7 +167,11 @@ def test_an_output_folder_whose_replacement_would_delete_what_matters_is_refused
     assert time.perf_counter() - started < 30, "refused only after a run"
 
 
-def test_staging_swaps_folders_whole_even_when_a_signal_arrives_during_the_swap(tmp_path: Path) -> None:
+def _folder_contents(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+def test_a_signal_before_the_swap_leaves_the_old_folder_whole(tmp_path: Path) -> None:
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.txt").write_text("old")
@@ -177,10 +181,56 @@ def test_staging_swaps_folders_whole_even_when_a_signal_arrives_during_the_swap(
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
             held = True
-        assert held
+        pytest.fail("the held signal was not raised when the block ended")
+    assert held and caught.value.exit_code is ExitCode.TERMINATED
+    assert _folder_contents(out) == {"old.txt": "old"}  # the old folder, nothing of the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or retired folder left
+
+
+def _swap_with_a_signal_between_the_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Replace ``model`` (holding old.txt) by a staged folder (holding new.txt), sending SIGTERM right after
+    the old folder is moved aside and before the new one is moved in; return ``model``."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    rename = Path.rename
+    out_during_the_swap: list[bool] = []
+
+    def rename_then_signal(self: Path, target: str | Path) -> Path:
+        moved = rename(self, target)
+        if Path(target).name == "model" and Path(target).parent != tmp_path:  # the old folder, set aside
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            out_during_the_swap.append(out.exists())
+        return moved
+
+    monkeypatch.setattr(Path, "rename", rename_then_signal)
+    with signals_handled(), pytest.raises(Interrupted) as caught, staging_dir(out, force=True) as staging:
+        (staging / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert out_during_the_swap == [False], "the signal was not sent between the two renames"
     assert caught.value.exit_code is ExitCode.TERMINATED
-    assert not out.exists() or (out / "old.txt").is_file()  # the old folder, never half of each
+    return out
+
+
+def test_a_signal_during_the_swap_is_held_until_the_new_folder_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _swap_with_a_signal_between_the_renames(tmp_path, monkeypatch)
+    assert _folder_contents(out) == {"new.txt": "new"}  # the new folder, nothing of the old one
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.partial")] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="staging_dir skips removing the retired .model.old-* folder when the held signal is raised "
+    "at the end of the swap (exporter/stages/staging.py); it stays until the next export into the folder",
+)
+def test_a_signal_during_the_swap_leaves_no_retired_folder_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _swap_with_a_signal_between_the_renames(tmp_path, monkeypatch)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_an_unexpected_exception_is_exit_5_with_a_traceback_log(

@@ -24,6 +24,7 @@ from exporter.cli import app
 from exporter.errors import ExitCode, LoadError
 from exporter.loading.checkpoint import CheckpointFormat, LoadRequest, load_model
 from exporter.loading.checkpoint_audit import audit_exported_program, audit_torch_save, audit_torchscript
+from exporter.loading.pickle_audit import UnsafeCheckpointError
 
 Rewrite = Callable[[bytes], bytes]
 
@@ -308,22 +309,36 @@ def test_cli_refuses_the_crafted_program_with_one_line(
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_legitimate_files_pass_the_audit(exported: Path, scripted: Path, tmp_path: Path) -> None:
-    audit_exported_program(exported)
-    audit_torchscript(scripted)
+def test_legitimate_files_pass_the_audit_that_refuses_their_tampered_twins(
+    exported: Path, scripted: Path, tmp_path: Path, marker: Path
+) -> None:
+    """Each legitimate file passes; a copy of it with one pickle swapped for a payload is refused by the same
+    audit, so a pass means the audit read that kind of file and found it clean, not that it skipped it."""
+
+    def passes_and_twin_is_refused(audit: Callable[[Path], None], legitimate: Path, tampered: Path) -> None:
+        audit(legitimate)
+        with pytest.raises(UnsafeCheckpointError, match=r"builtins\.exec|as a pickle"):
+            audit(tampered)
+
+    passes_and_twin_is_refused(audit_exported_program, exported, _pickled_weight(exported, tmp_path, marker))
+    passes_and_twin_is_refused(
+        audit_exported_program, exported, _pickled_sample_inputs(exported, tmp_path, marker)
+    )
     traced = tmp_path / "traced.ts"
     torch.jit.trace(_linear(), (torch.randn(2, 4),)).save(str(traced))
-    audit_torchscript(traced)
+    for name, source in [("scripted", scripted), ("traced", traced)]:
+        twin = _rewrite(source, tmp_path / f"evil-{name}.ts", {"/constants.pkl": lambda _: _payload(marker)})
+        passes_and_twin_is_refused(audit_torchscript, source, twin)
     for name, options in [
         ("sd.pt", {}),
         ("sd.pth", {}),
         ("legacy.pt", {"_use_new_zipfile_serialization": False}),
     ]:
-        path = tmp_path / name
-        torch.save(
-            {"model_state_dict": _linear().state_dict(), "epoch": 3, "betas": (0.9, 0.99)}, path, **options
-        )
-        audit_torch_save(path)
+        checkpoint = {"model_state_dict": _linear().state_dict(), "epoch": 3, "betas": (0.9, 0.99)}
+        torch.save(checkpoint, tmp_path / name, **options)
+        torch.save({**checkpoint, "hook": _Payload(marker)}, tmp_path / f"evil-{name}", **options)
+        passes_and_twin_is_refused(audit_torch_save, tmp_path / name, tmp_path / f"evil-{name}")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("trust", [False, True])
