@@ -262,6 +262,8 @@ def test_accuracy_control_reverts_the_layers_that_break_the_budget(
 def test_accuracy_control_with_a_tight_budget_reports_its_metric(
     exported: Callable[[str], Exported], tmp_path: Path
 ) -> None:
+    """Whether NNCF must revert a layer to reach cosine 0.9999 depends on the CPU's int8 kernels (here it
+    reverts 1 of 4); either way the saved model reaches the budget and the metric reported is its own."""
     model = exported("conv")
     target = tmp_path / "conv.xml"
     settings = nncf_quantize_openvino_with_accuracy_control(
@@ -275,10 +277,15 @@ def test_accuracy_control_with_a_tight_budget_reports_its_metric(
         threads=2,
     )
     assert target.exists() and target.with_suffix(".bin").exists()
-    assert isinstance(settings["metric_reached"], float) and -1.0 <= settings["metric_reached"] <= 1.0
-    assert isinstance(settings["reverted_ops"], int) and settings["reverted_ops"] >= 0
-    if settings["reverted_ops"] == 0:
-        assert settings["metric_reached"] >= 0.9999 - 1e-4
+    reverted, quantized = settings["reverted_ops"], settings["quantized_ops"]
+    if reverted == 0:  # the first int8 model met the budget: NNCF never started reverting
+        assert quantized is None and settings["reverted_names"] == []
+    else:  # NNCF reverted layers until the budget held, and kept the rest in int8
+        assert 1 <= reverted < quantized and len(settings["reverted_names"]) == reverted
+    assert settings["fake_quantize_ops"] >= 1
+    assert settings["metric_reached"] >= 0.9999 - 1e-4
+    measured = _min_cosine(_run_openvino(target, model.samples), [e[0] for e in model.eager])
+    assert measured == pytest.approx(settings["metric_reached"], abs=1e-4)
 
 
 def test_accuracy_control_with_a_loose_budget_reverts_nothing(
