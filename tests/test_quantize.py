@@ -431,13 +431,24 @@ def test_int8_mode_lists_every_candidate(options_for: Callable[..., ExportOption
     earlier = result.quantization.candidates[: names.index("static-pt2e") + 1]
     ort_passed = any(c.runtime == "onnxruntime" and c.budget_passed for c in earlier)
     assert ("qat-pt2e" in skipped) == (ort_passed or static_pt2e.error is not None)
-    if "qat-pt2e" in skipped:
-        assert skipped["qat-pt2e"] in (result.out_dir / "report.md").read_text()
+    markdown = (result.out_dir / "report.md").read_text()
+    assert all(f"| {name} | {reason} |" in markdown for name, reason in skipped.items())
+    # Whether int8 beats float on a model this small depends on the CPU, so both outcomes are checked: the
+    # fastest candidate within budget and faster than float ships, and without one nothing does.
     chosen = result.quantization.chosen
-    if chosen is not None:
-        assert chosen.faster_than_float and chosen.budget_passed
-        eligible = [c for c in result.quantization.candidates if c.budget_passed and c.faster_than_float]
-        assert chosen.p50_ratio == min(c.p50_ratio for c in eligible if c.p50_ratio is not None)
+    eligible = [c for c in result.quantization.candidates if c.budget_passed and c.faster_than_float]
+    manifest = json.loads((result.out_dir / "manifest.json").read_text())
+    if eligible:
+        assert chosen is not None and chosen.p50_ratio == min(c.p50_ratio for c in eligible)  # type: ignore[type-var]
+        assert manifest["int8"]["candidate"] == chosen.name
+        assert (result.out_dir / "model.int8.onnx").is_file()
+    else:
+        assert chosen is None and manifest["int8"] is None
+        assert not (result.out_dir / "model.int8.onnx").exists()
+        assert "none shipped for ONNX Runtime" in markdown
+    report = json.loads((result.out_dir / "report.json").read_text())
+    shipped = [c["name"] for c in report["quantization"]["candidates"] if c["chosen"]]
+    assert shipped == ([] if chosen is None else [chosen.name])
 
 
 @pytest.mark.slow
