@@ -89,16 +89,28 @@ def test_int8_search_records_bf16_as_skipped_on_a_cpu_without_it(
     names = {c["name"] for c in report["quantization"]["candidates"]}
     assert {"nncf-ort", "nncf-openvino"} <= names and "bf16-openvino" not in names
     # every candidate was judged and timed; each runtime shipped at most one, against its own float
-    for candidate in report["quantization"]["candidates"]:
-        assert candidate["outputs"], candidate["name"]
+    candidates = report["quantization"]["candidates"]
+    assert all(c["outputs"] and c["latency"] and c["error"] is None for c in candidates)
+    nncf_openvino = next(c for c in candidates if c["name"] == "nncf-openvino")
+    assert nncf_openvino["config"]["INFERENCE_PRECISION_HINT"] == "f32"  # no native bf16: the IR runs f32
     shipped = report["quantization"]["shipped"]
-    assert set(shipped) <= {"onnxruntime", "openvino"}
     manifest = json.loads((options.out_dir / "manifest.json").read_text())
-    if "openvino" in shipped:
-        assert (options.out_dir / "model.lossy.xml").exists()
-        entry = manifest["lossy"][0]
-        assert entry["backend"] == "openvino-lossy" and entry["candidate"] == shipped["openvino"]
-        assert entry["config"]["INFERENCE_PRECISION_HINT"] == "f32"  # no native bf16: the int8 IR runs f32
+    # Whether int8 beats float on a model this small depends on the CPU (on ours neither runtime's does), so
+    # both outcomes are checked per runtime: its fastest candidate within budget and faster ships, else none.
+    for runtime, shipped_file in [("onnxruntime", "model.int8.onnx"), ("openvino", "model.lossy.xml")]:
+        eligible = [
+            c for c in candidates if c["runtime"] == runtime and c["budget_passed"] and c["faster_than_float"]
+        ]
+        chosen = [c["name"] for c in candidates if c["runtime"] == runtime and c["chosen"]]
+        assert (options.out_dir / shipped_file).is_file() is bool(eligible), runtime
+        if eligible:
+            fastest = min(eligible, key=lambda c: c["p50_ratio_vs_float"])["name"]
+            assert shipped[runtime] == fastest and chosen == [fastest]
+        else:
+            assert runtime not in shipped and chosen == []
+    lossy = [e for e in manifest.get("lossy") or [] if e["backend"] == "openvino-lossy"]
+    assert [e["candidate"] for e in lossy] == ([shipped["openvino"]] if "openvino" in shipped else [])
+    assert all(e["config"]["INFERENCE_PRECISION_HINT"] == "f32" for e in lossy)
     assert result.exit_code == 0
     verified = CliRunner().invoke(app, ["verify", str(options.out_dir)])
     assert verified.exit_code == 0, verified.output
