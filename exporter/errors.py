@@ -1,13 +1,19 @@
 """One exception family for every stage, each kind carrying the exit code the CLI returns.
 
-The CLI turns any ``ExporterError`` into one line and its ``exit_code``; anything else is a bug in exporter
-(exit 5, its traceback written to a log file), so CI can tell a tool bug from a model that will not convert.
+The CLI turns any ``ExporterError`` into one line and its ``exit_code``; a SIGINT or SIGTERM (``Interrupted``,
+raised by :mod:`exporter.interrupts`' handler) exits 130/143; anything else is a bug in exporter (exit 5,
+its traceback written to a log file), so CI can tell a tool bug from a model that will not convert.
 ``describe_failure`` is that mapping, shared by the CLI and ``exporter run``'s per-recipe results.
 """
 
 from __future__ import annotations
 
+import signal
+import tempfile
+import time
+import traceback
 from enum import IntEnum
+from pathlib import Path
 
 __all__ = [
     "CalibrationError",
@@ -15,14 +21,18 @@ __all__ = [
     "ExitCode",
     "ExporterError",
     "InputSpecError",
+    "Interrupted",
     "LoadError",
     "RecipeError",
     "StorageError",
     "UsageError",
     "describe_failure",
+    "describe_internal_error",
+    "exit_code_of",
     "explain",
     "first_line",
     "full_text",
+    "write_crash_log",
 ]
 
 
@@ -97,6 +107,28 @@ class ConversionError(ExporterError):
     stage = "convert"
 
 
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT or SIGTERM turned into an exception (raised by :mod:`exporter.interrupts`' handler);
+    ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.TERMINATED if self.signum == signal.SIGTERM else ExitCode.INTERRUPTED
+
+
+def exit_code_of(interrupt: KeyboardInterrupt) -> ExitCode:
+    """130 for Ctrl-C (a plain ``KeyboardInterrupt`` too), 143 for SIGTERM."""
+    return interrupt.exit_code if isinstance(interrupt, Interrupted) else ExitCode.INTERRUPTED
+
+
 def describe_failure(error: BaseException, command: str) -> tuple[ExitCode, str]:
     """The exit code and the one line to show for an exception that ended ``command``.
 
@@ -105,8 +137,6 @@ def describe_failure(error: BaseException, command: str) -> tuple[ExitCode, str]
     130/143; anything else is a bug in exporter: exit 5, its traceback written to a log file that the line
     names. The line's text before the first ``": "`` is its heading (the CLI shows it in red).
     """
-    from exporter.interrupts import describe_internal_error, exit_code_of, write_crash_log  # imports errors
-
     if isinstance(error, ExporterError):
         return error.exit_code, f"error ({error.stage}): {error}"
     if isinstance(error, KeyboardInterrupt):
@@ -114,6 +144,28 @@ def describe_failure(error: BaseException, command: str) -> tuple[ExitCode, str]
         what = "terminated (SIGTERM)" if code is ExitCode.TERMINATED else "interrupted"
         return code, f"{what}: nothing was written"
     return ExitCode.INTERNAL_ERROR, describe_internal_error(error, write_crash_log(error, command))
+
+
+def write_crash_log(error: BaseException, command: str) -> Path:
+    """Write ``error``'s traceback to a new log file in the temp folder and return its path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the file must outlive this function
+        "w", prefix=f"exporter-internal-error-{stamp}-", suffix=".log", delete=False
+    )
+    with handle:
+        handle.write(f"exporter {command}: internal error (a bug in exporter)\n\n")
+        handle.write("".join(traceback.format_exception(error)))
+    return Path(handle.name)
+
+
+def describe_internal_error(error: BaseException, log: Path) -> str:
+    """The one line a user sees for a bug in exporter."""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return (
+        f"internal error (a bug in exporter, not in your model): {detail}; traceback written to {log} "
+        "(attach it to a bug report; --debug shows it here)"
+    )
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

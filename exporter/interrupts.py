@@ -11,8 +11,8 @@ printed, to a stderr that ``quiet`` has redirected, and dropped), or C code that
 is therefore remembered until the process ends, and ``check_interrupted`` (called at every stage boundary
 and progress step) raises it again, so a swallowed signal delays the exit instead of cancelling it.
 
-An unexpected exception is a bug in exporter: its traceback goes to a log file, and the one-line message
-names that file.
+``Interrupted`` itself, and the exit code of any interrupt, live in :mod:`exporter.errors` with every
+other exception this package ends a command with; this module only raises it.
 
 Every handler this module installs runs on the thread's own stack, not on an alternate signal stack
 (``frames_on_thread_stack``): OpenVINO's CPU plugin gives the main thread an alternate stack per plugin
@@ -28,51 +28,24 @@ import contextlib
 import ctypes
 import signal
 import sys
-import tempfile
 import threading
-import time
-import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType
 
-from exporter.errors import ExitCode
+from exporter.errors import Interrupted, exit_code_of
 
 __all__ = [
     "Interrupted",
     "blocked_signals",
     "check_interrupted",
-    "describe_internal_error",
     "exit_code_of",
     "frames_on_thread_stack",
     "install_signal_handlers",
     "raise_interrupted",
     "signals_handled",
-    "write_crash_log",
 ]
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
-
-
-class Interrupted(KeyboardInterrupt):
-    """A SIGINT or SIGTERM turned into an exception; ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return ExitCode.TERMINATED if self.signum == signal.SIGTERM else ExitCode.INTERRUPTED
-
-
-def exit_code_of(interrupt: KeyboardInterrupt) -> ExitCode:
-    """130 for Ctrl-C (a plain ``KeyboardInterrupt`` too), 143 for SIGTERM."""
-    return interrupt.exit_code if isinstance(interrupt, Interrupted) else ExitCode.INTERRUPTED
 
 
 class _Hold:
@@ -181,25 +154,3 @@ def blocked_signals() -> Iterator[None]:
         _Hold.signals = outer
         if outer is None and held:
             raise_interrupted(held[0], None)
-
-
-def write_crash_log(error: BaseException, command: str) -> Path:
-    """Write ``error``'s traceback to a new log file in the temp folder and return its path."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the file must outlive this function
-        "w", prefix=f"exporter-internal-error-{stamp}-", suffix=".log", delete=False
-    )
-    with handle:
-        handle.write(f"exporter {command}: internal error (a bug in exporter)\n\n")
-        handle.write("".join(traceback.format_exception(error)))
-    return Path(handle.name)
-
-
-def describe_internal_error(error: BaseException, log: Path) -> str:
-    """The one line a user sees for a bug in exporter."""
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return (
-        f"internal error (a bug in exporter, not in your model): {detail}; traceback written to {log} "
-        "(attach it to a bug report; --debug shows it here)"
-    )

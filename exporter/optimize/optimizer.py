@@ -1,31 +1,19 @@
-"""Graph optimization stage: make the verified float ONNX model faster on CPU, one measured step at a time.
+"""Graph optimization stage: make the verified float ONNX model faster on CPU, one measured pass at a time.
 
-Steps (``auto`` picks by what the graph contains; a recipe or ``--optimize`` can name them):
+The passes (:data:`exporter.optimize.passes.PASSES`: ``transformer``, ``splitnorm``, ``fp16``, ``ort``) each
+say what they need and do; ``auto`` picks the transformer ones when the graph has attention, a recipe or
+``--optimize`` can name any. For a transformer whose own graph does not reach the Attention fusion, the
+TorchScript-based exporter's graph is made too and both are tried (the fusions match its graphs far better:
+on a 6-layer BERT 6 Attention fusions against none; on the trained MiniLM the dynamo graph's LayerNorm/Gelu
+fusions plus ``splitnorm`` still won: x0.56 of unoptimized, portable).
 
-- ``transformer``: ``onnxruntime.transformers`` fusions (Attention, SkipLayerNormalization, BiasGelu,
-  EmbedLayerNormalization). They match the TorchScript-based exporter's graphs far better than the dynamo
-  exporter's (on a 6-layer BERT: 6 Attention fusions against none), so for a transformer whose own graph
-  does not reach the Attention fusion the TorchScript-based exporter's graph is made too and both are tried
-  (on the trained MiniLM the dynamo graph's LayerNorm/Gelu fusions plus ``splitnorm`` still won: x0.56 of
-  unoptimized, portable). When the own graph reaches Attention, the second graph is not made.
-- ``splitnorm``: each ``SkipLayerNormalization`` (which the transformer fusions and ORT's own session
-  optimizer make out of residual Add + LayerNormalization) back into standard ``Sum`` and
-  ``LayerNormalization``.
-  ONNX Runtime 1.32's CPU kernel for the fused op measured 2.3x slower than the pair on (1, 128, 384) and
-  6-7x slower than ``Add`` + ``LayerNormalization`` unfused, and ORT does not re-fuse ``Sum``, so the gain
-  survives any session optimization level. Kept, like every step, only when it verifies and is not slower.
-- ``ort``: ONNX Runtime's own offline optimization (``ORT_ENABLE_EXTENDED``, saved), which also saves the
-  optimization work at every session start.
-- ``fp16``: float16 weights and compute (opt-in only; on CPU rarely faster and rarely within float32
-  tolerances, so it mostly shows what a dropped step looks like).
-
-A step is kept only if its output verifies against the golden cases and is not slower than its input
+A pass's output is kept only if it verifies against the golden cases and is not slower than its input
 (beyond ``max_slowdown``); otherwise it is dropped and the report says why. ``model.onnx`` ships the fastest
 verified variant whose nodes all use standard ONNX domains (``portable``), so any ONNX runtime can run it;
 when the fastest variant overall holds ONNX Runtime-specific ops (``com.microsoft``, from the transformer
-fusions or the ``ort`` step) and beats the portable one by more than ``max_slowdown``, timed side by side,
-it ships too, as ``model.ort.onnx`` (``runtime_specific``). Int8 starts from the best result before the
-``ort`` step (quantizers know standard and transformer ops, not ORT's CPU-specific fused kernels).
+fusions or the ``ort`` pass) and beats the portable one by more than ``max_slowdown``, timed side by side,
+it ships too, as ``model.ort.onnx`` (``runtime_specific``). Int8 starts from the best result before any pass
+that is not ``quantizable``.
 """
 
 from __future__ import annotations
@@ -41,6 +29,7 @@ from exporter._quiet import quiet
 from exporter.benchmark.latency import BatchPlan, TimingConfig, p50_per_plan
 from exporter.errors import first_line
 from exporter.optimize.graph_facts import infer_attention_shape, looks_like_transformer, nonstandard_domains
+from exporter.optimize.passes import OPTIMIZE_STEPS, pass_named, resolve_steps, split_skip_layer_norm
 from exporter.optimize.results import (
     OptimizationResult,
     OptimizeOptions,
@@ -50,7 +39,6 @@ from exporter.optimize.results import (
     _score,
     _Trail,
 )
-from exporter.optimize.steps import BUILDERS, NOTHING_DONE, split_skip_layer_norm
 from exporter.runners import EagerRunner, OnnxRuntimeRunner
 from exporter.verify.parity import GoldenCase, ParityResult, Tolerance, verify_runner
 
@@ -67,24 +55,8 @@ __all__ = [
     "split_skip_layer_norm",
 ]
 
-OPTIMIZE_STEPS = ("transformer", "splitnorm", "fp16", "ort")
 DECISION_TIMING = TimingConfig(warmup=3, min_runs=15, min_seconds=0.5, max_runs=2000, max_seconds=5.0)
 RUNTIME_SPECIFIC_RECORD = "runtime-specific"
-
-
-def resolve_steps(options: OptimizeOptions, path: Path) -> list[str]:
-    """The steps to run, in their fixed order (``auto``: transformer fusions and the layer-norm split when the
-    graph has attention). ``ort`` runs only when named: ONNX Runtime makes the same rewrites when a session
-    opens the model, and across the encoder, CNN and LSTM benchmarks it never won beyond timing noise while
-    costing a build, a verification and a timing per source."""
-    requested = set(options.steps)
-    if "none" in requested:
-        return []
-    if "auto" in requested:
-        requested.discard("auto")
-        if looks_like_transformer(path):
-            requested.update(("transformer", "splitnorm"))
-    return [s for s in OPTIMIZE_STEPS if s in requested]
 
 
 @dataclass(frozen=True)
@@ -115,11 +87,12 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     )
     trail = _Trail(variants=[baseline])
     finals = [_run_steps(baseline, steps, ranking, trail, report)]
-    if "transformer" in steps and request.alternative is not None:
-        fused_by = _attention_fused_by(trail)
+    until = {s: pass_named(s).alternative_until for s in steps if pass_named(s).alternative_until}
+    if until and request.alternative is not None:
+        fused_by = _fused_by(trail, until)
         if fused_by is not None:
             record = _recorder(trail.records, "alternative exporter", request.label, "torchscript-exporter")
-            record(False, f"not made: {fused_by} already reached the Attention fusion")
+            record(False, f"not made: {fused_by[0]} already reached the {fused_by[1]} fusion")
         else:
             alternative = _alternative_source(ranking, trail, report)
             if alternative is not None:
@@ -163,19 +136,24 @@ def _run_steps(
     return current
 
 
-def _attention_fused_by(trail: _Trail) -> str | None:
-    """The model whose kept transformer step fused Attention, if one did."""
+def _fused_by(trail: _Trail, until: dict[str, str | None]) -> tuple[str, str] | None:
+    """(the model, the operator) where a kept pass fused the operator after which the alternative exporter's
+    graph is not worth making, if one did."""
     for record in trail.records:
-        if record.name == "transformer" and record.kept and record.fused.get("Attention", 0) > 0:
-            return record.source
+        op = until.get(record.name)
+        if op and record.kept and record.fused.get(op, 0) > 0:
+            return record.source, op
     return None
 
 
 def only_load_time_rewrites(portable: str, fastest: str) -> bool:
-    """The fastest variant is the portable one plus the ``ort`` step alone: a session opens model.onnx at
-    ORT_ENABLE_ALL and makes the same rewrites when it loads, so the two run alike and a timing that
-    prefers one is noise (measured: x0.93 to x1.11 between runs on the tiny encoder)."""
-    return fastest == f"{portable}+ort"
+    """The fastest variant is the portable one plus ``session_load`` passes alone (``ort``): a session opens
+    model.onnx at ORT_ENABLE_ALL and makes the same rewrites when it loads, so the two run alike and a
+    timing that prefers one is noise (measured: x0.93 to x1.11 between runs on the tiny encoder)."""
+    if not fastest.startswith(f"{portable}+"):
+        return False
+    added = fastest[len(portable) + 1 :].split("+")
+    return all(name in OPTIMIZE_STEPS and pass_named(name).session_load for name in added)
 
 
 def _compare_runtime_specific(result: OptimizationResult, request: OptimizeRequest) -> None:
@@ -255,16 +233,17 @@ def _apply(
     label = f"{current.label}+{name}"
     target = request.work_dir / f"{label}.onnx"
     record = _recorder(trail.records, name, current.label, label)
-    fused: dict[str, int] = {}
+    step = pass_named(name)
     try:
         with warnings.catch_warnings(), quiet():
             warnings.simplefilter("ignore")
-            fused = BUILDERS[name](current.path, target, request)
+            built = step(current.path, target, request)
     except Exception as error:
         record(False, f"failed: {first_line(error)}")
         return None, None
-    if name in NOTHING_DONE and not any(fused.values()):
-        record(False, NOTHING_DONE[name], fused=fused)
+    fused = built.counts
+    if not built.modified:
+        record(False, step.unmodified, fused=fused)
         return None, None
     result = _verify(target, label, request)
     trail.parity.append(result)
@@ -273,7 +252,7 @@ def _apply(
         record(False, f"failed verification: {failures[0] if failures else ''}", fused=fused)
         return None, None
     base_latency, latency = _time_paths([base.path, target], request)
-    produced = Variant(label, target, result, latency, current.quantizable if name == "ort" else target)
+    produced = Variant(label, target, result, latency, target if step.quantizable else current.quantizable)
     trail.variants.append(produced)
     ratio = produced.score / Variant(base.label, base.path, base.parity, base_latency, base.path).score
     of = "its input" if against is None else f"{base.label} (on the {current.label} model, slower alone)"

@@ -5,13 +5,35 @@ and a multiple of its ``multiple_of``. Re-exported by :mod:`exporter.specs.input
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from exporter.specs.inputs import DynamicDim, InputSpec
+from exporter.specs.dims import DynamicDim
 
-__all__ = ["ShapeCase", "larger_size", "shape_cases", "trace_sizes"]
+__all__ = ["ShapeCase", "SizedSpec", "larger_size", "shape_cases", "trace_sizes"]
+
+
+class _Tensor(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]: ...
+
+
+class SizedSpec(Protocol):
+    """What the shape cases read of an input spec (:class:`exporter.specs.inputs.InputSpec` is one): its
+    tensors, its dynamic dims' ranges and their example sizes. A protocol, so that the spec can check its
+    largest case in its own construction without the two modules importing each other."""
+
+    @property
+    def tensors(self) -> Sequence[_Tensor]: ...
+
+    @property
+    def dynamic_dims(self) -> Sequence[DynamicDim]: ...
+
+    @property
+    def example_sizes(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True)
@@ -21,7 +43,7 @@ class ShapeCase:
     name: str
     sizes: dict[str, int]
 
-    def describe(self, spec: InputSpec) -> str:
+    def describe(self, spec: SizedSpec) -> str:
         return " ".join(f"{t.name}={list(t.shape(self.sizes))}" for t in spec.tensors)
 
 
@@ -35,7 +57,7 @@ def larger_size(dim: DynamicDim, example: int) -> int | None:
     return size if size > example else None
 
 
-def shape_cases(spec: InputSpec) -> list[ShapeCase]:
+def shape_cases(spec: SizedSpec) -> list[ShapeCase]:
     """Sizes to verify at: the export shape, the export shape again with other values, every dynamic dim at
     its minimum, one step above the example, about twice the example, every dim with a declared maximum at
     it (``max``; the others at their example), then each dim moved alone. A dim that conversion froze fails
@@ -69,7 +91,7 @@ def shape_cases(spec: InputSpec) -> list[ShapeCase]:
     return cases
 
 
-def trace_sizes(spec: InputSpec) -> dict[str, int]:
+def trace_sizes(spec: SizedSpec) -> dict[str, int]:
     """Dynamic-dim sizes to trace at: torch.export specializes sizes 0 and 1 (of a dim, or of the ``N*_h``
     base of a multiple-of dim), so at least 2 (``2 * multiple_of``) where legal, else the largest legal."""
     sizes = {}
