@@ -354,8 +354,7 @@ def test_a_second_sigterm_exits_143_at_once_with_one_line(folder: Path) -> None:
 def test_the_model_loaded_is_the_copy_that_was_hashed(folder: Path, tmp_path: Path) -> None:
     import shutil
 
-    from exporter.serving.runtimes import open_runner
-    from exporter.serving.server import ServeOptions, prepare
+    from exporter.serving.server import ServeOptions, open_model, prepare
 
     served = tmp_path / "served"
     shutil.copytree(folder, served)
@@ -363,7 +362,7 @@ def test_the_model_loaded_is_the_copy_that_was_hashed(folder: Path, tmp_path: Pa
     private.mkdir()
     prepared = prepare(ServeOptions(served, threads=1), private)
     (served / "model.onnx").write_bytes(b"swapped after the hash check")  # what a race would do
-    runner = open_runner(prepared.folder, prepared.artifact, 1, ["x"])
+    runner = open_model(prepared)
     manifest = json.loads((served / "manifest.json").read_text())
     case = next(entry for entry in manifest["golden"] if "outputs" in entry)
     with np.load(served / case["inputs"]) as inputs, np.load(served / case["outputs"]) as outputs:

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from exporter.backends import OpenContext
+from exporter.backends._registry import OpenContext
 from exporter.backends.openvino import OPENVINO, checked_config, float_config
 from exporter.cli import app
 from exporter.errors import UsageError
 from exporter.options import ExportOptions
 from exporter.pipeline import export
 from exporter.recipe.document import load_recipe
-from exporter.runners import EagerRunner, OpenVinoRunner
+from exporter.runners.openvino import OpenVinoRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import make_inputs
 from tests.models import MODELS
 

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exporter.backends import ArtifactCandidate, arbitrate_float_backends, verify_backend
-from exporter.runners import EagerRunner, Float64EagerRunner, Runner
+from exporter.backends._registry import ArtifactCandidate
+from exporter.backends._verify import arbitrate_float_backends, verify_backend
+from exporter.runners.base import Runner
+from exporter.runners.pytorch import EagerRunner, Float64EagerRunner
 from exporter.specs.inputs import InputSpec, parse_tensor_spec, shape_cases
 from exporter.verify.parity import Tolerance, make_golden
 

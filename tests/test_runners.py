@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from exporter.runners import CallConvention, EagerRunner, OnnxRuntimeRunner, flatten_outputs
+from exporter.runners.base import CallConvention
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
+from exporter.runners.pytorch import EagerRunner, flatten_outputs
 
 # --- tiny models ----------------------------------------------------------------------------------------
 

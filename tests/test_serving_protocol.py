@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
+from exporter.backends._registry import OpenContext, open_file
 from exporter.serving.app import ServerState, build_app
-from exporter.serving.artifact import ServedArtifact
 from exporter.serving.protocol import (
     InputRule,
     ModelSignature,
@@ -22,7 +22,7 @@ from exporter.serving.protocol import (
     encode_response,
     parse_infer_request,
 )
-from exporter.serving.runtimes import open_runner
+from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 TWO_INPUTS = ModelSignature(
     "two",
@@ -161,8 +161,9 @@ def test_a_model_error_is_a_one_line_500_and_the_server_keeps_serving(tmp_path: 
         None,
     )
     state = ServerState(signature, max_body_bytes=1 << 20, max_batch_size=1, max_batch_delay_s=0.0)
-    artifact = ServedArtifact("onnxruntime", "model.onnx", ("model.onnx",), "onnxruntime")
-    state.attach(open_runner(tmp_path, artifact, 1, ["x"]))
+    spec = InputSpec((parse_tensor_spec("x:float32:batch=1..8,4"),), (DynamicDim("batch", 1, 8),))
+    runner = open_file("onnxruntime", tmp_path / "model.onnx", OpenContext(spec, 1, spinning=False))
+    state.attach(runner, "onnxruntime_onnx")
     state.ready = True
     with TestClient(build_app(state)) as client:
         x = np.ones((2, 4), dtype=np.float32)

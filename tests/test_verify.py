@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from exporter.errors import InputSpecError
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import InputSpec, ShapeCase, parse_tensor_spec, shape_cases
 from exporter.verify.parity import (
     DEFAULT_TOLERANCE,

@@ -4,37 +4,76 @@ instead of naming backends. Adding a backend is one module that calls ``register
 
 A record says which ``--to`` target makes the backend, the file it ships as, how it is built from the
 loaded model (candidates, best first, each opened the way a deployment opens it), how a shipped file is
-opened again (``exporter verify``, timing), and what the report says about it.
+opened again (``exporter verify``, timing, ``exporter serve``), and what the report says about it.
+
+The built-in backends (``_BUILTINS``) are loaded, in that order, before the first registration or lookup;
+they are found by name, so this module imports none of them and the registry has no import circle.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from exporter.errors import UsageError
-from exporter.runners import CallConvention, Runner
+from exporter.runners.base import CallConvention, Runner
 from exporter.specs.inputs import InputSpec
+from exporter.verify.parity import ParityResult
 
 if TYPE_CHECKING:
-    from exporter.backends._verify import ArtifactCandidate, BackendResult
     from exporter.loading.checkpoint import LoadedModel
-    from exporter.options import ExportOptions
     from exporter.verify.parity import GoldenCase
 
 __all__ = [
+    "ArtifactCandidate",
+    "BackendResult",
     "BackendSpec",
     "BuildContext",
+    "BuildOptions",
     "BuiltBackend",
     "OpenContext",
     "backend",
     "backends",
     "backends_for",
+    "call_convention",
+    "open_file",
+    "open_shipped",
     "register",
+    "servable_backends",
     "targets",
+    "unregister",
 ]
+
+_BUILTINS = ("onnxruntime", "torchscript", "compiled", "openvino")
+"""The built-in backend modules of ``exporter.backends``, in listing order."""
+
+
+class BuildOptions(Protocol):
+    """The run options a backend's ``build`` reads (``exporter.options.ExportOptions`` has them all).
+
+    A protocol rather than ``ExportOptions`` itself: the options module reads the registry (``--to``
+    targets), so the registry names only what it needs and imports nothing of the options.
+    """
+
+    @property
+    def spec(self) -> InputSpec: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def opset(self) -> int | None: ...
+    @property
+    def onnx_exporter(self) -> str: ...
+    @property
+    def simplify(self) -> bool: ...
+    @property
+    def torchscript_mode(self) -> str: ...
+    @property
+    def compile_mode(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -46,11 +85,58 @@ class BuildContext:
     """
 
     loaded: LoadedModel
-    options: ExportOptions
+    options: BuildOptions
     golden: Sequence[GoldenCase]
     work_dir: Path
     step: Callable[[str], None]
     shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArtifactCandidate:
+    """One form of a backend's artifact: ``open`` loads it the way a deployment would."""
+
+    label: str
+    path: Path | None
+    open: Callable[[], Runner]
+
+
+@dataclass
+class BackendResult:
+    """A backend's verification: every candidate tried, which one ships and the file it ships as."""
+
+    backend: str
+    target: str
+    file: str | None
+    parity: list[ParityResult]
+    shipped: str
+    path: Path | None
+    conversion: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    runner: Runner | None = field(default=None, repr=False)
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    spec: BackendSpec | None = field(default=None, repr=False, compare=False)
+    built: BuiltBackend | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def shipped_parity(self) -> ParityResult:
+        return next(p for p in self.parity if p.artifact == self.shipped)
+
+    @property
+    def passed(self) -> bool:
+        return self.shipped_parity.passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "target": self.target,
+            "file": self.file,
+            "shipped": self.shipped,
+            "passed": self.passed,
+            "conversion": self.conversion,
+            "notes": self.notes,
+            "load_seconds": {label: round(seconds, 4) for label, seconds in self.load_seconds.items()},
+        }
 
 
 @dataclass
@@ -73,12 +159,17 @@ class BuiltBackend:
 @dataclass(frozen=True)
 class OpenContext:
     """What opening a shipped artifact needs: the input names and spec, threads, the call convention, and
-    the runtime settings the manifest recorded (OpenVINO's plugin config)."""
+    the runtime settings the manifest recorded (OpenVINO's plugin config).
+
+    ``spinning=False`` lets a runtime's idle intra-op threads sleep instead of spinning (ONNX Runtime's
+    ``allow_spinning``): the server's choice, whose threads share the cores with its event loop.
+    """
 
     spec: InputSpec
     threads: int
     call: CallConvention | None = None
     config: Mapping[str, str] | None = None
+    spinning: bool = True
 
 
 def _no_notes(result: BackendResult, spec: InputSpec) -> list[str]:
@@ -143,10 +234,21 @@ class BackendSpec:
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
+_LOADING: list[str] = []
+
+
+def _load_builtins() -> None:
+    """Import the built-in backends once, in ``_BUILTINS`` order, whichever module was imported first."""
+    if _LOADING:
+        return
+    _LOADING.extend(_BUILTINS)
+    for name in _BUILTINS:
+        importlib.import_module(f"exporter.backends.{name}")
 
 
 def register(spec: BackendSpec) -> BackendSpec:
     """Add ``spec`` (registration order is the order backends run and are listed in)."""
+    _load_builtins()
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
         raise ValueError(f"backend '{spec.name}' is registered twice")
     _REGISTRY[spec.name] = spec
@@ -159,6 +261,7 @@ def unregister(name: str) -> None:
 
 
 def backends() -> list[BackendSpec]:
+    _load_builtins()
     return list(_REGISTRY.values())
 
 
@@ -168,6 +271,7 @@ def backend(name: str) -> BackendSpec:
     Raises:
         UsageError: no such backend (a manifest or report from another exporter, say).
     """
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -177,9 +281,46 @@ def backend(name: str) -> BackendSpec:
 
 def targets() -> tuple[str, ...]:
     """Every ``--to`` target, in registration order."""
-    return tuple(dict.fromkeys(s.target for s in _REGISTRY.values() if s.target is not None))
+    return tuple(dict.fromkeys(s.target for s in backends() if s.target is not None))
 
 
 def backends_for(chosen_targets: Sequence[str]) -> list[BackendSpec]:
     """The backends the chosen targets make, in registration order."""
-    return [s for s in _REGISTRY.values() if s.target in chosen_targets and s.build is not None]
+    return [s for s in backends() if s.target in chosen_targets and s.build is not None]
+
+
+def servable_backends() -> dict[str, BackendSpec]:
+    """Every backend ``exporter serve`` and ``exporter package`` can run, in listing order."""
+    return {spec.name: spec for spec in backends() if spec.servable}
+
+
+def call_convention(call: Mapping[str, Any] | None) -> CallConvention | None:
+    """A recorded call convention (``{"positional": [...], "keyword": [...]}``), as manifests keep it."""
+    if not call:
+        return None
+    keyword = tuple(call.get("keyword", ()))
+    return CallConvention(tuple(call.get("positional", ())), keyword, by_name=bool(keyword))
+
+
+def open_shipped(result: BackendResult, context: OpenContext) -> Runner:
+    """The shipped artifact of a verified backend, opened as a deployment would (or its kept runner)."""
+    spec = result.spec
+    if spec is None or spec.open is None or result.path is None:
+        if result.runner is None:
+            raise ValueError(f"{result.backend}: nothing to run (no file and no kept runner)")
+        return result.runner
+    call = context.call or call_convention(result.conversion.get("call"))
+    config = context.config or result.conversion.get("config")
+    return spec.open(result.path, replace(context, call=call, config=config))
+
+
+def open_file(name: str, path: Path, context: OpenContext) -> Runner:
+    """A shipped file of backend ``name``, opened as a deployment opens it (``exporter verify``, serve).
+
+    Raises:
+        UsageError: an unknown backend, or one whose artifact lives only in process.
+    """
+    spec = backend(name)
+    if spec.open is None:
+        raise UsageError(f"backend '{name}' ships no file to open")
+    return spec.open(path, context)

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
-
+from exporter.backends._registry import ArtifactCandidate, BackendResult, BackendSpec, BuiltBackend
 from exporter.errors import first_line
-from exporter.runners import EagerRunner, Float64EagerRunner, Runner
+from exporter.runners.base import Runner
+from exporter.runners.pytorch import EagerRunner, Float64EagerRunner
 from exporter.verify.parity import (
     CaseResult,
     GoldenCase,
@@ -25,56 +23,9 @@ from exporter.verify.parity import (
 )
 
 if TYPE_CHECKING:
-    from exporter.backends._registry import BackendSpec, BuiltBackend
+    import torch
 
-__all__ = ["ArtifactCandidate", "BackendResult", "arbitrate_float_backends", "verify_backend"]
-
-
-@dataclass
-class ArtifactCandidate:
-    """One form of a backend's artifact: ``open`` loads it the way a deployment would."""
-
-    label: str
-    path: Path | None
-    open: Callable[[], Runner]
-
-
-@dataclass
-class BackendResult:
-    """A backend's verification: every candidate tried, which one ships and the file it ships as."""
-
-    backend: str
-    target: str
-    file: str | None
-    parity: list[ParityResult]
-    shipped: str
-    path: Path | None
-    conversion: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    runner: Runner | None = field(default=None, repr=False)
-    load_seconds: dict[str, float] = field(default_factory=dict)
-    spec: BackendSpec | None = field(default=None, repr=False, compare=False)
-    built: BuiltBackend | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def shipped_parity(self) -> ParityResult:
-        return next(p for p in self.parity if p.artifact == self.shipped)
-
-    @property
-    def passed(self) -> bool:
-        return self.shipped_parity.passed
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "target": self.target,
-            "file": self.file,
-            "shipped": self.shipped,
-            "passed": self.passed,
-            "conversion": self.conversion,
-            "notes": self.notes,
-            "load_seconds": {label: round(seconds, 4) for label, seconds in self.load_seconds.items()},
-        }
+__all__ = ["arbitrate_float_backends", "verify_backend", "verify_built"]
 
 
 def verify_backend(
@@ -149,3 +100,28 @@ def arbitrate_float_backends(
         arbitrate_with_float64(parity, golden, reference64)
     verdicts = ", ".join(f"{p.backend} {'accepted' if p.passed else 'still failing'}" for p in needing)
     return f"float backends disagreed with eager float32; judged against eager float64: {verdicts}"
+
+
+def verify_built(
+    spec: BackendSpec,
+    built: BuiltBackend,
+    golden: Sequence[GoldenCase],
+    tolerance: Tolerance,
+    step: Callable[[str], None] | None = None,
+) -> BackendResult:
+    """Verify a built backend's candidates, best first; the result remembers its spec and build."""
+    result = verify_backend(
+        backend=spec.name,
+        target=spec.target or "",
+        file=spec.file,
+        candidates=built.candidates,
+        golden=golden,
+        tolerance=tolerance,
+        step=step,
+        keep_runner=spec.keep_runner,
+    )
+    result.spec, result.built = spec, built
+    result.conversion = dict(built.conversion)
+    if built.finish is not None:
+        built.finish(result)
+    return result

@@ -6,21 +6,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend, OpenContext, register
-from exporter.backends._verify import ArtifactCandidate, BackendResult
-from exporter.convert.compile import CompileRequest, compile_model, cpp_compiler, package_aot_inductor
-from exporter.runners import AotInductorRunner, CallConvention, Runner
+from exporter.backends._registry import (
+    ArtifactCandidate,
+    BackendResult,
+    BackendSpec,
+    BuildContext,
+    BuiltBackend,
+    OpenContext,
+    register,
+)
+from exporter.runners.base import CallConvention, Runner
+from exporter.runners.pytorch import AotInductorRunner
 from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
+
+if TYPE_CHECKING:
+    from exporter.convert.compile import CompileRequest
+
+# exporter.convert.compile imports torch: it is imported where a model is compiled, so the registry and the
+# server import this module without torch.
 
 __all__ = ["AOT_INDUCTOR", "TORCH_COMPILE"]
 
 
 def _request(context: BuildContext) -> CompileRequest:
+    import torch
+
+    from exporter.convert.compile import CompileRequest
+
     spec, seed = context.options.spec, context.options.seed
     example = make_inputs(spec, {**spec.example_sizes, **trace_sizes(spec)}, seed)
     return CompileRequest(
@@ -34,6 +50,8 @@ def _request(context: BuildContext) -> CompileRequest:
 
 
 def _build_compiled(context: BuildContext) -> BuiltBackend:
+    from exporter.convert.compile import compile_model
+
     compiled = compile_model(_request(context), context.options.threads, progress=context.step)
     return BuiltBackend(
         candidates=[ArtifactCandidate("compiled", None, lambda: compiled.runner)],
@@ -66,10 +84,12 @@ def _describe_compiled(entry: Mapping[str, Any]) -> list[str]:
 
 def _open_package(path: Path, context: OpenContext) -> Runner:
     convention = context.call or CallConvention(context.spec.names)
-    return AotInductorRunner(path, convention, context.spec.names)
+    return AotInductorRunner(path, convention, context.spec.names, threads=context.threads)
 
 
 def _build_package(context: BuildContext) -> BuiltBackend:
+    from exporter.convert.compile import package_aot_inductor
+
     package = package_aot_inductor(_request(context), progress=context.step)
     opened = OpenContext(context.options.spec, context.options.threads, package.convention)
     return BuiltBackend(
@@ -91,6 +111,8 @@ def _describe_package(entry: Mapping[str, Any]) -> list[str]:
 
 
 def _compiler_present() -> None:
+    from exporter.convert.compile import cpp_compiler
+
     cpp_compiler()
 
 

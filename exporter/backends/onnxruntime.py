@@ -8,32 +8,44 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend, OpenContext, register
-from exporter.backends._verify import ArtifactCandidate, BackendResult
-from exporter.convert.onnx import (
-    OnnxConversion,
-    OnnxConversionRequest,
-    OnnxExporterChoice,
-    convert_to_onnx,
-    move_onnx_model,
+from exporter.backends._registry import (
+    ArtifactCandidate,
+    BackendResult,
+    BackendSpec,
+    BuildContext,
+    BuiltBackend,
+    OpenContext,
+    register,
 )
-from exporter.runners import OnnxRuntimeRunner, Runner
+from exporter.runners.base import Runner
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
 from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
 from exporter.verify.parity import CaseResult, ParityResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from exporter.convert.onnx import OnnxConversion, OnnxConversionRequest
+
+# The conversion (exporter.convert.onnx) imports torch: it is imported where a model is converted, so the
+# registry, the gate and the server import this module without torch.
 
 __all__ = ["INT8", "ONNX", "alternative_graph", "conversion_of", "manifest_section", "onnx_conversion"]
 
 
 def _tensors(inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    import torch
+
     return {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()}
 
 
 def _request(context: BuildContext, work_dir: Path) -> OnnxConversionRequest:
+    from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice
+
     options, golden = context.options, context.golden
     export_case = golden[0]
     # torch.export (and a trace) fix sizes 0 and 1: export at sizes >= 2 where the spec allows.
@@ -53,19 +65,21 @@ def _request(context: BuildContext, work_dir: Path) -> OnnxConversionRequest:
         output_names=export_case.output_names,
         work_dir=work_dir,
         opset=options.opset,
-        exporter=options.onnx_exporter,
+        exporter=OnnxExporterChoice(options.onnx_exporter),
         simplify=options.simplify,
         exported_program=context.loaded.exported_program,
     )
 
 
 def _open(path: Path, context: OpenContext, name: str) -> Runner:
-    return OnnxRuntimeRunner(path, context.threads, name=name)
+    return OnnxRuntimeRunner(path, context.threads, name=name, spinning=context.spinning)
 
 
 def onnx_conversion(context: BuildContext) -> OnnxConversion:
     """The run's ONNX conversion: made once, by whichever backend needs it first (ONNX Runtime, or OpenVINO
     without an ONNX target), and shared through ``context.shared``."""
+    from exporter.convert.onnx import convert_to_onnx
+
     conversion = context.shared.get("onnx")
     if conversion is None:
         work_dir = context.work_dir.parent / "onnxruntime"
@@ -101,10 +115,12 @@ def conversion_of(result: BackendResult) -> OnnxConversion | None:
 def alternative_graph(result: BackendResult, context: BuildContext) -> Callable[[], Path] | None:
     """For a dynamo-exported graph: the TorchScript-based exporter's graph, made on demand (transformer
     fusions match its patterns); None when that would be the same exporter or was not asked for."""
+    from exporter.convert.onnx import OnnxExporterChoice, convert_to_onnx
+
     conversion = conversion_of(result)
     if conversion is None or conversion.exporter != "dynamo" or context.loaded.exported_program is not None:
         return None
-    if context.options.onnx_exporter is not OnnxExporterChoice.AUTO:
+    if context.options.onnx_exporter != OnnxExporterChoice.AUTO:
         return None
 
     def export_alternative() -> Path:
@@ -142,7 +158,7 @@ def _frozen_dim_hint(parity: ParityResult, spec: InputSpec, exporter: str) -> li
     if export_case is None or not export_case.passed:
         return []
     values_case = next((c for c in parity.cases if c.case == "values"), None)
-    traced = exporter == OnnxExporterChoice.TORCHSCRIPT.value
+    traced = exporter == "torchscript"  # exporter.convert.onnx.OnnxExporterChoice.TORCHSCRIPT
     if values_case is not None and not values_case.passed:
         frozen_by = "the torchscript exporter traces one path" if traced else "the graph holds one path"
         return [
@@ -188,6 +204,12 @@ def _describe(entry: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _store(source: Path, destination: Path) -> None:
+    from exporter.convert.onnx import move_onnx_model
+
+    move_onnx_model(source, destination)
+
+
 def manifest_section(results: Sequence[BackendResult]) -> dict[str, Any] | None:
     """The manifest's ``onnx`` entry (its opset, exporter and graph I/O names), when ONNX shipped."""
     result = next((r for r in results if r.spec is ONNX), None)
@@ -219,7 +241,7 @@ ONNX = register(
         open=partial(_open, name="onnxruntime"),
         notes=_notes,
         describe=_describe,
-        store=move_onnx_model,
+        store=_store,
     )
 )
 
@@ -237,7 +259,7 @@ ORT_OPTIMIZED = register(
         loader="onnxruntime.InferenceSession",
         build=None,
         open=partial(_open, name="onnxruntime-optimized"),
-        store=move_onnx_model,
+        store=_store,
     )
 )
 
@@ -254,7 +276,7 @@ INT8 = register(
         loader="onnxruntime.InferenceSession",
         build=None,
         open=partial(_open, name="onnxruntime-int8"),
-        store=move_onnx_model,
+        store=_store,
         float_source="onnxruntime",
     )
 )

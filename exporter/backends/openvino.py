@@ -15,13 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend, OpenContext, register
-from exporter.backends._verify import ArtifactCandidate, BackendResult
+from exporter.backends._registry import (
+    ArtifactCandidate,
+    BackendResult,
+    BackendSpec,
+    BuildContext,
+    BuiltBackend,
+    OpenContext,
+    register,
+)
 from exporter.documents.openvino_settings import PRECISION_HINT, checked_config
 from exporter.errors import ExporterError, UsageError, first_line
-from exporter.runners import CallConvention, OpenVinoRunner, Runner
+from exporter.runners.base import CallConvention, Runner
+from exporter.runners.openvino import OpenVinoRunner
 from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
 
 __all__ = [
@@ -75,6 +82,7 @@ def _from_onnx(onnx_path: Path, xml: Path) -> Path:
 def _from_pytorch(context: BuildContext, xml: Path) -> Path:
     """``ov.convert_model`` on the module (its own torch.export/TorchScript frontend), dynamic dims as -1."""
     import openvino as ov
+    import torch
 
     if xml.exists():
         return xml

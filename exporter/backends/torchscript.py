@@ -9,27 +9,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from exporter.backends._registry import BackendSpec, BuildContext, BuiltBackend, OpenContext, register
-from exporter.backends._verify import ArtifactCandidate, BackendResult
-from exporter.convert.torchscript import (
-    TorchScriptMode,
-    TorchScriptRequest,
-    convert_to_torchscript,
-    trace_failure_message,
+from exporter.backends._registry import (
+    ArtifactCandidate,
+    BackendResult,
+    BackendSpec,
+    BuildContext,
+    BuiltBackend,
+    OpenContext,
+    register,
 )
-from exporter.runners import Runner, TorchScriptRunner
+from exporter.runners.base import Runner
+from exporter.runners.pytorch import TorchScriptRunner
 from exporter.specs.inputs import InputSpec
 
 __all__ = ["TORCHSCRIPT"]
 
 
 def _open(path: Path, context: OpenContext) -> Runner:
-    return TorchScriptRunner(path, context.spec.names)
+    return TorchScriptRunner(path, context.spec.names, threads=context.threads)
 
 
 def _build(context: BuildContext) -> BuiltBackend:
+    import torch
+
+    from exporter.convert.torchscript import (
+        TorchScriptMode,
+        TorchScriptRequest,
+        convert_to_torchscript,
+        trace_failure_message,
+    )
+
     example = context.golden[0].inputs
     request = TorchScriptRequest(
         context.loaded.module,

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from exporter.backends._registry import servable_backends
 from exporter.errors import ExporterError
-from exporter.serving.artifact import SERVABLE_BACKENDS
 from exporter.serving.server import ServeOptions, serve
 
 
@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve a verified exporter artifacts folder over KServe v2 (Open Inference Protocol).",
     )
     parser.add_argument("folder", type=Path, help="the artifacts folder (or a bundle's artifacts/)")
-    parser.add_argument("--backend", choices=SERVABLE_BACKENDS, help="default: the fastest shipped artifact")
+    parser.add_argument(
+        "--backend", choices=list(servable_backends()), help="default: the fastest shipped artifact"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all usable CPUs)")

@@ -34,11 +34,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from exporter._version import __version__
+from exporter.runners.base import Runner, first_useful_line
 from exporter.serving.batching import DynamicBatcher, ModelWorker
 from exporter.serving.json_chunks import INLINE_BYTES
 from exporter.serving.limits import BINARY_HEADER, BodyBudget, BodyTimeout, Busy, byte_count, request_body
 from exporter.serving.protocol import ModelSignature, RequestError, encode_response, parse_infer_request
-from exporter.serving.runtimes import ModelRunner
 
 __all__ = ["SELF_CHECK_HEADER", "Metrics", "ServerState", "build_app"]
 
@@ -113,7 +113,9 @@ class ServerState:
     """Serve /docs and /openapi.json (off by default: the schema tells a prober every route and field)."""
     budget: BodyBudget | None = None
     """Bytes of bodies read and parsed at once (default: two bodies at the limit, at least 32 MiB)."""
-    runner: ModelRunner | None = None
+    runner: Runner | None = None
+    platform: str = "loading"
+    """The KServe v2 ``platform`` of the loaded artifact (its ``BackendSpec.platform``)."""
     worker: ModelWorker | None = None
     batcher: DynamicBatcher | None = None
     status: str = "loading the model"
@@ -168,10 +170,10 @@ class ServerState:
     def batching(self) -> bool:
         return self.signature.batch_dim is not None and self.max_batch_size > 1
 
-    def attach(self, runner: ModelRunner) -> None:
+    def attach(self, runner: Runner, platform: str) -> None:
         """Put a loaded model behind the routes (and the batcher, when batching)."""
         metrics = self.metrics
-        self.runner = runner
+        self.runner, self.platform = runner, platform
         self.worker = ModelWorker(runner.run, metrics.observe_call if metrics else lambda *_: None)
         if self.batching:
             self.batcher = DynamicBatcher(self.worker, self.max_batch_size, self.max_batch_delay_s)
@@ -223,8 +225,7 @@ def build_app(state: ServerState) -> FastAPI:
     async def model_metadata(name: str, version: str = "1") -> JSONResponse:
         if name != signature.name or version != "1":
             return _unknown_model(name, version)
-        platform = state.runner.platform if state.runner else "loading"
-        return JSONResponse(signature.metadata(platform))
+        return JSONResponse(signature.metadata(state.platform))
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
@@ -335,5 +336,5 @@ def _header_length(request: Request) -> int | None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]
+    text = str(error).strip()
+    return (first_useful_line(text) if text else type(error).__name__)[:300]

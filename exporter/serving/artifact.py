@@ -1,5 +1,7 @@
 """Which shipped artifact a server runs, the files it needs, and the integrity check before it listens.
 
+What a backend's file is served with (its runtime, its KServe platform) is the backend registry's
+(``BackendSpec.runtime``, ``platform``, ``servable``), so a registered backend is served with no change here.
 Imports neither torch nor ONNX: a bundle for an ONNX artifact runs this module without them.
 """
 
@@ -8,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from exporter.backends._registry import BackendSpec, servable_backends
+from exporter.backends.onnxruntime import INT8
 from exporter.documents.files import sha256_file
 from exporter.documents.manifest import BudgetEntry, CallEntry, GoldenCaseEntry, Manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder, read_inside
 
 __all__ = [
-    "RUNTIME_OF",
-    "SERVABLE_BACKENDS",
     "ServedArtifact",
     "check_integrity",
     "choose_artifact",
@@ -26,19 +28,6 @@ __all__ = [
     "required_files",
     "shipped_artifacts",
 ]
-
-RUNTIME_OF = {
-    "onnxruntime": "onnxruntime",
-    "onnxruntime-optimized": "onnxruntime",
-    "onnxruntime-int8": "onnxruntime",
-    "openvino": "openvino",
-    "openvino-lossy": "openvino",
-    "torchscript": "torch",
-    "aotinductor": "torch",
-}
-"""Backends whose artifact is a file a server can open, and the runtime package each needs."""
-
-SERVABLE_BACKENDS = tuple(RUNTIME_OF)
 
 
 @dataclass(frozen=True)
@@ -61,6 +50,17 @@ class ServedArtifact:
     def lossy(self) -> bool:
         return self.budget is not None
 
+    @property
+    def platform(self) -> str:
+        """The KServe v2 ``platform`` string (``onnxruntime_onnx``, ``openvino_xml``, ...)."""
+        return str(servable_backends()[self.backend].platform)
+
+
+def _served(
+    manifest: Manifest, spec: BackendSpec, file: str, config: dict[str, str] | None
+) -> ServedArtifact:
+    return ServedArtifact(spec.name, file, _files_of(manifest, file), str(spec.runtime), config)
+
 
 def _files_of(manifest: Manifest, file: str) -> tuple[str, ...]:
     """The artifact file and what it loads beside it: an IR's ``.bin``, an ONNX model's external data."""
@@ -73,36 +73,20 @@ def _files_of(manifest: Manifest, file: str) -> tuple[str, ...]:
 
 def shipped_artifacts(manifest: Manifest) -> dict[str, ServedArtifact]:
     """Every servable artifact the manifest lists as verified (float) or shipped within budget (lossy)."""
+    servable = servable_backends()
     found: dict[str, ServedArtifact] = {}
     for entry in manifest.artifacts or []:
-        if entry.backend in RUNTIME_OF and entry.verified:
-            found[entry.backend] = ServedArtifact(
-                entry.backend,
-                entry.file,
-                _files_of(manifest, entry.file),
-                RUNTIME_OF[entry.backend],
-                entry.config,
-                entry.call,
-            )
+        if entry.backend in servable and entry.verified:
+            served = _served(manifest, servable[entry.backend], entry.file, entry.config)
+            found[entry.backend] = replace(served, call=entry.call)
     if manifest.int8 is not None:
-        found["onnxruntime-int8"] = ServedArtifact(
-            "onnxruntime-int8",
-            manifest.int8.file,
-            _files_of(manifest, manifest.int8.file),
-            "onnxruntime",
-            budget=manifest.int8.budget,
-        )
+        int8 = _served(manifest, INT8, manifest.int8.file, None)
+        found[INT8.name] = replace(int8, budget=manifest.int8.budget)
     for lossy in manifest.lossy or []:
-        backend = lossy.backend or "onnxruntime-int8"
-        if backend in RUNTIME_OF:
-            found[backend] = ServedArtifact(
-                backend,
-                lossy.file,
-                _files_of(manifest, lossy.file),
-                RUNTIME_OF[backend],
-                lossy.config,
-                budget=lossy.budget,
-            )
+        backend = lossy.backend or INT8.name
+        if backend in servable:
+            served = _served(manifest, servable[backend], lossy.file, lossy.config)
+            found[backend] = replace(served, budget=lossy.budget)
     return found
 
 
@@ -114,11 +98,11 @@ def choose_artifact(folder: Path, manifest: Manifest, requested: str | None) -> 
         UsageError: an unknown backend, or one this folder does not ship.
     """
     shipped = shipped_artifacts(manifest)
+    order = list(servable_backends())
     if requested is not None:
-        if requested not in RUNTIME_OF:
+        if requested not in order:
             raise UsageError(
-                f"--backend {requested!r} is not a backend exporter serves; choose one of "
-                f"{', '.join(SERVABLE_BACKENDS)}"
+                f"--backend {requested!r} is not a backend exporter serves; choose one of {', '.join(order)}"
             )
         if requested not in shipped:
             available = ", ".join(shipped) or "none"
@@ -132,9 +116,7 @@ def choose_artifact(folder: Path, manifest: Manifest, requested: str | None) -> 
             f"'{folder}' ships no artifact a server can open (verified ONNX, OpenVINO, TorchScript or "
             "AOTInductor); re-export it with --to onnx"
         )
-    ranked = sorted(
-        shipped, key=lambda name: (_latency_rank(folder).get(name, math.inf), SERVABLE_BACKENDS.index(name))
-    )
+    ranked = sorted(shipped, key=lambda name: (_latency_rank(folder).get(name, math.inf), order.index(name)))
     return shipped[ranked[0]]
 
 
@@ -151,7 +133,8 @@ def _latency_rank(folder: Path) -> dict[str, float]:
     by_backend: dict[str, dict[str, float]] = {}
     for row in rows:
         by_backend.setdefault(str(row["backend"]), {})[str(row["label"])] = float(row["p50_ms"])
-    served = {b: labels for b, labels in by_backend.items() if b in RUNTIME_OF}
+    servable = servable_backends()
+    served = {b: labels for b, labels in by_backend.items() if b in servable}
     if not served:
         return {}
     common = set.intersection(*(set(labels) for labels in served.values()))

@@ -29,17 +29,20 @@ from types import FrameType
 
 import uvicorn
 
+from exporter.backends._registry import OpenContext, call_convention, open_file
 from exporter.documents.manifest import Manifest, read_manifest
 from exporter.errors import UsageError
+from exporter.gate.files import spec_of
 from exporter.interrupts import frames_on_thread_stack
+from exporter.runners.base import Runner
 from exporter.serving.app import ServerState, build_app
 from exporter.serving.artifact import ServedArtifact, choose_artifact, copy_checked
 from exporter.serving.golden import golden_check
 from exporter.serving.limits import guarded_protocol
-from exporter.serving.runtimes import open_runner
 from exporter.serving.signature import ModelSignature, default_body_limit, signature_of
+from exporter.specs.inputs import InputSpec
 
-__all__ = ["GOLDEN_FAILED", "ServeOptions", "prepare", "serve"]
+__all__ = ["GOLDEN_FAILED", "ServeOptions", "open_model", "prepare", "serve"]
 
 UNBOUNDED_BATCH_DEFAULT = 64
 """Rows per model call when the spec's batch dim has no maximum and ``--max-batch-size`` is not given."""
@@ -84,6 +87,7 @@ class Prepared:
     manifest: Manifest
     artifact: ServedArtifact
     signature: ModelSignature
+    spec: InputSpec
     files_checked: int
     threads: int
     max_batch_size: int
@@ -114,7 +118,18 @@ def prepare(options: ServeOptions, private: Path) -> Prepared:
         max_body = int(options.max_body_mb * 1024 * 1024)
     else:
         max_body = default_body_limit(signature)
-    return Prepared(private, manifest, artifact, signature, checked, threads, batch_max, max_body)
+    spec = spec_of(manifest)
+    return Prepared(private, manifest, artifact, signature, spec, checked, threads, batch_max, max_body)
+
+
+def open_model(prepared: Prepared) -> Runner:
+    """The artifact loaded by its backend's registered runner, as ``exporter verify`` opens it (the
+    manifest's call convention and OpenVINO config), with the server's threads and ONNX Runtime's
+    intra-op threads sleeping between calls (``OpenContext.spinning``)."""
+    artifact = prepared.artifact
+    call = call_convention(artifact.call.model_dump() if artifact.call is not None else None)
+    context = OpenContext(prepared.spec, prepared.threads, call, artifact.config, spinning=False)
+    return open_file(artifact.backend, prepared.folder / artifact.file, context)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -299,9 +314,8 @@ async def _start(
     started = time.perf_counter()
     artifact = prepared.artifact
     try:
-        names = [rule.name for rule in prepared.signature.inputs]
-        runner = await asyncio.to_thread(open_runner, prepared.folder, artifact, prepared.threads, names)
-        state.attach(runner)
+        runner = await asyncio.to_thread(open_model, prepared)
+        state.attach(runner, artifact.platform)
         loaded = time.perf_counter() - started
         state.status = "checking the golden outputs"
         host, port = address

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import InputSpecError, UsageError, first_line
-from exporter.runners import EagerRunner, Runner
+from exporter.runners.base import Runner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import InputSpec, ShapeCase, make_inputs
 from exporter.verify.comparison import (
     DEFAULT_TOLERANCE,

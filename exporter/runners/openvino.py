@@ -1,0 +1,60 @@
+"""OpenVINO's runner: a model (IR ``.xml`` or ONNX) compiled for the CPU plugin with explicit settings.
+
+openvino is imported when a model is compiled, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.runners.base import Runner, first_useful_line
+
+__all__ = ["OpenVinoRunner"]
+
+
+class OpenVinoRunner(Runner):
+    """An OpenVINO model compiled for the CPU plugin.
+
+    ``config`` is what the manifest records (``INFERENCE_PRECISION_HINT``, ``PERFORMANCE_HINT``,
+    ``INFERENCE_NUM_THREADS``), so a verify run or a server compiles the model exactly as it was verified:
+    the plugin's own default precision is bf16 on CPUs that have it, which is a lossy choice.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_path: Path, config: Mapping[str, str], name: str = "openvino") -> None:
+        import openvino as ov
+
+        self.name = name
+        core = ov.Core()
+        self.compiled: Any = core.compile_model(str(model_path), "CPU", dict(config))
+        self.request: Any = self.compiled.create_infer_request()
+        super().__init__([port.get_any_name() for port in self.compiled.inputs])
+        self.output_count = len(self.compiled.outputs)
+
+    def property(self, key: str) -> str:
+        """An effective compiled-model property (what the plugin really chose), as text."""
+        if self.compiled is None:
+            raise RuntimeError(f"{self.name}: the model was released")
+        value = self.compiled.get_property(key)
+        if hasattr(value, "get_type_name"):  # an element type: "bf16", as the settings spell it
+            return str(value.get_type_name())
+        return str(getattr(value, "name", value))  # an enum member: its name ("LATENCY")
+
+    def close(self) -> bool:
+        self.request = None
+        self.compiled = None
+        return True
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.request is None:
+            raise RuntimeError(f"{self.name}: the model was released")
+        try:
+            self.request.infer({n: np.ascontiguousarray(a) for n, a in inputs.items()})
+        except Exception as error:
+            raise RuntimeError(first_useful_line(str(error))) from error
+        return [np.array(self.request.get_output_tensor(i).data) for i in range(self.output_count)]
