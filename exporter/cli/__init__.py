@@ -3,52 +3,27 @@
 Exit codes: 0 success; 1 verification failed (report written); 2 bad input or usage; 3 conversion failed;
 4 latency budget missed; 5 internal error (a bug in exporter; traceback in a log file); 130/143 SIGINT or
 SIGTERM.
+
+``app`` and ``main`` live in :mod:`exporter.cli._app`, ``export`` (what ``exporter export`` calls, looked up
+here per call so tests can replace it) in :mod:`exporter.pipeline`. They are imported on first use (PEP 562),
+as the top-level package does: the command modules import ``exporter.cli.shared``, which runs this file
+first, so this file must not import them back.
 """
 
 from __future__ import annotations
 
-import typer
-
-from exporter.cli.export_cmd import export_command
-from exporter.cli.inspect_cmd import inspect_command
-from exporter.cli.package_cmd import package_command
-from exporter.cli.recipes_cmd import recipes_command
-from exporter.cli.report_cmd import report_command
-from exporter.cli.run_cmd import run_command
-from exporter.cli.serve_cmd import serve_command
-from exporter.cli.verify_cmd import verify_command
-from exporter.interrupts import install_signal_handlers
-from exporter.pipeline import export  # what `exporter export` calls, looked up here (tests replace it)
+import importlib
+from typing import Any
 
 __all__ = ["app", "export", "main"]
 
-app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,  # help texts are plain: rich markup would eat their "[default: ...]"
-    no_args_is_help=True,
-    help="Turn a trained PyTorch model into verified, benchmarked deployment artifacts.",
-)
+_HOME_OF = {"app": "exporter.cli._app", "main": "exporter.cli._app", "export": "exporter.pipeline"}
 
 
-@app.callback()
-def _root() -> None:
-    """Turn a trained PyTorch model into verified, benchmarked deployment artifacts."""
-
-
-for _name, _command in (
-    ("export", export_command),
-    ("verify", verify_command),
-    ("run", run_command),
-    ("recipes", recipes_command),
-    ("report", report_command),
-    ("inspect", inspect_command),
-    ("serve", serve_command),
-    ("package", package_command),
-):
-    app.command(_name)(_command)
-
-
-def main() -> None:
-    """Console-script entry point: SIGTERM stops a run as Ctrl-C does (exit 143, nothing left behind)."""
-    install_signal_handlers()
-    app(prog_name="exporter")
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exporter.cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
