@@ -6,13 +6,12 @@ A record says which ``--to`` target makes the backend, the file it ships as, how
 loaded model (candidates, best first, each opened the way a deployment opens it), how a shipped file is
 opened again (``exporter verify``, timing, ``exporter serve``), and what the report says about it.
 
-The built-in backends (``_BUILTINS``) are loaded, in that order, before the first registration or lookup;
-they are found by name, so this module imports none of them and the registry has no import circle.
+The package's ``__init__`` imports the built-in backends, in listing order, before any of its modules
+runs; this module imports none of them, so the registry has no import circle.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,9 +45,6 @@ __all__ = [
     "targets",
     "unregister",
 ]
-
-_BUILTINS = ("onnxruntime", "torchscript", "compiled", "openvino")
-"""The built-in backend modules of ``exporter.backends``, in listing order."""
 
 
 class BuildOptions(Protocol):
@@ -234,21 +230,10 @@ class BackendSpec:
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
-_LOADING: list[str] = []
-
-
-def _load_builtins() -> None:
-    """Import the built-in backends once, in ``_BUILTINS`` order, whichever module was imported first."""
-    if _LOADING:
-        return
-    _LOADING.extend(_BUILTINS)
-    for name in _BUILTINS:
-        importlib.import_module(f"exporter.backends.{name}")
 
 
 def register(spec: BackendSpec) -> BackendSpec:
     """Add ``spec`` (registration order is the order backends run and are listed in)."""
-    _load_builtins()
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
         raise ValueError(f"backend '{spec.name}' is registered twice")
     _REGISTRY[spec.name] = spec
@@ -261,7 +246,6 @@ def unregister(name: str) -> None:
 
 
 def backends() -> list[BackendSpec]:
-    _load_builtins()
     return list(_REGISTRY.values())
 
 
@@ -271,7 +255,6 @@ def backend(name: str) -> BackendSpec:
     Raises:
         UsageError: no such backend (a manifest or report from another exporter, say).
     """
-    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

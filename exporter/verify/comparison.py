@@ -10,16 +10,22 @@ Numpy only (no torch, no exporter.runners), so the server and a bundle can impor
 - Cosine similarity is taken per sample (row of the leading axis) over the finite positions. Two all-zero
   rows are identical (cosine 1.0); an all-zero row against a non-zero one is cosine 0.0 (nothing of the
   reference's direction survived), never a free pass.
+- SQNR (dB) is the reference's energy over the error's: +Inf for an exact copy, -Inf against an all-zero
+  reference. Top-1 agreement is the share of rows whose argmax matches (classifier scores).
 - Float64 arbitration: an output that missed float32 eager passes when its RMSE to float64 eager is at most
   ``FLOAT64_MULTIPLIER`` times eager float32's own, plus ``atol / 10`` (``torch._dynamo.utils.same``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import dataclasses as pydantic_dataclasses
+
+from exporter.documents.fields import ENTRY, Number
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -35,15 +41,18 @@ __all__ = [
     "min_row_cosine",
     "rmse",
     "rows",
+    "sqnr_db",
+    "top1_agreement",
 ]
 
 
-@dataclass(frozen=True)
+@pydantic_dataclasses.dataclass(frozen=True, config=ENTRY)
 class Tolerance:
-    """Float tolerances. The defaults fit float32 kernels that sum in a different order than PyTorch's."""
+    """Float tolerances: an element passes when ``|a - b| <= atol + rtol * |b|``. The defaults fit float32
+    kernels that sum in a different order than PyTorch's. manifest.json and report.json hold this type."""
 
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: Number = 1e-4
+    rtol: Number = 1e-3
 
 
 DEFAULT_TOLERANCE = Tolerance()
@@ -190,6 +199,22 @@ def min_row_cosine(actual: np.ndarray, reference: np.ndarray) -> float:
     a, r = rows(actual).astype(np.float64), rows(reference).astype(np.float64)
     both = np.isfinite(a) & np.isfinite(r)
     return float(cosine_rows(np.where(both, a, 0.0), np.where(both, r, 0.0)).min(initial=1.0))
+
+
+def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB over all elements (the shapes must match)."""
+    ref, act = np.asarray(reference, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    noise = float(np.sum((ref - act) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def top1_agreement(actual: np.ndarray, reference: np.ndarray) -> float:
+    """The share of rows (``rows``) whose largest value sits at the same position in both arrays."""
+    a, r = rows(actual), rows(reference)
+    return float(np.mean(a.argmax(axis=1) == r.argmax(axis=1))) if len(r) else 1.0
 
 
 def rmse(a: np.ndarray, b: np.ndarray) -> float:

@@ -197,10 +197,7 @@ def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCa
         raise InputSpecError(
             f"the PyTorch model fails on {where}: {type(error).__name__}: {first_line(error)}"
         ) from error
-    names = list(getattr(reference, "output_names", [])) or [f"output_{i}" for i in range(len(outputs))]
-    counts = {name: count_nonfinite(output) for name, output in zip(names, outputs, strict=False)}
-    nonfinite = {name: count for name, count in counts.items() if count is not None}
-    return GoldenCase(case, 0, inputs, outputs, names, nonfinite)
+    return _golden_case(reference, case, 0, inputs, outputs)
 
 
 def make_golden(
@@ -228,11 +225,18 @@ def make_golden(
             ) from error
         if not outputs:
             raise InputSpecError("the PyTorch model returned no tensors; nothing to verify")
-        names = list(getattr(reference, "output_names", [])) or [f"output_{i}" for i in range(len(outputs))]
-        counts = {name: count_nonfinite(output) for name, output in zip(names, outputs, strict=False)}
-        nonfinite = {name: count for name, count in counts.items() if count is not None}
-        golden.append(GoldenCase(case, case_seed, inputs, outputs, names, nonfinite))
+        golden.append(_golden_case(reference, case, case_seed, inputs, outputs))
     return golden
+
+
+def _golden_case(
+    reference: Runner, case: ShapeCase, seed: int, inputs: dict[str, np.ndarray], outputs: list[np.ndarray]
+) -> GoldenCase:
+    """A golden case from the reference's outputs, named as the reference names them, NaN/Inf counted."""
+    names = list(getattr(reference, "output_names", [])) or [f"output_{i}" for i in range(len(outputs))]
+    counts = {name: count_nonfinite(output) for name, output in zip(names, outputs, strict=False)}
+    nonfinite = {name: count for name, count in counts.items() if count is not None}
+    return GoldenCase(case, seed, inputs, outputs, names, nonfinite)
 
 
 def nonfinite_summary(golden: Sequence[GoldenCase], limit: int = 3) -> str | None:
