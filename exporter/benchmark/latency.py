@@ -8,12 +8,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import StrictInt, StrictStr
+from pydantic import dataclasses as pydantic_dataclasses
 
-from exporter.runners import Runner
+from exporter.documents.fields import ENTRY, Number
 from exporter.specs.inputs import InputSpec, make_inputs
+
+if TYPE_CHECKING:  # only annotations: report.json's reader imports this module without torch
+    from exporter.runners import Runner
 
 __all__ = [
     "BatchPlan",
@@ -81,22 +86,24 @@ def batch_plans(spec: InputSpec, batch_dim: str, batch_sizes: tuple[int, ...], s
     ]
 
 
-@dataclass
+@pydantic_dataclasses.dataclass(config=ENTRY)
 class LatencyStats:
-    backend: str
-    label: str
-    batch: int | None
-    input_shapes: dict[str, list[int]]
-    threads: int
-    runs: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
-    throughput_per_s: float
-    speedup_vs_eager: float | None = None
-    speedup_vs_float: float | None = None
+    """One runner's timing at one batch plan; report.json's ``latency`` rows are this type as they are."""
+
+    backend: StrictStr
+    label: StrictStr
+    batch: StrictInt | None
+    input_shapes: dict[StrictStr, list[StrictInt]]
+    threads: StrictInt
+    runs: StrictInt
+    p50_ms: Number
+    p90_ms: Number
+    p99_ms: Number
+    mean_ms: Number
+    min_ms: Number
+    throughput_per_s: Number
+    speedup_vs_eager: Number | None = None
+    speedup_vs_float: Number | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

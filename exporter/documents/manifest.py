@@ -4,6 +4,8 @@ The manifest is the contract a CI job (``exporter verify``) and a serving system
 pydantic model that refuses unknown keys and wrong types, and its JSON Schema is published as
 ``docs/manifest.schema.json`` (``python -m exporter.documents.manifest --schema``) for tools without exporter.
 Fields with a default are absent from manifests written by earlier exporters of the same schema version.
+The entries the code uses as they are (the tolerance, the int8 parity budget) are the code's own types,
+pydantic dataclasses (``documents.fields``), so each is defined once.
 """
 
 from __future__ import annotations
@@ -13,21 +15,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    PlainValidator,
-    StringConstraints,
-    Tag,
-    WithJsonSchema,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import Discriminator, Field, StringConstraints, Tag
 
+from exporter.documents.fields import DimSize, Number, Typed
 from exporter.documents.files import MANIFEST_SCHEMA_VERSION, read_document
 from exporter.documents.typed_errors import read_typed
 from exporter.loading.safe_paths import SAFE_NAME_PATTERN
+from exporter.quantize.budget import ParityBudget
+from exporter.verify.comparison import Tolerance
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -46,6 +41,7 @@ __all__ = [
     "Manifest",
     "NonfiniteEntry",
     "OnnxEntry",
+    "ParityBudget",
     "SourceEntry",
     "TensorEntry",
     "Tolerance",
@@ -57,30 +53,8 @@ __all__ = [
     "write_manifest",
 ]
 
-
-class Typed(BaseModel):
-    """Strict (``"1e-4"`` is not a number, ``true`` not an integer), frozen, and unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def _number(value: Any) -> int | float:
-    """An int or a float, kept as given so a manifest is written back byte for byte."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PydanticCustomError("number_type", "Input should be a number")
-    return value
-
-
-def _dim(value: Any) -> str | int:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise PydanticCustomError("dim_type", "Input should be a dim label or a size")
-    return value
-
-
-Number = Annotated[int | float, PlainValidator(_number), WithJsonSchema({"type": "number"})]
-DimSize = Annotated[
-    str | int, PlainValidator(_dim), WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]})
-]
+BudgetEntry = ParityBudget
+"""The old name of the lossy entries' ``budget`` (one type: ``exporter.quantize.budget.ParityBudget``)."""
 
 
 class ToolEntry(Typed):
@@ -155,30 +129,16 @@ class InputSpecEntry(Typed):
     dynamic_dims: dict[str, DynamicDimEntry]
 
 
-class Tolerance(Typed):
-    atol: Number
-    rtol: Number
-
-
 class BenchmarkEntry(Typed):
     batch_dim: str
     batch_sizes: list[int]
-
-
-class BudgetEntry(Typed):
-    """The int8 parity budget (``exporter.quantize.budget.ParityBudget``'s fields and defaults)."""
-
-    min_cosine: Number = 0.99
-    min_top1: Number | None = None
-    min_sqnr_db: Number | None = None
-    max_abs: Number | None = None
 
 
 class Int8Entry(Typed):
     """The shipped int8 model; only ``file`` and ``budget`` are needed to re-check it."""
 
     file: str
-    budget: BudgetEntry
+    budget: ParityBudget
     candidate: str | None = None
     engine: str | None = None
     settings: dict[str, Any] | None = None

@@ -2,7 +2,9 @@
 
 The parts other code reads (stages, backends, parity, latency) are typed; deeply nested free-form parts
 (conversion details, environment, settings, quantization, optimization) stay JSON objects. Fields with a
-default are absent from reports written by earlier exporters of the same schema version.
+default are absent from reports written by earlier exporters of the same schema version. A stage's row is
+the pipeline's ``StageRecord``, a latency row the benchmark's ``LatencyStats`` and a parity entry's
+tolerance ``verify.comparison.Tolerance``: one type each, used by the code and read back from the document.
 """
 
 from __future__ import annotations
@@ -10,28 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from exporter.documents.manifest import InputSpecEntry, NonfiniteEntry, Number, Tolerance, Typed, read_typed
+from exporter.benchmark.latency import LatencyStats
+from exporter.documents.fields import Number, Typed
+from exporter.documents.files import read_document
+from exporter.documents.manifest import InputSpecEntry, NonfiniteEntry, read_typed
 from exporter.report.markdown import REPORT_SCHEMA_VERSION
-from exporter.stages.staging import read_document
+from exporter.stages.records import StageRecord
+from exporter.verify.comparison import Tolerance
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "BackendEntry",
     "FailedTargetEntry",
-    "LatencyEntry",
+    "LatencyStats",
     "ParityEntry",
     "Report",
-    "StageEntry",
+    "StageRecord",
     "TimingQualityEntry",
     "read_report",
 ]
-
-
-class StageEntry(Typed):
-    name: str
-    status: Literal["not run", "passed", "failed", "skipped"]
-    seconds: Number
-    detail: str
 
 
 class BackendEntry(Typed):
@@ -57,23 +56,6 @@ class ParityEntry(Typed):
     float64_arbitrated: bool
     passed: bool
     cases: list[dict[str, Any]]
-
-
-class LatencyEntry(Typed):
-    backend: str
-    label: str
-    batch: int | None
-    input_shapes: dict[str, list[int]]
-    threads: int
-    runs: int
-    p50_ms: Number
-    p90_ms: Number
-    p99_ms: Number
-    mean_ms: Number
-    min_ms: Number
-    throughput_per_s: Number
-    speedup_vs_eager: Number | None = None
-    speedup_vs_float: Number | None = None
 
 
 class ThreadProbeEntry(Typed):
@@ -126,7 +108,7 @@ class Report(Typed):
     name: str
     created_utc: str
     status: Literal["passed", "failed", "partial"]
-    stages: list[StageEntry]
+    stages: list[StageRecord]
     environment: dict[str, Any]
     source: dict[str, Any]
     input_spec: InputSpecEntry
@@ -135,7 +117,7 @@ class Report(Typed):
     conversion: dict[str, Any] | None = None
     backends: list[BackendEntry]
     parity: list[ParityEntry]
-    latency: list[LatencyEntry]
+    latency: list[LatencyStats]
     timing: dict[str, Any] | None = None
     timing_quality: TimingQualityEntry | None = None
     quantization: dict[str, Any] | None = None

@@ -1,5 +1,6 @@
 """Pydantic validation errors as one line a user can act on: ``is missing 'golden[0].seed'``,
-``has 'tolerance.atol' = "1e-4", not a number``. Shared by every typed document (manifest, report)."""
+``has 'tolerance.atol' = "1e-4", not a number``. Shared by every typed document (manifest, report), whose
+entries are models or pydantic dataclasses (``documents.fields``): both kinds' errors read the same."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ _KINDS = {
     "model_type": "an object",
     "model_attributes_type": "an object",
     "dict_type": "an object",
+    "dataclass_type": "an object",
+    "dataclass_args_type": "an object",
     "list_type": "a list",
     "string_type": "a string",
     "int_type": "an integer",
@@ -48,14 +51,14 @@ _KINDS = {
 def _problem(model: type[BaseModel], error: ErrorDetails) -> str:
     """``is missing 'golden[0].seed'``, ``has 'tolerance.atol' = "1e-4", not a number`` and the like."""
     where = _path(model, error["loc"]) or "(the whole document)"
-    if error["type"] == "missing":
+    if error["type"] in ("missing", "missing_argument"):
         return f"is missing '{where}'"
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"has the unknown key '{where}'"
     shown = json.dumps(error["input"], default=str)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     expected = _KINDS.get(error["type"])
-    if expected is None and error["type"] == "literal_error":
+    if expected is None and error["type"] in ("literal_error", "enum"):
         expected = str(error.get("ctx", {}).get("expected", "")).replace("'", '"')
     if expected is None:
         return f"has '{where}' = {shown}: {error['msg'][0].lower()}{error['msg'][1:]}"
@@ -72,8 +75,9 @@ def _path(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
             annotation = _unwrap(tags.get(str(part), Any))
             continue
         origin = typing.get_origin(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(part))
+        fields = getattr(annotation, "__pydantic_fields__", None) if isinstance(annotation, type) else None
+        if fields is not None:  # a model or a pydantic dataclass
+            field = fields.get(str(part))
             where = f"{where}.{part}" if where else str(part)
             annotation = _unwrap(field.annotation if field else Any)
         elif origin is dict:

@@ -15,20 +15,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import dataclasses as pydantic_dataclasses
 
+from exporter.documents.fields import ENTRY, Number
 from exporter.verify.comparison import cosine_rows
 
 __all__ = ["Int8Comparison", "ParityBudget", "compare_int8"]
 
 
-@dataclass(frozen=True)
+@pydantic_dataclasses.dataclass(frozen=True, config=ENTRY)
 class ParityBudget:
-    """Default: cosine >= 0.99 on every sample of every output; other thresholds are opt-in."""
+    """The int8 parity budget. Default: cosine >= 0.99 on every sample of every output; other thresholds are
+    opt-in. The manifest's lossy entries hold this type (``exporter verify`` and serve re-check with it)."""
 
-    min_cosine: float = 0.99
-    min_top1: float | None = None
-    min_sqnr_db: float | None = None
-    max_abs: float | None = None
+    min_cosine: Number = 0.99
+    min_top1: Number | None = None
+    min_sqnr_db: Number | None = None
+    max_abs: Number | None = None
 
     def describe(self) -> str:
         parts = [f"cosine >= {self.min_cosine:g}"]

@@ -40,16 +40,20 @@ class QuantMode(StrEnum):
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """Settings of the quantize stage (``--quantize`` and friends, or a recipe's ``[quantize]``)."""
+    """Settings of the quantize stage (``--quantize`` and friends, or a recipe's ``[quantize]``).
+
+    ``min_cosine``, ``min_top1``, ``min_sqnr_db`` and ``max_abs`` are ``ParityBudget``'s fields as flags
+    (flat, as report.json's ``settings.quantization`` has them); ``budget`` is them as one ``ParityBudget``.
+    """
 
     mode: QuantMode = QuantMode.NONE
     calibration: str | None = None
     samples: int = 64
     method: str = "auto"
-    min_cosine: float = 0.99
-    min_top1: float | None = None
-    min_sqnr_db: float | None = None
-    max_abs: float | None = None
+    min_cosine: float = ParityBudget.min_cosine
+    min_top1: float | None = ParityBudget.min_top1
+    min_sqnr_db: float | None = ParityBudget.min_sqnr_db
+    max_abs: float | None = ParityBudget.max_abs
     max_float_layers: int = 8
     qat_steps: int = 100
     qat_lr: float = 1e-4
@@ -93,7 +97,12 @@ class QuantizeOptions:
 
     @property
     def budget(self) -> ParityBudget:
-        return ParityBudget(self.min_cosine, self.min_top1, self.min_sqnr_db, self.max_abs)
+        return ParityBudget(
+            min_cosine=self.min_cosine,
+            min_top1=self.min_top1,
+            min_sqnr_db=self.min_sqnr_db,
+            max_abs=self.max_abs,
+        )
 
 
 def cosine_error(outputs: Sequence[Int8Comparison]) -> float:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
+from pydantic import Field, StrictStr
+from pydantic import dataclasses as pydantic_dataclasses
+
+from exporter.documents.fields import ENTRY, Number
 from exporter.interrupts import check_interrupted
 
 __all__ = [
@@ -32,14 +35,25 @@ class StageStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-@dataclass
+@pydantic_dataclasses.dataclass(config=ENTRY)
 class StageRecord:
-    name: str
+    """One stage's status, time and detail; report.json's ``stages`` rows are this type (``to_json``)."""
+
+    name: StrictStr
     status: StageStatus = StageStatus.NOT_RUN
-    seconds: float = 0.0
-    detail: str = ""
-    raised: bool = False
-    """The stage ended the run with an error (whose one line the CLI prints after it)."""
+    seconds: Number = 0.0
+    detail: StrictStr = ""
+    raised: bool = Field(default=False, init=False, exclude=True)
+    """The stage ended the run with an error (whose one line the CLI prints after it); not in report.json."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's row: the status as its text, seconds to the millisecond."""
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "seconds": round(self.seconds, 3),
+            "detail": self.detail,
+        }
 
 
 class ProgressListener(Protocol):
