@@ -94,7 +94,8 @@ def test_a_symlink_out_of_the_project_is_refused(layout: tuple[Path, Path], key:
 def test_the_python_installation_is_refused_even_by_absolute_path(layout: tuple[Path, Path]) -> None:
     project, _ = layout
     os_py = Path(__import__("os").__file__ or "").resolve()
-    _refused(_recipe(project, "factory", f"{os_py}:system"), "factory")
+    message = _refused(_recipe(project, "factory", f"{os_py}:system"), "factory")
+    assert f"'{os_py}' is outside the recipe's project" in message
 
 
 @pytest.mark.parametrize(
@@ -117,11 +118,18 @@ def test_a_module_outside_the_allowed_packages_is_refused(layout: tuple[Path, Pa
         assert "no allowed package" in _refused(_recipe(project, "factory", ref), "factory")
 
 
-@pytest.mark.parametrize("ref", ["model.py:build.__globals__", "model.py:_private", "model.py:"])
-def test_the_callable_part_is_dotted_public_names(layout: tuple[Path, Path], ref: str) -> None:
+@pytest.mark.parametrize(
+    ("ref", "problem"),
+    [
+        ("model.py:build.__globals__", "'build.__globals__' is not a dotted public name"),
+        ("model.py:_private", "'_private' is not a dotted public name"),
+        ("model.py:", "it is not package.module:callable or path/file.py:callable"),
+    ],
+)
+def test_the_callable_part_is_dotted_public_names(layout: tuple[Path, Path], ref: str, problem: str) -> None:
     project, _ = layout
     (project / "model.py").write_text("def build():\n    pass\n")
-    _refused(_recipe(project, "factory", ref), "factory")
+    assert f"is refused: {problem};" in _refused(_recipe(project, "factory", ref), "factory")
 
 
 def test_the_standard_library_cannot_be_allowed() -> None:

@@ -116,6 +116,7 @@ def test_aot_inductor_packages_the_face_detector_verified_at_the_declared_maximu
     result = export(options)
     assert result.exit_code is ExitCode.OK
     assert {b.backend for b in result.backends} >= {"onnxruntime", "aotinductor"}
+    assert {p.backend for p in result.parity} >= {"onnxruntime", "aotinductor"}
     for parity in result.parity:
         passed = {c.case: c.passed for c in parity.cases}
         assert passed.get("max") and all(passed.values()), (parity.backend, passed)
