@@ -26,9 +26,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
+from exporter.backends._registry import backend
 from exporter.cli import app
 from exporter.documents.manifest import read_manifest
-from exporter.packaging.bundle import RUNTIME_REQUIREMENTS, _check_covered, package_bundle
+from exporter.packaging.bundle import _check_covered, bundle_requirements, package_bundle
 from exporter.packaging.triton import triton_config, triton_repository
 from exporter.serving.artifact import check_integrity, choose_artifact
 from exporter.serving.protocol import signature_of
@@ -110,7 +111,10 @@ def test_triton_config_is_what_triton_parses(folder: Path, onnx_bundle: Path) ->
 
 def test_triton_config_without_a_batch_dim_keeps_full_dynamic_dims(folder: Path) -> None:
     manifest = read_manifest(folder).model_copy(update={"benchmark": None})
-    text, batching = triton_config(folder / "model.onnx", signature_of(folder, manifest), manifest, "mlp")
+    onnx = backend("onnxruntime")
+    assert onnx.file is not None and onnx.triton_platform is not None
+    signature = signature_of(folder, manifest)
+    text, batching = triton_config(folder / onnx.file, signature, manifest, "mlp", onnx.triton_platform)
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert not batching
     assert config.max_batch_size == 0
@@ -138,7 +142,7 @@ def test_onnx_requirements_are_exact_pins_without_the_training_stack(onnx_bundle
     assert ordered == sorted(ordered)
     names = set(ordered)
     assert not names & TRAINING_STACK
-    assert set(RUNTIME_REQUIREMENTS["onnxruntime"]) <= names
+    assert set(bundle_requirements(backend("onnxruntime"))) <= names
     assert f"onnxruntime=={metadata.version('onnxruntime')}" in pins
     assert "starlette" in names and "h11" in names  # dependencies of the top-level packages
     assert "onnxruntime" in (onnx_bundle / "requirements.txt").read_text().splitlines()[0]
@@ -266,11 +270,11 @@ def test_server_sources_import_no_torch(onnx_bundle: Path) -> None:
 
 
 def test_a_server_import_outside_the_pins_stops_packaging() -> None:
-    _check_covered(["numpy", "uvicorn", "onnxruntime"], "onnxruntime")
+    _check_covered(["numpy", "uvicorn", "onnxruntime"], backend("onnxruntime"))
     with pytest.raises(
         RuntimeError, match="imports torch, which the pinned onnxruntime requirements do not install"
     ):
-        _check_covered(["numpy", "torch"], "onnxruntime")
+        _check_covered(["numpy", "torch"], backend("onnxruntime"))
 
 
 def test_tampered_folder_is_refused_and_nothing_is_written(folder: Path, tmp_path: Path) -> None:

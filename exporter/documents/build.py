@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.backends import BackendResult, BackendSpec
+from exporter.backends._registry import BackendSpec
+from exporter.backends._verify import BackendResult
 from exporter.backends.onnxruntime import INT8, ONNX, manifest_section
-from exporter.backends.openvino import OPENVINO_LOSSY
 from exporter.benchmark.latency import LatencyStats
 from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
 from exporter.quantize.search import QuantizationResult
+from exporter.quantize.shipping import lossy_backend
 from exporter.quantize.types import Candidate
 from exporter.report.markdown import REPORT_SCHEMA_VERSION
 from exporter.specs.inputs import InputSpec
@@ -207,16 +208,12 @@ def _settings_json(options: ExportOptions) -> dict[str, Any]:
 
 
 def lossy_artifacts(quantization: QuantizationResult | None) -> list[tuple[BackendSpec, Candidate]]:
-    """The lossy models that ship, with the backend that opens each: the ONNX Runtime choice as
-    ``model.int8.onnx``, the OpenVINO choice as ``model.lossy.xml``."""
+    """The lossy models that ship, with the registered lossy backend of each one's runtime, which names
+    the file it ships as (the ONNX Runtime choice as ``model.int8.onnx``, say)."""
     if quantization is None:
         return []
-    by_runtime = {"onnxruntime": INT8, "openvino": OPENVINO_LOSSY}
-    return [
-        (by_runtime[c.runtime], c)
-        for c in quantization.shipped
-        if c.runtime in by_runtime and c.path is not None
-    ]
+    shipped = [(lossy_backend(c.runtime), c) for c in quantization.shipped if c.path is not None]
+    return [(spec, c) for spec, c in shipped if spec is not None and spec.file is not None]
 
 
 def _int8_manifest(quantization: QuantizationResult | None) -> Int8Entry | None:
@@ -236,7 +233,7 @@ def _lossy_manifest(quantization: QuantizationResult | None) -> list[Int8Entry] 
 
 
 def _lossy_entry(quantization: QuantizationResult | None, spec: BackendSpec, chosen: Candidate) -> Int8Entry:
-    from exporter.documents.manifest import BudgetEntry, Int8Entry
+    from exporter.documents.manifest import Int8Entry
 
     assert quantization is not None and spec.file is not None
     return Int8Entry(
@@ -247,7 +244,7 @@ def _lossy_entry(quantization: QuantizationResult | None, spec: BackendSpec, cho
         engine=chosen.engine,
         settings=jsonable(dict(chosen.settings)),  # as write_json wrote it: numpy scalars as numbers
         float_layers=[e.node for e in chosen.float_layers],
-        budget=BudgetEntry.model_validate(asdict(quantization.options.budget), strict=False),
+        budget=quantization.options.budget,
         formats=asdict(quantization.formats),
         calibration=quantization.calibration.source,
         judged_on="synthetic" if quantization.synthetic_only else "real",

@@ -24,6 +24,8 @@ from packaging.utils import canonicalize_name
 
 import exporter
 from exporter._version import __version__
+from exporter.backends._registry import BackendSpec
+from exporter.backends._registry import backend as backend_spec
 from exporter.documents.manifest import Manifest, read_manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder, read_inside
@@ -42,22 +44,25 @@ from exporter.serving.artifact import (
 from exporter.stages.staging import check_output_dir, output_lock, staging_dir
 
 __all__ = [
-    "RUNTIME_REQUIREMENTS",
+    "SERVER_REQUIREMENTS",
     "Bundle",
     "TritonRepository",
+    "bundle_requirements",
     "package_bundle",
     "pinned_requirements",
     "server_sources",
     "triton_repository",
 ]
 
-_SERVER = ("fastapi", "uvicorn", "uvloop", "httptools", "prometheus-client", "pydantic", "numpy")
-RUNTIME_REQUIREMENTS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": (*_SERVER, "onnxruntime"),
-    "openvino": (*_SERVER, "openvino"),
-    "torch": (*_SERVER, "torch"),
-}
-"""The packages a bundle's server imports, per runtime; requirements.txt pins them and their dependencies."""
+SERVER_REQUIREMENTS = ("fastapi", "uvicorn", "uvloop", "httptools", "prometheus-client", "pydantic", "numpy")
+"""The packages the server itself imports, whatever it serves; the backend's ``requirements`` add its
+runtime's. requirements.txt pins them and their dependencies."""
+
+
+def bundle_requirements(spec: BackendSpec) -> tuple[str, ...]:
+    """The packages a bundle serving ``spec``'s artifact installs (before their dependencies)."""
+    return (*SERVER_REQUIREMENTS, *spec.requirements)
+
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 """Where pip finds ``torch==X+cpu``: PyPI's Linux wheel of torch is the multi-GB CUDA build."""
@@ -94,8 +99,9 @@ def package_bundle(folder: Path, out: Path, backend: str | None = None, force: b
     artifact = choose_artifact(folder, manifest, backend)
     check_integrity(folder, manifest, artifact, purpose="package")
     check_output_dir(out, force, keep=[folder])
-    requirements = pinned_requirements(artifact.runtime)
-    sources = server_sources(artifact.runtime)
+    spec = backend_spec(artifact.backend)
+    requirements = pinned_requirements(spec)
+    sources = server_sources(spec)
     with output_lock(out), staging_dir(out, force, keep=[folder]) as staging:
         _copy_artifacts(folder, manifest, artifact, staging / "artifacts")
         copied = read_manifest(staging / "artifacts")
@@ -186,13 +192,13 @@ print(json.dumps({"exporter": ours, "third_party": others, "main": main}))
 """Run in a fresh interpreter: what importing the server (and what its ``__main__`` imports) loads."""
 
 
-def server_sources(runtime: str) -> dict[str, Path]:
+def server_sources(spec: BackendSpec) -> dict[str, Path]:
     """The server's source files, relative path in the bundle -> file here: every ``exporter`` module that
     importing ``exporter.serving.server`` and ``__main__``'s imports load, package ``__init__``s included.
 
     The import runs in a fresh interpreter, so the list is what the server loads, not what this process
-    happened to import. Each third-party package it loads must be in ``runtime``'s requirements, so a
-    server that starts importing (say) torch breaks packaging here, not a deployed image.
+    happened to import. Each third-party package it loads must be in the bundle's requirements for
+    ``spec``, so a server that starts importing (say) torch breaks packaging here, not a deployed image.
     """
     root = Path(exporter.__file__).resolve().parent
     environment = {
@@ -211,7 +217,7 @@ def server_sources(runtime: str) -> dict[str, Path]:
         lines = probe.stderr.strip().splitlines() or ["no output"]
         raise RuntimeError(f"importing exporter.serving.server failed: {lines[-1]}")
     found = json.loads(probe.stdout.strip().splitlines()[-1])
-    _check_covered(found["third_party"], runtime)
+    _check_covered(found["third_party"], spec)
     files = [Path(file) for file in found["exporter"].values() if file] + [Path(found["main"])]
     sources: dict[str, Path] = {}
     for file in sorted(set(files)):
@@ -220,9 +226,9 @@ def server_sources(runtime: str) -> dict[str, Path]:
     return sources
 
 
-def _check_covered(modules: list[str], runtime: str) -> None:
-    """Refuse a server import (a top-level module) that no package pinned for ``runtime`` provides."""
-    pinned = {canonicalize_name(line.partition("==")[0]) for line in pinned_requirements(runtime)}
+def _check_covered(modules: list[str], spec: BackendSpec) -> None:
+    """Refuse a server import (a top-level module) that no package pinned for ``spec`` provides."""
+    pinned = {canonicalize_name(line.partition("==")[0]) for line in pinned_requirements(spec)}
     owners = metadata.packages_distributions()
     missing = [
         module
@@ -231,8 +237,8 @@ def _check_covered(modules: list[str], runtime: str) -> None:
     ]
     if missing:
         raise RuntimeError(
-            f"the server imports {', '.join(missing)}, which the pinned {runtime} requirements do not "
-            "install; add it to RUNTIME_REQUIREMENTS or make the import lazy"
+            f"the server imports {', '.join(missing)}, which the pinned {spec.name} requirements do not "
+            "install; add it to SERVER_REQUIREMENTS (or the backend's requirements) or make the import lazy"
         )
 
 
@@ -246,8 +252,9 @@ def _copy_sources(sources: dict[str, Path], bundle: Path) -> None:
 # --- requirements ---------------------------------------------------------------------------------------
 
 
-def pinned_requirements(runtime: str) -> list[str]:
-    """``name==version`` of ``runtime``'s packages and everything they depend on, as installed here.
+def pinned_requirements(spec: BackendSpec) -> list[str]:
+    """``name==version`` of the packages a bundle of ``spec`` needs and everything they depend on, as
+    installed here.
 
     Markers are evaluated for this interpreter (the image's Python is this one's version); extras are
     followed only where a requirement names them.
@@ -257,7 +264,7 @@ def pinned_requirements(runtime: str) -> list[str]:
     """
     pins: dict[str, str] = {}
     pending: list[tuple[str, frozenset[str], str]] = [
-        (name, frozenset(), "exporter's server") for name in RUNTIME_REQUIREMENTS[runtime]
+        (name, frozenset(), "exporter's server") for name in bundle_requirements(spec)
     ]
     while pending:
         name, extras, wanted_by = pending.pop()
@@ -266,7 +273,7 @@ def pinned_requirements(runtime: str) -> list[str]:
             distribution = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             raise UsageError(
-                f"a {runtime} bundle needs the package '{name}' (required by {wanted_by}), which is not "
+                f"a {spec.name} bundle needs the package '{name}' (required by {wanted_by}), which is not "
                 f"installed in this environment ({sys.executable}); pip install -r requirements.txt"
             ) from None
         if key in pins and not extras:

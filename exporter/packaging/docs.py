@@ -217,8 +217,9 @@ def _triton_section(triton: TritonRepository) -> str:
         else "no batching: the batch dim does not lead every input and output"
     )
     return (
-        f"`model_repository/{triton.model}/` holds `{triton.source}` as `1/model.onnx` and a `config.pbtxt`\n"
-        f"(platform `onnxruntime_onnx`, {batching}). Serve it with Triton Inference Server:\n\n"
+        f"`model_repository/{triton.model}/` holds `{triton.source}` as `1/{triton.model_file}` and a "
+        f"`config.pbtxt`\n(platform `{triton.platform}`, {batching}). "
+        "Serve it with Triton Inference Server:\n\n"
         "```bash\n"
         "tritonserver --model-repository=model_repository\n"
         '# or: docker run --rm -p 8000:8000 -v "$PWD/model_repository:/models" \\\n'

@@ -1,8 +1,10 @@
 """``model_repository/`` of a bundle: the served model in Triton Inference Server's layout.
 
-A ``config.pbtxt`` and ``1/model.onnx`` (platform ``onnxruntime_onnx``, dims from the manifest checked
-against the graph, ``max_batch_size`` and ``dynamic_batching`` when there is a batch dim, one CPU
-instance), for tritonserver or KServe's Triton runtime unchanged; or the reason there is none.
+A ``config.pbtxt`` and ``1/<Triton's file name>`` (the platform is the backend's ``triton_platform``, dims
+from the manifest checked against the graph, ``max_batch_size`` and ``dynamic_batching`` when there is a
+batch dim, one CPU instance), for tritonserver or KServe's Triton runtime unchanged; or the reason there is
+none. Which backends have a Triton platform is the registry's to say; how to read a model's tensors and
+what Triton calls the file are Triton's, per platform, here (``onnxruntime_onnx``: ``model.onnx``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from exporter.backends._registry import BackendSpec, backend, backends
 from exporter.documents.manifest import Manifest
 from exporter.serving.artifact import ServedArtifact, golden_cases, shipped_artifacts
 from exporter.serving.protocol import DATATYPE_OF, ModelSignature, signature_of
@@ -44,12 +47,15 @@ _DATA_TYPE = {name: f"TYPE_{datatype}" for name, datatype in DATATYPE_OF.items()
 
 @dataclass(frozen=True)
 class TritonRepository:
-    """``model_repository/<model>/``: a config.pbtxt and ``1/model.onnx``, or why there is none."""
+    """``model_repository/<model>/``: a config.pbtxt and ``1/<model_file>``, or why there is none."""
 
     model: str | None
     source: str | None
     batching: bool
     skipped: str | None = None
+    platform: str | None = None
+    model_file: str | None = None
+    """The served file's name in ``1/`` (Triton's default for the platform)."""
 
 
 def triton_model_name(name: str) -> str:
@@ -58,51 +64,73 @@ def triton_model_name(name: str) -> str:
     return cleaned if cleaned.strip(".") else "model"
 
 
-def _onnx_source(manifest: Manifest, artifact: ServedArtifact) -> ServedArtifact | None:
-    """The ONNX model Triton serves: the bundle's own, else the folder's verified float ``onnxruntime``
-    model. An ORT-optimized graph may hold com.microsoft fused ops tied to this ORT build: not preferred."""
-    shipped = shipped_artifacts(manifest)
-    if artifact.runtime == "onnxruntime" and artifact.backend != "onnxruntime-optimized":
+def _describable(spec: BackendSpec) -> bool:
+    return spec.servable and spec.triton_platform in _PLATFORMS
+
+
+def _triton_source(manifest: Manifest, artifact: ServedArtifact) -> ServedArtifact | None:
+    """The model Triton serves: the bundle's own when its backend has a Triton platform this module can
+    describe, else the folder's first verified float one that has (in registration order)."""
+    if _describable(backend(artifact.backend)):
         return artifact
-    return shipped.get("onnxruntime") or (artifact if artifact.runtime == "onnxruntime" else None)
+    shipped = shipped_artifacts(manifest)
+    return next(
+        (
+            shipped[spec.name]
+            for spec in backends()
+            if spec.name in shipped and spec.float_source is None and _describable(spec)
+        ),
+        None,
+    )
 
 
 def triton_repository(
     folder: Path, manifest: Manifest, artifact: ServedArtifact, repository: Path
 ) -> TritonRepository:
-    """Write ``repository/<model>/config.pbtxt`` and ``1/model.onnx`` (with any external data beside it).
+    """Write ``repository/<model>/config.pbtxt`` and the model in ``1/`` under Triton's name for it (with
+    any external data beside it).
 
-    Returns why it was skipped instead when the folder has no ONNX model, or the model's inputs, outputs or
-    data types do not match the manifest's (Triton would refuse the config).
+    Returns why it was skipped instead when no shipped backend has a Triton platform, or the model's
+    inputs, outputs or data types do not match the manifest's (Triton would refuse the config).
     """
-    source = _onnx_source(manifest, artifact)
+    source = _triton_source(manifest, artifact)
     if source is None:
         return TritonRepository(None, None, False, "the folder ships no verified ONNX model")
+    platform = backend(source.backend).triton_platform
+    assert platform is not None
+    model_file = _PLATFORMS[platform].file
     model = triton_model_name(manifest.name)
     try:
-        text, batching = triton_config(folder / source.file, signature_of(folder, manifest), manifest, model)
+        text, batching = triton_config(
+            folder / source.file, signature_of(folder, manifest), manifest, model, platform
+        )
     except ValueError as error:
-        return TritonRepository(None, source.file, False, str(error))
+        return TritonRepository(None, source.file, False, str(error), platform)
     version = repository / model / "1"
     version.mkdir(parents=True)
     (repository / model / "config.pbtxt").write_text(text)
-    shutil.copyfile(folder / source.file, version / "model.onnx", follow_symlinks=False)
+    shutil.copyfile(folder / source.file, version / model_file, follow_symlinks=False)
     for companion in source.files[1:]:
         shutil.copyfile(folder / companion, version / Path(companion).name, follow_symlinks=False)
-    return TritonRepository(model, source.file, batching)
+    return TritonRepository(model, source.file, batching, platform=platform, model_file=model_file)
 
 
-def triton_config(path: Path, signature: ModelSignature, manifest: Manifest, model: str) -> tuple[str, bool]:
-    """config.pbtxt of the ONNX model at ``path``, and whether it batches.
+def triton_config(
+    path: Path, signature: ModelSignature, manifest: Manifest, model: str, platform: str
+) -> tuple[str, bool]:
+    """config.pbtxt of the model at ``path`` for Triton's ``platform``, and whether it batches.
 
-    Names come from the ONNX graph (Triton matches them exactly); data types and dims from the manifest and
+    Names come from the model's graph (Triton matches them exactly); data types and dims from the manifest and
     the golden outputs, which say which dims are dynamic. The batch dim is folded into ``max_batch_size``
     only when it leads every input and output and the graph leaves it dynamic.
 
     Raises:
-        ValueError: the graph's tensors do not match the manifest's.
+        ValueError: the graph's tensors do not match the manifest's, or the platform is not one this
+            module can describe.
     """
-    graph_inputs, graph_outputs = _graph_tensors(path)
+    if platform not in _PLATFORMS:
+        raise ValueError(f"exporter cannot describe a model for Triton's {platform} platform")
+    graph_inputs, graph_outputs = _PLATFORMS[platform].tensors(path)
     declared = {rule.name: (rule.dtype, rule.dims) for rule in signature.inputs}
     declared_outputs = {info.name: (info.dtype, info.shape) for info in signature.outputs}
     inputs = [_tensor(t, declared, "input") for t in graph_inputs]
@@ -113,7 +141,7 @@ def triton_config(path: Path, signature: ModelSignature, manifest: Manifest, mod
     )
     lines = [
         f"name: {_quoted(model)}",
-        'platform: "onnxruntime_onnx"',
+        f"platform: {_quoted(platform)}",
         f"max_batch_size: {limit if batching else 0}",
     ]
     for kind, tensors in (("input", inputs), ("output", outputs)):
@@ -132,7 +160,7 @@ _GraphTensor = tuple[str, str, tuple[int | None, ...]]
 """An ONNX graph input or output: name, numpy dtype name, dims (None where the graph leaves it open)."""
 
 
-def _graph_tensors(path: Path) -> tuple[list[_GraphTensor], list[_GraphTensor]]:
+def _onnx_tensors(path: Path) -> tuple[list[_GraphTensor], list[_GraphTensor]]:
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
@@ -146,6 +174,16 @@ def _graph_tensors(path: Path) -> tuple[list[_GraphTensor], list[_GraphTensor]]:
 
     inputs = [described(value) for value in graph.input if value.name not in initializers]
     return inputs, [described(value) for value in graph.output]
+
+
+class _Platform(NamedTuple):
+    file: str
+    """Triton's default model file name for the platform."""
+    tensors: Callable[[Path], tuple[list[_GraphTensor], list[_GraphTensor]]]
+
+
+_PLATFORMS = {"onnxruntime_onnx": _Platform("model.onnx", _onnx_tensors)}
+"""The Triton platforms whose models this module can read and describe."""
 
 
 def _tensor(

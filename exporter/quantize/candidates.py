@@ -22,11 +22,13 @@ from exporter.quantize.judge import judge
 from exporter.quantize.onnx_ort import quantize_dynamic_ort, quantize_static_ort
 from exporter.quantize.openvino_candidates import (
     NNCF_OPENVINO_NAME,
+    OPENVINO_RUNTIME,
     bf16_config,
     build_bf16_openvino,
     build_nncf_openvino,
     build_nncf_openvino_ac,
     build_nncf_openvino_sq,
+    float_openvino_ir,
     int8_openvino_config,
     needs_bf16,
     needs_openvino_target,
@@ -44,6 +46,7 @@ from exporter.quantize.repairs import (
     keep_sensitive_layers_in_float,
     search_calibration_method,
 )
+from exporter.quantize.shipping import REFERENCE_RUNTIME, runtime_title
 from exporter.quantize.types import Builder, Candidate, QuantizeContext, QuantMode
 from exporter.specs.inputs import make_inputs, trace_sizes
 
@@ -95,6 +98,8 @@ class CandidateSpec:
         suffix: the file it writes.
         unavailable: why it cannot be built in this run (no bf16 on this CPU, its runtime not a target).
         config: the runtime settings it is judged, timed and shipped with (OpenVINO's plugin config).
+        float_model: how the float model it must beat is made from the float ONNX model when its runtime
+            times another format (OpenVINO: an IR); None: the float ONNX model itself.
     """
 
     name: str
@@ -104,10 +109,11 @@ class CandidateSpec:
     needs: frozenset[Requirement] = frozenset()
     repairs: tuple[Repair, ...] = ()
     skip: SkipRule | None = None
-    runtime: str = "onnxruntime"
+    runtime: str = REFERENCE_RUNTIME
     suffix: str = ".onnx"
     unavailable: Callable[[QuantizeContext], str | None] | None = None
     config: Callable[[QuantizeContext], dict[str, str]] | None = None
+    float_model: Callable[[Path, Path], Path] | None = None
 
 
 _REGISTRY: dict[str, CandidateSpec] = {}
@@ -280,10 +286,11 @@ def _skip_qat(mode: QuantMode, built: Sequence[Candidate]) -> str | None:
             f"not run: {STATIC_PT2E.name} could not be built, and QAT builds the same graph "
             "(--quantize qat runs it)"
         )
-    passing = [c.name for c in built if c.runtime == "onnxruntime" and c.budget_passed]
+    passing = [c.name for c in built if c.runtime == REFERENCE_RUNTIME and c.budget_passed]
     if passing:
         return (
-            f"not run: {', '.join(passing)} already meets the budget in ONNX Runtime; QAT only buys accuracy "
+            f"not run: {', '.join(passing)} already meets the budget in {runtime_title(REFERENCE_RUNTIME)}; "
+            "QAT only buys accuracy "
             f"at {STATIC_PT2E.name}'s speed and costs minutes of training (--quantize qat runs it)"
         )
     return None
@@ -338,8 +345,9 @@ BF16_OPENVINO = register(
         "OpenVINO CPU plugin, bf16 inference precision",
         build_bf16_openvino,
         frozenset({QuantMode.BF16, QuantMode.INT8}),
-        runtime="openvino",
+        runtime=OPENVINO_RUNTIME,
         suffix=".xml",
+        float_model=float_openvino_ir,
         unavailable=needs_bf16,
         config=bf16_config,
     )
@@ -352,8 +360,9 @@ NNCF_OPENVINO = register(
         frozenset({QuantMode.STATIC, QuantMode.INT8}),
         needs=frozenset({Requirement.CALIBRATION_DATA}),
         repairs=(remember_judgement,),
-        runtime="openvino",
+        runtime=OPENVINO_RUNTIME,
         suffix=".xml",
+        float_model=float_openvino_ir,
         unavailable=needs_openvino_target,
         config=int8_openvino_config,
     )
@@ -367,8 +376,9 @@ NNCF_OPENVINO_SQ = register(
         needs=frozenset({Requirement.CALIBRATION_DATA}),
         repairs=(keep_openvino_layers_in_float,),
         skip=skip_smooth_quant,
-        runtime="openvino",
+        runtime=OPENVINO_RUNTIME,
         suffix=".xml",
+        float_model=float_openvino_ir,
         unavailable=smooth_quant_unavailable,
         config=int8_openvino_config,
     )
@@ -381,8 +391,9 @@ NNCF_OPENVINO_AC = register(
         frozenset({QuantMode.STATIC, QuantMode.INT8}),
         needs=frozenset({Requirement.CALIBRATION_DATA}),
         skip=skip_accuracy_control,
-        runtime="openvino",
+        runtime=OPENVINO_RUNTIME,
         suffix=".xml",
+        float_model=float_openvino_ir,
         unavailable=needs_openvino_target,
         config=int8_openvino_config,
     )

@@ -4,25 +4,47 @@ every golden shape case. Builders, repairs and the registry all judge the same w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
+from exporter.backends._registry import BackendSpec, OpenContext
 from exporter.errors import first_line
 from exporter.quantize.budget import compare_int8
+from exporter.quantize.shipping import float_backend, lossy_backend
 from exporter.quantize.types import Candidate, QuantizeContext
-from exporter.runners import OnnxRuntimeRunner, OpenVinoRunner, Runner
+from exporter.runners import Runner
 
 __all__ = ["describe_error", "judge", "open_candidate", "open_model"]
 
 
 def open_model(path: Path, runtime: str, threads: int, config: dict[str, str], name: str) -> Runner:
-    """A lossy or float model in the runtime that ships it (OpenVINO with its recorded plugin config)."""
-    if runtime == "openvino":
-        return OpenVinoRunner(path, {**config, "INFERENCE_NUM_THREADS": str(threads)}, name=name)
-    return OnnxRuntimeRunner(path, threads, name=name)
+    """The float model a candidate must beat, opened by ``runtime``'s float backend as it ships (OpenVINO
+    with the float32 hint unless ``config`` says otherwise)."""
+    return _open(float_backend(runtime), path, runtime, OpenSettings(threads, config, name))
 
 
 def open_candidate(candidate: Candidate, threads: int, name: str | None = None) -> Runner:
+    """A lossy model opened by the backend it ships in, with its recorded runtime settings."""
     assert candidate.path is not None
-    return open_model(candidate.path, candidate.runtime, threads, candidate.config, name or candidate.name)
+    spec = lossy_backend(candidate.runtime)
+    settings = OpenSettings(threads, candidate.config, name or candidate.name)
+    return _open(spec, candidate.path, candidate.runtime, settings)
+
+
+class OpenSettings(NamedTuple):
+    threads: int
+    config: dict[str, str]
+    name: str
+    """The runner's name in timings and errors (``lossy dynamic-ort``)."""
+
+
+def _open(spec: BackendSpec | None, path: Path, runtime: str, settings: OpenSettings) -> Runner:
+    if spec is None or spec.open is None:
+        raise ValueError(f"{settings.name}: no registered backend opens a {runtime} model")
+    # ONNX Runtime and OpenVINO read input names from the file: no input spec is needed to open one.
+    context = OpenContext(None, settings.threads, config=settings.config or None)  # type: ignore[arg-type]
+    runner = spec.open(path, context)
+    runner.name = settings.name
+    return runner
 
 
 def judge(candidate: Candidate, context: QuantizeContext) -> None:

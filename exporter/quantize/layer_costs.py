@@ -142,15 +142,11 @@ def layer_costs_ms(
     context: QuantizeContext, onnx_model: Path, candidate: Candidate, float_model: Path | None = None
 ) -> LayerCosts:
     """MACs per quantizable node of ``onnx_model`` and the candidate's quick latency against its runtime's
-    float model (``float_model``, default the float ONNX model; OpenVINO compiles it with an f32 hint)."""
-    from exporter.backends.openvino import float_config
-
+    float model (``float_model``, default the float ONNX model, opened by that runtime's float backend)."""
     sample = context.calibration.samples[0]
     macs = layer_macs(onnx_model, sample, context.threads)
     reference = float_model or context.float_onnx
-    config = float_config(context.threads) if candidate.runtime == "openvino" else {}
-    float_ms = latency_ms(
-        lambda: open_model(reference, candidate.runtime, context.threads, config, "float"), sample
-    )
+    threads = context.threads
+    float_ms = latency_ms(lambda: open_model(reference, candidate.runtime, threads, {}, "float"), sample)
     int8_ms = latency_ms(lambda: open_candidate(candidate, context.threads), sample)
     return LayerCosts(macs, float_ms, int8_ms)

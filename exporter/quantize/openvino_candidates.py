@@ -19,17 +19,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from exporter.backends.openvino import OPENVINO, OPENVINO_LOSSY
 from exporter.quantize.judge import describe_error, judge
+from exporter.quantize.shipping import runtime_of
 from exporter.quantize.types import Candidate, QuantizeContext, QuantMode
 
 __all__ = [
     "NNCF_OPENVINO_NAME",
+    "OPENVINO_RUNTIME",
     "SQ_ALPHAS",
     "bf16_config",
     "build_bf16_openvino",
     "build_nncf_openvino",
     "build_nncf_openvino_ac",
     "build_nncf_openvino_sq",
+    "float_openvino_ir",
     "int8_openvino_config",
     "needs_bf16",
     "needs_openvino_target",
@@ -41,6 +45,8 @@ __all__ = [
 ]
 
 NNCF_OPENVINO_NAME = "nncf-openvino"
+OPENVINO_RUNTIME = runtime_of(OPENVINO_LOSSY)
+"""What runs these candidates: the runtime of the backend they ship in (``model.lossy.xml``)."""
 SQ_ALPHAS = (-1.0, 0.5, None)
 """The smooth-quant sweep, in order: off, 0.5, then NNCF's default (None); it stops at the first that
 meets the budget (off and 0.5 both did on the trained encoder; the default did not)."""
@@ -53,9 +59,18 @@ def transformer(context: QuantizeContext) -> bool:
 
 
 def needs_openvino_target(context: QuantizeContext) -> str | None:
-    if "openvino" not in context.targets:
-        return "not run: its runtime is OpenVINO and --to openvino was not asked for"
+    if OPENVINO.target not in context.targets:
+        return f"not run: its runtime is OpenVINO and --to {OPENVINO.target} was not asked for"
     return None
+
+
+def float_openvino_ir(float_onnx: Path, work_dir: Path) -> Path:
+    """The float ONNX model as an IR with float32 weights: what the OpenVINO candidates must beat."""
+    import openvino as ov
+
+    from exporter.backends.openvino import save_ir
+
+    return save_ir(ov.convert_model(str(float_onnx)), work_dir / "float-openvino.xml")
 
 
 def needs_bf16(context: QuantizeContext) -> str | None:
@@ -133,7 +148,7 @@ def build_variant(context: QuantizeContext, target: Path, variant: Any) -> dict[
     ov.save_model(quantized, str(target), compress_to_fp16=False)
     return {
         "engine": f"nncf {nncf.__version__}",
-        "backend": "openvino",
+        "backend": OPENVINO.name,
         "openvino": ov.__version__,
         "preset": "mixed" if variant.transformer else "performance",
         "model_type": "transformer" if variant.transformer else None,
@@ -183,7 +198,8 @@ def build_nncf_openvino_sq(context: QuantizeContext, target: Path, exclude: Sequ
         context.step(f"nncf-openvino-sq: smooth quant alpha {label}")
         path = target.with_name(f"{target.stem}.alpha-{label}.xml")
         settings = build_variant(context, path, variant)
-        trial = Candidate("sq", "nncf", path=path, runtime="openvino", config=int8_openvino_config(context))
+        config = int8_openvino_config(context)
+        trial = Candidate("sq", "nncf", path=path, runtime=OPENVINO_RUNTIME, config=config)
         judge(trial, context)
         context.cache[("judged", variant)] = (trial.cosine_error, trial.budget_passed, path)
         tried.append((variant.alpha, trial.cosine_error, trial.budget_passed, path, settings))

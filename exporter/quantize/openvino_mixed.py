@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from exporter.quantize.judge import judge
 from exporter.quantize.layer_costs import layer_costs_ms
 from exporter.quantize.mixed_precision import moves_for, search_float_layers
-from exporter.quantize.openvino_candidates import build_variant, int8_openvino_config, openvino_precision
+from exporter.quantize.openvino_candidates import (
+    OPENVINO_RUNTIME,
+    build_variant,
+    int8_openvino_config,
+    openvino_precision,
+)
 from exporter.quantize.sensitivity import producers, quantizable_nodes
 from exporter.quantize.types import Builder, Candidate, QuantizeContext
 
@@ -60,7 +65,7 @@ def keep_openvino_layers_in_float(candidate: Candidate, build: Builder, context:
         candidate.name,
         candidate.engine,
         path=context.work_dir / f"{candidate.name}.trial.xml",
-        runtime="openvino",
+        runtime=OPENVINO_RUNTIME,
         config=int8_openvino_config(context),
     )
 

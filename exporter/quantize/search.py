@@ -30,6 +30,7 @@ from exporter.quantize.candidates import CandidateSpec, Requirement, candidates_
 from exporter.quantize.judge import judge, open_candidate
 from exporter.quantize.onnx_ort import Int8Formats, preprocess
 from exporter.quantize.selection import choose_candidate, time_candidates
+from exporter.quantize.shipping import REFERENCE_RUNTIME
 from exporter.quantize.types import Candidate, QuantizeContext, QuantizeOptions, QuantMode
 from exporter.runners import EagerRunner
 from exporter.specs.inputs import InputSpec
@@ -70,14 +71,14 @@ class QuantizationResult:
     notes: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     float_latency_by_runtime: dict[str, list[LatencyStats]] = field(default_factory=dict)
+    """The float model's figures in runtimes other than the reference (OpenVINO), timed beside candidates."""
     float_onnx: Path | None = None
     """The float ONNX model the candidates started from and were timed against."""
-    """The float model's figures in runtimes other than ONNX Runtime (OpenVINO), timed beside candidates."""
 
     @property
     def chosen(self) -> Candidate | None:
-        """The ONNX Runtime candidate that ships as ``model.int8.onnx``."""
-        return self.chosen_for("onnxruntime")
+        """The reference runtime's choice (ONNX Runtime's, shipped as ``model.int8.onnx``)."""
+        return self.chosen_for(REFERENCE_RUNTIME)
 
     def chosen_for(self, runtime: str) -> Candidate | None:
         return next((c for c in self.candidates if c.chosen and c.runtime == runtime), None)
@@ -193,8 +194,8 @@ def run_quantization(
     float_accuracy = _accuracy(metric, context.reference, evaluation)
     candidates, skipped = _build_all(candidates_for(options.mode), context, metric)
     step("timing the float models and the lossy candidates")
-    float_models, float_configs = _float_models(float_onnx, candidates, work_dir, threads)
-    floats = time_candidates(float_models, candidates, plans, timing, threads, float_configs=float_configs)
+    float_models = _float_models(float_onnx, candidates_for(options.mode), candidates, work_dir)
+    floats = time_candidates(float_models, candidates, plans, timing, threads)
     choose_candidate(options.mode, candidates, notes)
     return QuantizationResult(
         options,
@@ -202,31 +203,29 @@ def run_quantization(
         calibration,
         evaluation,
         float_onnx.stat().st_size,
-        floats["onnxruntime"],
+        floats[REFERENCE_RUNTIME],
         float_accuracy,
         candidates,
         notes,
         skipped,
-        {runtime: stats for runtime, stats in floats.items() if runtime != "onnxruntime"},
+        {runtime: stats for runtime, stats in floats.items() if runtime != REFERENCE_RUNTIME},
         float_onnx,
     )
 
 
 def _float_models(
-    float_onnx: Path, candidates: Sequence[Candidate], work_dir: Path, threads: int
-) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
-    """Each runtime's float model, which its lossy candidates must beat: the float ONNX model in ONNX
-    Runtime, and (when OpenVINO candidates were built) its IR compiled with the float32 hint."""
-    models: dict[str, Path] = {"onnxruntime": float_onnx}
-    configs: dict[str, dict[str, str]] = {}
-    if any(c.runtime == "openvino" and c.path is not None for c in candidates):
-        import openvino as ov
-
-        from exporter.backends.openvino import float_config, save_ir
-
-        models["openvino"] = save_ir(ov.convert_model(str(float_onnx)), work_dir / "float-openvino.xml")
-        configs["openvino"] = float_config(threads)
-    return models, configs
+    float_onnx: Path, specs: Sequence[CandidateSpec], candidates: Sequence[Candidate], work_dir: Path
+) -> dict[str, Path]:
+    """Each runtime's float model, which its lossy candidates must beat: the float ONNX model in the
+    reference runtime, and for a runtime whose candidates were built, what their spec's ``float_model``
+    makes of it (OpenVINO: its IR, compiled with the float32 hint when opened)."""
+    models: dict[str, Path] = {REFERENCE_RUNTIME: float_onnx}
+    built = {c.runtime for c in candidates if c.path is not None}
+    for spec in specs:
+        if spec.runtime in built and spec.runtime not in models:
+            make = spec.float_model
+            models[spec.runtime] = float_onnx if make is None else make(float_onnx, work_dir)
+    return models
 
 
 def _build_all(

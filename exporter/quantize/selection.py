@@ -10,6 +10,7 @@ from pathlib import Path
 
 from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.quantize.judge import open_candidate, open_model
+from exporter.quantize.shipping import REFERENCE_RUNTIME, runtime_title
 from exporter.quantize.types import Candidate, QuantMode
 from exporter.runners import Runner
 
@@ -25,12 +26,10 @@ def time_candidates(
     plans: Sequence[BatchPlan],
     timing: TimingConfig,
     threads: int,
-    *,
-    float_configs: Mapping[str, dict[str, str]] | None = None,
 ) -> dict[str, list[LatencyStats]]:
     """The float model of each runtime and every built candidate, compared in alternating blocks per plan.
 
-    ``float_models`` maps a runtime (``onnxruntime``, ``openvino``) to its float model; each candidate is
+    ``float_models`` maps a runtime (a registered backend's ``runtime``) to its float model; each candidate is
     judged against the float model of the runtime that runs it (a lossy artifact must beat its own float
     source), while all share one timing so figures compare across runtimes too. Every candidate is timed at
     the first plan (batch 1, the cheapest); only the contenders go on to the other plans: per runtime, the
@@ -40,7 +39,6 @@ def time_candidates(
     float's) and ``timed_in_full``; returns each runtime's float statistics at every plan. The one place
     candidates are timed.
     """
-    configs = float_configs or {}
     timed = [c for c in candidates if c.path is not None and not c.shape_errors and c.runtime in float_models]
     runtimes = list(float_models)
     floats: dict[str, list[LatencyStats]] = {runtime: [] for runtime in runtimes}
@@ -48,9 +46,7 @@ def time_candidates(
         candidate.latency = []
     with contextlib.ExitStack() as stack:  # every session opened once, for all plans
         float_runners = [
-            stack.enter_context(
-                open_model(path, runtime, threads, configs.get(runtime, {}), float_label(runtime))
-            )
+            stack.enter_context(open_model(path, runtime, threads, {}, float_label(runtime)))
             for runtime, path in float_models.items()
         ]
         runner_of = {id(c): stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in timed}
@@ -105,7 +101,7 @@ def _time_group(
 
 def float_label(runtime: str) -> str:
     """The float model's name in the quantize stage's timings."""
-    return FLOAT_LABEL if runtime == "onnxruntime" else f"{FLOAT_LABEL} {runtime}"
+    return FLOAT_LABEL if runtime == REFERENCE_RUNTIME else f"{FLOAT_LABEL} {runtime}"
 
 
 def choose_candidate(mode: QuantMode, candidates: list[Candidate], notes: list[str]) -> None:
@@ -117,7 +113,7 @@ def choose_candidate(mode: QuantMode, candidates: list[Candidate], notes: list[s
 
 
 def _choose(mode: QuantMode, candidates: list[Candidate], notes: list[str], runtime: str) -> None:
-    where = "ONNX Runtime" if runtime == "onnxruntime" else runtime
+    where = runtime_title(runtime)
     within = [c for c in candidates if c.budget_passed and c.p50_ratio is not None]
     for candidate in within:
         if not candidate.timed_in_full:

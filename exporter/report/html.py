@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter.quantize.shipping import REFERENCE_RUNTIME, candidate_label
 from exporter.report.html_sections import (
     environment_section,
     failed_targets_section,
@@ -299,10 +300,9 @@ def _int8_points(quant: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
         if not speedup or not c["outputs"]:
             unplotted.append(f"{c['name']}: {'not timed' if not speedup else 'no outputs compared'}")
             continue
-        runtime = c.get("runtime", "onnxruntime")
         points.append(
             {
-                "name": c["name"] if runtime == "onnxruntime" else f"{c['name']} ({runtime})",
+                "name": candidate_label(c["name"], c.get("runtime", REFERENCE_RUNTIME)),
                 "x": 1.0 / speedup,
                 "y": min(o["min_cosine"] for o in c["outputs"]),
                 "label": stats["label"] if stats else "",

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter.quantize.shipping import (
+    REFERENCE,
+    REFERENCE_RUNTIME,
+    candidate_label,
+    float_backend,
+    shipped_file,
+)
+
 __all__ = ["SYNTHETIC_WARNING", "int8_source", "quantization_table", "top1_note"]
 
 Table = tuple[list[str], list[list[str]]]
@@ -28,7 +36,8 @@ def int8_source(summary: dict[str, Any]) -> str:
     if label is None:  # a report.json from before the label was recorded: only a working file's name
         return "int8 starts from a graph the optimize stage verified (not shipped)"
     if label == summary.get("portable"):
-        return f"int8 starts from the {label} graph, shipped as model.onnx"
+        source = float_backend(REFERENCE_RUNTIME) or REFERENCE
+        return f"int8 starts from the {label} graph, shipped as {source.file}"
     return f"int8 starts from the verified {label} graph (not shipped)"
 
 
@@ -70,9 +79,8 @@ def _full_table(report: dict[str, Any]) -> Table:
     if quant["float"]["accuracy"] is not None:
         accuracy = f"{quant['float']['accuracy']:.4f}"
         rows.append(["float (reference)", "-", "1.00x", "-", "1.00x", "-", "-", "-", accuracy, "-"])
-    files = {"onnxruntime": "model.int8.onnx", "openvino": "model.lossy.xml"}
     for c in quant["candidates"]:
-        runtime = c.get("runtime", "onnxruntime")
+        runtime = c.get("runtime", REFERENCE_RUNTIME)
         outputs = c["outputs"]
         if c["error"]:
             status = f"FAILED to build: {c['error']}"
@@ -82,7 +90,7 @@ def _full_table(report: dict[str, Any]) -> Table:
         else:
             status = "within budget"
         if c["chosen"]:
-            status = f"SHIPPED as {files.get(runtime, runtime)}, " + status
+            status = f"SHIPPED as {shipped_file(runtime) or runtime}, " + status
         if quant.get("fastest") == c["name"]:
             status += ", FASTEST within budget"
         elif c["budget_passed"] and not c["faster_than_float"]:
@@ -93,7 +101,7 @@ def _full_table(report: dict[str, Any]) -> Table:
         top1 = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
         rows.append(
             [
-                c["name"] if runtime == "onnxruntime" else f"{c['name']} ({runtime})",
+                candidate_label(c["name"], runtime),
                 status,
                 "-" if c["size_ratio"] is None else f"{c['size_ratio']:.2f}x",
                 ", ".join(f"{s['label']} {s['p50_ms']:.3g}" for s in c["latency"]) or "-",
