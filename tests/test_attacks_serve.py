@@ -385,6 +385,33 @@ def test_cosine_of_all_zero_rows_is_one_convention_everywhere() -> None:
     assert compare_outputs("y", zero, ones, Tolerance()).cosine == 0.0
 
 
+def test_an_all_zero_row_fails_the_start_up_check_of_a_lossy_artifact(folder: Path) -> None:
+    """Serve's judge on the folder's own golden case: a lossy artifact that zeroes one sample scores cosine
+    0 on it (it used to score 1.0, a free pass), a float one misses the tolerance; the exact reply passes."""
+    from dataclasses import replace
+
+    from exporter.documents.manifest import read_manifest
+    from exporter.quantize.budget import ParityBudget
+    from exporter.serving.artifact import golden_cases, shipped_artifacts
+    from exporter.serving.golden import GoldenMismatch, judge
+
+    manifest = read_manifest(folder)
+    float_artifact = shipped_artifacts(manifest)["onnxruntime"]
+    lossy_artifact = replace(float_artifact, budget=ParityBudget(min_cosine=0.5))
+    case = next(c for c in golden_cases(manifest) if c.sizes.get("batch", 1) > 1)
+    with np.load(folder / case.outputs) as arrays:
+        expected = {name: arrays[name] for name in arrays.files}
+    name = case.output_names[0]
+    assert np.all(np.abs(expected[name]).reshape(len(expected[name]), -1).max(axis=1) > 0)
+    assert judge(case, dict(expected), expected, manifest, lossy_artifact) == 0.0
+    zeroed = {**expected, name: expected[name].copy()}
+    zeroed[name][0] = 0.0
+    with pytest.raises(GoldenMismatch, match=r"cosine 0\.0000 < the parity budget's 0\.5"):
+        judge(case, zeroed, expected, manifest, lossy_artifact)
+    with pytest.raises(GoldenMismatch, match="outside atol"):
+        judge(case, zeroed, expected, manifest, float_artifact)
+
+
 def _export(root: Path, name: str) -> Path:
     from exporter.errors import ExitCode
     from exporter.pipeline import ExportOptions, export

@@ -88,18 +88,24 @@ def start(folder: Path, *flags: str, wait: bool = True) -> Server:
 
 
 def wait_ready(server: Server, timeout: float = 120) -> None:
+    poll_until(server, "/v2/health/ready", 200, timeout)
+
+
+def poll_until(server: Server, path: str, status: int, timeout: float = 120) -> tuple[int, Any]:
+    """GET ``path`` every 20 ms until it answers ``status``; fails at once if the server exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             _, stderr = server.process.communicate()
             raise AssertionError(f"server exited {server.process.returncode}: {stderr}")
         try:
-            if server.request("GET", "/v2/health/ready")[0] == 200:
-                return
+            reply = server.request("GET", path)
+            if reply[0] == status:
+                return reply
         except OSError:
             pass
-        time.sleep(0.05)
-    raise AssertionError("server not ready in time")
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never answered {status} in {timeout:g} s")
 
 
 def golden(folder: Path) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -273,26 +279,54 @@ def test_metrics_count_requests_and_errors(server: Server) -> None:
     assert [s.value for s in families["exporter_ready"].samples] == [1.0]
 
 
-def test_not_ready_until_loaded_and_checked(folder: Path) -> None:
+GATED_SERVER = """
+import sys, time
+from pathlib import Path
+import exporter.serving.server as server
+from exporter.serving.__main__ import main
+
+gate, loading = Path(sys.argv[1]), server.open_model
+
+def open_model_when_let(prepared):
+    while not gate.exists():
+        time.sleep(0.01)
+    return loading(prepared)
+
+server.open_model = open_model_when_let
+sys.exit(main(sys.argv[2:]))
+"""
+"""The real server, except that it loads the model only once the file ``argv[1]`` exists: the test sees
+the not-ready state for as long as it needs, however fast the model loads."""
+
+
+def test_not_ready_until_loaded_and_checked(folder: Path, tmp_path: Path) -> None:
     """Live answers as soon as the socket listens; ready (and infer) only after the golden check."""
-    server = start(folder, wait=False)
+    gate = tmp_path / "load"
+    port = free_port()
+    command = [
+        sys.executable,
+        "-c",
+        GATED_SERVER,
+        str(gate),
+        str(folder),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = Server(process, port)
     try:
-        seen: list[int] = []
-        refused_infer = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (not seen or seen[-1] != 200):
-            try:
-                status, reply = server.request("GET", "/v2/health/ready")
-            except OSError:
-                continue
-            seen.append(status)
-            if status == 503 and refused_infer is None:
-                refused_infer = server.infer(body_of(GOOD))
-                assert reply["ready"] is False and reply["reason"]
-        assert seen[0] == 503, seen
-        assert seen[-1] == 200
-        assert refused_infer is not None and refused_infer[0] == 503
-        assert "not ready" in refused_infer[1]["error"]
+        poll_until(server, "/v2/health/live", 200)
+        status, reply = server.request("GET", "/v2/health/ready")
+        assert status == 503 and reply["ready"] is False and "loading" in reply["reason"], reply
+        refused = server.infer(body_of(GOOD))
+        assert refused[0] == 503 and "not ready" in refused[1]["error"], refused
+        assert server.request("GET", f"/v2/models/{NAME}")[1]["platform"] == "loading"
+        gate.touch()
+        poll_until(server, "/v2/health/ready", 200)
+        assert server.infer(body_of(GOOD))[0] == 200
+        assert server.request("GET", f"/v2/models/{NAME}")[1]["platform"] == "onnxruntime_onnx"
     finally:
         code, stderr = server.stop()
     assert code == 0, stderr
@@ -384,11 +418,42 @@ def test_the_server_imports_no_torch() -> None:
 
 @pytest.fixture(scope="module")
 def every_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny_mlp(tmp_path_factory.mktemp("every"), targets=("all",))
+    """A folder of every target that ``exporter verify`` passes: what serve must then serve."""
+    folder = export_tiny_mlp(tmp_path_factory.mktemp("every"), targets=("all",))
+    verified = subprocess.run(
+        [sys.executable, "-m", "exporter", "verify", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torchscript", "aotinductor"])
+def test_every_verified_file_backend_is_one_serve_offers(every_backend: Path) -> None:
+    from exporter.documents.manifest import read_manifest
+    from exporter.serving.artifact import shipped_artifacts
+
+    shipped = shipped_artifacts(read_manifest(every_backend))
+    assert set(FILE_BACKENDS) <= set(shipped), shipped
+    assert {shipped[name].platform for name in FILE_BACKENDS} == set(PLATFORMS.values())
+
+
+PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "openvino": "openvino_xml",
+    "torchscript": "pytorch_torchscript",
+    "aotinductor": "pytorch_aotinductor",
+}
+FILE_BACKENDS = tuple(PLATFORMS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
 def test_every_file_backend_serves_the_golden_cases(
     every_backend: Path, tolerance: dict[str, float], backend: str
 ) -> None:
@@ -408,5 +473,4 @@ def test_every_file_backend_serves_the_golden_cases(
         code, stderr = server.stop()
     assert code == 0, stderr
     assert f"with {backend} (" in stderr
-    platform = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino_xml"}
-    assert metadata["platform"] == platform.get(backend, f"pytorch_{backend}")
+    assert metadata["platform"] == PLATFORMS[backend]
