@@ -1,6 +1,9 @@
 """exporter: turn a trained PyTorch model into verified, benchmarked deployment artifacts.
 
-The pipeline is ``load -> convert -> verify -> benchmark -> write``; ``export`` runs it all.
+The pipeline is ``load -> convert -> verify -> optimize -> quantize -> benchmark -> write``; ``export``
+runs it all (``exporter/pipeline.py`` orders the stages, ``exporter/stages/`` holds them). The names below
+are the Python API: ``export`` and its ``ExportOptions``/``ExportResult``, recipes, input specs and the
+exception family with its exit codes.
 
 Names are imported on first use (PEP 562), so ``exporter.serving`` runs a model without importing torch:
 a serving bundle for an ONNX artifact does not install it.

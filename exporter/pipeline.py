@@ -1,6 +1,17 @@
-"""The export pipeline: load -> convert -> verify -> benchmark -> write, each stage timed and recorded.
+"""The export pipeline: load -> convert -> verify -> optimize -> quantize -> benchmark -> write, each stage
+timed and recorded (``stages/records.py``: a ``StageRecord`` per stage, passed, failed, skipped or not run).
 
-``export(options)`` is what ``exporter export`` calls; everything the CLI does is reachable from here.
+``export(options)`` is what ``exporter export`` calls; everything the CLI does is reachable from here. This
+module only orders the stages and hands each one's result to the next; each lives in its own module:
+
+- load: ``loading/checkpoint.py`` (``load_model`` -> ``LoadedModel``; audits in ``loading/``)
+- convert: ``stages/convert.py`` (``build_backends``, one build per ``BackendSpec`` of ``backends/``)
+- verify: ``stages/convert.py`` (``verify_backends``, golden cases from ``verify/parity.py``)
+- optimize: ``stages/onnx.py`` (``optimize_stage`` -> ``OptimizationResult``; passes in ``optimize/``)
+- quantize: ``stages/onnx.py`` (``quantize_stage`` -> ``QuantizationResult``; candidates in ``quantize/``)
+- benchmark: ``stages/benchmark.py`` (``benchmark_stage`` -> ``LatencyStats`` per backend and batch)
+- write: ``stages/write.py`` (``write_stage``: artifacts, golden files, manifest.json, report.json/md/html,
+  through ``stages/staging.py``'s staging folder, swapped in whole)
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from exporter.options import ExportOptions
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.search import QuantizationResult
 from exporter.quantize.types import QuantMode
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import shape_cases
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import TargetFailure, build_backends, verify_backends

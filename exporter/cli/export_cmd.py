@@ -19,12 +19,14 @@ from exporter.cli.shared import (
     json_object,
     out,
     rich_table,
+    target_help,
 )
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
 from exporter.documents.build import lossy_artifacts
 from exporter.errors import UsageError
+from exporter.optimize.passes import OPTIMIZE_STEPS
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, ExportResult
 from exporter.quantize.calibration import CalibrationMethod
@@ -51,8 +53,7 @@ def export_command(
         list[Target] | None,
         typer.Option(
             "--to",
-            help="Target: onnx, torchscript, compile (torch.compile + AOTInductor model.pt2), or all; "
-            "repeat for several [default: onnx].",
+            help=f"{target_help()} [default: {', '.join(ExportOptions.targets)}].",
         ),
     ] = None,
     skip: Annotated[
@@ -215,7 +216,7 @@ def export_command(
         str | None,
         typer.Option(
             "--optimize",
-            help="ONNX graph optimization: auto, none, or steps from transformer,splitnorm,ort,fp16 "
+            help=f"ONNX graph optimization: auto, none, or steps from {','.join(OPTIMIZE_STEPS)} "
             "(comma-separated); a step is kept only if it verifies and is not slower [default: auto].",
         ),
     ] = None,
@@ -299,8 +300,6 @@ def _optimization_flags(text: str | None) -> dict[str, Any]:
     """``--optimize auto|none|step,step``, checked against the known steps."""
     if text is None:
         return {}
-    from exporter.optimize.optimizer import OPTIMIZE_STEPS
-
     steps = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in steps if s not in {"auto", "none", *OPTIMIZE_STEPS}]
     if unknown or not steps:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from exporter.cli.shared import DebugFlag, guarded, out
+from exporter.cli.shared import DebugFlag, backend_help, guarded, out
 
 __all__ = ["package_command"]
 
@@ -20,8 +20,7 @@ def package_command(
         str | None,
         typer.Option(
             "--backend",
-            help="The artifact to serve: onnxruntime, onnxruntime-int8, openvino, torchscript, ... "
-            "(default: the fastest one the folder ships).",
+            help=f"{backend_help('The artifact to serve')} (default: the fastest one the folder ships).",
         ),
     ] = None,
     force: Annotated[

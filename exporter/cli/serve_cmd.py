@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from exporter.cli.shared import DebugFlag, err, guarded
+from exporter.cli.shared import DebugFlag, backend_help, err, guarded
 
 __all__ = ["serve_command"]
 
@@ -18,8 +18,7 @@ def serve_command(
         str | None,
         typer.Option(
             "--backend",
-            help="Which shipped artifact answers: onnxruntime, onnxruntime-int8, onnxruntime-optimized, "
-            "openvino, openvino-lossy, torchscript, aotinductor [default: the fastest the report ranks].",
+            help=f"{backend_help('Which shipped artifact answers')} [default: the fastest the report ranks].",
         ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",

@@ -16,11 +16,22 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from exporter.backends._registry import backends, servable_backends, targets
 from exporter.errors import UsageError, describe_failure, explain
 from exporter.report.markdown import Table as RowTable
 from exporter.stages.records import StageRecord, StageStatus
 
-__all__ = ["RichProgress", "err", "guarded", "json_object", "out", "rich_table", "write_json"]
+__all__ = [
+    "RichProgress",
+    "backend_help",
+    "err",
+    "guarded",
+    "json_object",
+    "out",
+    "rich_table",
+    "target_help",
+    "write_json",
+]
 
 T = TypeVar("T")
 
@@ -144,3 +155,18 @@ JsonOut = Annotated[Path | None, typer.Option("--json", help="Write results as J
 """``--json FILE`` (``-`` prints the document instead of the tables)."""
 JunitOut = Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report.")]
 """``--junit FILE``."""
+
+
+def target_help() -> str:
+    """``--to``'s help from the backend registry: each target and what its backends make, so a registered
+    backend is listed without touching the CLI."""
+    listed = []
+    for target in targets():
+        made = [s.help for s in backends() if s.target == target and s.build is not None and s.help]
+        listed.append(f"{target} ({'; '.join(made)})" if made else target)
+    return f"Target: {', '.join(listed)}, or all; repeat for several"
+
+
+def backend_help(lead: str) -> str:
+    """``--backend``'s help (serve, package) from the registry: every backend they can run."""
+    return f"{lead}: {', '.join(servable_backends())}"

@@ -13,7 +13,7 @@ from exporter.backends.onnxruntime import ONNX
 from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Int8Entry, Manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder
-from exporter.runners import Runner
+from exporter.runners.base import Runner
 from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 __all__ = [

@@ -48,8 +48,9 @@ from exporter.gate.files import (
 )
 from exporter.loading.checkpoint import LoadRequest, load_model, sha256_file
 from exporter.loading.safe_paths import inside_folder
-from exporter.quantize.budget import ParityBudget, compare_int8
-from exporter.runners import EagerRunner, OnnxRuntimeRunner
+from exporter.quantize.budget import compare_int8
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import InputSpec, ShapeCase
 from exporter.verify.parity import GoldenCase, ParityResult, Tolerance, verify_runner
 
@@ -244,7 +245,7 @@ def _check_int8(
         return Check(name, "int8", False, "the manifest has a lossy model but no int8-eval samples")
     data = read_npz(folder_file(request.folder, entry.inputs))
     samples = [{name: data[f"{name}.{index}"] for name in spec.names} for index in range(entry.samples)]
-    budget = ParityBudget(**int8.budget.model_dump())
+    budget = int8.budget  # the manifest holds the ParityBudget itself
     started = time.perf_counter()
     outputs = []
     with OnnxRuntimeRunner(folder_file(request.folder, str(ONNX.file)), request.threads) as runner:

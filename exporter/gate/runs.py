@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ExitCode, ExporterError, RecipeError, UsageError, describe_failure, first_line
 from exporter.gate.junit import write_junit
@@ -31,6 +31,9 @@ from exporter.interrupts import (
     raise_interrupted,
 )
 from exporter.stages.staging import MANIFEST_SCHEMA_VERSION, read_document
+
+if TYPE_CHECKING:
+    from exporter.pipeline import ExportResult
 
 __all__ = [
     "RunInterrupted",
@@ -292,35 +295,7 @@ def run_recipe(
             "benchmark": None if benchmark else False,  # --no-benchmark wins; else the recipe decides
         }
         exported = export(build_export_options(recipe, overrides))
-        checks = [
-            {
-                "name": f"export parity {b.backend}",
-                "kind": "parity",
-                "passed": b.passed,
-                "detail": (b.notes or b.shipped_parity.failures() or [f"{b.shipped} {b.file or ''}".strip()])[
-                    0
-                ],
-            }
-            for b in exported.backends
-        ]
-        checks += [
-            {
-                "name": f"export convert {failure.backend}",
-                "kind": "convert",
-                "passed": False,
-                "detail": "\n\n".join(filter(None, (failure.error, failure.explanation))),
-            }
-            for failure in exported.failed_targets
-        ]
-        if exported.quantization is not None:
-            checks.append(
-                {
-                    "name": "export int8 budget",
-                    "kind": "int8",
-                    "passed": exported.quantization.passed,
-                    "detail": "; ".join(exported.quantization.notes) or "within budget",
-                }
-            )
+        checks = _export_checks(exported)
         latency = None
         baseline = baseline_dir / name / "report.json" if baseline_dir else None
         if baseline is not None and max_latency_regression is not None and baseline.is_file():
@@ -344,6 +319,39 @@ def run_recipe(
     except Exception as error:  # an interrupt is not caught: it stops the worker (see _collect)
         code, detail = describe_failure(error, f"run {path}")
         return _failed(path, name, code, detail, time.perf_counter() - started)
+
+
+def _export_checks(exported: ExportResult) -> list[dict[str, Any]]:
+    """The export's own results as gate checks: each backend's parity, each target that did not convert,
+    and the int8 budget when candidates were tried."""
+    checks = [
+        {
+            "name": f"export parity {b.backend}",
+            "kind": "parity",
+            "passed": b.passed,
+            "detail": (b.notes or b.shipped_parity.failures() or [f"{b.shipped} {b.file or ''}".strip()])[0],
+        }
+        for b in exported.backends
+    ]
+    checks += [
+        {
+            "name": f"export convert {failure.backend}",
+            "kind": "convert",
+            "passed": False,
+            "detail": "\n\n".join(filter(None, (failure.error, failure.explanation))),
+        }
+        for failure in exported.failed_targets
+    ]
+    if exported.quantization is not None:
+        checks.append(
+            {
+                "name": "export int8 budget",
+                "kind": "int8",
+                "passed": exported.quantization.passed,
+                "detail": "; ".join(exported.quantization.notes) or "within budget",
+            }
+        )
+    return checks
 
 
 def _failed(

@@ -39,7 +39,8 @@ from exporter.optimize.results import (
     _score,
     _Trail,
 )
-from exporter.runners import EagerRunner, OnnxRuntimeRunner
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.verify.parity import GoldenCase, ParityResult, Tolerance, verify_runner
 
 __all__ = [

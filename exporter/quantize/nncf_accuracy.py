@@ -70,8 +70,6 @@ def nncf_quantize_openvino_with_accuracy_control(
     if not validation:
         raise ValueError("accuracy control needs at least one validation sample")
     nncf = _import_nncf()
-    import openvino as ov
-
     drop = 1.0 - min_cosine if max_drop is None else max_drop
     budget = ParityBudget(min_cosine=min_cosine)
     model = _read_openvino(float_onnx)
@@ -101,12 +99,7 @@ def nncf_quantize_openvino_with_accuracy_control(
             )
         except Exception as error:
             raise RuntimeError(f"nncf.quantize_with_accuracy_control failed: {first_line(error)}") from error
-    target_xml.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(target_xml), compress_to_fp16=False)
-    compiled = ov.Core().compile_model(
-        quantized, "CPU", {**_VALIDATION_CONFIG, "INFERENCE_NUM_THREADS": threads}
-    )
-    reached, _ = worst_cosine(compiled, indexed)
+    reached, _ = worst_cosine(_save_and_compile(quantized, target_xml, threads), indexed)
     settings = _settings("openvino", transformer, size, log)
     settings.update(
         {
@@ -121,6 +114,16 @@ def nncf_quantize_openvino_with_accuracy_control(
         }
     )
     return settings
+
+
+def _save_and_compile(quantized: Any, target_xml: Path, threads: int) -> Any:
+    """Save the quantized model (weights kept as they are, not compressed to fp16) and compile it as the
+    metric is measured: CPU, f32 inference precision, ``threads`` threads."""
+    import openvino as ov
+
+    target_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(target_xml), compress_to_fp16=False)
+    return ov.Core().compile_model(quantized, "CPU", {**_VALIDATION_CONFIG, "INFERENCE_NUM_THREADS": threads})
 
 
 def _second(item: tuple[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

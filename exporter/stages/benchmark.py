@@ -17,7 +17,8 @@ from exporter.benchmark.trust import LoadWatch, TimingQuality, assess_timing
 from exporter.documents.build import lossy_artifacts
 from exporter.quantize.search import QuantizationResult
 from exporter.quantize.types import QuantMode
-from exporter.runners import EagerRunner, Runner
+from exporter.runners.base import Runner
+from exporter.runners.pytorch import EagerRunner
 from exporter.stages.records import ProgressListener
 
 if TYPE_CHECKING:
