@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import dataclasses as pydantic_dataclasses
 
 from exporter.documents.fields import ENTRY, Number
-from exporter.verify.comparison import cosine_rows
+from exporter.verify.comparison import cosine_rows, rows, sqnr_db, top1_agreement
 
 __all__ = ["Int8Comparison", "ParityBudget", "compare_int8"]
 
@@ -68,15 +68,13 @@ def compare_int8(
         return Int8Comparison(
             name, len(expected), 0.0, -math.inf, math.inf, None, False, "output shapes differ"
         )
-    rows_a = np.concatenate([_rows(a) for a in actual]).astype(np.float64)
-    rows_b = np.concatenate([_rows(b) for b in expected]).astype(np.float64)
+    rows_a = np.concatenate([rows(a) for a in actual]).astype(np.float64)
+    rows_b = np.concatenate([rows(b) for b in expected]).astype(np.float64)
     if not np.all(np.isfinite(rows_a)):
         return Int8Comparison(
             name, len(expected), 0.0, -math.inf, math.inf, None, False, "NaN/Inf in the output"
         )
-    noise = float(np.sum((rows_a - rows_b) ** 2))
-    signal = float(np.sum(rows_b**2))
-    sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+    sqnr = sqnr_db(rows_b, rows_a)
     min_cosine = float(cosine_rows(rows_a, rows_b).min())
     max_abs = float(np.abs(rows_a - rows_b).max(initial=0.0))
     classifier = (  # (B, C) scores, as --min-top1 declares them
@@ -85,7 +83,7 @@ def compare_int8(
         and expected[0].shape[1] >= 2
         and expected[0].dtype.kind == "f"
     )
-    top1 = float(np.mean(rows_a.argmax(axis=1) == rows_b.argmax(axis=1))) if classifier else None
+    top1 = top1_agreement(rows_a, rows_b) if classifier else None
     misses = []
     if min_cosine < budget.min_cosine:
         misses.append(f"min cosine {min_cosine:.4f} < {budget.min_cosine:g}")
@@ -98,10 +96,3 @@ def compare_int8(
     return Int8Comparison(
         name, len(expected), min_cosine, sqnr, max_abs, top1, not misses, "; ".join(misses) or None
     )
-
-
-def _rows(array: np.ndarray) -> np.ndarray:
-    """One row per sample (first axis), or the whole array as one row when it has no batch dim."""
-    if array.ndim <= 1:
-        return array.reshape(1, -1)
-    return array.reshape(array.shape[0], -1)
