@@ -244,7 +244,7 @@ def _needed_bytes(run: _Run, loaded: LoadedModel) -> int:
     return estimate_bytes(
         loaded.module,
         run.golden,
-        [spec.target for spec in run.specs if spec.target],
+        run.specs,
         options.quantization.mode is not QuantMode.NONE,
         fallback=options.checkpoint.stat().st_size,
     )

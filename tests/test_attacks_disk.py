@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from exporter.backends._registry import backend
 from exporter.errors import ConversionError, ExitCode, LoadError, StorageError
 from exporter.stages.storage import estimate_bytes, storage_errors
 from tests.conftest import export_tiny_mlp
@@ -227,7 +228,8 @@ def test_other_failures_on_a_roomy_disk_pass_through_unchanged(tmp_path: Path) -
 def test_the_estimate_grows_with_the_weights_and_the_targets() -> None:
     small, large = MODELS["mlp"].build(), torch.nn.Linear(1000, 1000)
     weights = 1001 * 1000 * 4
-    assert estimate_bytes(large, [], ["onnx"], False) > 2 * weights
-    assert estimate_bytes(large, [], ["onnx", "torchscript"], False) > 5 * weights
-    assert estimate_bytes(small, [], ["onnx"], False) < estimate_bytes(small, [], ["onnx", "compile"], False)
-    assert estimate_bytes(object(), [], ["onnx"], False, fallback=weights) > 2 * weights
+    onnx, torchscript, aoti = backend("onnxruntime"), backend("torchscript"), backend("aotinductor")
+    assert estimate_bytes(large, [], [onnx], False) > 2 * weights
+    assert estimate_bytes(large, [], [onnx, torchscript], False) > 5 * weights
+    assert estimate_bytes(small, [], [onnx], False) < estimate_bytes(small, [], [onnx, aoti], False)
+    assert estimate_bytes(object(), [], [onnx], False, fallback=weights) > 2 * weights

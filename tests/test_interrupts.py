@@ -221,11 +221,6 @@ def test_a_signal_during_the_swap_is_held_until_the_new_folder_is_whole(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.partial")] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="staging_dir skips removing the retired .model.old-* folder when the held signal is raised "
-    "at the end of the swap (exporter/stages/staging.py); it stays until the next export into the folder",
-)
 def test_a_signal_during_the_swap_leaves_no_retired_folder_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,3 +55,14 @@ def test_min_top1_declares_class_scores_and_shows_the_column() -> None:
     headers, rows = quantization_table(report)
     assert rows[0][headers.index("top-1 agree")] == "0.938"
     assert top1_note(report) is None
+
+
+def test_the_fastest_candidate_within_budget_still_says_it_is_slower_than_float() -> None:
+    """Fastest among the candidates is not faster than the float model: the row says both."""
+    report = _report(min_top1=None, top1=None)
+    candidate = report["quantization"]["candidates"][0]
+    candidate.update(chosen=False, faster_than_float=False)
+    report["quantization"]["fastest"] = candidate["name"]
+    headers, rows = quantization_table(report)
+    status = rows[0][headers.index("status")]
+    assert status == "within budget, FASTEST within budget, SLOWER than float"

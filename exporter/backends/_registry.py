@@ -157,15 +157,22 @@ class OpenContext:
     """What opening a shipped artifact needs: the input names and spec, threads, the call convention, and
     the runtime settings the manifest recorded (OpenVINO's plugin config).
 
+    ``input_names`` raises when a backend that needs the spec (a TorchScript archive) gets none.
     ``spinning=False`` lets a runtime's idle intra-op threads sleep instead of spinning (ONNX Runtime's
     ``allow_spinning``): the server's choice, whose threads share the cores with its event loop.
     """
 
-    spec: InputSpec
+    spec: InputSpec | None
+    """None where the runtime reads its inputs' names from the file (ONNX Runtime, OpenVINO)."""
     threads: int
     call: CallConvention | None = None
     config: Mapping[str, str] | None = None
     spinning: bool = True
+
+    def input_names(self) -> tuple[str, ...]:
+        if self.spec is None:
+            raise ValueError("this backend's files do not name their inputs: open it with an input spec")
+        return self.spec.names
 
 
 def _no_notes(result: BackendResult, spec: InputSpec) -> list[str]:
@@ -203,6 +210,9 @@ class BackendSpec:
         requirements: the packages a bundle's server needs to run the file, besides the server's own.
         triton_platform: the Triton Inference Server ``platform`` that runs the file, where there is one.
         help: one line for the CLI's help texts (``--to``, ``--backend``).
+        staging_copies: copies of the weights the backend keeps in the staging folder at once (ONNX as
+            exported and simplified: 2), for the free-space estimate before an export writes.
+        staging_extra_bytes: what it stages whatever the weights (AOTInductor's compiled library).
     """
 
     name: str
@@ -222,6 +232,8 @@ class BackendSpec:
     requirements: tuple[str, ...] = ()
     triton_platform: str | None = None
     help: str = ""
+    staging_copies: int = 1
+    staging_extra_bytes: int = 0
 
     @property
     def servable(self) -> bool:

@@ -83,8 +83,9 @@ def _describe_compiled(entry: Mapping[str, Any]) -> list[str]:
 
 
 def _open_package(path: Path, context: OpenContext) -> Runner:
-    convention = context.call or CallConvention(context.spec.names)
-    return AotInductorRunner(path, convention, context.spec.names, threads=context.threads)
+    names = context.input_names()
+    convention = context.call or CallConvention(names)
+    return AotInductorRunner(path, convention, names, threads=context.threads)
 
 
 def _build_package(context: BuildContext) -> BuiltBackend:
@@ -119,6 +120,7 @@ def _compiler_present() -> None:
 TORCH_COMPILE = register(
     BackendSpec(
         name="torch-compile",
+        staging_copies=0,
         help="torch.compile in process (nothing shipped; measured beside the others)",
         target="compile",
         file=None,
@@ -135,6 +137,7 @@ TORCH_COMPILE = register(
 AOT_INDUCTOR = register(
     BackendSpec(
         name="aotinductor",
+        staging_extra_bytes=2 << 20,
         runtime="torch",
         platform="pytorch_aotinductor",
         requirements=("torch",),

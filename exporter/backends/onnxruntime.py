@@ -229,6 +229,7 @@ def manifest_section(results: Sequence[BackendResult]) -> dict[str, Any] | None:
 ONNX = register(
     BackendSpec(
         name="onnxruntime",
+        staging_copies=2,
         runtime="onnxruntime",
         platform="onnxruntime_onnx",
         requirements=("onnxruntime",),
@@ -252,7 +253,7 @@ ORT_OPTIMIZED = register(
         runtime="onnxruntime",
         platform="onnxruntime_onnx",
         requirements=("onnxruntime",),
-        triton_platform="onnxruntime_onnx",
+        triton_platform=None,  # com.microsoft fused ops tied to this ORT build: Triton gets model.onnx
         help="the ONNX model after ONNX Runtime's offline graph optimizations",
         target=None,
         file="model.ort.onnx",

@@ -27,7 +27,7 @@ __all__ = ["TORCHSCRIPT"]
 
 
 def _open(path: Path, context: OpenContext) -> Runner:
-    return TorchScriptRunner(path, context.spec.names, threads=context.threads)
+    return TorchScriptRunner(path, context.input_names(), threads=context.threads)
 
 
 def _build(context: BuildContext) -> BuiltBackend:
@@ -104,6 +104,7 @@ def _describe(entry: Mapping[str, Any]) -> list[str]:
 TORCHSCRIPT = register(
     BackendSpec(
         name="torchscript",
+        staging_copies=3,
         runtime="torch",
         platform="pytorch_torchscript",
         requirements=("torch",),

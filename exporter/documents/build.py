@@ -17,7 +17,6 @@ from exporter.benchmark.latency import LatencyStats
 from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
 from exporter.quantize.search import QuantizationResult
-from exporter.quantize.shipping import lossy_backend
 from exporter.quantize.types import Candidate
 from exporter.report.markdown import REPORT_SCHEMA_VERSION
 from exporter.specs.inputs import InputSpec
@@ -212,7 +211,7 @@ def lossy_artifacts(quantization: QuantizationResult | None) -> list[tuple[Backe
     the file it ships as (the ONNX Runtime choice as ``model.int8.onnx``, say)."""
     if quantization is None:
         return []
-    shipped = [(lossy_backend(c.runtime), c) for c in quantization.shipped if c.path is not None]
+    shipped = [(c.backend, c) for c in quantization.shipped if c.path is not None]
     return [(spec, c) for spec, c in shipped if spec is not None and spec.file is not None]
 
 

@@ -57,7 +57,7 @@ def named_files(manifest: Manifest) -> list[str]:
     for golden in manifest.golden:
         names += [golden.inputs, golden.outputs] if isinstance(golden, GoldenCaseEntry) else [golden.inputs]
     for lossy in lossy_entries(manifest):
-        names += ["model.onnx", lossy.file]  # the budget check compares against model.onnx
+        names += [str(ONNX.file), lossy.file]  # the budget check compares against the float ONNX model
     return names
 
 

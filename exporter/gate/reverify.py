@@ -261,7 +261,7 @@ def _check_int8(
     passed = all(c.passed for c in comparisons)
     worst = min(c.min_cosine for c in comparisons)
     detail = (
-        f"{int8.file} vs model.onnx on {len(samples)} samples: min cosine {worst:.4f} ({budget.describe()})"
+        f"{int8.file} vs {ONNX.file} on {len(samples)} samples: min cosine {worst:.4f} ({budget.describe()})"
     )
     if not passed:
         detail += ": " + "; ".join(c.message or "outside budget" for c in comparisons if not c.passed)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from exporter.backends._registry import BackendSpec, OpenContext
 from exporter.errors import first_line
 from exporter.quantize.budget import compare_int8
-from exporter.quantize.shipping import float_backend, lossy_backend
+from exporter.quantize.shipping import float_backend
 from exporter.quantize.types import Candidate, QuantizeContext
 from exporter.runners import Runner
 
@@ -25,7 +25,7 @@ def open_model(path: Path, runtime: str, threads: int, config: dict[str, str], n
 def open_candidate(candidate: Candidate, threads: int, name: str | None = None) -> Runner:
     """A lossy model opened by the backend it ships in, with its recorded runtime settings."""
     assert candidate.path is not None
-    spec = lossy_backend(candidate.runtime)
+    spec = candidate.backend
     settings = OpenSettings(threads, candidate.config, name or candidate.name)
     return _open(spec, candidate.path, candidate.runtime, settings)
 
@@ -41,7 +41,7 @@ def _open(spec: BackendSpec | None, path: Path, runtime: str, settings: OpenSett
     if spec is None or spec.open is None:
         raise ValueError(f"{settings.name}: no registered backend opens a {runtime} model")
     # ONNX Runtime and OpenVINO read input names from the file: no input spec is needed to open one.
-    context = OpenContext(None, settings.threads, config=settings.config or None)  # type: ignore[arg-type]
+    context = OpenContext(None, settings.threads, config=settings.config or None)
     runner = spec.open(path, context)
     runner.name = settings.name
     return runner

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporter.backends._registry import BackendSpec
 from exporter.benchmark.latency import BatchPlan, LatencyStats
 from exporter.errors import UsageError
 from exporter.quantize.budget import Int8Comparison, ParityBudget
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.onnx_ort import CALIBRATION_METHODS, Int8Formats
 from exporter.quantize.sensitivity import LayerError
+from exporter.quantize.shipping import REFERENCE_RUNTIME, lossy_backend, shipped_file
 from exporter.specs.inputs import InputSpec
 from exporter.verify.parity import GoldenCase
 
@@ -119,8 +121,9 @@ class Candidate:
     engine: str
     settings: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-    runtime: str = "onnxruntime"
-    """What runs it: ``onnxruntime`` (an ONNX file) or ``openvino`` (an IR compiled with ``config``)."""
+    runtime: str = REFERENCE_RUNTIME
+    """What runs it (a registered backend's ``runtime``): ``onnxruntime`` (an ONNX file) or ``openvino``
+    (an IR compiled with ``config``). The backend it ships in and the file follow from it."""
     config: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     explanation: str | None = None
@@ -136,6 +139,16 @@ class Candidate:
     chosen: bool = False
     timed_in_full: bool = True
     """Timed at every batch plan; False when its first plan already ruled it out (``time_candidates``)."""
+
+    @property
+    def backend(self) -> BackendSpec | None:
+        """The registered lossy backend this candidate ships in when chosen (None: it can never ship)."""
+        return lossy_backend(self.runtime)
+
+    @property
+    def shipped_as(self) -> str | None:
+        """The file it ships as when chosen (``model.int8.onnx``)."""
+        return shipped_file(self.runtime)
 
     @property
     def budget_passed(self) -> bool:

@@ -93,7 +93,7 @@ def _full_table(report: dict[str, Any]) -> Table:
             status = f"SHIPPED as {shipped_file(runtime) or runtime}, " + status
         if quant.get("fastest") == c["name"]:
             status += ", FASTEST within budget"
-        elif c["budget_passed"] and not c["faster_than_float"]:
+        if c["budget_passed"] and not c["faster_than_float"]:
             status += ", SLOWER than float"
         per_batch = ", ".join(
             f"{s['label']} x{1 / s['speedup_vs_float']:.2f}" for s in c["latency"] if s["speedup_vs_float"]

@@ -142,22 +142,21 @@ def staging_dir(out: Path, force: bool, keep: Sequence[Path] = ()) -> Iterator[P
     remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     staging.chmod(0o755)
+    retired: Path | None = None
     try:
         yield staging
         check_output_dir(out, force, keep)
-        with blocked_signals():
+        with blocked_signals():  # a signal held here is raised on leaving: the old folder goes in finally
             if out.exists():
                 retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
                 out.rename(retired / out.name)
-                staging.rename(out)
-            else:
-                retired = None
-                staging.rename(out)
-        if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
+            staging.rename(out)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None and not out.exists() and (retired / out.name).exists():
+            (retired / out.name).rename(out)  # the swap failed half way: the earlier export goes back
+        for leftover in (staging, retired):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_golden(folder: Path, golden: Sequence[GoldenCase]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from exporter.errors import ConversionError, ExporterError, StorageError, first_line
 
@@ -39,11 +39,6 @@ _NEARLY_FULL = 1 << 20
 """Below this much free space, a C++ writer's unexplained failure is taken to be the disk's."""
 _REPORTS = 256 << 10
 """report.json/.md/.html and manifest.json of a small model (about 70 kB for a 16-feature MLP)."""
-_LIBRARY = 2 << 20
-"""AOTInductor's compiled library inside ``model.pt2`` (1.5 MB for that MLP), whatever the weights."""
-_COPIES = {"onnx": 2, "torchscript": 3, "compile": 1, "openvino": 1}
-"""Copies of the weights a target keeps in the staging folder at once: ONNX as exported and simplified,
-TorchScript plain, frozen and optimized."""
 _MARGIN = 1.1
 
 
@@ -67,26 +62,35 @@ def check_writable(out: Path) -> None:
         )
 
 
+class Staged(Protocol):
+    """What a backend stages (``BackendSpec``'s fields)."""
+
+    @property
+    def staging_copies(self) -> int: ...
+    @property
+    def staging_extra_bytes(self) -> int: ...
+
+
 def estimate_bytes(
-    module: Any, golden: Sequence[Any], targets: Sequence[str], quantize: bool, fallback: int = 0
+    module: Any, golden: Sequence[Any], backends: Sequence[Staged], quantize: bool, fallback: int = 0
 ) -> int:
-    """About what the staging folder will hold at once: the weights once per copy each target keeps, the
-    golden files, the reports, AOTInductor's library; ``fallback`` (the checkpoint's size) when the module's
-    tensors cannot be counted. A lower bound more than a promise: a write that still fails is reported by
-    ``storage_errors``.
+    """About what the staging folder will hold at once: the weights once per copy each backend keeps, the
+    golden files, the reports, what a backend stages whatever the weights (AOTInductor's library);
+    ``fallback`` (the checkpoint's size) when the module's tensors cannot be counted. A lower bound more
+    than a promise: a write that still fails is reported by ``storage_errors``.
     """
     try:
         tensors = itertools.chain(module.parameters(), module.buffers())
         weights = sum(t.numel() * t.element_size() for t in tensors)
     except Exception:  # a module kind without parameters(): the checkpoint's size is the next best figure
         weights = fallback
-    copies = sum(_COPIES.get(target, 1) for target in targets) + (1 if quantize else 0)
+    copies = sum(b.staging_copies for b in backends) + (1 if quantize else 0)
     golden_bytes = sum(
         getattr(array, "nbytes", 0)
         for case in golden
         for array in (*getattr(case, "inputs", {}).values(), *getattr(case, "outputs", ()))
     )
-    fixed = _REPORTS + (_LIBRARY if "compile" in targets else 0)
+    fixed = _REPORTS + sum(b.staging_extra_bytes for b in backends)
     return int((weights * copies + golden_bytes + fixed) * _MARGIN)
 
 
