@@ -74,7 +74,9 @@ from exporter.environment import collect_environment
 from exporter.errors import first_line
 from exporter.pipeline import ExportOptions, ExportResult, StageRecord, export
 from exporter.quantize.types import QuantizeOptions, QuantMode
-from exporter.runners import CallConvention, OnnxRuntimeRunner, Runner, flatten_outputs
+from exporter.runners.base import CallConvention, Runner
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
+from exporter.runners.pytorch import flatten_outputs
 from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 HERE = Path(__file__).resolve().parent
@@ -1085,7 +1087,7 @@ def _ours_openvino(  # noqa: PLR0917
     note: str,
     min_cosine: float = QuantizeOptions.min_cosine,
 ) -> Built:
-    from exporter.runners import OpenVinoRunner
+    from exporter.runners.openvino import OpenVinoRunner
 
     result, seconds = run_pipeline(bench, quantize=name.startswith("ours-lossy"), min_cosine=min_cosine)
     path = result.out_dir / file

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from exporter.backends import BackendResult, BackendSpec, BuildContext, backends_for
 from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
 from exporter.backends.openvino import OPENVINO
+from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, backends_for
 from exporter.benchmark.latency import LatencyStats
 from exporter.benchmark.trust import TimingQuality
 from exporter.convert.onnx import OnnxConversion

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exporter.backends._registry import backend
+from exporter.backends.registry import backend
 from exporter.errors import ConversionError, ExitCode, LoadError, StorageError
 from exporter.stages.storage import estimate_bytes, storage_errors
 from tests.conftest import export_tiny_mlp

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from exporter.backends._registry import OpenContext
 from exporter.backends.openvino import OPENVINO, checked_config, float_config
+from exporter.backends.registry import OpenContext
 from exporter.cli import app
 from exporter.errors import UsageError
 from exporter.options import ExportOptions

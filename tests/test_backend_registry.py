@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter.backends import (
+from exporter.backends.registry import (
     ArtifactCandidate,
     BackendSpec,
     BuildContext,
@@ -34,7 +34,7 @@ from exporter.errors import ExitCode, UsageError
 from exporter.gate.reverify import VerifyRequest, verify_artifacts
 from exporter.packaging.bundle import bundle_requirements
 from exporter.pipeline import ExportOptions, export
-from exporter.runners import Runner
+from exporter.runners.base import Runner
 from tests.conftest import export_tiny_mlp
 from tests.test_serve import ROOT, Server, body_of, free_port, golden, wait_ready
 
@@ -152,7 +152,7 @@ def test_a_registered_backend_is_verified_timed_listed_and_gated_without_touchin
 
 SERVE_TOY = (
     "import sys\n"
-    "from exporter.backends._registry import register\n"
+    "from exporter.backends.registry import register\n"
     "from tests.test_backend_registry import TOY\n"
     "register(TOY)\n"
     "from exporter.serving.__main__ import main\n"

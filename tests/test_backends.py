@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from exporter.backends._registry import ArtifactCandidate
 from exporter.backends._verify import arbitrate_float_backends, verify_backend
+from exporter.backends.registry import ArtifactCandidate
 from exporter.runners.base import Runner
 from exporter.runners.pytorch import EagerRunner, Float64EagerRunner
 from exporter.specs.inputs import InputSpec, parse_tensor_spec, shape_cases

@@ -17,7 +17,7 @@ from exporter.benchmark.latency import (
     measure_latency,
     p50_per_plan,
 )
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 
 TINY = TimingConfig(warmup=1, min_runs=3, min_seconds=0.0, max_runs=5, max_seconds=1.0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from exporter.backends._registry import backends, servable_backends, targets
+from exporter.backends.registry import backends, servable_backends, targets
 from exporter.cli import app
 from exporter.optimize.passes import OPTIMIZE_STEPS
 

@@ -17,7 +17,7 @@ import torch
 from exporter.convert.compile import CompileRequest, compile_model, cpp_compiler, package_aot_inductor
 from exporter.errors import ConversionError, ExitCode
 from exporter.pipeline import ExportOptions, export
-from exporter.runners import AotInductorRunner, EagerRunner
+from exporter.runners.pytorch import AotInductorRunner, EagerRunner
 from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec
 from tests.models import MODELS
 

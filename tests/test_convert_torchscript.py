@@ -17,7 +17,7 @@ from exporter.convert.torchscript import (
 )
 from exporter.errors import ConversionError, ExitCode
 from exporter.pipeline import ExportOptions, export
-from exporter.runners import EagerRunner, TorchScriptRunner
+from exporter.runners.pytorch import EagerRunner, TorchScriptRunner
 from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec
 from tests.models import MODELS
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from exporter.benchmark.latency import LatencyStats
 from exporter.documents.fields import Typed
-from exporter.documents.manifest import BudgetEntry, Int8Entry, Manifest, read_typed
+from exporter.documents.manifest import Int8Entry, Manifest, read_typed
 from exporter.documents.report_model import ParityEntry, Report
 from exporter.errors import UsageError
 from exporter.quantize.budget import ParityBudget
@@ -73,7 +73,6 @@ def _read(document: dict[str, Any]) -> Holder:
 def test_the_documents_hold_the_types_the_code_uses() -> None:
     assert Manifest.model_fields["tolerance"].annotation is Tolerance
     assert Int8Entry.model_fields["budget"].annotation is ParityBudget
-    assert BudgetEntry is ParityBudget  # the old name, for callers not yet moved
     assert ParityEntry.model_fields["tolerance"].annotation is Tolerance
     assert get_args(Report.model_fields["stages"].annotation) == (StageRecord,)
     assert get_args(Report.model_fields["latency"].annotation) == (LatencyStats,)

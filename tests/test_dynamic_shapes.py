@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from exporter.convert._dynamic_shapes import dynamic_shapes_for
-from exporter.runners import CallConvention
+from exporter.runners.base import CallConvention
 from exporter.specs.inputs import InputSpec, make_inputs, parse_tensor_spec, shape_cases, trace_sizes
 from tests.models import MODELS
 

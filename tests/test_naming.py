@@ -11,7 +11,7 @@ import torch
 
 from exporter.errors import UsageError
 from exporter.options import ExportOptions, build_export_options
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import InputSpec, parse_tensor_spec, shape_cases
 from exporter.specs.naming import parse_output_names
 from exporter.verify.parity import make_golden

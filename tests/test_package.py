@@ -26,7 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
-from exporter.backends._registry import backend
+from exporter.backends.registry import backend
 from exporter.cli import app
 from exporter.documents.manifest import read_manifest
 from exporter.packaging.bundle import _check_covered, bundle_requirements, package_bundle

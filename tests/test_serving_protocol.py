@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
-from exporter.backends._registry import OpenContext, open_file
+from exporter.backends.registry import OpenContext, open_file
 from exporter.serving.app import ServerState, build_app
 from exporter.serving.protocol import (
     InputRule,

@@ -36,7 +36,7 @@ from exporter.gate.checks import LatencyBudget, VerifyRequest
 from exporter.gate.reverify import verify_artifacts
 from exporter.report.html import render_html
 from exporter.report.markdown import latency_matrix, latency_table, render_markdown
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.stages.staging import write_json
 from tests.conftest import FAST_TIMING, export_tiny_mlp
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from exporter.backends._registry import ArtifactCandidate, BackendResult, BackendSpec, BuiltBackend
+from exporter.backends.registry import ArtifactCandidate, BackendResult, BackendSpec, BuiltBackend
 from exporter.errors import first_line
 from exporter.runners.base import Runner
 from exporter.runners.pytorch import EagerRunner, Float64EagerRunner

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.backends._registry import (
+from exporter.backends.registry import (
     ArtifactCandidate,
     BackendResult,
     BackendSpec,

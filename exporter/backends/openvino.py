@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.backends._registry import (
+from exporter.backends.registry import (
     ArtifactCandidate,
     BackendResult,
     BackendSpec,

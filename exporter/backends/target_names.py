@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from exporter.backends._registry import backends, targets
+from exporter.backends.registry import backends, targets
 from exporter.errors import UsageError
 
 __all__ = ["TARGETS", "TARGET_BACKENDS", "expand_targets"]

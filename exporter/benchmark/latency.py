@@ -18,7 +18,7 @@ from exporter.documents.fields import ENTRY, Number
 from exporter.specs.inputs import InputSpec, make_inputs
 
 if TYPE_CHECKING:  # only annotations: report.json's reader imports this module without torch
-    from exporter.runners import Runner
+    from exporter.runners.base import Runner
 
 __all__ = [
     "BatchPlan",

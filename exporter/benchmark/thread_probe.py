@@ -14,7 +14,7 @@ import torch
 
 from exporter.benchmark.latency import BatchPlan, TimingConfig, compare_latency
 from exporter.benchmark.trust import ThreadProbe
-from exporter.runners import Runner
+from exporter.runners.base import Runner
 
 __all__ = ["PROBE_TIMING", "probe_threads"]
 

@@ -16,7 +16,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from exporter.backends._registry import backends, servable_backends, targets
+from exporter.backends.registry import backends, servable_backends, targets
 from exporter.errors import UsageError, describe_failure, explain
 from exporter.report.markdown import Table as RowTable
 from exporter.stages.records import StageRecord, StageStatus

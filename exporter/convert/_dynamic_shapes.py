@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from exporter.runners import CallConvention
+from exporter.runners.base import CallConvention
 from exporter.specs.inputs import DynamicDim, InputSpec
 
 __all__ = ["dynamic_shapes_for"]

@@ -21,7 +21,8 @@ from exporter._quiet import quiet
 from exporter.convert._export_errors import export_reason
 from exporter.convert.onnx import dynamic_shapes_for
 from exporter.errors import ConversionError, first_line
-from exporter.runners import CallConvention, CompiledRunner
+from exporter.runners.base import CallConvention
+from exporter.runners.pytorch import CompiledRunner
 from exporter.specs.inputs import InputSpec
 
 __all__ = [

@@ -21,7 +21,8 @@ import torch
 from exporter._quiet import quiet
 from exporter.convert._dynamic_shapes import dynamic_shapes_for
 from exporter.errors import ConversionError
-from exporter.runners import CallConvention, flatten_outputs
+from exporter.runners.base import CallConvention
+from exporter.runners.pytorch import flatten_outputs
 from exporter.specs.inputs import InputSpec
 
 __all__ = [

@@ -31,7 +31,7 @@ import torch
 from exporter._quiet import quiet
 from exporter.convert.onnx import ExportAttempt
 from exporter.errors import ConversionError, first_line
-from exporter.runners import CallConvention
+from exporter.runners.base import CallConvention
 from exporter.specs.inputs import InputSpec
 from exporter.stages.storage import write_through_memory
 

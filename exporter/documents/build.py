@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.backends._registry import BackendSpec
 from exporter.backends._verify import BackendResult
 from exporter.backends.onnxruntime import INT8, ONNX, manifest_section
+from exporter.backends.registry import BackendSpec
 from exporter.benchmark.latency import LatencyStats
 from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
@@ -127,10 +127,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "name": options.model_name,
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "status": "failed" if not passed else "partial" if run.failed_targets else "passed",
-        "stages": [
-            {"name": s.name, "status": s.status.value, "seconds": round(s.seconds, 3), "detail": s.detail}
-            for s in stages
-        ],
+        "stages": [s.to_json() for s in stages],
         "environment": environment,
         "source": loaded.to_json(),
         "input_spec": options.spec.to_json(),
@@ -281,7 +278,6 @@ def build_manifest(
         NonfiniteEntry,
         OnnxEntry,
         SourceEntry,
-        Tolerance,
         ToolEntry,
     )
 
@@ -310,7 +306,7 @@ def build_manifest(
         artifacts=[_artifact_entry(b, b.file) for b in run.backends if b.file],
         output_names=list(run.golden[0].output_names),
         input_spec=InputSpecEntry.model_validate(options.spec.to_json(), strict=False),
-        tolerance=Tolerance(atol=options.atol, rtol=options.rtol),
+        tolerance=options.tolerance,
         benchmark=BenchmarkEntry(batch_dim=options.batch_dim, batch_sizes=list(options.batch_sizes)),
         int8=_int8_manifest(run.quantization),
         lossy=_lossy_manifest(run.quantization),

@@ -28,7 +28,6 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "ArtifactEntry",
     "BenchmarkEntry",
-    "BudgetEntry",
     "CallEntry",
     "DynamicDimEntry",
     "FileEntry",
@@ -52,9 +51,6 @@ __all__ = [
     "schema_text",
     "write_manifest",
 ]
-
-BudgetEntry = ParityBudget
-"""The old name of the lossy entries' ``budget`` (one type: ``exporter.quantize.budget.ParityBudget``)."""
 
 
 class ToolEntry(Typed):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.backends import OpenContext, backend, call_convention
 from exporter.backends.onnxruntime import ONNX
+from exporter.backends.registry import OpenContext, backend, call_convention
 from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Int8Entry, Manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder

@@ -83,7 +83,7 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
     spec = spec_of(manifest)
     golden = _golden(request, manifest, spec, result)
     result.reference = _reference(request, manifest, golden)
-    tolerance = Tolerance(float(manifest.tolerance.atol), float(manifest.tolerance.rtol))
+    tolerance = manifest.tolerance
     missing = {c.name.removeprefix("file ") for c in result.checks if c.kind == "integrity" and not c.passed}
     for entry in artifacts_of(manifest):
         if entry.file in missing and not folder_file(request.folder, entry.file).exists():

@@ -24,8 +24,8 @@ from packaging.utils import canonicalize_name
 
 import exporter
 from exporter._version import __version__
-from exporter.backends._registry import BackendSpec
-from exporter.backends._registry import backend as backend_spec
+from exporter.backends.registry import BackendSpec
+from exporter.backends.registry import backend as backend_spec
 from exporter.documents.manifest import Manifest, read_manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder, read_inside

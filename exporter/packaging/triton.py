@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from exporter.backends._registry import BackendSpec, backend, backends
+from exporter.backends.registry import BackendSpec, backend, backends
 from exporter.documents.manifest import Manifest
 from exporter.serving.artifact import ServedArtifact, golden_cases, shipped_artifacts
 from exporter.serving.protocol import DATATYPE_OF, ModelSignature, signature_of

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from exporter.backends._registry import BackendSpec, OpenContext
+from exporter.backends.registry import BackendSpec, OpenContext
 from exporter.errors import first_line
 from exporter.quantize.budget import compare_int8
 from exporter.quantize.shipping import float_backend
 from exporter.quantize.types import Candidate, QuantizeContext
-from exporter.runners import Runner
+from exporter.runners.base import Runner
 
 __all__ = ["describe_error", "judge", "open_candidate", "open_model"]
 

@@ -25,7 +25,8 @@ import onnx
 from exporter.quantize.judge import open_candidate, open_model
 from exporter.quantize.sensitivity import QUANTIZABLE, LayerError
 from exporter.quantize.types import Candidate, QuantizeContext
-from exporter.runners import OnnxRuntimeRunner, Runner
+from exporter.runners.base import Runner
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = ["LayerCosts", "latency_ms", "layer_costs_ms", "layer_macs", "macs_of"]
 

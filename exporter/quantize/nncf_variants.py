@@ -27,6 +27,7 @@ from exporter.quantize.nncf_int8 import (
     _read_openvino,
 )
 from exporter.quantize.sensitivity import QUANTIZABLE
+from exporter.verify.comparison import sqnr_db
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -180,12 +181,7 @@ def _weight_path(node: Any, depth: int = 0) -> bool:
 
 
 def _sqnr(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    ref = np.concatenate([r.ravel() for r in reference]).astype(np.float64)
-    act = np.concatenate([a.ravel() for a in actual]).astype(np.float64)
-    if ref.shape != act.shape:
-        return math.inf
-    noise = float(np.sum((ref - act) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+    """SQNR over every sample at once; +Inf (nothing to rank by) when the two runs' shapes differ."""
+    ref = np.concatenate([r.ravel() for r in reference])
+    act = np.concatenate([a.ravel() for a in actual])
+    return math.inf if ref.shape != act.shape else sqnr_db(ref, act)

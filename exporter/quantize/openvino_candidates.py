@@ -224,7 +224,7 @@ def build_nncf_openvino_ac(context: QuantizeContext, target: Path, exclude: Sequ
     until the worst cosine on the calibration samples (against eager) drops by at most 1 - min cosine from
     float; judged again on the held-out samples like every candidate."""
     from exporter.quantize.nncf_accuracy import nncf_quantize_openvino_with_accuracy_control
-    from exporter.runners import EagerRunner
+    from exporter.runners.pytorch import EagerRunner
 
     eager = EagerRunner(context.module, context.spec.names)
     calibration = context.calibration.samples

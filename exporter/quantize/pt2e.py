@@ -18,7 +18,8 @@ import torch
 
 from exporter._quiet import quiet
 from exporter.convert.onnx import dynamic_shapes_for
-from exporter.runners import CallConvention, flatten_outputs
+from exporter.runners.base import CallConvention
+from exporter.runners.pytorch import flatten_outputs
 from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
 
 __all__ = ["quantize_pt2e"]

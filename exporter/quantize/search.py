@@ -32,7 +32,7 @@ from exporter.quantize.onnx_ort import Int8Formats, preprocess
 from exporter.quantize.selection import choose_candidate, time_candidates
 from exporter.quantize.shipping import REFERENCE_RUNTIME
 from exporter.quantize.types import Candidate, QuantizeContext, QuantizeOptions, QuantMode
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import InputSpec
 from exporter.verify.parity import GoldenCase
 

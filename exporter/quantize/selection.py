@@ -12,7 +12,7 @@ from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, co
 from exporter.quantize.judge import open_candidate, open_model
 from exporter.quantize.shipping import REFERENCE_RUNTIME, runtime_title
 from exporter.quantize.types import Candidate, QuantMode
-from exporter.runners import Runner
+from exporter.runners.base import Runner
 
 __all__ = ["FLOAT_LABEL", "choose_candidate", "float_label", "time_candidates"]
 

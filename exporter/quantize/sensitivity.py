@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from exporter.runners import OnnxRuntimeRunner
+from exporter.runners.onnxruntime import OnnxRuntimeRunner
+from exporter.verify.comparison import sqnr_db
 
 __all__ = ["LayerError", "producers", "quantizable_nodes", "shortlist"]
 
@@ -91,14 +92,6 @@ def producers(model_path: Path) -> dict[str, list[str]]:
     return result
 
 
-def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - actual.astype(np.float64)) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
-
-
 def _expose(model_path: Path, names: Sequence[str], target: Path) -> list[str]:
     model = onnx.load(str(model_path))
     present = {o for node in model.graph.node for o in node.output if o}
@@ -134,7 +127,7 @@ def shortlist(
                         sums[name].append(float_out[name].ravel())
                         quant_values[name].append(quant_out[name].ravel())
     sqnr = {
-        name: _sqnr(np.concatenate(sums[name]), np.concatenate(quant_values[name]))
+        name: sqnr_db(np.concatenate(sums[name]), np.concatenate(quant_values[name]))
         for name in shared
         if sums[name]
     }

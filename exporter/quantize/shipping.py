@@ -8,8 +8,8 @@ runs, its float timings are the report's float row, and its choice is the manife
 
 from __future__ import annotations
 
-from exporter.backends._registry import BackendSpec, backend, backends
 from exporter.backends.onnxruntime import INT8
+from exporter.backends.registry import BackendSpec, backend, backends
 
 __all__ = [
     "REFERENCE",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter.backends._registry import BackendSpec
+from exporter.backends.registry import BackendSpec
 from exporter.benchmark.latency import BatchPlan, LatencyStats
 from exporter.errors import UsageError
 from exporter.quantize.budget import Int8Comparison, ParityBudget

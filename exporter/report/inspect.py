@@ -16,7 +16,7 @@ import numpy as np
 
 from exporter.errors import LoadError, UsageError, first_line
 from exporter.loading.checkpoint import LoadRequest, load_model
-from exporter.runners import EagerRunner, flatten_outputs
+from exporter.runners.pytorch import EagerRunner, flatten_outputs
 from exporter.specs.inputs import InputSpec, make_inputs
 
 __all__ = ["summarize_checkpoint", "summarize_onnx"]

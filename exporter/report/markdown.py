@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.backends._registry import backends
+from exporter.backends.registry import backends
 from exporter.benchmark.trust import markdown_lines, matrix_speedup, speedup_cell, timing_cell
 from exporter.report.lossy import SYNTHETIC_WARNING, Table, int8_source, quantization_table, top1_note
 

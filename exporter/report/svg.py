@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 
 from exporter.report.markdown import latency_table
-from exporter.runners import EagerRunner
+from exporter.runners.pytorch import EagerRunner
 
 __all__ = ["SHIPPED_MARK", "esc", "int8_scatter", "latency_chart"]
 

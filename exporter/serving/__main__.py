@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from exporter.backends._registry import servable_backends
+from exporter.backends.registry import servable_backends
 from exporter.errors import ExporterError
 from exporter.serving.server import ServeOptions, serve
 

@@ -13,12 +13,13 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exporter.backends._registry import BackendSpec, servable_backends
 from exporter.backends.onnxruntime import INT8
+from exporter.backends.registry import BackendSpec, servable_backends
 from exporter.documents.files import sha256_file
-from exporter.documents.manifest import BudgetEntry, CallEntry, GoldenCaseEntry, Manifest
+from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder, read_inside
+from exporter.quantize.budget import ParityBudget
 
 __all__ = [
     "ServedArtifact",
@@ -44,7 +45,7 @@ class ServedArtifact:
     runtime: str
     config: dict[str, str] | None = None
     call: CallEntry | None = None
-    budget: BudgetEntry | None = None
+    budget: ParityBudget | None = None
 
     @property
     def lossy(self) -> bool:

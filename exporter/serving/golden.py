@@ -21,7 +21,7 @@ from exporter.serving.app import SELF_CHECK_HEADER
 from exporter.serving.artifact import ServedArtifact, golden_cases
 from exporter.serving.limits import BINARY_HEADER
 from exporter.serving.signature import DATATYPE_OF, ModelSignature
-from exporter.verify.comparison import Tolerance, compare_outputs, min_row_cosine
+from exporter.verify.comparison import compare_outputs, min_row_cosine
 
 __all__ = ["GoldenMismatch", "golden_check", "judge"]
 
@@ -110,7 +110,7 @@ def judge(
 ) -> float:
     """The largest absolute difference on this case; ``GoldenMismatch`` outside tolerance or budget."""
     worst = 0.0
-    tolerance = Tolerance(manifest.tolerance.atol, manifest.tolerance.rtol)
+    tolerance = manifest.tolerance
     budget = artifact.budget
     for name in case.output_names:
         if name not in outputs:

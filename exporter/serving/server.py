@@ -29,7 +29,7 @@ from types import FrameType
 
 import uvicorn
 
-from exporter.backends._registry import OpenContext, call_convention, open_file
+from exporter.backends.registry import OpenContext, call_convention, open_file
 from exporter.documents.manifest import Manifest, read_manifest
 from exporter.errors import UsageError
 from exporter.gate.files import spec_of

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from exporter.backends import BackendResult, OpenContext, open_shipped
+from exporter.backends.registry import BackendResult, OpenContext, open_shipped
 from exporter.benchmark.latency import LatencyStats, batch_plans, compare_latency
 from exporter.benchmark.thread_probe import probe_threads
 from exporter.benchmark.trust import LoadWatch, TimingQuality, assess_timing

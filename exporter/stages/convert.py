@@ -9,14 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.backends import (
-    BackendResult,
-    BackendSpec,
-    BuildContext,
-    BuiltBackend,
-    arbitrate_float_backends,
-    verify_built,
-)
+from exporter.backends._verify import arbitrate_float_backends, verify_built
+from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, BuiltBackend
 from exporter.errors import ConversionError, explain
 from exporter.loading.checkpoint import LoadedModel
 from exporter.verify.parity import GoldenCase

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from exporter.backends import BackendResult
 from exporter.backends.onnxruntime import ONNX, ORT_OPTIMIZED
+from exporter.backends.registry import BackendResult
 from exporter.benchmark.latency import TimingConfig, batch_plans
 from exporter.errors import ConversionError, UsageError
 from exporter.loading.checkpoint import LoadedModel

@@ -1,7 +1,8 @@
 """How an output is judged against its reference: one implementation for ``verify``, the int8 parity
 budget and the server's start-up check.
 
-Numpy only (no torch, no exporter.runners), so the server and a bundle can import it. The rules:
+No torch and no runner: numpy, and pydantic for ``Tolerance`` (the manifest's own type), so the server and
+a bundle import it. The rules:
 
 - An element passes when ``|a - b| <= atol + rtol * |b|`` (``b`` the reference); integer and bool outputs
   must match exactly; shapes must be equal, so a dim that conversion froze fails loudly.
