@@ -11,9 +11,9 @@ a serving bundle for an ONNX artifact does not install it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from exporter._lazy import lazy_attributes
 from exporter._version import __version__
 
 if TYPE_CHECKING:
@@ -66,10 +66,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'exporter' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOME_OF)

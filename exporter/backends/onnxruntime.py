@@ -226,58 +226,52 @@ def manifest_section(results: Sequence[BackendResult]) -> dict[str, Any] | None:
     }
 
 
+_onnxruntime_backend = partial(
+    BackendSpec,
+    runtime="onnxruntime",
+    platform="onnxruntime_onnx",
+    requirements=("onnxruntime",),
+    triton_platform="onnxruntime_onnx",
+    loader="onnxruntime.InferenceSession",
+    store=_store,
+)
+"""A backend whose file ONNX Runtime runs: served, packaged and described to Triton alike."""
+
 ONNX = register(
-    BackendSpec(
+    _onnxruntime_backend(
         name="onnxruntime",
         staging_copies=2,
-        runtime="onnxruntime",
-        platform="onnxruntime_onnx",
-        requirements=("onnxruntime",),
-        triton_platform="onnxruntime_onnx",
         help="ONNX (dynamo exporter, simplified) run by ONNX Runtime",
         target="onnx",
         file="model.onnx",
-        loader="onnxruntime.InferenceSession",
         build=_build,
         open=partial(_open, name="onnxruntime"),
         notes=_notes,
         describe=_describe,
-        store=_store,
     )
 )
 
 # The optimize stage makes it (model.onnx keeps only standard ONNX ops; this one may hold com.microsoft ops).
 ORT_OPTIMIZED = register(
-    BackendSpec(
+    _onnxruntime_backend(
         name="onnxruntime-optimized",
-        runtime="onnxruntime",
-        platform="onnxruntime_onnx",
-        requirements=("onnxruntime",),
         triton_platform=None,  # com.microsoft fused ops tied to this ORT build: Triton gets model.onnx
         help="the ONNX model after ONNX Runtime's offline graph optimizations",
         target=None,
         file="model.ort.onnx",
-        loader="onnxruntime.InferenceSession",
         build=None,
         open=partial(_open, name="onnxruntime-optimized"),
-        store=_store,
     )
 )
 
 INT8 = register(
-    BackendSpec(
+    _onnxruntime_backend(
         name="onnxruntime-int8",
-        runtime="onnxruntime",
-        platform="onnxruntime_onnx",
-        requirements=("onnxruntime",),
-        triton_platform="onnxruntime_onnx",
         help="the int8 ONNX model run by ONNX Runtime",
         target=None,
         file="model.int8.onnx",
-        loader="onnxruntime.InferenceSession",
         build=None,
         open=partial(_open, name="onnxruntime-int8"),
-        store=_store,
         float_source="onnxruntime",
     )
 )

@@ -180,12 +180,14 @@ def _openvino_present() -> None:
         raise UsageError("--to openvino needs the openvino package: pip install openvino==2026.4.1") from None
 
 
+_openvino_backend = partial(
+    BackendSpec, runtime="openvino", platform="openvino_xml", requirements=("openvino",), store=store_ir
+)
+"""A backend whose IR the OpenVINO CPU plugin runs (model.xml beside its model.bin)."""
+
 OPENVINO = register(
-    BackendSpec(
+    _openvino_backend(
         name="openvino",
-        runtime="openvino",
-        platform="openvino_xml",
-        requirements=("openvino",),
         help="OpenVINO IR (model.xml/.bin) run by the OpenVINO CPU plugin",
         target="openvino",
         file="model.xml",
@@ -195,23 +197,18 @@ OPENVINO = register(
         requires=_openvino_present,
         notes=_notes,
         describe=_describe,
-        store=store_ir,
     )
 )
 
 OPENVINO_LOSSY = register(
-    BackendSpec(
+    _openvino_backend(
         name="openvino-lossy",
-        runtime="openvino",
-        platform="openvino_xml",
-        requirements=("openvino",),
         help="the int8/bf16 OpenVINO IR run by the OpenVINO CPU plugin",
         target=None,
         file="model.lossy.xml",
         loader="openvino.Core().compile_model(model.lossy.xml, 'CPU', config)",
         build=None,
         open=partial(_open, name="openvino-lossy"),
-        store=store_ir,
         float_source="openvino",
     )
 )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from exporter._registries import Registry
 from exporter.errors import UsageError
 from exporter.runners.base import CallConvention, Runner
 from exporter.specs.inputs import InputSpec
@@ -241,24 +242,11 @@ class BackendSpec:
         return self.file is not None and self.runtime is not None and self.platform is not None
 
 
-_REGISTRY: dict[str, BackendSpec] = {}
-
-
-def register(spec: BackendSpec) -> BackendSpec:
-    """Add ``spec`` (registration order is the order backends run and are listed in)."""
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
-        raise ValueError(f"backend '{spec.name}' is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> None:
-    """Remove a backend (tests register toy backends and take them away again)."""
-    _REGISTRY.pop(name, None)
-
-
-def backends() -> list[BackendSpec]:
-    return list(_REGISTRY.values())
+_REGISTRY = Registry[BackendSpec]("backend")
+register = _REGISTRY.register
+"""Add a backend (registration order is the order backends run and are listed in)."""
+unregister = _REGISTRY.unregister
+backends = _REGISTRY.entries
 
 
 def backend(name: str) -> BackendSpec:
@@ -267,11 +255,11 @@ def backend(name: str) -> BackendSpec:
     Raises:
         UsageError: no such backend (a manifest or report from another exporter, say).
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(_REGISTRY)
-        raise UsageError(f"unknown backend '{name}' (this exporter knows {known})") from None
+    found = _REGISTRY.get(name)
+    if found is None:
+        known = ", ".join(spec.name for spec in backends())
+        raise UsageError(f"unknown backend '{name}' (this exporter knows {known})")
+    return found
 
 
 def targets() -> tuple[str, ...]:

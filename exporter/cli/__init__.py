@@ -12,18 +12,11 @@ first, so this file must not import them back.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from exporter._lazy import lazy_attributes
 
 __all__ = ["app", "export", "main"]
 
 _HOME_OF = {"app": "exporter.cli._app", "main": "exporter.cli._app", "export": "exporter.pipeline"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'exporter.cli' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOME_OF)

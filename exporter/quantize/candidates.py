@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from exporter._registries import Registry
 from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
 from exporter.loading.resolve import resolve_callable
 from exporter.quantize.judge import judge
@@ -116,29 +118,15 @@ class CandidateSpec:
     float_model: Callable[[Path, Path], Path] | None = None
 
 
-_REGISTRY: dict[str, CandidateSpec] = {}
-
-
-def register(spec: CandidateSpec) -> CandidateSpec:
-    """Add ``spec`` after those registered before it."""
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
-        raise ValueError(f"int8 candidate '{spec.name}' is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister(name: str) -> None:
-    """Remove a candidate (tests register toy candidates and take them away again)."""
-    _REGISTRY.pop(name, None)
-
-
-def candidate_specs() -> list[CandidateSpec]:
-    return list(_REGISTRY.values())
+_REGISTRY = Registry[CandidateSpec]("int8 candidate")
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+candidate_specs = _REGISTRY.entries
 
 
 def candidates_for(mode: QuantMode) -> list[CandidateSpec]:
     """The candidates ``mode`` builds, in registration order."""
-    return [spec for spec in _REGISTRY.values() if mode in spec.modes]
+    return [spec for spec in candidate_specs() if mode in spec.modes]
 
 
 # ---- ONNX Runtime ----------------------------------------------------------------------------------------
@@ -339,36 +327,38 @@ NNCF_ORT = register(
         needs=frozenset({Requirement.CALIBRATION_DATA}),
     )
 )
+_openvino_candidate = partial(
+    CandidateSpec,
+    runtime=OPENVINO_RUNTIME,
+    suffix=".xml",
+    float_model=float_openvino_ir,
+    config=int8_openvino_config,
+)
+"""An OpenVINO IR candidate: judged and timed beside the float IR, int8 plugin settings unless it says."""
+
 BF16_OPENVINO = register(
-    CandidateSpec(
+    _openvino_candidate(
         "bf16-openvino",
         "OpenVINO CPU plugin, bf16 inference precision",
         build_bf16_openvino,
         frozenset({QuantMode.BF16, QuantMode.INT8}),
-        runtime=OPENVINO_RUNTIME,
-        suffix=".xml",
-        float_model=float_openvino_ir,
         unavailable=needs_bf16,
         config=bf16_config,
     )
 )
 NNCF_OPENVINO = register(
-    CandidateSpec(
+    _openvino_candidate(
         NNCF_OPENVINO_NAME,
         "NNCF (OpenVINO backend)",
         build_nncf_openvino,
         frozenset({QuantMode.STATIC, QuantMode.INT8}),
         needs=frozenset({Requirement.CALIBRATION_DATA}),
         repairs=(remember_judgement,),
-        runtime=OPENVINO_RUNTIME,
-        suffix=".xml",
-        float_model=float_openvino_ir,
         unavailable=needs_openvino_target,
-        config=int8_openvino_config,
     )
 )
 NNCF_OPENVINO_SQ = register(
-    CandidateSpec(
+    _openvino_candidate(
         "nncf-openvino-sq",
         "NNCF (OpenVINO backend), smooth-quant alpha sweep, then layers in float by measured search",
         build_nncf_openvino_sq,
@@ -376,25 +366,17 @@ NNCF_OPENVINO_SQ = register(
         needs=frozenset({Requirement.CALIBRATION_DATA}),
         repairs=(keep_openvino_layers_in_float,),
         skip=skip_smooth_quant,
-        runtime=OPENVINO_RUNTIME,
-        suffix=".xml",
-        float_model=float_openvino_ir,
         unavailable=smooth_quant_unavailable,
-        config=int8_openvino_config,
     )
 )
 NNCF_OPENVINO_AC = register(
-    CandidateSpec(
+    _openvino_candidate(
         "nncf-openvino-ac",
         "NNCF (OpenVINO backend) accuracy control, smooth quant off",
         build_nncf_openvino_ac,
         frozenset({QuantMode.STATIC, QuantMode.INT8}),
         needs=frozenset({Requirement.CALIBRATION_DATA}),
         skip=skip_accuracy_control,
-        runtime=OPENVINO_RUNTIME,
-        suffix=".xml",
-        float_model=float_openvino_ir,
         unavailable=needs_openvino_target,
-        config=int8_openvino_config,
     )
 )

@@ -189,14 +189,7 @@ def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCa
             raise InputSpecError(f"{where}: '{tensor.name}' is {array.dtype}, the spec says {tensor.dtype}")
         inputs[tensor.name] = np.ascontiguousarray(array.astype(expected, copy=False))
     case = ShapeCase(GOLDEN_INPUTS_CASE, sizes)
-    try:
-        outputs = reference.run(inputs)
-    except UsageError:
-        raise  # --output-names that do not fit the model's outputs
-    except Exception as error:
-        raise InputSpecError(
-            f"the PyTorch model fails on {where}: {type(error).__name__}: {first_line(error)}"
-        ) from error
+    outputs = _reference_outputs(reference, inputs, where, "")
     return _golden_case(reference, case, 0, inputs, outputs)
 
 
@@ -213,20 +206,28 @@ def make_golden(
     for index, case in enumerate(cases):
         case_seed = seed + index
         inputs = make_inputs(spec, case.sizes, case_seed)
-        try:
-            outputs = reference.run(inputs)
-        except UsageError:
-            raise  # --output-names that do not fit the model's outputs
-        except Exception as error:
-            raise InputSpecError(
-                f"the PyTorch model fails on inputs drawn from the spec at shape case '{case.name}' "
-                f"({case.describe(spec)}): {type(error).__name__}: {first_line(error)}; check --input "
-                "names, dtypes and dims, or narrow the dim's range in a recipe"
-            ) from error
-        if not outputs:
-            raise InputSpecError("the PyTorch model returned no tensors; nothing to verify")
+        where = f"inputs drawn from the spec at shape case '{case.name}' ({case.describe(spec)})"
+        advice = "; check --input names, dtypes and dims, or narrow the dim's range in a recipe"
+        outputs = _reference_outputs(reference, inputs, where, advice)
         golden.append(_golden_case(reference, case, case_seed, inputs, outputs))
     return golden
+
+
+def _reference_outputs(
+    reference: Runner, inputs: dict[str, np.ndarray], where: str, advice: str
+) -> list[np.ndarray]:
+    """The reference's outputs on golden inputs; its failure, or no tensors at all, is the user's input."""
+    try:
+        outputs = reference.run(inputs)
+    except UsageError:
+        raise  # --output-names that do not fit the model's outputs
+    except Exception as error:
+        raise InputSpecError(
+            f"the PyTorch model fails on {where}: {type(error).__name__}: {first_line(error)}{advice}"
+        ) from error
+    if not outputs:
+        raise InputSpecError("the PyTorch model returned no tensors; nothing to verify")
+    return outputs
 
 
 def _golden_case(
