@@ -41,7 +41,7 @@ from exporter.quantize.types import QuantMode
 from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import shape_cases
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
-from exporter.stages.convert import TargetFailure, build_backends, verify_backends
+from exporter.stages.convert import build_backends, verify_backends
 from exporter.stages.onnx import int8_samples, optimize_stage, quantize_stage
 from exporter.stages.records import (
     CheckpointListener,
@@ -50,6 +50,7 @@ from exporter.stages.records import (
     StageRecord,
     StageStatus,
     StageTracker,
+    TargetFailure,
 )
 from exporter.stages.staging import check_output_dir, output_lock, staging_dir
 from exporter.stages.storage import check_free_space, check_writable, estimate_bytes, storage_errors

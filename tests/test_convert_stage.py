@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from exporter.convert._export_errors import export_reason, suggested_fixes
+from exporter.documents.report_model import read_report
 from exporter.errors import ConversionError, ExitCode, explain
 from exporter.gate.runs import merge_exit_codes, write_junit
 from exporter.pipeline import ExportOptions, export
@@ -109,6 +110,7 @@ def test_a_failing_target_does_not_stop_the_others(options_for: Callable[..., Ex
     [failed] = report["failed_targets"]
     assert failed["backend"] == "aotinductor" and "torch.export failed" in failed["error"]
     assert failed["explanation"] and len(failed["explanation"]) > len(failed["error"])
+    assert read_report(out).failed_targets == result.failed_targets  # the document holds the stage's own type
     markdown = (out / "report.md").read_text()
     assert "## Targets that failed to convert" in markdown and "Partial export (exit 6)" in markdown
     assert 'id="failed-targets"' in (out / "report.html").read_text()

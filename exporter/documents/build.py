@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from exporter.benchmark.trust import TimingQuality
     from exporter.documents.manifest import ArtifactEntry, Int8Entry
     from exporter.options import ExportOptions
-    from exporter.stages.convert import TargetFailure
+    from exporter.stages.records import TargetFailure
 
 __all__ = [
     "RENDERED",

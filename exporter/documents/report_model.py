@@ -17,13 +17,12 @@ from exporter.documents.fields import Number, Typed
 from exporter.documents.files import read_document
 from exporter.documents.manifest import InputSpecEntry, NonfiniteEntry, read_typed
 from exporter.report.markdown import REPORT_SCHEMA_VERSION
-from exporter.stages.records import StageRecord
+from exporter.stages.records import StageRecord, TargetFailure
 from exporter.verify.comparison import Tolerance
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "BackendEntry",
-    "FailedTargetEntry",
     "LatencyStats",
     "ParityEntry",
     "Report",
@@ -92,15 +91,6 @@ class TimingQualityEntry(Typed):
     warnings: list[TimingWarningEntry]
 
 
-class FailedTargetEntry(Typed):
-    """A requested target whose conversion failed in a partial export, with the converter's own words."""
-
-    target: str
-    backend: str
-    error: str
-    explanation: str | None = None
-
-
 class Report(Typed):
     """Everything one export measured, with the notes a reader needs."""
 
@@ -125,7 +115,7 @@ class Report(Typed):
     resources: dict[str, Any] | None = None
     optimization_summary: dict[str, Any] | None = None
     nonfinite: list[NonfiniteEntry] | None = None
-    failed_targets: list[FailedTargetEntry] | None = None
+    failed_targets: list[TargetFailure] | None = None
     notes: list[str]
     artifacts: dict[str, str]
 

@@ -1,7 +1,7 @@
 """The human-facing files of a bundle: Dockerfile, README.md and example_request.json.
 
 Each is generated from the manifest and the chosen artifact, so the commands it shows are the ones that run
-the bundle (the same port, backend and image tag); the example request is chosen in ``_bundle_example``.
+the bundle (the same port, backend and image tag); the example request is chosen in ``packaging.example``.
 """
 
 from __future__ import annotations

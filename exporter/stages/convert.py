@@ -13,32 +13,13 @@ from exporter.backends._verify import arbitrate_float_backends, verify_built
 from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, BuiltBackend
 from exporter.errors import ConversionError, explain
 from exporter.loading.checkpoint import LoadedModel
+from exporter.stages.records import TargetFailure
 from exporter.verify.parity import GoldenCase
 
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["Built", "TargetFailure", "build_backends", "verify_backends"]
-
-
-@dataclass(frozen=True)
-class TargetFailure:
-    """A requested target whose conversion failed while others built: reported, not shipped."""
-
-    target: str
-    backend: str
-    error: str
-    """The one line, as the CLI would have shown it alone."""
-    explanation: str | None = None
-    """The converter's whole message (torch's explanation and suggested fix), when longer than the line."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "backend": self.backend,
-            "error": self.error,
-            "explanation": self.explanation,
-        }
+__all__ = ["Built", "build_backends", "verify_backends"]
 
 
 @dataclass

@@ -23,6 +23,7 @@ __all__ = [
     "StageRecord",
     "StageStatus",
     "StageTracker",
+    "TargetFailure",
 ]
 
 STAGES = ("load", "convert", "verify", "optimize", "quantize", "benchmark", "write")
@@ -131,3 +132,24 @@ class StageTracker:
 
     def list(self) -> list[StageRecord]:
         return list(self.records.values())
+
+
+@pydantic_dataclasses.dataclass(config=ENTRY, frozen=True)
+class TargetFailure:
+    """A requested target whose conversion failed while others built: reported, not shipped (report.json's
+    ``failed_targets`` rows are this type)."""
+
+    target: StrictStr
+    backend: StrictStr
+    error: StrictStr
+    """The one line, as the CLI would have shown it alone."""
+    explanation: StrictStr | None = None
+    """The converter's whole message (torch's explanation and suggested fix), when longer than the line."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "error": self.error,
+            "explanation": self.explanation,
+        }
