@@ -6,6 +6,7 @@ docs/architecture.md promises these; this file is what holds the promise as the 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -139,3 +140,17 @@ def test_server_imports_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_every_file_docs_architecture_names_exists() -> None:
+    """The newcomer's page names real files: each `path.py` it mentions is a module of the package."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`(?:exporter/)?([a-z_/]+\.py)`", text))
+    files = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")}
+    tests = {f"tests/{path.name}" for path in (PACKAGE.parent / "tests").glob("*.py")}
+    missing = sorted(
+        name
+        for name in named
+        if name not in files | tests and not any(f.endswith("/" + name) for f in files) and "<" not in name
+    )
+    assert len(named) > 20 and missing == []
