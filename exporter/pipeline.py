@@ -4,7 +4,8 @@ timed and recorded (``stages/records.py``: a ``StageRecord`` per stage, passed, 
 ``export(options)`` is what ``exporter export`` calls; everything the CLI does is reachable from here. This
 module only orders the stages and hands each one's result to the next; each lives in its own module:
 
-- load: ``loading/checkpoint.py`` (``load_model`` -> ``LoadedModel``; audits in ``loading/``)
+- load: ``stages/load.py`` (``load_stage`` -> ``Loaded``: the model from ``loading/``, the eager reference,
+  golden cases from ``verify/parity.py``)
 - convert: ``stages/convert.py`` (``build_backends``, one build per ``BackendSpec`` of ``backends/``)
 - verify: ``stages/convert.py`` (``verify_backends``, golden cases from ``verify/parity.py``)
 - optimize: ``stages/onnx.py`` (``optimize_stage`` -> ``OptimizationResult``; passes in ``optimize/``)
@@ -32,17 +33,17 @@ from exporter.convert.onnx import OnnxConversion
 from exporter.documents.build import RunRecord, nonfinite_gate_failed
 from exporter.environment import bf16_support, collect_environment
 from exporter.errors import ExitCode, UsageError
-from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
+from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
 from exporter.options import ExportOptions
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.search import QuantizationResult
 from exporter.quantize.types import QuantMode
 from exporter.runners.pytorch import EagerRunner
-from exporter.specs.inputs import shape_cases
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import build_backends, verify_backends
-from exporter.stages.onnx import int8_samples, optimize_stage, quantize_stage
+from exporter.stages.load import load_stage
+from exporter.stages.onnx import optimize_stage, quantize_stage
 from exporter.stages.records import (
     CheckpointListener,
     ProgressListener,
@@ -55,7 +56,7 @@ from exporter.stages.records import (
 from exporter.stages.staging import check_output_dir, output_lock, staging_dir
 from exporter.stages.storage import check_free_space, check_writable, estimate_bytes, storage_errors
 from exporter.stages.write import write_stage
-from exporter.verify.parity import GoldenCase, ParityResult, golden_from_file, make_golden
+from exporter.verify.parity import GoldenCase, ParityResult
 
 __all__ = ["ExportOptions", "ExportResult", "ProgressListener", "StageRecord", "StageStatus", "export"]
 
@@ -252,26 +253,11 @@ def _needed_bytes(run: _Run, loaded: LoadedModel) -> int:
 
 
 def _load(run: _Run) -> LoadedModel:
-    options = run.options
     with run.stages.run("load") as record:
-        loaded = load_model(
-            LoadRequest(
-                options.checkpoint,
-                options.model_ref,
-                options.model_kwargs,
-                options.trust_checkpoint,
-                options.state_dict_key,
-            )
-        )
-        record.detail = loaded.describe()
-        run.eager = EagerRunner(loaded.module, options.spec.names, options.output_names)
-        run.golden = make_golden(run.eager, options.spec, shape_cases(options.spec), options.seed)
-        if options.golden_inputs is not None:
-            run.golden.append(golden_from_file(run.eager, options.spec, options.golden_inputs))
-        # Bad calibration data is bad input: find it before minutes of conversion, not after.
-        if options.quantization.mode is not QuantMode.NONE:
-            run.samples = int8_samples(options)
-    return loaded
+        loaded = load_stage(run.options)
+        record.detail = loaded.model.describe()
+    run.eager, run.golden, run.samples = loaded.eager, loaded.golden, loaded.samples
+    return loaded.model
 
 
 def _convert_and_verify(run: _Run, loaded: LoadedModel, build_dir: Path) -> None:
