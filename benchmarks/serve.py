@@ -53,8 +53,8 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.environment import collect_environment
+from exporter.runners.onnxruntime import onnxruntime_session
 from exporter.serving.protocol import DATATYPE_OF
-from exporter.serving.runtimes import onnxruntime_session
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
