@@ -13,11 +13,8 @@ import asyncio
 import http.client
 import json
 import math
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +30,7 @@ from exporter.serving.protocol import InputRule, ModelSignature, OutputInfo
 from exporter.verify.comparison import Tolerance, cosine_rows, min_row_cosine
 from tests.conftest import FAST_TIMING, export_tiny_mlp
 from tests.models import MODELS
-from tests.test_serve import NAME, ROOT, Server, body_of, start
+from tests.test_serve import NAME, Server, assert_verify_passes, body_of, start
 
 STALL_TIMEOUT = 15.0
 """How long a test waits for the server to close a stalled connection before failing (never reached)."""
@@ -441,16 +438,7 @@ def test_a_folder_with_nan_golden_outputs_that_verify_passes_is_served(tmp_path:
     with np.load(nan_folder / case["inputs"]) as inputs, np.load(nan_folder / case["outputs"]) as outputs:
         x, expected = inputs["x"], outputs["output"]
     assert np.isnan(expected).any() and not np.isnan(expected).all()
-    verified = subprocess.run(
-        [sys.executable, "-m", "exporter", "verify", str(nan_folder)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert_verify_passes(nan_folder)
     server = start(nan_folder)  # exited 1 before ("NaN/Inf differ"): isinf * sign is NaN where NaN
     try:
         status, reply = server.request("POST", "/v2/models/nan_log/infer", body_of(x))

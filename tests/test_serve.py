@@ -420,6 +420,12 @@ def test_the_server_imports_no_torch() -> None:
 def every_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of every target that ``exporter verify`` passes: what serve must then serve."""
     folder = export_tiny_mlp(tmp_path_factory.mktemp("every"), targets=("all",))
+    assert_verify_passes(folder)
+    return folder
+
+
+def assert_verify_passes(folder: Path) -> None:
+    """``exporter verify`` (a fresh process, as CI runs it) exits 0 on ``folder``."""
     verified = subprocess.run(
         [sys.executable, "-m", "exporter", "verify", str(folder)],
         capture_output=True,
@@ -430,7 +436,6 @@ def every_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env={**os.environ, "COLUMNS": "200"},
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    return folder
 
 
 @pytest.mark.slow
