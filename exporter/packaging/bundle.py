@@ -54,7 +54,16 @@ __all__ = [
     "triton_repository",
 ]
 
-SERVER_REQUIREMENTS = ("fastapi", "uvicorn", "uvloop", "httptools", "prometheus-client", "pydantic", "numpy")
+SERVER_REQUIREMENTS = (
+    "fastapi",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "prometheus-client",
+    "orjson",
+    "pydantic",
+    "numpy",
+)
 """The packages the server itself imports, whatever it serves; the backend's ``requirements`` add its
 runtime's. requirements.txt pins them and their dependencies."""
 

@@ -21,15 +21,6 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -38,9 +29,10 @@ from exporter.runners.base import Runner, first_useful_line
 from exporter.serving.batching import DynamicBatcher, ModelWorker
 from exporter.serving.json_chunks import INLINE_BYTES
 from exporter.serving.limits import BINARY_HEADER, BodyBudget, BodyTimeout, Busy, byte_count, request_body
+from exporter.serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from exporter.serving.protocol import ModelSignature, RequestError, encode_response, parse_infer_request
 
-__all__ = ["SELF_CHECK_HEADER", "Metrics", "ServerState", "build_app"]
+__all__ = ["SELF_CHECK_HEADER", "ServerState", "build_app"]
 
 SELF_CHECK_HEADER = "X-Exporter-Self-Check"
 """Marks the start-up golden requests, the only ones answered before the server is ready."""
@@ -50,56 +42,6 @@ INLINE_OUTPUT_VALUES = 32 * 1024
 larger ones on the JSON threads, as large request bodies are parsed."""
 
 _T = TypeVar("_T")
-
-
-class Metrics:
-    """Prometheus metrics in a registry of this server's own (not the process-global one)."""
-
-    def __init__(self, model: str) -> None:
-        disable_created_metrics()  # the *_created series double the output and no dashboard reads them
-        self.registry = CollectorRegistry()
-        self.model = model
-        self.requests = Counter(
-            "exporter_requests",
-            "Inference requests by HTTP status",
-            ["model", "code"],
-            registry=self.registry,
-        )
-        self.errors = Counter(
-            "exporter_request_errors",
-            "Failed inference requests by kind (bad_request, model_error, unavailable)",
-            ["model", "kind"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "exporter_request_seconds",
-            "Inference request latency in the server (body read to response)",
-            ["model"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-            registry=self.registry,
-        )
-        self.batch_rows = Histogram(
-            "exporter_batch_size",
-            "Rows per model call (dynamic batching gathers requests into one call)",
-            ["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-            registry=self.registry,
-        )
-        self.model_seconds = Histogram(
-            "exporter_model_call_seconds",
-            "Time in the model per call",
-            ["model"],
-            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
-            registry=self.registry,
-        )
-        self.inflight = Gauge(
-            "exporter_inflight_requests", "Inference requests being served", ["model"], registry=self.registry
-        )
-        self.ready = Gauge("exporter_ready", "1 when the server is ready", ["model"], registry=self.registry)
-
-    def observe_call(self, rows: int, seconds: float) -> None:
-        self.batch_rows.labels(self.model).observe(rows)
-        self.model_seconds.labels(self.model).observe(seconds)
 
 
 @dataclass
@@ -245,19 +187,19 @@ def build_app(state: ServerState) -> FastAPI:
         if not state.ready and not self_check:
             return _counted(metrics, _error(503, f"not ready: {state.status}"))
         state.inflight += 1
-        metrics.inflight.labels(signature.name).inc()
+        metrics.inflight_child.inc()
         started = time.perf_counter()
         try:
             response = await _infer(state, request)
         finally:
             state.inflight -= 1
-            metrics.inflight.labels(signature.name).dec()
-        metrics.latency.labels(signature.name).observe(time.perf_counter() - started)
+            metrics.inflight_child.dec()
+        metrics.latency_child.observe(time.perf_counter() - started)
         return _counted(metrics, response)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -280,10 +222,7 @@ def _readiness(state: ServerState) -> JSONResponse:
 
 
 def _counted(metrics: Metrics, response: Response) -> Response:
-    metrics.requests.labels(metrics.model, str(response.status_code)).inc()
-    kind = {400: "bad_request", 500: "model_error", 503: "unavailable"}.get(response.status_code)
-    if kind:
-        metrics.errors.labels(metrics.model, kind).inc()
+    metrics.count(response.status_code)
     return response
 
 

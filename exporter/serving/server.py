@@ -338,7 +338,7 @@ async def _start(
     state.ready = True
     state.status = "ready"
     if state.metrics is not None:
-        state.metrics.ready.labels(prepared.signature.name).set(1)
+        state.metrics.ready_child.set(1)
     options.log(f"exporter serve: ready: loaded in {loaded:.2f} s; {summary}")
 
 
@@ -371,13 +371,7 @@ def _url_host(host: str) -> str:
 
 
 def _served(state: ServerState) -> int:
-    metrics = state.metrics
-    if metrics is None:
-        return 0
-    total = 0.0
-    for metric in metrics.requests.collect():
-        total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return int(total)
+    return 0 if state.metrics is None else state.metrics.answered()
 
 
 def _has(module: str) -> bool:
