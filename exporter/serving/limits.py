@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
-
-from starlette.requests import Request
 
 from exporter.serving.json_chunks import INLINE_BYTES
 from exporter.serving.protocol import RequestError
@@ -29,12 +27,16 @@ __all__ = [
     "BodyBudget",
     "BodyTimeout",
     "Busy",
+    "ClientGone",
     "byte_count",
     "guarded_protocol",
-    "request_body",
+    "read_body",
 ]
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
 
 _BYTE_COUNT = re.compile(r"[0-9]{1,18}")
 """A byte count as a header carries it: ASCII digits only, at most 18 of them (below 2**63)."""
@@ -100,12 +102,17 @@ class BodyBudget:
                 future.set_result(None)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its body ended: nobody will read the answer."""
+
+
 @asynccontextmanager
-async def request_body(
-    request: Request, limit: int, budget: BodyBudget, timeout_s: float
+async def read_body(
+    receive: Receive, declared_text: str | None, limit: int, budget: BodyBudget, timeout_s: float
 ) -> AsyncIterator[bytes]:
-    """The body, read within ``timeout_s``; then its size is taken from the budget (waiting for room within
-    the same ``timeout_s``) until the ``async with`` block, where the caller parses it, ends.
+    """The body, read from the ASGI ``receive`` within ``timeout_s``; then its size is taken from the budget
+    (waiting for room within the same ``timeout_s``) until the ``async with`` block, where the caller parses
+    it, ends. ``declared_text`` is the request's ``Content-Length`` header, if it has one.
 
     The budget gates parsing, not reading: a stalled client holds only the bytes it sent (and only until
     the body timeout), so it cannot starve the others of budget; parsing is where a body costs several
@@ -115,25 +122,25 @@ async def request_body(
         RequestError: a bad or too large ``Content-Length``, or a body that grew past ``limit``.
         BodyTimeout: the body did not arrive within ``timeout_s``.
         Busy: no room in the budget within ``timeout_s``.
+        ClientGone: the client disconnected before the body ended.
     """
-    declared_text = request.headers.get("content-length")
     declared = byte_count("Content-Length", declared_text) if declared_text is not None else None
     too_big = f"is over the server's limit of {limit} bytes (--max-body-mb); send smaller batches"
     if declared is not None and declared > limit:
         raise RequestError("body", too_big)
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    chunks, received = [], 0
-    try:
-        async with asyncio.timeout_at(deadline):
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise RequestError("body", too_big)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise BodyTimeout(f"the body did not arrive within {timeout_s:g} s (--body-timeout-s)") from None
-    body = b"".join(chunks)
-    del chunks
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    message = await receive()  # the common case: the whole body is already here, no timer needed
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body = message.get("body", b"")
+        if len(body) > limit:
+            raise RequestError("body", too_big)
+    else:
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await _rest_of_body(message, receive, limit, too_big)
+        except TimeoutError:
+            raise BodyTimeout(f"the body did not arrive within {timeout_s:g} s (--body-timeout-s)") from None
     if len(body) <= INLINE_BYTES:  # parsed in a few ms on the event loop: never queued behind large ones
         yield body
         return
@@ -148,6 +155,21 @@ async def request_body(
         yield body
     finally:
         budget.release(len(body))
+
+
+async def _rest_of_body(message: Message, receive: Receive, limit: int, too_big: str) -> bytes:
+    chunks, received = [], 0
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise RequestError("body", too_big)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
 
 
 class _HeaderTimeout:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from exporter.serving import json_chunks
 from exporter.serving.signature import DATATYPE_OF, InputRule, ModelSignature, OutputInfo, signature_of
@@ -264,10 +265,13 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when some outputs travel as raw bytes.
 
-    ``head`` holds ``model_name``, ``model_version`` and ``id``; JSON data is flat and row-major, with NaN
-    and +/-Inf written as ``null`` (JSON has no token for them; binary outputs keep them bit for bit).
+    ``head`` holds ``model_name``, ``model_version`` and ``id``; JSON data is flat and row-major, each
+    number in the shortest form that reads back to the same value of its dtype (orjson: a float32 0.1 is
+    ``0.1``, not ``0.10000000149011612``), with NaN and +/-Inf written as ``null`` (JSON has no token for
+    them; binary outputs keep them bit for bit).
     """
-    encoded, chunks = [], []
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
     for name, array in zip(names, arrays, strict=True):
         if name not in request.outputs:
             continue
@@ -280,15 +284,12 @@ def encode_response(
             raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
-            encoded.append(_compact(tensor))
+        elif array.size <= json_chunks.CHUNK_VALUES:
+            tensor["data"] = np.ascontiguousarray(array).reshape(-1)
         else:
-            encoded.append(f'{_compact(tensor)[:-1]},"data":{json_chunks.dumps_values(array)}}}')
-    opening = _compact({**head, "outputs": None}).removesuffix("null}")
-    header = f"{opening}[{','.join(encoded)}]}}".encode()
+            tensor["data"] = orjson.Fragment(json_chunks.dumps_values(array))
+        tensors.append(tensor)
+    header = json_chunks.dumps({**head, "outputs": tensors})
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
-
-
-def _compact(document: dict[str, Any]) -> str:
-    return json.dumps(document, separators=(",", ":"), allow_nan=False)
