@@ -2,8 +2,16 @@
 for up to ``max_delay`` after the oldest one arrived (or until ``max_rows``), run as one model call, and
 the outputs split back along the batch axis.
 
-Model calls run one at a time on one worker thread: the runtime's intra-op thread pool is the parallelism,
-and two concurrent calls on a small machine only fight over its cores.
+Model calls run one at a time: the runtime's intra-op thread pool is the parallelism, and two concurrent
+calls on a small machine only fight over its cores. A call runs on a worker thread, so the event loop keeps
+reading requests meanwhile, unless calls have been taking less than ``INLINE_CALL_S``: then it runs on the
+event loop itself. Handing a sub-millisecond call to a thread and its result back costs about as much as
+the call (two wake-ups, a GIL hand-over each way, the loop's self-pipe), and under load the result waits
+behind every connection the loop is serving: on the digits CNN at 32 clients the inline call gave 13 % more
+requests/s and a p99 of 3.0 ms instead of 5.1 ms; on the tiny encoder (2-4 ms calls) it gained nothing.
+
+With ``max_delay`` 0 (the default) batching is greedy, as Triton's dynamic batcher by default: the model
+runs as soon as it is free, on whatever requests are queued; a lone request is never held.
 """
 
 from __future__ import annotations
@@ -18,9 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DynamicBatcher", "ModelWorker"]
+__all__ = ["INLINE_CALL_S", "DynamicBatcher", "ModelWorker"]
 
 Outputs = list[np.ndarray]
+
+INLINE_CALL_S = 0.001
+"""Model calls whose recent mean time is below this run on the event loop instead of the model thread."""
+
+_SMOOTHING = 0.2
+"""Weight of the newest call in the running mean of call times."""
 
 
 class ModelWorker:
@@ -33,15 +47,27 @@ class ModelWorker:
         self._observe = observe
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.busy = 0
+        self.mean_call_s = float("inf")
+        """Running mean of call times; infinite until the first call, which runs on the thread."""
 
     def _timed(self, inputs: dict[str, np.ndarray], rows: int) -> Outputs:
         started = time.perf_counter()
         try:
             return self._call(inputs)
         finally:
-            self._observe(rows, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            mean = self.mean_call_s
+            self.mean_call_s = seconds if mean == float("inf") else mean + _SMOOTHING * (seconds - mean)
+            self._observe(rows, seconds)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the next call runs on the event loop (calls have been short: see the module)."""
+        return self.mean_call_s < INLINE_CALL_S
 
     async def run(self, inputs: dict[str, np.ndarray], rows: int) -> Outputs:
+        if self.inline and not self.busy:
+            return self._timed(inputs, rows)
         self.busy += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs, rows)
