@@ -161,13 +161,16 @@ def header_lines(
         sizes = ", ".join(
             f"{s.label} {s.response_bytes}" for s in servers if s.model == model.name and s.response_bytes
         )
-        start = next((s.start_line for s in servers if s.model == model.name and s.start_line), None)
         lines.append(
             f"{model.name}: served as {model.served_name}, inputs "
             + ", ".join(f"{k} {v}" for k, v in model.inputs.items())
             + f"; request {model.request_bytes} B; response bytes: {sizes or '-'}; artifacts {model.build}"
-            + (f"; ours started with: {start}" if start else "")
         )
+        lines += [
+            f"{model.name}, {s.label}: {s.start_line}"
+            for s in servers
+            if s.model == model.name and s.start_line
+        ]
     return lines
 
 

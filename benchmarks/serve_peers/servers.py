@@ -107,7 +107,9 @@ def _ours(workers: int | None) -> Callable[[Target, Path], Launch]:
     def launch(target: Target, python: Path) -> Launch:
         port = free_port()
         command = [str(python), "-m", "exporter.serving", str(target.folder), "--backend", "onnxruntime"]
-        command += ["--port", str(port), "--threads", str(target.threads)]
+        processes = workers or 1
+        threads = max(1, target.threads // processes)
+        command += ["--port", str(port), "--threads", str(threads)]
         if workers is not None:
             command += ["--workers", str(workers)]
         url = f"http://127.0.0.1:{port}"
@@ -116,7 +118,8 @@ def _ours(workers: int | None) -> Callable[[Target, Path], Launch]:
             command,
             url,
             counters=lambda: _metric_sums(f"{url}/metrics", counters),
-            settings="its defaults (batching and delay: see its start-up line)",
+            settings=f"{processes} process(es) x {threads} intra-op thread(s) (--threads is per worker); "
+            "otherwise its defaults (batching: see its start-up line)",
         )
 
     return launch
