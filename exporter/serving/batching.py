@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -84,13 +84,20 @@ class _Waiting:
     rows: int
     key: tuple[tuple[str, tuple[int, ...]], ...]
     future: asyncio.Future[Outputs]
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float
 
 
 class DynamicBatcher:
     """Gathers small requests into one model call along axis 0 of every input and output."""
 
-    def __init__(self, worker: ModelWorker, max_rows: int, max_delay_s: float) -> None:
+    def __init__(
+        self,
+        worker: ModelWorker,
+        max_rows: int,
+        max_delay_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
         self.worker = worker
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
@@ -114,7 +121,7 @@ class DynamicBatcher:
         rows = next(iter(inputs.values())).shape[0]
         key = tuple(sorted((name, array.shape[1:]) for name, array in inputs.items()))
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(inputs, rows, key, future))
+        self._waiting.append(_Waiting(inputs, rows, key, future, self.clock()))
         self._arrived.set()
         return await future
 
@@ -132,7 +139,7 @@ class DynamicBatcher:
         deadline = first.arrived + self.max_delay_s
         while True:
             group = self._fitting(first)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if sum(w.rows for w in group) >= self.max_rows or remaining <= 0:
                 break
             self._arrived.clear()
