@@ -226,6 +226,7 @@ def measure_server(kind: ServerKind, job: Job) -> tuple[list[Row], ServerInfo]:
         rows.append(Row(model, kind.label, kind.key, note=str(reason)))
     finally:
         info.exit_code = server.stop()
+        info.stopped = server.stopped
     return rows, info
 
 

@@ -77,6 +77,8 @@ class ServerInfo:
     """``GET /v2`` (name, version), where the server answers it."""
     response_bytes: int | None = None
     exit_code: int | None = None
+    stopped: str = ""
+    """How it ended after the measurements (``ServerProcess.stopped``)."""
 
 
 COLUMNS = (
@@ -166,6 +168,11 @@ def header_lines(
             + ", ".join(f"{k} {v}" for k, v in model.inputs.items())
             + f"; request {model.request_bytes} B; response bytes: {sizes or '-'}; artifacts {model.build}"
         )
+        lines += [
+            f"{model.name}, {s.label}: stop: {s.stopped}"
+            for s in servers
+            if s.model == model.name and "kill" in s.stopped
+        ]
         lines += [
             f"{model.name}, {s.label}: {s.start_line}"
             for s in servers

@@ -209,10 +209,9 @@ def venv_python(kind: ServerKind, work: Path, log: Callable[[str], None]) -> Pat
 # -------------------------------------------------------------------------------------------- processes
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime (and the reaped children's cutime + cstime) of ``root`` and all its descendants."""
-    parent_of: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent pid, start time in ticks, utime + stime + cutime + cstime in ticks), from /proc."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -220,17 +219,25 @@ def tree_cpu_seconds(root: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        pid = int(entry.name)
-        parent_of[pid] = int(fields[1])
-        ticks[pid] = sum(int(value) for value in fields[11:15])
+        table[int(entry.name)] = (int(fields[1]), int(fields[19]), sum(int(v) for v in fields[11:15]))
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
-        for pid, ppid in parent_of.items():
+        for pid, (ppid, _start, _ticks) in table.items():
             if ppid == parent and pid not in tree:
                 tree.add(pid)
                 frontier.append(pid)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime (and the reaped children's cutime + cstime) of ``root`` and all its descendants."""
+    table = _process_table()
+    return sum(table[pid][2] for pid in _tree(root, table) if pid in table) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float:
@@ -240,6 +247,22 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def _still_alive(started: dict[int, int]) -> list[int]:
+    """The pids in ``started`` (pid -> start time) that still run the same process (not a reused pid)."""
+    table = _process_table()
+    return [
+        pid for pid, start in started.items() if pid in table and table[pid][1] == start and _running(pid)
+    ]
+
+
+def _running(pid: int) -> bool:
+    """Not a zombie (an orphan's zombie may wait a while for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class ServerProcess:
     """One launched server: its own process group, its log in ``log_path``."""
 
@@ -247,6 +270,8 @@ class ServerProcess:
         self.launch = launch
         self.url = launch.url
         self.log_path = log_path
+        self.stopped = ""
+        """How it ended: exit code and seconds after SIGTERM, or what had to be killed."""
         self._log = log_path.open("w")
         env = os.environ | launch.env
         self.process = subprocess.Popen(
@@ -280,19 +305,32 @@ class ServerProcess:
         return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> int:
-        """SIGTERM to the group, SIGKILL to whatever is left after 30 s."""
+        """SIGTERM to the group, SIGKILL to whatever is left after 30 s: the group, and every descendant
+        seen before the SIGTERM that is still alive (a child may have moved to its own process group)."""
+        table = _process_table()
+        descendants = {pid: table[pid][1] for pid in _tree(self.process.pid, table) - {self.process.pid}}
+        started = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            code = self.process.wait(timeout=30)
+            code: int | None = self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             code = None
+        self.stopped = (
+            f"exited {code} {time.monotonic() - started:.1f} s after SIGTERM"
+            if code is not None
+            else "still running 30 s after SIGTERM: killed"
+        )
         with contextlib.suppress(ProcessLookupError):
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                os.killpg(self.process.pid, 0)
-                time.sleep(0.2)
             os.killpg(self.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (alive := _still_alive(descendants)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if alive:
+            self.stopped += f"; {len(alive)} descendant(s) outside its group still running 10 s later: killed"
         if code is None:
             code = self.process.wait()
         self._log.close()
