@@ -9,6 +9,7 @@ Triton's default queue delay (0 us: a batch runs as soon as the model is free, w
 Python backend stub that tritonserver starts links against libpython.
 """
 
+import signal
 import sys
 
 import numpy as np
@@ -37,7 +38,14 @@ def tensors(declared: list) -> list[Tensor]:
     ]
 
 
+def stop_on_sigterm(_signal: int, _frame: object) -> None:
+    """PyTriton quits on SIGINT (Ctrl+C); SIGTERM takes the same way out, so its context manager stops
+    tritonserver and removes its workspace (~/.cache/pytriton/workspace_*)."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     path, name = sys.argv[1], sys.argv[2]
     http_port, grpc_port, metrics_port, threads, max_batch = (int(a) for a in sys.argv[3:8])
     session = open_session(path, threads)
