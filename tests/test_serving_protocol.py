@@ -14,7 +14,9 @@ from onnx import TensorProto, helper
 
 from exporter.backends.registry import OpenContext, open_file
 from exporter.serving.app import ServerState, build_app
+from exporter.serving.json_chunks import CHUNK_VALUES
 from exporter.serving.protocol import (
+    InferRequest,
     InputRule,
     ModelSignature,
     OutputInfo,
@@ -134,6 +136,49 @@ def test_binary_outputs_follow_the_json_header() -> None:
     head = json.loads(body[:header_length])
     assert head["outputs"][0]["parameters"] == {"binary_data_size": 12}
     assert np.frombuffer(body[header_length:], dtype=np.float32).tolist() == [0.0, 1.0, 2.0]
+
+
+def _json_outputs(outputs: list[np.ndarray]) -> tuple[bytes, dict[str, object]]:
+    parsed = parse_infer_request(
+        request(tensor("features", FEATURES, "FP32"), tensor("ids", IDS, "INT64")), TWO_INPUTS
+    )
+    names = [f"out{i}" for i in range(len(outputs))]
+    wanted = InferRequest(parsed.id, parsed.inputs, tuple(names))
+    body, header_length = encode_response({"model_name": "two"}, names, outputs, wanted)
+    assert header_length is None
+    return body, json.loads(body)
+
+
+def test_numbers_go_out_in_the_shortest_form_that_reads_back_exactly_in_their_dtype() -> None:
+    values = np.array([[0.1, 1 / 3, -2.5e-8, 3.4028235e38]], dtype=np.float32)
+    body, reply = _json_outputs([values, np.array([[7, -9]], dtype=np.int64)])
+    assert b"0.1," in body and b"0.33333334" in body and b"0.100000001" not in body
+    data = reply["outputs"][0]["data"]  # type: ignore[index]
+    assert np.array_equal(np.asarray(data, dtype=np.float32), values.reshape(-1))
+    assert reply["outputs"][1] == {"name": "out1", "datatype": "INT64", "shape": [1, 2], "data": [7, -9]}  # type: ignore[index]
+
+
+def test_a_large_output_is_encoded_in_slices_to_the_same_values() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((1, 3 * CHUNK_VALUES + 5)).astype(np.float32)
+    values[0, CHUNK_VALUES] = np.nan
+    _, reply = _json_outputs([values])
+    data = reply["outputs"][0]["data"]  # type: ignore[index]
+    assert len(data) == values.size and data[CHUNK_VALUES] is None
+    expected = values.reshape(-1)
+    decoded = np.asarray([np.nan if v is None else v for v in data], dtype=np.float32)
+    assert np.array_equal(decoded, expected, equal_nan=True)
+
+
+def test_bodies_orjson_refuses_are_read_as_before() -> None:
+    """UTF-16 bodies and NaN tokens are not what orjson reads; the standard parser takes them, so the
+    answer is what it always was (the NaN refused by field, not as "not JSON")."""
+    good = request(tensor("features", FEATURES, "FP32"), tensor("ids", IDS, "INT64"))
+    utf16 = parse_infer_request(good.decode().encode("utf-16"), TWO_INPUTS)
+    assert np.array_equal(utf16.inputs["ids"], IDS)
+    nan = good.decode().replace("0.0", "NaN", 1).encode()
+    assert refused(nan).field == "inputs[0].data"
+    assert refused(b'{"inputs": [}').field == "body"
 
 
 def _failing_model(folder: Path) -> Path:
