@@ -24,7 +24,13 @@ def serve_command(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, max=4096, help="Intra-op threads [default: all CPUs].")
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            max=4096,
+            help="Intra-op threads of each worker process [default: usable CPUs / workers, at least 1].",
+        ),
     ] = None,
     max_batch_delay_ms: Annotated[
         float,
@@ -32,9 +38,10 @@ def serve_command(
             "--max-batch-delay-ms",
             min=0,
             max=10_000,
-            help="How long a request waits for others to batch with.",
+            help="0: run as soon as the model is free, on whatever is queued; a window trades latency for "
+            "larger batches.",
         ),
-    ] = 2.0,
+    ] = 0.0,
     max_batch_size: Annotated[
         int | None,
         typer.Option(
@@ -75,6 +82,16 @@ def serve_command(
         typer.Option("--max-connections", min=1, help="Beyond this many open connections, requests get 503."),
     ] = 1000,
     docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json.")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=1024,
+            help="Server processes sharing the port, each loading the model and checking it; a supervisor "
+            "forwards signals and /metrics sums them all.",
+        ),
+    ] = 1,
     debug: DebugFlag = False,
 ) -> None:
     """Serve an artifacts folder over the Open Inference Protocol (KServe v2): health, metadata, infer,
@@ -99,6 +116,7 @@ def serve_command(
         body_timeout_s,
         max_connections,
         docs,
+        workers,
         log=lambda message: err.print(message, highlight=False, markup=False, soft_wrap=True),
     )
     raise typer.Exit(guarded(debug, lambda: serve(options)))

@@ -24,8 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: all usable CPUs)")
-    parser.add_argument("--max-batch-delay-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads per worker (default: usable CPUs / workers, at least 1)"
+    )
+    parser.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=0.0,
+        help="0: run as soon as the model is free, on whatever is queued; a window trades latency for larger "
+        "batches (default: 0)",
+    )
     parser.add_argument("--max-batch-size", type=int, help="1 turns dynamic batching off")
     parser.add_argument(
         "--max-body-mb", type=float, help="default: what the model's largest valid input takes as JSON"
@@ -35,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body-timeout-s", type=float, default=60.0)
     parser.add_argument("--max-connections", type=int, default=1000)
     parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own model and --threads (default: 1)",
+    )
     args = parser.parse_args(argv)
     options = ServeOptions(
         args.folder,
@@ -50,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         args.body_timeout_s,
         args.max_connections,
         args.docs,
+        args.workers,
     )
     try:
         return serve(options)
