@@ -101,9 +101,11 @@ class Supervisor:
         return {pid for pid in _pids() if _parent(pid) == self.process.pid}
 
 
-def start_workers(folder: Path, tmp_path: Path, *flags: str, script: Path | None = None) -> Supervisor:
+def start_workers(
+    folder: Path, tmp_path: Path, *flags: str, script: Path | None = None, wait: bool = True
+) -> Supervisor:
     """``python -m exporter.serving FOLDER --workers 2 --threads 1 FLAGS`` (or ``script``), once its one
-    ``ready`` line is logged (every worker is ready then), or once it exited."""
+    ``ready`` line is logged (every worker is ready then), or once it exited (or at once: ``wait``)."""
     port = free_port()
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -118,8 +120,11 @@ def start_workers(folder: Path, tmp_path: Path, *flags: str, script: Path | None
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, "TMPDIR": str(temp), "EXPORTER_TEST_MARK": mark, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,  # its own process group, as a shell's job: a test can Ctrl-C it
         )
     server = Supervisor(process, port, log, temp, mark)
+    if not wait:
+        return server
     deadline = time.monotonic() + WAIT_S
     while "exporter serve: ready:" not in server.stderr() and process.poll() is None:
         assert time.monotonic() < deadline, server.stderr()
@@ -221,9 +226,10 @@ def test_both_workers_answer_and_every_one_shows_the_sums(served: Supervisor) ->
         assert counted["200"] - golden[worker] == 20 and counted["400"] == 10, (worker, counted)
         assert gauge(reply, "exporter_ready") == [1.0]
         assert gauge(reply, "exporter_inflight_requests") == [0.0]
-    served.process.send_signal(signal.SIGTERM)
+    os.killpg(served.process.pid, signal.SIGINT)  # Ctrl-C in its terminal: one SIGINT per worker, forwarded
     assert served.wait_exit() == 0
     stderr = served.stderr()
+    assert stderr.count("draining: 0 request(s) in flight") == 2, stderr
     assert stderr.count("exporter serve: ready:") == 1 and "ready: 2 workers" in stderr
     assert "2 worker processes, 1 intra-op thread each" in stderr
     assert f"drained and stopped ({int(golden[worker]) + 30} requests answered)" in stderr
@@ -349,6 +355,38 @@ def test_a_worker_that_dies_stops_the_server_with_exit_1(folder: Path, tmp_path:
     assert len(errors) == 1 and f"(pid {victim}) was killed by SIGKILL" in errors[0], stderr
     assert stderr.count("draining: 0 request(s) in flight") == 1, stderr  # the survivor drained
     assert_nothing_left(server)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_workers_start_stops_everything_cleanly(folder: Path, tmp_path: Path) -> None:
+    """The workers are still importing (in the terminal's group until they leave it): the Ctrl-C that reaches
+    them then waits, merged with the one forwarded, and nobody prints a KeyboardInterrupt traceback."""
+    server = start_workers(folder, tmp_path, wait=False)
+    deadline = time.monotonic() + WAIT_S
+    while len(server.children() - _trackers(server.children())) < 2:
+        assert time.monotonic() < deadline and server.process.poll() is None, server.stderr()
+        time.sleep(0.005)
+    os.killpg(server.process.pid, signal.SIGINT)
+    code = server.wait_exit()
+    stderr = server.stderr()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "error" not in stderr, stderr
+    assert "drained and stopped" in stderr
+    assert_nothing_left(server)
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_supervisor(folder: Path, tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no say: the workers get a SIGTERM from the kernel and drain away. (Its
+    temp folders stay: nobody is left to remove them.)"""
+    server = start_workers(folder, tmp_path)
+    workers = set(connection_per_worker(server))
+    server.process.kill()
+    assert server.wait_exit() == -signal.SIGKILL
+    deadline = time.monotonic() + WAIT_S
+    while workers & set(_marked(server.mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers & set(_marked(server.mark)) == set()
 
 
 def test_workers_below_1_is_refused_before_listening(folder: Path) -> None:

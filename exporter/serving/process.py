@@ -235,9 +235,9 @@ async def _start(
 ) -> None:
     """Load the model once the socket listens, check it on the golden cases over HTTP, then turn ready."""
     while not server.started:
-        if server.should_exit:
-            return
         await asyncio.sleep(0.005)
+    if server.should_exit:
+        return  # stopped as it started (a signal that came before the server took signals over)
     started = time.perf_counter()
     artifact = prepared.artifact
     host, port = checked_at
@@ -256,6 +256,8 @@ async def _start(
             signature=prepared.signature,
         )
     except Exception as error:
+        if server.should_exit:
+            return  # stopped while loading or checking: the check failed because the server closed
         text = str(error).strip().splitlines()
         state.status = f"failed: {text[0] if text else type(error).__name__}"
         role.gate.failed(state.status.removeprefix("failed: "))

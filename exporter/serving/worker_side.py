@@ -37,6 +37,7 @@ class WorkerLink:
         os.setpgrp()
         for handled in _HANDLED:
             signal.signal(handled, self._early)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # blocked by the supervisor until now
         _die_with(supervisor)
 
     def _early(self, sig: int, frame: FrameType | None) -> None:

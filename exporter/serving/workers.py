@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -233,6 +234,7 @@ def run_workers(
     supervisor = _Supervisor(count, log, metrics, patience_s)
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in _HANDLED}
     context = multiprocessing.get_context("spawn")
+    resource_tracker.ensure_running()  # started inside the first start(), it would unblock what _held blocks
     try:
         with _environment(MULTIPROCESS_FOLDER, str(metrics)):
             for index in range(1, count + 1):
@@ -242,7 +244,8 @@ def run_workers(
                 process = context.Process(
                     target=target, args=(index, theirs, os.getpid(), *args), name=f"exporter-serve-{index}"
                 )
-                process.start()
+                with _held(_HANDLED):
+                    process.start()
                 theirs.close()
                 supervisor.workers.append(_Worker(index, process, ours))
                 supervisor.catch_up()
@@ -258,6 +261,19 @@ def run_workers(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(metrics, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _held(signals: tuple[int, ...]) -> Iterator[None]:
+    """Block ``signals`` while a worker starts: it inherits the mask, and unblocks them once it has left the
+    terminal's process group and installed its handlers (``WorkerLink``). A Ctrl-C that reaches it before
+    then waits, merged with the one the supervisor forwards (a blocked signal is pending at most once), and
+    the worker sees one signal, not a KeyboardInterrupt in the middle of its imports."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
