@@ -79,7 +79,11 @@ def serve_command(
     ] = 60.0,
     max_connections: Annotated[
         int,
-        typer.Option("--max-connections", min=1, help="Beyond this many open connections, requests get 503."),
+        typer.Option(
+            "--max-connections",
+            min=1,
+            help="Beyond this many open connections (per worker process), requests get 503.",
+        ),
     ] = 1000,
     docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json.")] = False,
     workers: Annotated[

@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
     parser.add_argument("--header-timeout-s", type=float, default=10.0)
     parser.add_argument("--body-timeout-s", type=float, default=60.0)
-    parser.add_argument("--max-connections", type=int, default=1000)
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per worker process beyond which requests get 503",
+    )
     parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
     parser.add_argument(
         "--workers",
