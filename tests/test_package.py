@@ -93,7 +93,7 @@ def test_triton_config_is_what_triton_parses(folder: Path, onnx_bundle: Path) ->
     assert config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 64  # no declared batch maximum: the server's own batch limit
     assert config.HasField("dynamic_batching")
-    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         ("x", model_config_pb2.TYPE_FP32, [16])
     ]

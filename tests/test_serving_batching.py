@@ -80,6 +80,18 @@ def test_with_a_window_a_lone_request_waits_for_it() -> None:
     assert asyncio.run(main())
 
 
+def test_a_request_that_is_not_held_runs_without_waiting_for_the_window() -> None:
+    async def main() -> list[np.ndarray]:
+        batcher = DynamicBatcher(ModelWorker(Model(), lambda *_: None), 64, 0.002, frozen_clock)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(batcher.submit(_rows(3), hold=False), timeout=10)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main())[0].tolist() == [[6.0]]
+
+
 def test_requests_queued_while_the_model_is_busy_go_in_one_call_and_come_back_split() -> None:
     model = Model(hold=True)
 

@@ -81,7 +81,7 @@ python -m venv .venv && .venv/bin/pip install -r requirements.txt && \\
 ```
 
 `--backend $backend` matters: the manifest lists every artifact of the export, this bundle carries only
-this one. `--port`, `--threads`, `--max-batch-size` and `--max-batch-delay-ms` tune the server;
+this one. `--port`, `--workers`, `--threads`, `--max-batch-size` and `--max-batch-delay-ms` tune the server;
 `/v2/health/ready` answers 200 once the artifact has passed its golden cases.
 
 ## Call it

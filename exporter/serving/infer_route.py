@@ -102,7 +102,7 @@ class InferRoute:
             metrics.inflight_child.inc()
             started = time.perf_counter()
             try:
-                answer = await self._served(found, receive)
+                answer = await self._served(found, receive, found.get("token") == state.token.encode())
             except Exception as error:  # a bug here must not become uvicorn's traceback and a bare 500
                 answer = _error(500, f"server error: {_one_line(error)}")
             finally:
@@ -112,7 +112,7 @@ class InferRoute:
         metrics.count(answer.status)
         return answer
 
-    async def _served(self, found: dict[str, bytes], receive: Receive) -> Answer:
+    async def _served(self, found: dict[str, bytes], receive: Receive, self_check: bool) -> Answer:
         state = self.state
         try:
             parsed = await self._parsed(found, receive)
@@ -127,7 +127,7 @@ class InferRoute:
         assert state.worker is not None
         try:
             if state.batcher is not None:
-                outputs = await state.batcher.submit(parsed.inputs)
+                outputs = await state.batcher.submit(parsed.inputs, hold=not self_check)
             else:
                 rows = next(iter(parsed.inputs.values())).shape[0] if state.signature.batch_dim else 1
                 outputs = await state.worker.run(parsed.inputs, rows)
