@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.serving.json_chunks import INLINE_BYTES
 from tests.conftest import export_tiny_mlp
 from tests.test_serve import NAME, body_of, free_port
 
@@ -226,13 +227,20 @@ def test_both_workers_answer_and_every_one_shows_the_sums(served: Supervisor) ->
         assert counted["200"] - golden[worker] == 20 and counted["400"] == 10, (worker, counted)
         assert gauge(reply, "exporter_ready") == [1.0]
         assert gauge(reply, "exporter_inflight_requests") == [0.0]
+    big = body_of(np.full((6000, 16), 0.5, dtype=np.float32))
+    assert len(json.dumps(big)) > INLINE_BYTES  # parsed in the worker's parser process: it must exit too
+    for worker, connection in held.items():
+        reply = exchange(connection, "POST", INFER, big)
+        assert (
+            reply.status == 200 and reply.worker == worker and reply.body["outputs"][0]["shape"] == [6000, 4]
+        )
     os.killpg(served.process.pid, signal.SIGINT)  # Ctrl-C in its terminal: one SIGINT per worker, forwarded
     assert served.wait_exit() == 0
     stderr = served.stderr()
     assert stderr.count("draining: 0 request(s) in flight") == 2, stderr
     assert stderr.count("exporter serve: ready:") == 1 and "ready: 2 workers" in stderr
     assert "2 worker processes, 1 intra-op thread each" in stderr
-    assert f"drained and stopped ({int(golden[worker]) + 30} requests answered)" in stderr
+    assert f"drained and stopped ({int(golden[worker]) + 32} requests answered)" in stderr
 
 
 def _trackers(pids: set[int]) -> set[int]:
@@ -277,6 +285,9 @@ def test_sigterm_drains_in_flight_requests_on_both_workers(folder: Path, tmp_pat
 def test_a_second_sigterm_stops_every_worker_at_once(folder: Path, tmp_path: Path) -> None:
     server = start_workers(folder, tmp_path, "--max-batch-delay-ms", "1500", "--max-batch-size", "64")
     held = connection_per_worker(server)
+    big = body_of(np.full((6000, 16), 0.5, dtype=np.float32))
+    for connection in held.values():  # each worker starts its parser process, which must not outlive it
+        assert exchange(connection, "POST", INFER, big).status == 200
     errors: list[BaseException] = []
 
     def send(worker: int) -> None:

@@ -56,7 +56,8 @@ __all__ = ["Supervised", "run_workers"]
 
 KILL_AFTER_S = 10.0
 """After a second signal, how long a worker may take to exit before it is killed (it exits at once unless
-it is stuck); after a failure, the drain timeout plus this."""
+it is stuck); after a first one or a failure, the drain's budget plus this: a worker stuck at exit is
+killed (one line, exit 1) instead of holding the supervisor forever."""
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -112,8 +113,7 @@ class _Supervisor:
         """Forward the signal to every worker (the first drains them, the second stops them at once)."""
         self.signals.append(sig)
         self._forward(sig)
-        if len(self.signals) > 1:
-            self._kill_after(KILL_AFTER_S)
+        self._kill_after(KILL_AFTER_S if len(self.signals) > 1 else self.patience_s + KILL_AFTER_S)
 
     def _forward(self, sig: int) -> None:
         self.forwarded.append(sig)
@@ -164,7 +164,7 @@ class _Supervisor:
                 self.kill_at = None
                 for worker in self.workers:
                     if worker.stage != "exited":
-                        self.log(f"exporter serve: {worker.name} did not stop; killed")
+                        self.log(f"exporter serve: error: {worker.name} did not stop in time; killed")
                         worker.process.kill()
 
     def _receive(self, worker: _Worker) -> None:
@@ -198,6 +198,8 @@ class _Supervisor:
 
     def _exited(self, worker: _Worker) -> None:
         worker.process.join()
+        with contextlib.suppress(OSError):
+            os.killpg(worker.process.pid or 0, signal.SIGKILL)  # what it left in its group: see below
         while worker.listening and worker.link.poll():
             self._receive(worker)  # what it said last: its failure, its cut count
         worker.stage = "exited"
@@ -216,6 +218,12 @@ class _Supervisor:
         return GOLDEN_FAILED if self.failed else 0
 
 
+# Why a worker's process group is killed once it exited: its parser processes (``ServerState.off_process``)
+# are in that group, and a worker that exits at once (a second signal) or is killed leaves them behind,
+# waiting forever on a queue whose both ends they hold. A drained worker has stopped them itself; then the
+# group is empty and this finds nothing.
+
+
 def run_workers(
     count: int,
     target: Callable[..., None],
@@ -228,7 +236,8 @@ def run_workers(
     worker's ``Connection``, for a ``WorkerLink``), relay them until every one exited, and say how it went.
 
     ``args`` are pickled for each worker (a socket among them is passed as a file descriptor);
-    ``patience_s``: how long workers may drain after one of them failed before they are killed.
+    ``patience_s``: how long workers may take to drain (after a signal, or one of them failing) before they
+    are killed.
     """
     metrics = Path(tempfile.mkdtemp(prefix="exporter-serve-metrics-"))
     supervisor = _Supervisor(count, log, metrics, patience_s)
