@@ -327,8 +327,20 @@ def test_drain_cuts_a_stalled_request_at_the_timeout_not_twice_it(folder: Path) 
     assert "1 request(s) cut" in stderr and "Traceback" not in stderr
 
 
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        found |= {int(child) for child in listing.read_text().split()}
+    return found
+
+
 def test_a_second_sigterm_exits_143_at_once_with_one_line(folder: Path) -> None:
-    server = start(folder, "--body-timeout-s", "120")
+    """... and the parser process (started by a large body) goes with it: it used to stay forever."""
+    server = start(folder, "--body-timeout-s", "120", "--max-body-mb", "64")
+    status, _ = server.request("POST", f"/v2/models/{NAME}/infer", _big_body(20_000))
+    assert status == 200
+    parsers = _children(server.process.pid)
+    assert parsers, "a large body starts the parser process"
     sock = _stalled_body(server.port, 1000)  # in flight: the drain waits for it
     try:
         time.sleep(0.3)
@@ -343,6 +355,10 @@ def test_a_second_sigterm_exits_143_at_once_with_one_line(folder: Path) -> None:
     assert (
         stderr.strip().splitlines()[-1] == "exporter serve: second SIGTERM: stopped at once, without draining"
     )
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in parsers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in parsers)
 
 
 # --- the file that is loaded is the file that was hashed -----------------------------------------------

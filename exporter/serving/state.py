@@ -6,11 +6,14 @@ passed, whether a SIGTERM asked to drain, how many requests are in flight, and w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import functools
 import multiprocessing
 import os
 import secrets
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from exporter.serving.limits import BodyBudget
 from exporter.serving.metrics import Metrics
 from exporter.serving.signature import ModelSignature
 
-__all__ = ["SELF_CHECK_HEADER", "ServerState"]
+__all__ = ["SELF_CHECK_HEADER", "ServerState", "die_with"]
 
 SELF_CHECK_HEADER = "X-Exporter-Self-Check"
 """Marks the start-up golden requests, the only ones answered before the server is ready."""
@@ -79,10 +82,12 @@ class ServerState:
         2-core machine, so a core stays with the event loop and the model.
         """
         if self.json_processes is None:
+            _quiet_resource_tracker()
             self.json_processes = ProcessPoolExecutor(
                 max(1, min(2, (os.cpu_count() or 2) - 1)),
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_parser_process,
+                initargs=(os.getpid(),),
             )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.json_processes, functools.partial(function, *args))
@@ -112,7 +117,32 @@ class ServerState:
         return self.inflight == 0 and (self.batcher is None or self.batcher.pending == 0)
 
 
-def _parser_process() -> None:
+_PR_SET_PDEATHSIG = 1
+
+_TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """The pool's resource tracker (started with it, with this interpreter's ``-W`` options) says nothing
+    when a server stopped at once leaves the pool's semaphores to it: it removes them, and its warning
+    about "leaked semaphore objects" would be the last line of a stop that already said what happened."""
+    if _TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_WARNING)
+
+
+def die_with(parent: int, sig: int) -> None:
+    """Get ``sig`` when process ``parent`` dies (Linux's ``PR_SET_PDEATHSIG``), and now if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def _parser_process(server: int) -> None:
     """A parser process leaves signals to the server: Ctrl-C reaches the whole process group, and the server
-    alone decides (drain, one line); the parser must not die printing a KeyboardInterrupt traceback."""
+    alone decides (drain, one line); the parser must not die printing a KeyboardInterrupt traceback. It dies
+    with the server: a server stopped at once (a second signal) left it running forever, holding both ends
+    of its call queue."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with(server, signal.SIGKILL)

@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
+
+from exporter.serving.state import die_with
 
 __all__ = ["WORKER_HEADER", "WorkerLink", "with_worker_header"]
 
 WORKER_HEADER = "X-Exporter-Worker"
 """On every response of a worker: its pid (which process answered, for a client, a log or a test)."""
 
-_PR_SET_PDEATHSIG = 1
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
@@ -81,12 +80,8 @@ class WorkerLink:
 
 
 def _die_with(supervisor: int) -> None:
-    """Get SIGTERM when the supervisor dies (Linux), and now if it already has."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != supervisor:
-        os.kill(os.getpid(), signal.SIGTERM)
+    """Get SIGTERM when the supervisor dies, and now if it already has."""
+    die_with(supervisor, signal.SIGTERM)
 
 
 def with_worker_header(app: ASGIApp) -> ASGIApp:
