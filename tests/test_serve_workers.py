@@ -400,6 +400,33 @@ def test_workers_do_not_outlive_a_killed_supervisor(folder: Path, tmp_path: Path
     assert workers & set(_marked(server.mark)) == set()
 
 
+def _listeners(port: int) -> int:
+    """Listening TCP sockets on ``port`` (IPv4), from /proc/net/tcp."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+@pytest.mark.slow
+def test_each_worker_listens_on_a_socket_of_its_own_and_a_second_server_cannot_join(
+    served: Supervisor, folder: Path
+) -> None:
+    """One socket per worker (SO_REUSEPORT, so the kernel spreads connections); another server on the same
+    port is refused with exit 2 instead of joining the group and taking a share of the traffic."""
+    assert _listeners(served.port) == 2
+    command = [sys.executable, "-m", "exporter.serving", str(folder), "--port", str(served.port)]
+    second = subprocess.run(
+        [*command, "--workers", "2"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        cwd=ROOT,
+    )
+    assert second.returncode == 2, second.stderr
+    assert f"cannot listen on 127.0.0.1:{served.port}" in second.stderr
+    assert _listeners(served.port) == 2
+
+
 def test_workers_below_1_is_refused_before_listening(folder: Path) -> None:
     port = free_port()
     result = subprocess.run(

@@ -8,7 +8,7 @@ Ctrl-C) ``ready`` turns 503, new requests get 503, in-flight ones finish within 
 they are cut), and the process exits 0; a second signal exits at once (128 + the signal: 143, 130).
 
 One process (``exporter.serving.process``) by default; with ``--workers N``, a supervisor and N of those
-processes on the one socket (``exporter.serving.workers``), with the same contract.
+processes on the one port, a socket each (``exporter.serving.workers``), with the same contract.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from exporter.serving.options import (
     Prepared,
     ServeOptions,
     bind,
+    bind_group,
     loopback_listener,
     open_model,
     prepare,
@@ -49,7 +50,8 @@ def serve(options: ServeOptions) -> int:
     private = Path(tempfile.mkdtemp(prefix="exporter-serve-"))
     try:
         prepared = prepare(options, private)
-        sock = bind(options.host, options.port)
+        group = bind_group(options.host, options.port, options.workers) if options.workers > 1 else []
+        sock = group[0] if group else bind(options.host, options.port)
         try:
             options.log(_starting(prepared, options, sock))
             if options.workers == 1:
@@ -65,13 +67,14 @@ def serve(options: ServeOptions) -> int:
                 supervised = run_workers(
                     options.workers,
                     _worker,
-                    (_Job(quiet, prepared, sock),),
+                    (_Job(quiet, prepared, tuple(group)),),
                     log=options.log,
                     patience_s=options.drain_timeout_s + SHUTDOWN_GRACE_S,
                 )
                 exit_code, cut, answered = supervised.exit, supervised.cut, supervised.answered
         finally:
-            sock.close()
+            for listening in group or [sock]:
+                listening.close()
     finally:
         shutil.rmtree(private, ignore_errors=True)
     if exit_code == 0 and cut:
@@ -109,11 +112,12 @@ def _starting(prepared: Prepared, options: ServeOptions, sock: socket.socket) ->
 
 @dataclass(frozen=True)
 class _Job:
-    """What every worker is given (pickled; the socket passes as a file descriptor)."""
+    """What every worker is given (pickled; sockets pass as file descriptors)."""
 
     options: ServeOptions
     prepared: Prepared
-    sock: socket.socket
+    sockets: tuple[socket.socket, ...]
+    """One listening socket per worker (``bind_group``): worker ``index`` serves ``sockets[index - 1]``."""
 
 
 def _worker(index: int, connection: Connection, supervisor: int, job: _Job) -> None:
@@ -121,14 +125,18 @@ def _worker(index: int, connection: Connection, supervisor: int, job: _Job) -> N
     start-up check on a loopback port of its own, its readiness given by the supervisor, its log lines sent
     there."""
     link = WorkerLink(connection, index, supervisor)
+    sock = job.sockets[index - 1]
+    for other in job.sockets:
+        if other.fileno() != sock.fileno():
+            other.close()  # another worker's: holding it here would keep it open after that worker exits
     role = Role(
         link,
-        check_socket=loopback_listener(job.sock.family),
+        check_socket=loopback_listener(sock.family),
         wrap=with_worker_header,
         speaks_on_second_signal=False,
         early_signals=link.early_signals,
     )
     load = functools.partial(open_model, job.prepared)
-    outcome = run_process(job.prepared, replace(job.options, log=link.log), job.sock, load=load, role=role)
+    outcome = run_process(job.prepared, replace(job.options, log=link.log), sock, load=load, role=role)
     link.stopped(outcome.exit, outcome.cut)
     sys.exit(outcome.exit)

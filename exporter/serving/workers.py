@@ -1,12 +1,14 @@
-"""``exporter serve --workers N``: N server processes on one listening socket, under a supervisor.
+"""``exporter serve --workers N``: N server processes on one port, under a supervisor.
 
 One process runs its event loop, JSON work and Python side of the model calls under one GIL, so it keeps
 about one core busy; N processes (each with ``usable CPUs // N`` intra-op threads unless ``--threads``
 says otherwise, per worker) use N. The supervisor loads no model and answers no request:
 
-- **The socket**: the supervisor checks the folder and binds the port (a bad folder or a busy port exits 2
-  before anything listens), then every worker inherits that one socket, as uvicorn's and gunicorn's own
-  ``--workers`` do; the kernel hands each new connection to one of the processes waiting in ``accept``.
+- **The sockets**: the supervisor checks the folder and binds the port (a bad folder or a busy port exits 2
+  before anything listens), one socket per worker with ``SO_REUSEPORT`` (``options.bind_group``): the
+  kernel spreads new connections over the workers by a hash of their addresses. One socket shared by all
+  (uvicorn's and gunicorn's way) left the spread to whichever worker woke first in ``accept``, and half the
+  starts put nearly every connection of a burst on one worker.
 - **The start-up check**: each worker also listens on a loopback port of its own, sends its golden requests
   there and closes it when the check is done. A golden request sent to the shared port could be accepted by
   another worker (one that is not loaded, or already checked), and an in-process ASGI transport would skip
