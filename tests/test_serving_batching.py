@@ -159,3 +159,28 @@ def test_observed_calls_carry_their_rows() -> None:
 
     asyncio.run(main())
     assert [rows for rows, _ in observed] == [5, 2] and all(seconds >= 0 for _, seconds in observed)
+
+
+def test_a_lone_request_on_an_idle_batcher_runs_at_once_in_its_own_task() -> None:
+    """With nothing queued and a short model, the request runs without the batcher's task (not even
+    started here); an output without the batch axis is refused there as in a batch."""
+
+    def scalar(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.float32(inputs["x"].sum()).reshape(())]
+
+    async def main() -> tuple[list[np.ndarray], BaseException | None]:
+        model = Model()
+        worker = ModelWorker(model, lambda *_: None)
+        await worker.run(_rows(0), 1)  # the first call's time is known now: short, so inline from here
+        outputs = await asyncio.wait_for(DynamicBatcher(worker, 64, 0.0).submit(_rows(4)), timeout=5)
+        other = ModelWorker(scalar, lambda *_: None)
+        await other.run(_rows(0), 1)
+        try:
+            await DynamicBatcher(other, 64, 0.0).submit(_rows(1, 2))
+        except RuntimeError as error:
+            return outputs, error
+        return outputs, None
+
+    outputs, error = asyncio.run(main())
+    assert outputs[0].tolist() == [[8.0]]
+    assert error is not None and "batch as its first axis" in str(error)

@@ -40,7 +40,8 @@ SERVER_BATCH_ROWS = 64
 """How many rows the server batches along a batch dim without a declared maximum (``ServeOptions``)."""
 TRITON_QUEUE_DELAY_US = 0
 """How long Triton's dynamic batcher waits to fill a batch: 0, greedy, as the server's default
-``--max-batch-delay-ms`` and Triton's own default (the model runs as soon as it is free, on what is queued)."""
+``--max-batch-delay-ms`` and Triton's own default (the model runs as soon as it is free, on what is
+queued)."""
 
 _DATA_TYPE = {name: f"TYPE_{datatype}" for name, datatype in DATATYPE_OF.items()}
 """numpy dtype name -> Triton's ``data_type`` enum name."""

@@ -124,11 +124,34 @@ class DynamicBatcher:
         group without waiting for the window (the golden check sends its cases one by one: with a 5 s
         window, start-up took 5 cases x 5 s)."""
         rows = next(iter(inputs.values())).shape[0]
+        if self._alone_now(hold):
+            return self._split(await self.worker.run(inputs, rows), [rows])[0]
         key = tuple(sorted((name, array.shape[1:]) for name, array in inputs.items()))
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(inputs, rows, key, future, self.clock(), hold))
         self._arrived.set()
         return await future
+
+    def _alone_now(self, hold: bool) -> bool:
+        """Whether a request can run at once, in its own task, without the batcher task: nothing is queued
+        or running, no window applies, and the call will run inline (so nothing can arrive meanwhile). It
+        saves two hand-overs between tasks, about 10 us a request at one client."""
+        greedy = self.max_delay_s <= 0 or not hold
+        return greedy and not self._waiting and not self.worker.busy and self.worker.inline
+
+    @staticmethod
+    def _split(outputs: Outputs, rows: list[int]) -> list[Outputs]:
+        """``outputs`` cut along axis 0 into pieces of ``rows`` rows each."""
+        total = sum(rows)
+        if any(o.ndim == 0 or o.shape[0] != total for o in outputs):
+            raise RuntimeError("an output does not have the batch as its first axis; cannot split a batch")
+        if len(rows) == 1:
+            return [outputs]
+        pieces, start = [], 0
+        for count in rows:
+            pieces.append([o[start : start + count] for o in outputs])
+            start += count
+        return pieces
 
     async def _loop(self) -> None:
         while True:
@@ -172,21 +195,15 @@ class DynamicBatcher:
             inputs = group[0].inputs
         else:
             inputs = {name: np.concatenate([w.inputs[name] for w in group]) for name in group[0].inputs}
-        rows = sum(w.rows for w in group)
         try:
-            outputs = await self.worker.run(inputs, rows)
-            if any(o.ndim == 0 or o.shape[0] != rows for o in outputs):
-                raise RuntimeError(
-                    "an output does not have the batch as its first axis; cannot split a batch"
-                )
+            pieces = self._split(
+                await self.worker.run(inputs, sum(w.rows for w in group)), [w.rows for w in group]
+            )
         except Exception as error:
             for waiting in group:
                 if not waiting.future.done():
                     waiting.future.set_exception(error)
             return
-        start = 0
-        for waiting in group:
-            end = start + waiting.rows
+        for waiting, piece in zip(group, pieces, strict=True):
             if not waiting.future.done():
-                waiting.future.set_result([o[start:end] for o in outputs])
-            start = end
+                waiting.future.set_result(piece)

@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+_DATATYPE_OF_DTYPE = {np.dtype(name): datatype for name, datatype in DATATYPE_OF.items()}
+"""``DATATYPE_OF`` keyed by dtype: a dict lookup instead of ``dtype.name``, a Python property."""
+
+
 class RequestError(Exception):
     """A request that does not fit the model's signature; ``field`` names the part that is wrong."""
 
@@ -215,11 +219,12 @@ def _cast(array: np.ndarray, rule: InputRule, field: str) -> np.ndarray:
         if array.dtype.kind not in "iu":
             raise RequestError(field, f"{rule.datatype} data must be integers")
         info = np.iinfo(rule.dtype)
-        if int(array.min()) < info.min or int(array.max()) > info.max:
+        smallest, largest = int(array.min()), int(array.max())
+        if smallest < info.min or largest > info.max:
             raise RequestError(field, f"has a value outside {rule.datatype}")
         if rule.value_range is not None:
             low, high = rule.value_range
-            if int(array.min()) < low or int(array.max()) >= high:
+            if smallest < low or largest >= high:
                 raise RequestError(
                     field, f"has a value outside [{low}, {high}), the range '{rule.name}' was verified with"
                 )
@@ -277,7 +282,7 @@ def encode_response(
             continue
         tensor: dict[str, Any] = {
             "name": name,
-            "datatype": DATATYPE_OF.get(array.dtype.name, "BYTES"),
+            "datatype": _DATATYPE_OF_DTYPE.get(array.dtype) or DATATYPE_OF.get(array.dtype.name, "BYTES"),
             "shape": list(array.shape),
         }
         if name in request.binary_outputs:
