@@ -93,16 +93,17 @@ class InferRoute:
         metrics = state.metrics
         assert metrics is not None
         found = _headers(scope)
+        self_check = found.get("token") == state.token.encode()
         if state.draining:
             answer = _error(503, "the server is shutting down; retry on another replica")
-        elif not state.ready and found.get("token") != state.token.encode():
+        elif not state.ready and not self_check:
             answer = _error(503, f"not ready: {state.status}")
         else:
             state.inflight += 1
             metrics.inflight_child.inc()
             started = time.perf_counter()
             try:
-                answer = await self._served(found, receive, found.get("token") == state.token.encode())
+                answer = await self._served(found, receive, self_check)
             except Exception as error:  # a bug here must not become uvicorn's traceback and a bare 500
                 answer = _error(500, f"server error: {_one_line(error)}")
             finally:

@@ -2,9 +2,9 @@
 proven on the golden inputs through ``POST .../infer``, then ready; on SIGTERM, the drain.
 
 ``exporter serve`` runs one of these (``exporter.serving.server``), or with ``--workers N`` a supervisor runs
-N of them on one shared socket (``exporter.serving.workers``). What differs is a ``Role``: how the process
-turns ready (at once, or when the supervisor says every worker passed its check), where its golden requests
-go, and who speaks for it on a second signal.
+N of them on one port, a socket each (``exporter.serving.workers``). What differs is a ``Role``: how the
+process turns ready (at once, or when the supervisor says every worker passed its check), where its golden
+requests go, and who speaks for it on a second signal.
 
 On SIGTERM (or Ctrl-C) ``ready`` turns 503, new requests get 503, in-flight ones finish within
 ``--drain-timeout-s`` (then they are cut), and the process exits 0; a second signal exits at once
@@ -91,7 +91,7 @@ class Role:
     private: Path | None = None
     """The private copy of the checked files, removed on a second signal (None: the supervisor's)."""
     check_socket: socket.socket | None = None
-    """Where the golden requests go (None: the shared socket); closed once the check is done."""
+    """Where the golden requests go (None: the listening socket); closed once the check is done."""
     wrap: Callable[[ASGIApp], ASGIApp] | None = None
     """Applied to the app (a worker's response header)."""
     speaks_on_second_signal: bool = True
@@ -198,17 +198,9 @@ def run_process(
         else:
             asyncio.run(main())
     finally:
-        if state.json_processes is not None:
-            state.json_processes.shutdown(wait=True, cancel_futures=True)  # see below
         state.close()
     answered = 0 if state.metrics is None else state.metrics.answered()
     return Outcome(outcome["exit"], outcome["cut"], answered)
-
-
-# Why the parser pool is joined before ``state.close()``: a worker is a multiprocessing child, whose exit
-# runs the queue finalizers and joins its child processes before the interpreter's own shutdown wakes the
-# pool's manager thread, so a pool shut down without waiting never got its stop sentinel and the worker
-# hung at exit (reproduced 8 times out of 8). The pool is idle once drained: the wait takes milliseconds.
 
 
 def _config(app: ASGIApp, options: ServeOptions) -> uvicorn.Config:
