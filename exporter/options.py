@@ -50,6 +50,12 @@ class ExportOptions:
     opset: int | None = None
     onnx_exporter: OnnxExporterChoice = OnnxExporterChoice.AUTO
     simplify: bool = True
+    external_data: bool = False
+    """``--external-data`` (``[export].external_data``): every ONNX model keeps its weights in one
+    ``<file>.data`` beside it; without it only models past protobuf's 2 GB limit do."""
+    max_memory: int | None = None
+    """``--max-memory SIZE`` in bytes: the memory an export may plan to use; None: what the machine has
+    available when the run starts (``exporter.stages.memory``)."""
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
     benchmark: bool = True
     batch_dim: str = "batch"

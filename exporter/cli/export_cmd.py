@@ -34,6 +34,7 @@ from exporter.quantize.types import QuantMode
 from exporter.report.lossy import top1_note
 from exporter.report.markdown import latency_matrix, parity_matrix, parity_table, quantization_table
 from exporter.specs.naming import parse_output_names
+from exporter.stages.memory import parse_size
 
 __all__ = ["Target", "export_command"]
 
@@ -137,6 +138,22 @@ def export_command(
     ] = None,
     simplify: Annotated[
         bool | None, typer.Option("--simplify/--no-simplify", help="Try onnxsim [default: on].")
+    ] = None,
+    external_data: Annotated[
+        bool,
+        typer.Option(
+            "--external-data",
+            help="Keep every ONNX model's weights in one <file>.data beside it [default: only past 2 GB].",
+        ),
+    ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            metavar="SIZE",
+            help="Refuse up front an export whose estimated peak memory exceeds SIZE (e.g. 12GiB, 800MB) "
+            "[default: the memory available when the run starts].",
+        ),
     ] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="Seed for drawn inputs [default: 0].")
@@ -247,6 +264,8 @@ def export_command(
         "threads": threads,
         "onnx_exporter": _value(onnx_exporter),
         "simplify": simplify,
+        "external_data": external_data or None,
+        "max_memory": parse_size(max_memory, "--max-memory") if max_memory is not None else None,
         "seed": seed,
         "benchmark": benchmark,
         "trust_checkpoint": trust_checkpoint or None,

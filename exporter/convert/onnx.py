@@ -20,6 +20,7 @@ import torch
 
 from exporter._quiet import quiet
 from exporter.convert._dynamic_shapes import dynamic_shapes_for
+from exporter.convert.onnx_files import move_onnx_model
 from exporter.errors import ConversionError
 from exporter.runners.base import CallConvention
 from exporter.runners.pytorch import flatten_outputs
@@ -164,23 +165,6 @@ def convert_to_onnx(
             details="\n\n".join(f"{a.exporter} exporter: {a.details}" for a in attempts if a.details) or None,
         )
     return _finish(request, path, attempts, report)
-
-
-def move_onnx_model(source: Path, target: Path) -> None:
-    """Move an ONNX file and the external-data files it references (kept relative to the model)."""
-    model = onnx.load(str(source), load_external_data=False)
-    locations = {
-        entry.value
-        for tensor in model.graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    for location in locations:
-        destination = target.parent / location
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        (source.parent / location).replace(destination)
-    source.replace(target)
 
 
 def _frozen_dims(path: Path, spec: InputSpec) -> list[str]:

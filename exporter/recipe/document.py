@@ -136,6 +136,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "opset": (lambda v: _is_int(v) and 7 <= v <= 30, "an integer opset between 7 and 30"),
         "onnx_exporter": _one_of(OnnxExporterChoice),
         "simplify": (lambda v: isinstance(v, bool), "true or false"),
+        "external_data": (lambda v: isinstance(v, bool), "true or false"),
         "torchscript_mode": _one_of(TorchScriptMode),
         "compile_mode": _one_of(CompileMode),
         "not_applicable": (
