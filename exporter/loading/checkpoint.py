@@ -22,6 +22,7 @@ import torch
 from exporter._quiet import quiet, quiet_logs
 from exporter.documents.files import sha256_file
 from exporter.errors import ExporterError, LoadError, first_line
+from exporter.loading.assign import build_on_meta, load_assigned, meta_tensors_left
 from exporter.loading.checkpoint_audit import (
     UnsafeCheckpointError,
     audit_exported_program,
@@ -199,10 +200,21 @@ def _guard(path: Path, what: str, load: Any) -> Any:
         ) from error
 
 
+def _mapped_load(path: Path, *, weights_only: bool) -> Any:
+    """``torch.load`` with the file memory-mapped: tensors are views of its pages, not a copy in the heap
+    (files in the legacy, pre-zip format cannot be mapped and are read whole)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error) and "zipfile" not in str(error):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
 def _torch_load(request: LoadRequest) -> Any:
     path = request.checkpoint
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _mapped_load(path, weights_only=True)
     except pickle.UnpicklingError as error:
         if not _needs_unsafe_globals(str(error)):
             raise LoadError(
@@ -220,7 +232,7 @@ def _torch_load(request: LoadRequest) -> Any:
         ) from error
     folder = import_from_working_directory()  # the pickle names its classes by module, as --model does
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _mapped_load(path, weights_only=False)
     except Exception as error:
         raise LoadError(
             f"cannot unpickle trusted checkpoint '{path}': {_unpickling_fix(error, folder)}"
@@ -257,19 +269,11 @@ def _build_with_weights(
             f"checkpoint '{request.checkpoint}' holds only weights; pass --model package.module:factory "
             "(or path/to/file.py:factory) that builds the architecture"
         )
-    try:
-        with quiet_logs():
-            factory = resolve_callable(request.model_ref)
-            module = factory(**dict(request.model_kwargs))
-    except ExporterError:
-        raise
-    except Exception as error:
-        raise LoadError(
-            f"--model {request.model_ref} raised {type(error).__name__}: {first_line(error)} "
-            "(check --model-kwargs)"
-        ) from error
+    with quiet_logs():
+        factory = resolve_callable(request.model_ref)
+    module = build_on_meta(factory, request.model_kwargs)
     if not isinstance(module, torch.nn.Module):
-        raise LoadError(f"--model {request.model_ref} returned {type(module).__name__}, not an nn.Module")
+        module = _build(request, factory)
     own = module.state_dict()
     weights = fit_owner_prefix(strip_wrapper_prefixes(weights, notes), own, notes)
     missing = [k for k in own if k not in weights]
@@ -289,7 +293,26 @@ def _build_with_weights(
             f"weights in '{request.checkpoint}' do not fit --model {request.model_ref}: {'; '.join(parts)}; "
             "check the factory and --model-kwargs"
         )
-    module.load_state_dict(weights, strict=True)
+    load_assigned(module, weights)
+    if meta_tensors_left(module):  # buffers __init__ computes: the factory must run for real
+        module = _build(request, factory)
+        load_assigned(module, weights)
+    return module
+
+
+def _build(request: LoadRequest, factory: Any) -> torch.nn.Module:
+    try:
+        with quiet_logs():
+            module = factory(**dict(request.model_kwargs))
+    except ExporterError:
+        raise
+    except Exception as error:
+        raise LoadError(
+            f"--model {request.model_ref} raised {type(error).__name__}: {first_line(error)} "
+            "(check --model-kwargs)"
+        ) from error
+    if not isinstance(module, torch.nn.Module):
+        raise LoadError(f"--model {request.model_ref} returned {type(module).__name__}, not an nn.Module")
     return module
 
 
