@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from exporter.stages.records import (
     TargetFailure,
 )
 from exporter.stages.staging import check_output_dir, output_lock, staging_dir
+from exporter.stages.stale_runs import record_stage
 from exporter.stages.storage import check_free_space, check_writable, estimate_bytes, storage_errors
 from exporter.stages.write import write_stage
 from exporter.verify.parity import GoldenCase, ParityResult
@@ -188,6 +190,11 @@ class _Run:
     def step(self, message: str) -> None:
         self.listener.step(message, 0, 0)
 
+    def note(self, message: str) -> None:
+        """Shown now and kept in the report's notes."""
+        self.notes.append(message)
+        self.listener.note(message)
+
 
 def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: ProgressListener) -> ExportResult:
     run = _Run(options, specs, listener, StageTracker(listener))
@@ -197,9 +204,10 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
     check_free_space(options.out_dir, _needed_bytes(run, loaded))
     # storage_errors inside the staging folder's context: a full disk is reported while the folder fills it.
     with (
-        staging_dir(options.out_dir, options.force, _kept_paths(options)) as staging,
+        staging_dir(options.out_dir, options.force, _kept_paths(options), on_stale=run.note) as staging,
         storage_errors(options.out_dir),
     ):
+        run.stages.on_start.append(partial(record_stage, staging))
         build_dir = staging / "_build"
         _convert_and_verify(run, loaded, build_dir)
         _optimize_and_quantize(run, loaded, build_dir)

@@ -3,6 +3,7 @@ and every way it ends is one line and a documented exit code."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +19,9 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.errors import ExitCode, UsageError
 from exporter.interrupts import Interrupted, blocked_signals, check_interrupted, signals_handled
+from exporter.stages import stale_runs
 from exporter.stages.records import SilentListener, StageStatus, StageTracker
-from exporter.stages.staging import output_lock, remove_stale_staging, staging_dir
+from exporter.stages.staging import output_lock, remove_stale_staging, staging_dir, stale_run_notes
 from tests.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def _export_command(checkpoint: Path, out: Path, *extra: str) -> list[str]:
 def _wait_for_staging(process: subprocess.Popen[str], out: Path, timeout: float = 120.0) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = list(out.parent.glob(f".{out.name}.partial-*"))
+        found = [p for p in out.parent.glob(f".{out.name}.partial-*") if p.is_dir()]
         if found:
             return found[0]
         assert process.poll() is None, "the export ended before its staging folder was seen"
@@ -90,6 +92,44 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next_run(
     assert not staging.exists()
     assert (out / "manifest.json").is_file()
     assert _debris(out) == []
+    said = " ".join(completed.stdout.split())
+    assert f"the previous export into '{out}' (pid {process.pid}" in said
+    assert "before it finished" in said and "its staging folder was removed" in said
+    assert "stopped in its" in said  # it died after the load stage, and its record named the stage
+
+
+def test_a_killed_run_is_called_an_out_of_memory_kill_when_the_kernel_counted_one(tmp_path: Path) -> None:
+    """The record beside a staging folder keeps the kernel's out-of-memory kill counters at the start; a
+    run that died while the counter grew is named an out-of-memory kill (here the counter is taken to
+    have been lower then, as it is when the killer struck)."""
+    counters = stale_runs._oom_kills()
+    if "system" not in counters:
+        pytest.skip("this kernel has no oom_kill counter in /proc/vmstat")
+    out = tmp_path / "model"
+    dead = _dead_pid()
+    staging = tmp_path / f".model.partial-{dead}-abc"
+    staging.mkdir()
+    stale_runs.start_record(staging, dead)
+    stale_runs.record_stage(staging, "optimize")
+    record = stale_runs.record_path(staging)
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "oom": {"system": counters["system"] - 1}}))
+    (note,) = stale_run_notes(out)
+    assert f"(pid {dead}, started " in note and "stopped in its optimize stage" in note
+    assert "out-of-memory killer" in note and "--max-memory" in note
+    assert not staging.exists() and not record.exists()
+
+
+def test_a_killed_run_without_an_out_of_memory_kill_is_not_called_one(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    dead = _dead_pid()
+    staging = tmp_path / f".model.partial-{dead}-abc"
+    staging.mkdir()
+    stale_runs.start_record(staging, dead)
+    (note,) = stale_run_notes(out)
+    if "system" in stale_runs._oom_kills():
+        assert "the kernel counted no out-of-memory kill meanwhile" in note
+    assert "before it finished" in note and not staging.exists()
 
 
 def test_stale_staging_of_a_live_process_is_kept(tmp_path: Path) -> None:

@@ -65,10 +65,14 @@ class RichProgress:
             self.status = None
         mark = self._MARKS[record.status]
         detail = "" if record.raised else record.detail
+        peak = f"{record.peak_rss_mb / 1024:5.2f} GiB" if record.peak_rss_mb else " " * 9
         self.console.print(
-            f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s  [dim]{escape(detail)}[/]",
+            f"  {record.name:<10} {mark:<18} {record.seconds:6.2f} s {peak}  [dim]{escape(detail)}[/]",
             highlight=False,
         )
+
+    def note(self, message: str) -> None:
+        self.console.print(f"  [yellow]note:[/] {escape(message)}", highlight=False)
 
     def step(self, message: str, done: int, total: int) -> None:
         if self.status is not None:

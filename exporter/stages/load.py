@@ -12,6 +12,7 @@ from exporter.quantize.calibration import SampleSet
 from exporter.quantize.types import QuantMode
 from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import shape_cases
+from exporter.stages.memory import check_memory
 from exporter.stages.onnx import int8_samples
 from exporter.verify.parity import GoldenCase, golden_from_file, make_golden
 
@@ -34,6 +35,7 @@ def load_stage(options: ExportOptions) -> Loaded:
 
     Raises:
         LoadError: the checkpoint cannot be loaded safely.
+        UsageError: the run is estimated to need more memory than it may use (``stages/memory.py``).
         InputSpecError: the model fails on inputs its spec allows, or the golden inputs do not fit.
         CalibrationError: ``--calibration`` data that cannot be read or does not fit the spec.
     """
@@ -46,6 +48,7 @@ def load_stage(options: ExportOptions) -> Loaded:
             options.state_dict_key,
         )
     )
+    check_memory(options, model.module)
     eager = EagerRunner(model.module, options.spec.names, options.output_names)
     golden = make_golden(eager, options.spec, shape_cases(options.spec), options.seed)
     if options.golden_inputs is not None:

@@ -4,7 +4,7 @@ pipeline tells a listener (the CLI's progress display) while it runs."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, Protocol
@@ -14,6 +14,7 @@ from pydantic import dataclasses as pydantic_dataclasses
 
 from exporter.documents.fields import ENTRY, Number
 from exporter.interrupts import check_interrupted
+from exporter.stages.memory import peak_rss, reset_peak_rss
 
 __all__ = [
     "STAGES",
@@ -44,6 +45,8 @@ class StageRecord:
     status: StageStatus = StageStatus.NOT_RUN
     seconds: Number = 0.0
     detail: StrictStr = ""
+    peak_rss_mb: Number | None = None
+    """This process's peak resident memory while the stage ran (``exporter.stages.memory``), in MiB."""
     raised: bool = Field(default=False, init=False, exclude=True)
     """The stage ended the run with an error (whose one line the CLI prints after it); not in report.json."""
 
@@ -54,6 +57,7 @@ class StageRecord:
             "status": self.status.value,
             "seconds": round(self.seconds, 3),
             "detail": self.detail,
+            "peak_rss_mb": self.peak_rss_mb,
         }
 
 
@@ -65,9 +69,15 @@ class ProgressListener(Protocol):
     def step(self, message: str, done: int, total: int) -> None:
         """Progress inside a stage; ``total`` 0 means the count is unknown."""
 
+    def note(self, message: str) -> None:
+        """Something the user should read now (a previous run into the same folder was killed)."""
+
 
 class SilentListener:
     def stage_started(self, stage: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
         pass
 
     def stage_finished(self, record: StageRecord) -> None:
@@ -95,16 +105,28 @@ class CheckpointListener:
         check_interrupted()
         self.inner.step(message, done, total)
 
+    def note(self, message: str) -> None:
+        note = getattr(self.inner, "note", None)  # listeners written before notes existed lack it
+        if note is not None:
+            note(message)
+
 
 class StageTracker:
     def __init__(self, listener: ProgressListener) -> None:
         self.records = {name: StageRecord(name) for name in STAGES}
         self.listener = listener
+        self.on_start: list[Callable[[str], None]] = []
+        """Called with each stage's name as it starts (the staging record notes it)."""
+        self.peak_rss_mb = 0.0
+        """The run's peak over its stages (``ru_maxrss`` follows the resets, so it cannot say)."""
 
     @contextmanager
     def run(self, name: str) -> Iterator[StageRecord]:
         record = self.records[name]
         self.listener.stage_started(name)
+        for hook in self.on_start:
+            hook(name)
+        measured = reset_peak_rss()
         started = time.perf_counter()
         try:
             yield record
@@ -123,6 +145,9 @@ class StageTracker:
                 record.status = StageStatus.PASSED
         finally:
             record.seconds = time.perf_counter() - started
+            if measured:
+                record.peak_rss_mb = round(peak_rss() / 2**20, 1)
+                self.peak_rss_mb = max(self.peak_rss_mb, record.peak_rss_mb)
             self.listener.stage_finished(record)
 
     def skip(self, name: str, why: str) -> None:

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from exporter.errors import UsageError
 from exporter.interrupts import blocked_signals
 from exporter.loading.checkpoint import sha256_file
 from exporter.quantize.calibration import SampleSet
+from exporter.stages.stale_runs import describe_stale_run, end_record, start_record
 from exporter.verify.parity import GoldenCase
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "read_document",
     "remove_stale_staging",
     "staging_dir",
+    "stale_run_notes",
     "write_golden",
     "write_json",
     "write_sample_golden",
@@ -78,7 +80,17 @@ def _process_alive(pid: int) -> bool:
 
 def remove_stale_staging(out: Path) -> list[Path]:
     """Remove staging folders of ``out`` left by a process that is gone (SIGKILL, power loss)."""
-    removed: list[Path] = []
+    return [staging for staging, _ in _remove_stale(out)]
+
+
+def stale_run_notes(out: Path) -> list[str]:
+    """Remove what runs into ``out`` that were killed left behind, and say of each what became of it
+    (``stale_runs.describe_stale_run``: the stage it was in, whether the out-of-memory killer did it)."""
+    return [describe_stale_run(staging, out, pid) for staging, pid in _remove_stale(out)]
+
+
+def _remove_stale(out: Path) -> list[tuple[Path, int]]:
+    removed: list[tuple[Path, int]] = []
     if not out.parent.is_dir():
         return removed
     for candidate in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
@@ -87,7 +99,7 @@ def remove_stale_staging(out: Path) -> list[Path]:
             continue
         if not _process_alive(int(match["pid"])):
             shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(candidate)
+            removed.append((candidate, int(match["pid"])))
     return removed
 
 
@@ -131,17 +143,23 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staging_dir(out: Path, force: bool, keep: Sequence[Path] = ()) -> Iterator[Path]:
+def staging_dir(
+    out: Path, force: bool, keep: Sequence[Path] = (), on_stale: Callable[[str], None] | None = None
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it is removed.
 
     The old folder is only moved aside after the new one is complete, then deleted; the two renames run
     with SIGINT/SIGTERM held, so ``out`` is always either the old folder or the new one. Staging folders
-    carry the owner's pid, so a later run removes those of a process that was killed.
+    carry the owner's pid and a record beside them (``stale_runs``), so a later run removes those of a
+    process that was killed and tells ``on_stale`` what became of it.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out)
+    for note in stale_run_notes(out):
+        if on_stale is not None:
+            on_stale(note)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     staging.chmod(0o755)
+    start_record(staging, os.getpid())
     retired: Path | None = None
     try:
         yield staging
@@ -157,6 +175,7 @@ def staging_dir(out: Path, force: bool, keep: Sequence[Path] = ()) -> Iterator[P
         for leftover in (staging, retired):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+        end_record(staging)
 
 
 def write_golden(folder: Path, golden: Sequence[GoldenCase]) -> list[dict[str, Any]]:
