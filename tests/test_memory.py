@@ -1,0 +1,94 @@
+"""The memory estimate and its refusal (``exporter.stages.memory``): sizes, the estimate per stage, one
+line and exit 2 before any conversion, and each stage's recorded peak."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from exporter.cli import app
+from exporter.errors import UsageError
+from exporter.pipeline import ExportOptions, export
+from exporter.quantize.types import QuantizeOptions, QuantMode
+from exporter.stages.memory import STAGE_FACTORS, available_memory, estimate_memory, parse_size
+from tests.models import MODELS
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("12GiB", 12 * 2**30),
+        ("12G", 12 * 2**30),
+        ("800MB", 800 * 2**20),
+        ("1.5T", int(1.5 * 2**40)),
+        ("4096", 4096),
+    ],
+)
+def test_sizes_read_as_powers_of_1024(text: str, size: int) -> None:
+    assert parse_size(text, "--max-memory") == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "12 parsecs"])
+def test_a_bad_size_is_one_line_naming_the_flag(text: str) -> None:
+    with pytest.raises(UsageError, match=r"^--max-memory '.*' is not a size: write it like 12GiB"):
+        parse_size(text, "--max-memory")
+
+
+def test_the_costliest_stage_drives_the_estimate(options_for: Callable[..., ExportOptions]) -> None:
+    weights = 2**30
+    plain = estimate_memory(options_for("mlp"), weights, resident=0)
+    int8 = estimate_memory(
+        options_for("mlp", quantization=QuantizeOptions(mode=QuantMode.INT8)), weights, resident=0
+    )
+    assert plain.driver == "--to onnx" and plain.factor == STAGE_FACTORS["onnx"]
+    assert int8.driver == "--quantize int8" and int8.peak > plain.peak
+    lean = estimate_memory(options_for("mlp", optimization={"steps": ("none",)}), weights, resident=5)
+    assert lean.factor < plain.factor and lean.peak == 5 + int(lean.factor * weights)
+
+
+def test_available_memory_is_a_positive_figure_with_its_source() -> None:
+    available, source = available_memory()
+    assert available > 0 and source in ("MemAvailable", "the cgroup's memory.max")
+
+
+def test_an_export_that_cannot_fit_is_refused_in_one_line_before_converting(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    out = tmp_path / "runs" / "mlp"
+    args = [
+        "export",
+        str(state_dict_checkpoint("mlp")),
+        "--model",
+        MODELS["mlp"].ref,
+        "--input",
+        MODELS["mlp"].inputs[0],
+        "--to",
+        "onnx",
+        "--quantize",
+        "int8",
+        "--max-memory",
+        "64MB",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    line = " ".join(result.output.split("error", 1)[1].split())
+    assert "needs an estimated" in line and "more than the 0.1 GiB available (--max-memory)" in line
+    assert "drop --quantize int8" in line and "--max-memory SIZE" in line
+    assert "convert" not in result.output  # refused before the convert stage started
+    assert not out.exists()
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no staging folder, no record
+
+
+def test_every_stage_that_ran_records_its_peak(options_for: Callable[..., ExportOptions]) -> None:
+    result = export(options_for("mlp", benchmark=False))
+    ran = [stage for stage in result.stages if stage.status.value in ("passed", "failed")]
+    assert ran and all(stage.peak_rss_mb is not None and stage.peak_rss_mb > 10 for stage in ran)
+    skipped = [stage for stage in result.stages if stage.status.value == "skipped"]
+    assert all(stage.peak_rss_mb is None for stage in skipped)
