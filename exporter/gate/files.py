@@ -3,6 +3,7 @@ with the loader a deployment uses, its input spec and golden arrays read back.""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from exporter.backends.onnxruntime import ONNX
 from exporter.backends.registry import OpenContext, backend, call_convention
-from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Int8Entry, Manifest
+from exporter.documents.external_data import UnreadableModel, check_external_data, external_locations
+from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Int8Entry, Manifest, read_manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder
 from exporter.runners.base import Runner
@@ -19,8 +21,10 @@ from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 __all__ = [
     "ArtifactRef",
     "artifacts_of",
+    "check_models",
     "folder_file",
     "lossy_entries",
+    "model_file",
     "named_files",
     "open_artifact",
     "read_npz",
@@ -41,6 +45,44 @@ class ArtifactRef:
 def folder_file(folder: Path, name: str) -> Path:
     """``folder / name`` for a name the manifest gives, refused unless it stays inside the folder."""
     return inside_folder(folder, name, f"manifest.json of '{folder}'")
+
+
+def check_models(folder: Path, manifest: Manifest) -> None:
+    """Refuse the folder before anything is loaded when one of its ONNX models keeps weights anywhere but
+    in a file beside it that the manifest hashes (``documents.external_data``). A missing or unreadable
+    model is left to the hash and parity checks, which fail on it.
+
+    Raises:
+        UsageError: a location outside the folder, a link, an unlisted file or ONNX Runtime's memory marker.
+    """
+    named_by = f"manifest.json of '{folder}'"
+    for name in dict.fromkeys(named_files(manifest)):
+        if name.endswith(".onnx") and folder_file(folder, name).is_file():
+            with contextlib.suppress(UnreadableModel):
+                check_external_data(folder, name, manifest.files, named_by)
+
+
+def model_file(folder: Path, name: str) -> Path:
+    """``folder / name`` as a runtime may open it: inside the folder and, for an ONNX model that keeps its
+    weights outside, with each external-data file checked as ``check_models`` does (the folder's manifest
+    read again: the baseline folder of a latency check is another folder) and present.
+
+    Raises:
+        UsageError: as ``check_models``.
+        ValueError: the model is not a readable ONNX protobuf (a failed check, not a refused folder).
+        FileNotFoundError: an external-data file is missing (the hash check fails on it too).
+    """
+    path = folder_file(folder, name)
+    try:
+        if not name.endswith(".onnx") or not path.is_file() or not external_locations(path):
+            return path
+    except UnreadableModel as error:
+        raise ValueError(str(error)) from None  # a damaged model fails its check; the folder is not refused
+    named_by = f"manifest.json of '{folder}'"
+    for data in check_external_data(folder, name, read_manifest(folder).files, named_by):
+        if not (folder / data).is_file():
+            raise FileNotFoundError(f"its external data {data} is missing")
+    return path
 
 
 def artifacts_of(manifest: Manifest) -> list[ArtifactRef]:
@@ -78,9 +120,10 @@ def open_artifact(folder: Path, entry: ArtifactRef, spec: InputSpec, threads: in
     """A runner for one artifact, loaded with the loader a deployment uses.
 
     Raises:
-        UsageError: the entry names a file outside ``folder`` or a symlink, or an unknown backend.
+        UsageError: the entry names a file outside ``folder`` or a symlink, an ONNX model whose external
+            data fails ``model_file``, or an unknown backend.
     """
-    path = folder_file(folder, entry.file)
+    path = model_file(folder, entry.file)
     try:
         spec_of_backend = backend(entry.backend)
     except UsageError:

@@ -39,8 +39,10 @@ from exporter.gate.checks import (
 from exporter.gate.files import (
     ArtifactRef,
     artifacts_of,
+    check_models,
     folder_file,
     lossy_entries,
+    model_file,
     named_files,
     open_artifact,
     read_npz,
@@ -76,6 +78,7 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
     manifest = read_manifest(request.folder)
     for name in named_files(manifest):
         folder_file(request.folder, name)
+    check_models(request.folder, manifest)
     torch.set_num_threads(request.threads)
     result = VerifyResult(request.folder, manifest.name, [])
     report("checking file hashes")
@@ -248,7 +251,7 @@ def _check_int8(
     budget = int8.budget  # the manifest holds the ParityBudget itself
     started = time.perf_counter()
     outputs = []
-    with OnnxRuntimeRunner(folder_file(request.folder, str(ONNX.file)), request.threads) as runner:
+    with OnnxRuntimeRunner(model_file(request.folder, str(ONNX.file)), request.threads) as runner:
         outputs.append([runner.run(sample) for sample in samples])
     lossy = ArtifactRef(int8.backend or INT8.name, int8.file, None, int8.config)
     with open_artifact(request.folder, lossy, spec, request.threads) as runner:

@@ -216,9 +216,10 @@ def _triton_section(triton: TritonRepository) -> str:
         if triton.batching
         else "no batching: the batch dim does not lead every input and output"
     )
+    beside = "".join(f" (its weights in `1/{name}`)" for name in triton.companions)
     return (
-        f"`model_repository/{triton.model}/` holds `{triton.source}` as `1/{triton.model_file}` and a "
-        f"`config.pbtxt`\n(platform `{triton.platform}`, {batching}). "
+        f"`model_repository/{triton.model}/` holds `{triton.source}` as `1/{triton.model_file}`{beside} and "
+        f"a `config.pbtxt`\n(platform `{triton.platform}`, {batching}). "
         "Serve it with Triton Inference Server:\n\n"
         "```bash\n"
         "tritonserver --model-repository=model_repository\n"

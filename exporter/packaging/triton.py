@@ -58,6 +58,8 @@ class TritonRepository:
     platform: str | None = None
     model_file: str | None = None
     """The served file's name in ``1/`` (Triton's default for the platform)."""
+    companions: tuple[str, ...] = ()
+    """What ``1/`` holds beside it: an ONNX model's external data (``model.onnx.data``)."""
 
 
 def triton_model_name(name: str) -> str:
@@ -89,8 +91,8 @@ def _triton_source(manifest: Manifest, artifact: ServedArtifact) -> ServedArtifa
 def triton_repository(
     folder: Path, manifest: Manifest, artifact: ServedArtifact, repository: Path
 ) -> TritonRepository:
-    """Write ``repository/<model>/config.pbtxt`` and the model in ``1/`` under Triton's name for it (with
-    any external data beside it).
+    """Write ``repository/<model>/config.pbtxt`` and the model in ``1/`` under Triton's name for it, with
+    its companions beside it named after it (``model.onnx`` + ``model.onnx.data``).
 
     Returns why it was skipped instead when no shipped backend has a Triton platform, or the model's
     inputs, outputs or data types do not match the manifest's (Triton would refuse the config).
@@ -111,10 +113,13 @@ def triton_repository(
     version = repository / model / "1"
     version.mkdir(parents=True)
     (repository / model / "config.pbtxt").write_text(text)
-    shutil.copyfile(folder / source.file, version / model_file, follow_symlinks=False)
-    for companion in source.files[1:]:
-        shutil.copyfile(folder / companion, version / Path(companion).name, follow_symlinks=False)
-    return TritonRepository(model, source.file, batching, platform=platform, model_file=model_file)
+    for name in source.files:
+        shutil.copyfile(folder / name, version / Path(name).name, follow_symlinks=False)
+    _PLATFORMS[platform].rename(version / Path(source.file).name, version / model_file)
+    companions = tuple(sorted(path.name for path in version.iterdir() if path.name != model_file))
+    return TritonRepository(
+        model, source.file, batching, platform=platform, model_file=model_file, companions=companions
+    )
 
 
 def triton_config(
@@ -178,13 +183,25 @@ def _onnx_tensors(path: Path) -> tuple[list[_GraphTensor], list[_GraphTensor]]:
     return inputs, [described(value) for value in graph.output]
 
 
+def _rename_onnx(source: Path, target: Path) -> None:
+    """Rename an ONNX model to Triton's name; its external data follows it (``model.int8.onnx.data`` ->
+    ``model.onnx.data``, and the model's references with it), so ``1/`` holds what Triton's docs show."""
+    if source == target:
+        return
+    from exporter.convert.onnx_files import move_onnx_model
+
+    move_onnx_model(source, target)
+
+
 class _Platform(NamedTuple):
     file: str
     """Triton's default model file name for the platform."""
     tensors: Callable[[Path], tuple[list[_GraphTensor], list[_GraphTensor]]]
+    rename: Callable[[Path, Path], None]
+    """Rename the copied model file to ``file``, with whatever names it holds of its companions."""
 
 
-_PLATFORMS = {"onnxruntime_onnx": _Platform("model.onnx", _onnx_tensors)}
+_PLATFORMS = {"onnxruntime_onnx": _Platform("model.onnx", _onnx_tensors, _rename_onnx)}
 """The Triton platforms whose models this module can read and describe."""
 
 

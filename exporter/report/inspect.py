@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,9 @@ __all__ = ["summarize_checkpoint", "summarize_onnx"]
 def summarize_onnx(path: Path) -> dict[str, Any]:
     """Opsets, I/O, operators and parameter count of an ONNX file (external data is not loaded).
 
+    ``bytes`` counts the model and its external-data files (``external_data``: name -> bytes, None for a
+    missing one), so a model that keeps its weights in ``model.onnx.data`` is not shown as a few kB.
+
     Raises:
         LoadError: not a readable ONNX model.
     """
@@ -34,6 +37,7 @@ def summarize_onnx(path: Path) -> dict[str, Any]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise LoadError(f"'{path}' is not a readable ONNX model: {first_line(error)}") from None
+    external = _external_files(path)
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
 
@@ -57,7 +61,8 @@ def summarize_onnx(path: Path) -> dict[str, Any]:
     return {
         "kind": "onnx",
         "file": str(path),
-        "bytes": path.stat().st_size,
+        "bytes": path.stat().st_size + sum(size or 0 for size in external.values()),
+        "external_data": external,
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
@@ -67,6 +72,19 @@ def summarize_onnx(path: Path) -> dict[str, Any]:
         "operators": dict(operators.most_common()),
         "parameters": int(sum(int(np.prod(i.dims)) for i in graph.initializer)),
     }
+
+
+def _external_files(path: Path) -> dict[str, int | None]:
+    """Each external-data file ``path`` names -> its size (None when missing or not a regular file beside
+    the model: inspect reports, it does not follow a name out of the model's folder)."""
+    from exporter.documents.external_data import external_locations
+
+    sizes: dict[str, int | None] = {}
+    for location in sorted(external_locations(path.resolve())):  # a link named on the command line is fine
+        candidate = path.parent / location
+        beside = PurePosixPath(location).name == location and not candidate.is_symlink()
+        sizes[location] = candidate.stat().st_size if beside and candidate.is_file() else None
+    return sizes
 
 
 def summarize_checkpoint(

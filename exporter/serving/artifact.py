@@ -15,6 +15,7 @@ from pathlib import Path
 
 from exporter.backends.onnxruntime import INT8
 from exporter.backends.registry import BackendSpec, servable_backends
+from exporter.documents.external_data import check_external_data
 from exporter.documents.files import sha256_file
 from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Manifest
 from exporter.errors import UsageError
@@ -190,6 +191,7 @@ def _check(
 ) -> int:
     named_by = f"manifest.json of '{folder}'"
     required = required_files(manifest, artifact)
+    _check_external_data(folder, manifest, artifact, purpose)
     checked = 0
     for name in dict.fromkeys([*required, *manifest.files]):
         path = inside_folder(folder, name, named_by)
@@ -214,7 +216,25 @@ def _check(
                 "integrity check"
             )
         checked += 1
+    if into is not None:
+        _check_external_data(into, manifest, artifact, purpose)  # what the server loads: the checked copy
     return checked
+
+
+def _check_external_data(folder: Path, manifest: Manifest, artifact: ServedArtifact, purpose: str) -> None:
+    """Refuse an ONNX artifact that keeps weights anywhere but in its own hashed companion beside it (its
+    ``<file>.data``): a location outside the folder, a link, an unlisted file or ONNX Runtime's in-memory
+    marker (``documents.external_data``), or a listed file the server would not copy with it."""
+    named_by = f"manifest.json of '{folder}'"
+    for name in artifact.files:
+        if not name.endswith(".onnx") or not (folder / name).is_file():
+            continue
+        for data in check_external_data(folder, name, manifest.files, named_by):
+            if data not in artifact.files:
+                raise UsageError(
+                    f"{named_by}: '{name}' keeps weights in '{data}', not in its own data file beside it "
+                    f"({name}.data); refusing to {purpose} it"
+                )
 
 
 def _copy_hashed(source: Path, destination: Path) -> str:
