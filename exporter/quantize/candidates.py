@@ -8,6 +8,7 @@ Registration order is the order candidates are built, listed and (for ``int8``) 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,9 +20,14 @@ import torch
 
 from exporter._registries import Registry
 from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
+from exporter.convert.onnx_files import move_onnx_model, save_onnx, uses_external_data
 from exporter.loading.resolve import resolve_callable
 from exporter.quantize.judge import judge
-from exporter.quantize.onnx_ort import quantize_dynamic_ort, quantize_static_ort
+from exporter.quantize.onnx_ort import (
+    clear_output,
+    quantize_dynamic_ort,
+    quantize_static_ort,
+)
 from exporter.quantize.openvino_candidates import (
     NNCF_OPENVINO_NAME,
     OPENVINO_RUNTIME,
@@ -141,13 +147,25 @@ def _build_dynamic(context: QuantizeContext, target: Path, exclude: Sequence[str
             for reduce_range in (False, True):
                 trial = Candidate(DYNAMIC_ORT.name, DYNAMIC_ORT.engine, path=target)
                 quantize_dynamic_ort(
-                    context.preprocessed, target, context.formats, exclude, reduce_range=reduce_range
+                    context.preprocessed,
+                    target,
+                    context.formats,
+                    exclude,
+                    reduce_range=reduce_range,
+                    external=context.external_data,
                 )
                 judge(trial, context)
                 errors[reduce_range] = trial.cosine_error
             context.reduce_range = errors[True] < errors[False]
     reduce_range = context.reduce_range
-    quantize_dynamic_ort(context.preprocessed, target, context.formats, exclude, reduce_range=reduce_range)
+    quantize_dynamic_ort(
+        context.preprocessed,
+        target,
+        context.formats,
+        exclude,
+        reduce_range=reduce_range,
+        external=context.external_data,
+    )
     return {"per_channel": True, "weight_type": context.formats.weight, "reduce_range": reduce_range}
 
 
@@ -164,6 +182,7 @@ def _build_static_ort(context: QuantizeContext, target: Path, exclude: Sequence[
         method=method,
         exclude=exclude,
         cache=context.work_dir / f"calibration-{method}.cache",
+        external=context.external_data,
     )
     return {
         "format": "QDQ",
@@ -214,6 +233,7 @@ def _build_pt2e(context: QuantizeContext, target: Path, qat: bool) -> dict[str, 
     )
     sizes = trace_sizes(context.spec)
     example = {n: torch.from_numpy(a) for n, a in make_inputs(context.spec, sizes, 0).items()}
+    build_dir = target.parent / f"{target.stem}_build"
     conversion = convert_to_onnx(
         OnnxConversionRequest(
             module=converted,
@@ -221,12 +241,14 @@ def _build_pt2e(context: QuantizeContext, target: Path, qat: bool) -> dict[str, 
             example_inputs=example,
             probe_inputs=None,
             output_names=_output_names(context.float_onnx),
-            work_dir=target.parent / f"{target.stem}_build",
+            work_dir=build_dir,
             exporter=OnnxExporterChoice.DYNAMO,
             simplify=False,
         )
     )
-    conversion.model_path.replace(target)
+    del converted
+    _place(conversion.model_path, target, external=context.external_data)
+    shutil.rmtree(build_dir, ignore_errors=True)
     settings: dict[str, Any] = {
         "quantizer": "X86InductorQuantizer",
         "calibration_samples": len(context.calibration.samples),
@@ -244,6 +266,17 @@ def _build_static_pt2e(context: QuantizeContext, target: Path, exclude: Sequence
 
 def _build_qat_pt2e(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
     return _build_pt2e(context, target, qat=True)
+
+
+def _place(built: Path, target: Path, *, external: bool) -> None:
+    """Move a converted model to ``target`` with its data file renamed after it (``move_onnx_model``); when
+    the float model keeps external data, so does this one (one ``<target>.data``)."""
+    import onnx
+
+    clear_output(target)
+    move_onnx_model(built, target)
+    if external and not uses_external_data(target):
+        save_onnx(onnx.load(str(target)), target, external=True)
 
 
 def _output_names(path: Path) -> list[str]:

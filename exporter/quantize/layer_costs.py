@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 import onnx
 
 from exporter.quantize.judge import open_candidate, open_model
-from exporter.quantize.sensitivity import QUANTIZABLE, LayerError
+from exporter.quantize.sensitivity import QUANTIZABLE, LayerError, exposed
 from exporter.quantize.types import Candidate, QuantizeContext
 from exporter.runners.base import Runner
 from exporter.runners.onnxruntime import OnnxRuntimeRunner
@@ -35,23 +34,20 @@ _TIMING_RUNS = 40
 
 
 def layer_macs(model_path: Path, sample: Mapping[str, np.ndarray], threads: int) -> dict[str, int]:
-    """MACs of every quantizable node (by name) at ``sample``'s shapes; 0 where a shape is not known."""
-    model = onnx.load(str(model_path))
+    """MACs of every quantizable node (by name) at ``sample``'s shapes; 0 where a shape is not known.
+
+    Reads the graph only (initializer shapes need no weights); the run keeps one output at a time."""
+    model = onnx.load(str(model_path), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type in QUANTIZABLE and n.name]
     initial = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    del model
     wanted = {name for n in nodes for name in (*n.input, *n.output) if name and name not in initial}
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(
-        onnx.helper.make_empty_tensor_value_info(name) for name in sorted(wanted - present)
-    )
     shapes: dict[str, tuple[int, ...]] = dict(initial)
-    with tempfile.TemporaryDirectory() as scratch:
-        exposed = Path(scratch) / "exposed.onnx"
-        onnx.save(model, str(exposed))
-        with OnnxRuntimeRunner(exposed, threads) as runner:
-            names = [n for n in runner.input_names if n in sample]
-            values = runner.run({n: sample[n] for n in names})
-            shapes.update({n: tuple(v.shape) for n, v in zip(runner.output_names, values, strict=True)})
+    with exposed(model_path, sorted(wanted), "macs") as (path, _), OnnxRuntimeRunner(path, threads) as runner:
+        names = [n for n in runner.input_names if n in sample]
+        values = runner.run({n: sample[n] for n in names})
+        shapes.update({n: tuple(v.shape) for n, v in zip(runner.output_names, values, strict=True)})
+        del values
     return {n.name: macs_of(n, shapes) for n in nodes}
 
 

@@ -22,6 +22,7 @@ import onnx
 import onnx.version_converter
 
 from exporter._quiet import quiet
+from exporter.convert.onnx_files import needs_external_data, save_onnx, uses_external_data
 from exporter.errors import first_line
 
 __all__ = [
@@ -55,7 +56,7 @@ def nncf_quantize_onnx(
     from nncf.onnx.quantization.backend_parameters import BackendParameters
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    external = _uses_external_data(float_onnx)
+    external = uses_external_data(float_onnx)
     model = onnx.load(str(float_onnx), load_external_data=not external)
     opset_from = _prepare_opset(model)
     advanced = None
@@ -77,13 +78,9 @@ def nncf_quantize_onnx(
             )
         except Exception as error:
             raise RuntimeError(f"nncf.quantize (ONNX backend) failed: {first_line(error)}") from error
+    del model
     target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        quantized,
-        str(target),
-        save_as_external_data=external,
-        location=f"{target.name}.data" if external else None,
-    )
+    save_onnx(quantized, target, external=external or needs_external_data(quantized))
     settings = _settings("onnx", transformer, size, log)
     if opset_from is not None:
         settings["opset_upgraded_from"] = opset_from
@@ -247,11 +244,6 @@ def _openvino_input_names(model: Any) -> list[str]:
 
 def _count_fake_quantize(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-
-
-def _uses_external_data(path: Path) -> bool:
-    model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _prepare_opset(model: onnx.ModelProto) -> int | None:

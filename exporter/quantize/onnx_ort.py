@@ -18,13 +18,15 @@ import onnx
 
 from exporter._quiet import quiet
 from exporter.environment import cpu_flags
-from exporter.errors import first_line
 from exporter.quantize.calibration import CalibrationMethod
+from exporter.quantize.preprocess import clear_output, external_output, preprocess
 
 __all__ = [
     "CALIBRATION_METHODS",
     "Int8Formats",
     "choose_formats",
+    "clear_output",
+    "external_output",
     "preprocess",
     "quantize_dynamic_ort",
     "quantize_static_ort",
@@ -55,27 +57,6 @@ def choose_formats(flags: Sequence[str] | None = None) -> Int8Formats:
     return Int8Formats("uint8", "int8", reduce_range_static=not vnni, vnni=vnni, reason=reason)
 
 
-def preprocess(source: Path, target: Path) -> str | None:
-    """ORT's recommended pre-processing (symbolic shape inference + optimisation) before quantizing.
-
-    Returns None on success, or why the model was quantized as is (the file is then a plain copy).
-    Symbolic shape inference often stops on exported encoders; ``auto_merge`` is the documented remedy,
-    and skipping it is the last resort.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    errors: list[str] = []
-    for settings in ({"auto_merge": True}, {"skip_symbolic_shape": True}):
-        try:
-            with quiet():
-                quant_pre_process(str(source), str(target), **settings)
-            return None if not errors else f"symbolic shape inference failed ({errors[0]}); skipped it"
-        except Exception as error:
-            errors.append(first_line(error, 160))
-    onnx.save(onnx.load(str(source)), str(target))
-    return f"pre-processing failed ({'; '.join(errors)}); quantized the model as exported"
-
-
 def quantize_dynamic_ort(
     source: Path,
     target: Path,
@@ -83,9 +64,14 @@ def quantize_dynamic_ort(
     exclude: Sequence[str] = (),
     *,
     reduce_range: bool = False,
+    external: bool | None = None,
 ) -> None:
+    """Dynamic int8 from ``source`` by path; with ``external`` (default: ``external_output(source)``; the
+    stage passes the float model's) it is written with one ``<target>.data``, which ORT names so."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    external = external_output(source) if external is None else external
+    clear_output(target)
     with quiet():
         quantize_dynamic(
             str(source),
@@ -95,6 +81,7 @@ def quantize_dynamic_ort(
             weight_type=QuantType.QInt8 if formats.weight == "int8" else QuantType.QUInt8,
             nodes_to_exclude=list(exclude),
             extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=external,
         )
 
 
@@ -132,8 +119,10 @@ def quantize_static_ort(
     method: str = "minmax",
     exclude: Sequence[str] = (),
     cache: Path | None = None,
+    external: bool | None = None,
 ) -> None:
-    """Static QDQ with per-channel weights; ``cache`` keeps calibration ranges across re-quantizations."""
+    """Static QDQ with per-channel weights; ``cache`` keeps calibration ranges across re-quantizations;
+    ``external`` as for ``quantize_dynamic_ort``."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -148,6 +137,8 @@ def quantize_static_ort(
     }
     names = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
     reader = _reader(samples, names)
+    external = external_output(source) if external is None else external
+    clear_output(target)
     with quiet():
         quantize_static(
             str(source),
@@ -161,4 +152,5 @@ def quantize_static_ort(
             nodes_to_exclude=list(exclude),
             calibrate_method=methods[method],
             calibration_cache_path=str(cache) if cache else None,
+            use_external_data_format=external,
         )

@@ -10,9 +10,9 @@ names do not line up.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,8 @@ import numpy as np
 import onnx
 
 from exporter.runners.onnxruntime import OnnxRuntimeRunner
-from exporter.verify.comparison import sqnr_db
 
-__all__ = ["LayerError", "producers", "quantizable_nodes", "shortlist"]
+__all__ = ["LayerError", "exposed", "producers", "quantizable_nodes", "shortlist"]
 
 _FUSED_ACTIVATIONS = {"Relu", "Clip"}
 _CAP_DB = 60.0
@@ -92,14 +91,107 @@ def producers(model_path: Path) -> dict[str, list[str]]:
     return result
 
 
-def _expose(model_path: Path, names: Sequence[str], target: Path) -> list[str]:
-    model = onnx.load(str(model_path))
+@contextlib.contextmanager
+def exposed(model_path: Path, names: Sequence[str], tag: str) -> Iterator[tuple[Path, list[str]]]:
+    """``model_path`` with ``names`` (those it computes) added as graph outputs, and its output names.
+
+    Only the graph is read and written (no weights in memory): the copy sits beside the model, so its
+    external data, if any, is the model's own one file, read in place; it is removed afterwards.
+    """
+    model = onnx.load(str(model_path), load_external_data=False)
     present = {o for node in model.graph.node for o in node.output if o}
     already = {o.name for o in model.graph.output}
     chosen = [n for n in names if n in present and n not in already]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in chosen)
-    onnx.save(model, str(target))
-    return [o.name for o in model.graph.output]
+    outputs = [o.name for o in model.graph.output]
+    target = model_path.with_name(f".{model_path.stem}.{tag}.exposed.onnx")
+    try:
+        onnx.save_model(model, str(target))
+        del model
+        yield target, outputs
+    finally:
+        target.unlink(missing_ok=True)
+
+
+OUTPUT_BYTES_PER_RUN = 256 * 2**20
+"""At most this many bytes of exposed tensors are fetched per run: an encoder's intermediate tensors on
+one sample add up to several times its weights, so the shortlist asks for them in groups."""
+
+
+class _Noise:
+    """Running sums of one tensor's signal and noise energy over the samples: its SQNR without keeping the
+    tensors (``sqnr_db`` of the concatenation, computed as it streams)."""
+
+    def __init__(self) -> None:
+        self.signal = 0.0
+        self.noise = 0.0
+        self.seen = False
+
+    def add(self, reference: np.ndarray, actual: np.ndarray) -> None:
+        ref, act = reference.astype(np.float64, copy=False), actual.astype(np.float64, copy=False)
+        self.signal += float(np.sum(ref**2))
+        self.noise += float(np.sum((ref - act) ** 2))
+        self.seen = True
+
+    @property
+    def db(self) -> float:
+        if self.noise == 0:
+            return math.inf
+        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+
+
+def _groups(names: Sequence[str], sizes: dict[str, int]) -> list[list[str]]:
+    """``names`` split into runs whose tensors fit ``OUTPUT_BYTES_PER_RUN``: sized as the first sample
+    found them, and a tensor not yet seen counted as a 32nd of the limit."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        size = sizes.get(name, OUTPUT_BYTES_PER_RUN // 32)
+        if groups[-1] and used + size > OUTPUT_BYTES_PER_RUN:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    return [group for group in groups if group]
+
+
+def _stream_sqnr(
+    float_path: Path,
+    quant_path: Path,
+    tensors: Sequence[str],
+    samples: Sequence[dict[str, np.ndarray]],
+    threads: int,
+) -> dict[str, float]:
+    """The SQNR of every tensor both models compute, float against int8, over ``samples``; tensors are
+    fetched in groups (``OUTPUT_BYTES_PER_RUN``) and folded into running sums, never all held at once."""
+    with (
+        exposed(float_path, tensors, "float") as (float_file, float_names),
+        exposed(quant_path, tensors, "int8") as (quant_file, quant_names),
+        OnnxRuntimeRunner(float_file, threads) as float_runner,
+        OnnxRuntimeRunner(quant_file, threads) as quant_runner,
+    ):
+        quant_set = set(quant_names)
+        shared = [n for n in float_names if n in quant_set]
+        noise = {name: _Noise() for name in shared}
+        sizes: dict[str, int] = {}
+        for sample in samples:
+            feed = {n: sample[n] for n in float_runner.input_names if n in sample}
+            quant_feed = {n: sample[n] for n in quant_runner.input_names if n in sample}
+            for group in _groups(shared, sizes):
+                float_out = _fetch(float_runner, group, feed)
+                quant_out = _fetch(quant_runner, group, quant_feed)
+                for name, reference, actual in zip(group, float_out, quant_out, strict=True):
+                    sizes.setdefault(name, reference.nbytes)
+                    if reference.dtype.kind == "f" and reference.shape == actual.shape:
+                        noise[name].add(reference, actual)
+                del float_out, quant_out
+    return {name: n.db for name, n in noise.items() if n.seen}
+
+
+def _fetch(runner: OnnxRuntimeRunner, names: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Only ``names`` of the runner's outputs on ``feed`` (ONNX Runtime returns what is asked for)."""
+    assert runner.session is not None
+    return list(runner.session.run(list(names), feed))
 
 
 def shortlist(
@@ -109,28 +201,7 @@ def shortlist(
     graph = onnx.load(str(float_path), load_external_data=False).graph
     floats = [t.name for t in graph.input if t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     tensors = [o for node in graph.node for o in node.output if o]
-    with tempfile.TemporaryDirectory() as scratch:
-        float_names = _expose(float_path, tensors, Path(scratch) / "float.onnx")
-        quant_names = _expose(quant_path, tensors, Path(scratch) / "quant.onnx")
-        shared = [n for n in float_names if n in set(quant_names)]
-        sums: dict[str, list[np.ndarray]] = {n: [] for n in shared}
-        quant_values: dict[str, list[np.ndarray]] = {n: [] for n in shared}
-        with (
-            OnnxRuntimeRunner(Path(scratch) / "float.onnx", threads) as float_runner,
-            OnnxRuntimeRunner(Path(scratch) / "quant.onnx", threads) as quant_runner,
-        ):
-            for sample in samples:
-                float_out = dict(zip(float_names, float_runner.run(sample), strict=True))
-                quant_out = dict(zip(quant_names, quant_runner.run(sample), strict=True))
-                for name in shared:
-                    if float_out[name].dtype.kind == "f" and float_out[name].shape == quant_out[name].shape:
-                        sums[name].append(float_out[name].ravel())
-                        quant_values[name].append(quant_out[name].ravel())
-    sqnr = {
-        name: sqnr_db(np.concatenate(sums[name]), np.concatenate(quant_values[name]))
-        for name in shared
-        if sums[name]
-    }
+    sqnr = _stream_sqnr(float_path, quant_path, tensors, samples, threads)
     sqnr.update(dict.fromkeys(floats, math.inf))
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:

@@ -224,6 +224,9 @@ class QuantizeContext:
     step: Callable[[str], None]
     targets: tuple[str, ...] = ("onnx",)
     """The run's ``--to`` targets: a candidate for a runtime that will not ship is not built."""
+    external_data: bool = False
+    """Whether the float model keeps external data (or is near 2 GB): every ONNX candidate then does too,
+    in one ``<file>.data`` (``preprocess.external_output``, read once)."""
     reduce_range: bool | None = None
     calibration_method: str | None = None
     rank_plan: BatchPlan | None = None
