@@ -99,7 +99,9 @@ def test_move_keeps_external_data_beside_the_model(tmp_path: Path) -> None:
     target = tmp_path / "ship" / "model.onnx"
     target.parent.mkdir()
     move_onnx_model(source, target)
-    assert (tmp_path / "ship" / "weights.bin").exists() and not (tmp_path / "build" / "weights.bin").exists()
+    # The data file travels with the model and is renamed after it (one <file>.data per model).
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert not (tmp_path / "build" / "weights.bin").exists()
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     x = np.ones((1, 64), dtype=np.float32)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ numpy_helper.to_array(weight))

@@ -7,20 +7,27 @@ Imports onnx only (no torch): the optimize and quantize stages and the faces use
 
 from __future__ import annotations
 
+import mmap
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 import onnx
 
+from exporter.convert.onnx_stream import externalize_stream, internalize_stream, structure_bytes
+
 __all__ = [
     "PROTOBUF_LIMIT",
     "consolidate_external_data",
     "data_file_name",
     "external_locations",
+    "externalize",
+    "internalize",
     "model_files",
     "move_onnx_model",
     "needs_external_data",
+    "read_structure",
+    "remove_onnx_model",
     "save_graph_only",
     "save_onnx",
     "uses_external_data",
@@ -50,10 +57,25 @@ def _location(tensor: onnx.TensorProto) -> str:
     return next((e.value for e in tensor.external_data if e.key == "location"), "")
 
 
+def read_structure(path: Path) -> onnx.ModelProto:
+    """``path``'s model without its weights: graph, inputs, outputs, opsets and every initializer's name,
+    type, shape and external-data entries, but no tensor values (inline or external). The file is mapped
+    and only the structure is copied, so a 1 GB model without external data costs its graph's size, where
+    ``onnx.load(load_external_data=False)`` would read all of it twice (file bytes, then the parsed proto:
+    1.9 GiB peak measured for a 0.94 GiB model). Not a model to run or save: its initializers are empty."""
+    model = onnx.ModelProto()
+    with path.open("rb") as handle:
+        if path.stat().st_size == 0:
+            return model
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+            model.ParseFromString(structure_bytes(buffer))
+    return model
+
+
 def external_locations(path: Path) -> set[str]:
-    """The external-data files ``path`` names (relative to its folder); empty for a self-contained model."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {_location(t) for t in _external_tensors(model)}
+    """The external-data files ``path`` names (relative to its folder); empty for a self-contained model.
+    Reads the structure only (``read_structure``): weights are never loaded."""
+    return {_location(t) for t in _external_tensors(read_structure(path))}
 
 
 def uses_external_data(path: Path) -> bool:
@@ -93,6 +115,55 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external: bool) -> None:
         size_threshold=EXTERNAL_THRESHOLD,
         convert_attribute=False,
     )
+    data.chmod(path.stat().st_mode & 0o777)  # onnx writes it 0600: readable like the model it belongs to
+
+
+def externalize(path: Path) -> None:
+    """Give ``path`` the one ``<file>.data`` layout, whatever it has now: loose or differently named files
+    are consolidated, and a self-contained model's weights are moved out. Both stream: no weight is held
+    in memory."""
+    if uses_external_data(path):
+        consolidate_external_data(path)
+    else:
+        data = path.with_name(data_file_name(path))
+        data.unlink(missing_ok=True)
+        externalize_stream(path, data.name, EXTERNAL_THRESHOLD)
+
+
+def internalize(path: Path) -> bool:
+    """Bring ``path``'s external data back into the ``.onnx`` file (and delete the data files) when the
+    result fits one protobuf; streaming, so it costs no memory. Returns whether the model is now
+    self-contained (False: past 2 GB, left as it was)."""
+    structure = read_structure(path)
+    external = _external_tensors(structure)
+    if not external:
+        return True
+    if len(external) != sum(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in structure.graph.initializer
+    ):  # external tensors outside the initializers (rare): onnx's loader, which costs the weights once
+        if (
+            sum(int(next((e.value for e in t.external_data if e.key == "length"), 0)) for t in external)
+            >= PROTOBUF_LIMIT
+        ):
+            return False
+        locations = external_locations(path)
+        save_onnx(onnx.load(str(path)), path, external=False)
+        for location in locations:
+            (path.parent / location).unlink(missing_ok=True)
+        return True
+    return internalize_stream(path, PROTOBUF_LIMIT)
+
+
+def remove_onnx_model(path: Path) -> None:
+    """Delete ``path`` and the external-data files it names (a half-written model is just deleted)."""
+    if path.exists():
+        try:
+            for location in external_locations(path):
+                (path.parent / location).unlink(missing_ok=True)
+        except Exception:  # unreadable: nothing more to find
+            pass
+    path.unlink(missing_ok=True)
+    path.with_name(data_file_name(path)).unlink(missing_ok=True)
 
 
 def consolidate_external_data(path: Path) -> None:
