@@ -25,6 +25,7 @@ from exporter.backends.registry import (
     OpenContext,
     register,
 )
+from exporter.convert.openvino import convert_model
 from exporter.documents.openvino_settings import PRECISION_HINT, checked_config
 from exporter.errors import ExporterError, UsageError, first_line
 from exporter.runners.base import CallConvention, Runner
@@ -72,10 +73,9 @@ def store_ir(source: Path, destination: Path) -> None:
 
 
 def _from_onnx(onnx_path: Path, xml: Path) -> Path:
-    import openvino as ov
-
+    """The IR of an ONNX model, read by path (OpenVINO maps its external data; no proto in Python)."""
     if not xml.exists():
-        save_ir(ov.convert_model(str(onnx_path)), xml)
+        save_ir(convert_model(str(onnx_path)), xml)
     return xml
 
 
@@ -92,7 +92,7 @@ def _from_pytorch(context: BuildContext, xml: Path) -> Path:
     convention = CallConvention.for_module(context.loaded.module, spec.names)
     shapes = [ov.PartialShape([-1 if d.dynamic else d.size for d in tensor.dims]) for tensor in spec.tensors]
     example_input: Any = tensors if convention.by_name else tuple(tensors[n] for n in spec.names)
-    model = ov.convert_model(context.loaded.module, example_input=example_input, input=shapes)
+    model = convert_model(context.loaded.module, example_input=example_input, input=shapes)
     for port, name in zip(model.inputs, spec.names, strict=True):
         port.get_tensor().set_names({name})
     return save_ir(model, xml)
