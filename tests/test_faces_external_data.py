@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
@@ -28,9 +29,12 @@ from exporter.documents.files import sha256_file
 from exporter.documents.manifest import read_manifest
 from exporter.errors import ExitCode, UsageError
 from exporter.packaging.triton import triton_repository
+from exporter.pipeline import ExportOptions, export
 from exporter.report.inspect import summarize_onnx
 from exporter.serving.artifact import choose_artifact, copy_checked
-from tests.conftest import export_tiny_mlp
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
+from tests.conftest import FAST_TIMING, export_tiny_mlp
+from tests.models import MODELS
 from tests.test_serve import body_of, golden, start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,3 +350,59 @@ def test_a_damaged_model_is_a_failed_check_not_a_refused_folder(folder: Path) ->
     code, output = _invoke("verify", folder)
     assert code == ExitCode.VERIFICATION_FAILED, output
     assert "model.onnx was modified after export" in output
+
+
+# --- an export with --external-data and int8, end to end ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The attention block exported with ``external_data`` and dynamic int8: both models keep their
+    weights in their own ``.data`` (its projections are past onnx's 1 KB threshold even in int8)."""
+    root = tmp_path_factory.mktemp("faces_external_int8")
+    checkpoint = root / "attention.pt"
+    torch.save(MODELS["attention"].build().state_dict(), checkpoint)
+    settings: dict[str, object] = {
+        "checkpoint": checkpoint,
+        "name": "attention",
+        "model_ref": MODELS["attention"].ref,
+        "spec": InputSpec(tuple(parse_tensor_spec(s) for s in MODELS["attention"].inputs)),
+        "out": root / "artifacts",
+        "timing": FAST_TIMING,
+        "benchmark": False,
+        "batch_sizes": (1,),
+        "external_data": True,
+        "quantization": {"mode": "dynamic", "samples": 16},
+    }
+    result = export(ExportOptions.from_settings(settings))
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    return result.out_dir
+
+
+@pytest.mark.slow
+def test_an_int8_export_with_external_data_verifies_and_packages(exported_int8: Path, tmp_path: Path) -> None:
+    files = read_manifest(exported_int8).files
+    assert {DATA, "model.int8.onnx.data"} <= set(files)
+    assert onnx_locations(exported_int8 / "model.int8.onnx") == {"model.int8.onnx.data"}
+    code, output = _invoke("verify", exported_int8)
+    assert code == ExitCode.OK, output
+    bundle = tmp_path / "bundle"
+    code, output = _invoke("package", exported_int8, "--out", bundle, "--backend", "onnxruntime-int8")
+    assert code == ExitCode.OK, output
+    assert {"model.int8.onnx", "model.int8.onnx.data"} <= {p.name for p in (bundle / "artifacts").iterdir()}
+    version = bundle / "model_repository" / "attention" / "1"
+    assert sorted(path.name for path in version.iterdir()) == ["model.onnx", DATA]
+    inputs, _ = golden(exported_int8)[0]
+    expected = _outputs(exported_int8 / "model.int8.onnx", inputs)[0]
+    np.testing.assert_array_equal(_outputs(version / "model.onnx", inputs)[0], expected)
+
+
+@pytest.mark.slow
+def test_a_tampered_int8_data_file_fails_verify(exported_int8: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(exported_int8, tmp_path / "copy")
+    data = bytearray((folder / "model.int8.onnx.data").read_bytes())
+    data[-1] ^= 0x01
+    (folder / "model.int8.onnx.data").write_bytes(bytes(data))
+    code, output = _invoke("verify", folder)
+    assert code == ExitCode.VERIFICATION_FAILED, output
+    assert "model.int8.onnx.data was modified after export" in output
