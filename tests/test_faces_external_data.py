@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.convert.onnx_files import external_locations as onnx_locations
 from exporter.convert.onnx_files import move_onnx_model, save_onnx
-from exporter.documents.external_data import SCHEMA, external_locations
+from exporter.documents.external_data import SCHEMA, external_locations, graph_without_weights
 from exporter.documents.files import sha256_file
 from exporter.documents.manifest import read_manifest
 from exporter.errors import ExitCode, UsageError
@@ -310,6 +310,22 @@ def test_locations_are_found_wherever_onnx_runtime_would_load_a_tensor(tmp_path:
         "function.data",
         "initializer.data",
     }
+
+
+def test_the_graph_without_weights_is_the_graph(exported: Path, tmp_path: Path) -> None:
+    """What Triton's config and inspect read: every node, input, output and initializer's name and dims of
+    a self-contained model, none of its values."""
+    whole = onnx.load(str(exported / "model.onnx"))
+    onnx.save_model(whole, str(tmp_path / "whole.onnx"))
+    stripped = onnx.ModelProto.FromString(graph_without_weights(tmp_path / "whole.onnx"))
+    assert stripped.graph.node == whole.graph.node
+    assert stripped.graph.input == whole.graph.input and stripped.graph.output == whole.graph.output
+    assert [(t.name, list(t.dims)) for t in stripped.graph.initializer] == [
+        (t.name, list(t.dims)) for t in whole.graph.initializer
+    ]
+    assert not any(t.raw_data or t.float_data for t in stripped.graph.initializer)
+    assert any(t.raw_data or t.float_data for t in whole.graph.initializer)
+    assert stripped.opset_import == whole.opset_import and stripped.ir_version == whole.ir_version
 
 
 def test_the_reader_s_schema_is_onnx_s() -> None:

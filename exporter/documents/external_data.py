@@ -19,13 +19,16 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder
 
-__all__ = ["SCHEMA", "UnreadableModel", "check_external_data", "external_locations"]
+__all__ = ["SCHEMA", "UnreadableModel", "check_external_data", "external_locations", "graph_without_weights"]
+
+_T = TypeVar("_T")
 
 SCHEMA: dict[str, dict[int, str]] = {
     "ModelProto": {7: "GraphProto", 20: "TrainingInfoProto", 25: "FunctionProto"},
@@ -75,14 +78,16 @@ def _varint(data: memoryview, position: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of the message ``data[start:end]``;
-    the other wire types are skipped."""
+def _spans(data: memoryview, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, value start, value end) of each field of the message
+    ``data[start:end]``, in order; a group is one field (its value ends after its end-group tag)."""
     found = []
     position = start
     while position < end:
+        field_start = position
         key, position = _varint(data, position, end)
         number, wire = key >> 3, key & 7
+        value_start = position
         if wire == 0:
             _, position = _varint(data, position, end)
         elif wire == 1:
@@ -90,16 +95,21 @@ def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int]
         elif wire == 5:
             position += 4
         elif wire == 2:
-            length, position = _varint(data, position, end)
-            found.append((number, position, position + length))
-            position += length
+            length, value_start = _varint(data, position, end)
+            position = value_start + length
         elif wire == 3:
             position = _skip_group(data, position, end, number)
         else:
             raise _Damaged(f"wire type {wire} where a field starts")
         if position > end:
             raise _Damaged("a field runs past its message")
+        found.append((number, wire, field_start, value_start, position))
     return found
+
+
+def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the message ``data[start:end]``."""
+    return [(number, a, b) for number, wire, _, a, b in _spans(data, start, end) if wire == 2]
 
 
 def _skip_group(data: memoryview, position: int, end: int, number: int) -> int:
@@ -153,13 +163,40 @@ def _walk(data: memoryview) -> set[str]:
     return locations
 
 
-def external_locations(path: Path) -> set[str]:
-    """Every external-data location ``path``'s tensors name (as written: relative to the model's folder);
-    empty for a self-contained model. The file is mapped, not read: its weights are never loaded.
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
-    Raises:
-        UsageError: ``path`` is a link or not a regular file, or is not an ONNX protobuf.
-    """
+
+_TENSOR_DATA = frozenset({4, 5, 6, 7, 9, 10, 11})
+"""``TensorProto``'s value fields (float, int32, string, int64, raw, double and uint64 data)."""
+
+
+def _strip(data: memoryview, start: int, end: int, kind: str, depth: int) -> bytes:
+    """The message ``data[start:end]`` of type ``kind`` re-encoded without any tensor's values."""
+    if depth > _MAX_DEPTH:
+        raise _Damaged(f"messages nest more than {_MAX_DEPTH} deep")
+    children = SCHEMA.get(kind, {})
+    out = bytearray()
+    for number, wire, field_start, value_start, value_end in _spans(data, start, end):
+        if kind == "TensorProto" and number in _TENSOR_DATA:
+            continue
+        child = children.get(number) if wire == 2 else None
+        if child is None or child not in SCHEMA:
+            out += data[field_start:value_end]
+            continue
+        inner = _strip(data, value_start, value_end, child, depth + 1)
+        out += _varint_bytes(number << 3 | 2) + _varint_bytes(len(inner)) + inner
+    return bytes(out)
+
+
+def _read_mapped(path: Path, reader: Callable[[memoryview], _T]) -> _T:
+    """``reader`` applied to ``path`` mapped read-only: only the pages it touches are read (a tensor's
+    values are skipped, not loaded). ``path`` is opened without following a link or blocking."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         descriptor = os.open(path, flags)
@@ -170,16 +207,37 @@ def external_locations(path: Path) -> set[str]:
         if not stat.S_ISREG(info.st_mode):
             raise UsageError(f"'{path}' is not a regular file; refusing to read it")
         if info.st_size == 0:
-            return set()
+            return reader(memoryview(b""))
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:
-                return _walk(view)
+                return reader(view)
             except _Damaged as error:
                 message = f"'{path.name}' is not an ONNX model that can be read: {error}"
                 raise UnreadableModel(message) from None
             finally:
                 view.release()
+
+
+def external_locations(path: Path) -> set[str]:
+    """Every external-data location ``path``'s tensors name (as written: relative to the model's folder);
+    empty for a self-contained model. The file is mapped, not read: its weights are never loaded.
+
+    Raises:
+        UsageError: ``path`` is a link or not a regular file, or is not an ONNX protobuf.
+    """
+    return _read_mapped(path, _walk)
+
+
+def graph_without_weights(path: Path) -> bytes:
+    """``path``'s ``ModelProto`` serialized without any tensor's values (dims, names, types, nodes and
+    external-data entries kept): what reads a graph's inputs, outputs and operators of a self-contained
+    2 GB model in the memory of its graph, where ``onnx.load(load_external_data=False)`` holds it all.
+
+    Raises:
+        UsageError: as ``external_locations``.
+    """
+    return _read_mapped(path, lambda view: _strip(view, 0, len(view), "ModelProto", 0))
 
 
 def check_external_data(folder: Path, name: str, listed: Collection[str], named_by: str) -> list[str]:

@@ -171,7 +171,9 @@ def _onnx_tensors(path: Path) -> tuple[list[_GraphTensor], list[_GraphTensor]]:
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    from exporter.documents.external_data import graph_without_weights
+
+    graph = onnx.ModelProto.FromString(graph_without_weights(path)).graph  # never a model's weights
     initializers = {initializer.name for initializer in graph.initializer}
 
     def described(value: Any) -> _GraphTensor:

@@ -23,7 +23,8 @@ __all__ = ["summarize_checkpoint", "summarize_onnx"]
 
 
 def summarize_onnx(path: Path) -> dict[str, Any]:
-    """Opsets, I/O, operators and parameter count of an ONNX file (external data is not loaded).
+    """Opsets, I/O, operators and parameter count of an ONNX file (no weights are read, in the file or in
+    its external data).
 
     ``bytes`` counts the model and its external-data files (``external_data``: name -> bytes, None for a
     missing one), so a model that keeps its weights in ``model.onnx.data`` is not shown as a few kB.
@@ -33,8 +34,10 @@ def summarize_onnx(path: Path) -> dict[str, Any]:
     """
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
+    from exporter.documents.external_data import graph_without_weights
+
+    try:  # the graph without its tensors' values: a self-contained 2 GB model costs its graph's size
+        model = onnx.ModelProto.FromString(graph_without_weights(path.resolve()))
     except Exception as error:
         raise LoadError(f"'{path}' is not a readable ONNX model: {first_line(error)}") from None
     external = _external_files(path)
