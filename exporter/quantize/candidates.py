@@ -8,7 +8,6 @@ Registration order is the order candidates are built, listed and (for ``int8``) 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,18 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from exporter._registries import Registry
-from exporter.convert.onnx import OnnxConversionRequest, OnnxExporterChoice, convert_to_onnx
-from exporter.convert.onnx_files import move_onnx_model, save_onnx, uses_external_data
-from exporter.loading.resolve import resolve_callable
 from exporter.quantize.judge import judge
-from exporter.quantize.onnx_ort import (
-    clear_output,
-    quantize_dynamic_ort,
-    quantize_static_ort,
-)
+from exporter.quantize.onnx_ort import quantize_dynamic_ort, quantize_static_ort
 from exporter.quantize.openvino_candidates import (
     NNCF_OPENVINO_NAME,
     OPENVINO_RUNTIME,
@@ -47,7 +37,7 @@ from exporter.quantize.openvino_candidates import (
     transformer,
 )
 from exporter.quantize.openvino_mixed import keep_openvino_layers_in_float
-from exporter.quantize.pt2e import quantize_pt2e
+from exporter.quantize.pt2e import build_pt2e
 from exporter.quantize.repairs import (
     AUTO_CALIBRATION,
     Repair,
@@ -56,7 +46,6 @@ from exporter.quantize.repairs import (
 )
 from exporter.quantize.shipping import REFERENCE_RUNTIME, runtime_title
 from exporter.quantize.types import Builder, Candidate, QuantizeContext, QuantMode
-from exporter.specs.inputs import make_inputs, trace_sizes
 
 __all__ = [
     "BF16_OPENVINO",
@@ -218,71 +207,13 @@ STATIC_ORT = register(
 # ---- torchao PT2E ----------------------------------------------------------------------------------------
 
 
-def _build_pt2e(context: QuantizeContext, target: Path, qat: bool) -> dict[str, Any]:
-    """Quantize the eager module through PT2E and export the converted graph with the dynamo exporter."""
-    options = context.options
-    hook = resolve_callable(options.qat_train, option="qat_train") if options.qat_train else None
-    converted = quantize_pt2e(
-        context.module,
-        context.spec,
-        context.calibration.samples,
-        qat=qat,
-        train_hook=hook,
-        steps=options.qat_steps,
-        lr=options.qat_lr,
-    )
-    sizes = trace_sizes(context.spec)
-    example = {n: torch.from_numpy(a) for n, a in make_inputs(context.spec, sizes, 0).items()}
-    build_dir = target.parent / f"{target.stem}_build"
-    conversion = convert_to_onnx(
-        OnnxConversionRequest(
-            module=converted,
-            spec=context.spec,
-            example_inputs=example,
-            probe_inputs=None,
-            output_names=_output_names(context.float_onnx),
-            work_dir=build_dir,
-            exporter=OnnxExporterChoice.DYNAMO,
-            simplify=False,
-        )
-    )
-    del converted
-    _place(conversion.model_path, target, external=context.external_data)
-    shutil.rmtree(build_dir, ignore_errors=True)
-    settings: dict[str, Any] = {
-        "quantizer": "X86InductorQuantizer",
-        "calibration_samples": len(context.calibration.samples),
-    }
-    if qat:
-        settings["training"] = options.qat_train or f"distillation, {options.qat_steps} steps"
-        settings["lr"] = options.qat_lr
-    return settings
-
-
 def _build_static_pt2e(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
     """PT2E quantizes the eager module, so ONNX node names to keep in float do not apply (no such repair)."""
-    return _build_pt2e(context, target, qat=False)
+    return build_pt2e(context, target, qat=False)
 
 
 def _build_qat_pt2e(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
-    return _build_pt2e(context, target, qat=True)
-
-
-def _place(built: Path, target: Path, *, external: bool) -> None:
-    """Move a converted model to ``target`` with its data file renamed after it (``move_onnx_model``); when
-    the float model keeps external data, so does this one (one ``<target>.data``)."""
-    import onnx
-
-    clear_output(target)
-    move_onnx_model(built, target)
-    if external and not uses_external_data(target):
-        save_onnx(onnx.load(str(target)), target, external=True)
-
-
-def _output_names(path: Path) -> list[str]:
-    import onnx
-
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    return build_pt2e(context, target, qat=True)
 
 
 def _skip_qat(mode: QuantMode, built: Sequence[Candidate]) -> str | None:

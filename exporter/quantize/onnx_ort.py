@@ -8,7 +8,9 @@ field measurements, but rescued a small MLP whose full-range weights saturated (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,7 @@ def quantize_dynamic_ort(
 
     external = external_output(source) if external is None else external
     clear_output(target)
-    with quiet():
+    with quiet(), _reload_without_copy():
         quantize_dynamic(
             str(source),
             str(target),
@@ -83,6 +85,33 @@ def quantize_dynamic_ort(
             extra_options={"MatMulConstBOnly": True},
             use_external_data_format=external,
         )
+
+
+@contextlib.contextmanager
+def _reload_without_copy() -> Iterator[None]:
+    """While ORT's dynamic quantizer runs, its shape-inference reload (after it rewrites Gemm as MatMul)
+    moves the weights out of the model it replaces instead of deep-copying it first: the model is dropped
+    right after, and the copy held a third set of weights at the peak (255 M params: 3.2 -> 2.3 GiB).
+    Patched on ORT's module for the call only; an ORT without that function is left alone."""
+    import onnxruntime.quantization.onnx_quantizer as quantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    original = getattr(quantizer, "save_and_reload_model_with_shape_infer", None)
+    if original is None:
+        yield
+        return
+
+    def reload(model: onnx.ModelProto) -> onnx.ModelProto:
+        with tempfile.TemporaryDirectory(prefix="ort.quant.") as scratch:
+            path = Path(scratch) / "model.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+            return load_model_with_shape_infer(path)
+
+    quantizer.save_and_reload_model_with_shape_infer = reload
+    try:
+        yield
+    finally:
+        quantizer.save_and_reload_model_with_shape_infer = original
 
 
 def _reader(samples: Sequence[dict[str, np.ndarray]], input_names: Sequence[str]) -> Any:

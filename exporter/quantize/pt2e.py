@@ -9,20 +9,33 @@ or, with nothing but unlabeled inputs, by distillation: the float model's output
 from __future__ import annotations
 
 import copy
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from exporter._quiet import quiet
-from exporter.convert.onnx import dynamic_shapes_for
+from exporter.convert.onnx import (
+    OnnxConversionRequest,
+    OnnxExporterChoice,
+    convert_to_onnx,
+    dynamic_shapes_for,
+)
+from exporter.convert.onnx_files import move_onnx_model, save_onnx, uses_external_data
+from exporter.loading.resolve import resolve_callable
+from exporter.quantize.preprocess import clear_output
 from exporter.runners.base import CallConvention
 from exporter.runners.pytorch import flatten_outputs
 from exporter.specs.inputs import InputSpec, make_inputs, trace_sizes
 
-__all__ = ["quantize_pt2e"]
+if TYPE_CHECKING:
+    from exporter.quantize.types import QuantizeContext
+
+__all__ = ["build_pt2e", "quantize_pt2e"]
 
 Sample = dict[str, np.ndarray]
 
@@ -195,3 +208,64 @@ def _distill(
         optimizer.zero_grad()
         loss.backward()  # type: ignore[union-attr]
         optimizer.step()
+
+
+# ---- the candidate ----------------------------------------------------------------------------------------
+
+
+def build_pt2e(context: QuantizeContext, target: Path, qat: bool) -> dict[str, Any]:
+    """Quantize the eager module through PT2E and export the converted graph with the dynamo exporter."""
+    options = context.options
+    hook = resolve_callable(options.qat_train, option="qat_train") if options.qat_train else None
+    converted = quantize_pt2e(
+        context.module,
+        context.spec,
+        context.calibration.samples,
+        qat=qat,
+        train_hook=hook,
+        steps=options.qat_steps,
+        lr=options.qat_lr,
+    )
+    sizes = trace_sizes(context.spec)
+    example = {n: torch.from_numpy(a) for n, a in make_inputs(context.spec, sizes, 0).items()}
+    build_dir = target.parent / f"{target.stem}_build"
+    conversion = convert_to_onnx(
+        OnnxConversionRequest(
+            module=converted,
+            spec=context.spec,
+            example_inputs=example,
+            probe_inputs=None,
+            output_names=_output_names(context.float_onnx),
+            work_dir=build_dir,
+            exporter=OnnxExporterChoice.DYNAMO,
+            simplify=False,
+        )
+    )
+    del converted
+    _place(conversion.model_path, target, external=context.external_data)
+    shutil.rmtree(build_dir, ignore_errors=True)
+    settings: dict[str, Any] = {
+        "quantizer": "X86InductorQuantizer",
+        "calibration_samples": len(context.calibration.samples),
+    }
+    if qat:
+        settings["training"] = options.qat_train or f"distillation, {options.qat_steps} steps"
+        settings["lr"] = options.qat_lr
+    return settings
+
+
+def _place(built: Path, target: Path, *, external: bool) -> None:
+    """Move a converted model to ``target`` with its data file renamed after it (``move_onnx_model``); when
+    the float model keeps external data, so does this one (one ``<target>.data``)."""
+    import onnx
+
+    clear_output(target)
+    move_onnx_model(built, target)
+    if external and not uses_external_data(target):
+        save_onnx(onnx.load(str(target)), target, external=True)
+
+
+def _output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]

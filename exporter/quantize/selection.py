@@ -31,40 +31,52 @@ def time_candidates(
 
     ``float_models`` maps a runtime (a registered backend's ``runtime``) to its float model; each candidate is
     judged against the float model of the runtime that runs it (a lossy artifact must beat its own float
-    source), while all share one timing so figures compare across runtimes too. Every candidate is timed at
-    the first plan (batch 1, the cheapest); only the contenders go on to the other plans: per runtime, the
-    ``CONTENDERS`` fastest at the first plan that meet the budget and beat their float model there (the
-    rest cannot ship in ``int8``, and the larger batches are where the time goes). Fills each timed
-    candidate's ``latency``, ``p50_ratio`` (geometric mean over the plans it ran of its p50 over its
-    float's) and ``timed_in_full``; returns each runtime's float statistics at every plan. The one place
-    candidates are timed.
+    source). Runtimes are timed one after another, each with its own sessions open and closed before the
+    next opens: every model open at once would hold every runtime's weights together (the float ONNX
+    model, the float IR, the bf16 IR and each candidate). Every candidate is timed at the first plan (batch
+    1, the cheapest); only the contenders go on to the other plans: per runtime, the ``CONTENDERS`` fastest
+    at the first plan that meet the budget and beat their float model there (the rest cannot ship in
+    ``int8``, and the larger batches are where the time goes). Fills each timed candidate's ``latency``,
+    ``p50_ratio`` (geometric mean over the plans it ran of its p50 over its float's) and ``timed_in_full``;
+    returns each runtime's float statistics at every plan. The one place candidates are timed.
     """
     timed = [c for c in candidates if c.path is not None and not c.shape_errors and c.runtime in float_models]
-    runtimes = list(float_models)
-    floats: dict[str, list[LatencyStats]] = {runtime: [] for runtime in runtimes}
+    floats: dict[str, list[LatencyStats]] = {runtime: [] for runtime in float_models}
     for candidate in timed:
         candidate.latency = []
-    with contextlib.ExitStack() as stack:  # every session opened once, for all plans
-        float_runners = [
-            stack.enter_context(open_model(path, runtime, threads, {}, float_label(runtime)))
-            for runtime, path in float_models.items()
-        ]
-        runner_of = {id(c): stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in timed}
-        for plan_index, plan in enumerate(plans):
-            group = timed if plan_index == 0 else _contenders(timed, floats)
-            runners = [*float_runners, *(runner_of[id(c)] for c in group)]
-            stats = _time_group(runners, runtimes, group, plan=plan, timing=timing, threads=threads)
-            for runtime, float_stats in zip(runtimes, stats, strict=False):
-                floats[runtime].append(float_stats)
-            for candidate, candidate_stats in zip(group, stats[len(runtimes) :], strict=True):
-                reference = floats[candidate.runtime][-1]
-                ratio = reference.p50_ms / candidate_stats.p50_ms if candidate_stats.p50_ms > 0 else None
-                candidate_stats.speedup_vs_float = ratio
-                candidate.latency.append(candidate_stats)
+    for runtime, path in float_models.items():
+        mine = [c for c in timed if c.runtime == runtime]
+        floats[runtime] = _time_runtime((runtime, path), mine, plans, timing, threads)
     for candidate in timed:
         candidate.timed_in_full = len(candidate.latency) == len(plans)
         ratios = [1 / s.speedup_vs_float for s in candidate.latency if s.speedup_vs_float]
         candidate.p50_ratio = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+    return floats
+
+
+def _time_runtime(
+    float_model: tuple[str, Path],
+    mine: Sequence[Candidate],
+    plans: Sequence[BatchPlan],
+    timing: TimingConfig,
+    threads: int,
+) -> list[LatencyStats]:
+    """One runtime's float model (runtime, path) and candidates at every plan (contenders only past the
+    first), its sessions open for this runtime alone; the float statistics per plan."""
+    runtime, path = float_model
+    floats: list[LatencyStats] = []
+    with contextlib.ExitStack() as stack:
+        float_runner = stack.enter_context(open_model(path, runtime, threads, {}, float_label(runtime)))
+        runner_of = {id(c): stack.enter_context(open_candidate(c, threads, f"lossy {c.name}")) for c in mine}
+        for plan_index, plan in enumerate(plans):
+            group = mine if plan_index == 0 else _contenders(mine, {runtime: floats})
+            runners = [float_runner, *(runner_of[id(c)] for c in group)]
+            stats = _time_group(runners, [runtime], group, plan=plan, timing=timing, threads=threads)
+            floats.append(stats[0])
+            for candidate, candidate_stats in zip(group, stats[1:], strict=True):
+                ratio = stats[0].p50_ms / candidate_stats.p50_ms if candidate_stats.p50_ms > 0 else None
+                candidate_stats.speedup_vs_float = ratio
+                candidate.latency.append(candidate_stats)
     return floats
 
 
