@@ -230,6 +230,7 @@ def test_internalize_streams_the_weights_back_and_deletes_the_data_file(tmp_path
     np.testing.assert_allclose(_run(path, x), _expected(x), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_default_conversion_is_self_contained_and_big_models_skip_onnxsim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,5 +239,17 @@ def test_default_conversion_is_self_contained_and_big_models_skip_onnxsim(
     result = convert_to_onnx(request)
     assert not result.external_data and result.simplified_path is None
     assert result.simplify_error is not None and result.simplify_error.startswith("skipped: the model is")
+    assert sorted(p.name for p in request.work_dir.iterdir()) == ["model.onnx"]
+    onnx.checker.check_model(str(result.model_path), full_check=True)
+
+
+@pytest.mark.slow
+def test_a_model_verified_with_external_data_is_settled_inline_afterwards(tmp_path: Path) -> None:
+    base = _request(tmp_path, OnnxExporterChoice.DYNAMO, simplify=False)
+    request = replace(base, external_data=False, inline_after_verify=True)
+    result = convert_to_onnx(request)
+    assert result.inline_pending and external_locations(result.model_path) == {"model.onnx.data"}
+    result.settle()
+    assert not result.external_data and not result.inline_pending
     assert sorted(p.name for p in request.work_dir.iterdir()) == ["model.onnx"]
     onnx.checker.check_model(str(result.model_path), full_check=True)

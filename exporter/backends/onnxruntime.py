@@ -85,7 +85,8 @@ def onnx_conversion(context: BuildContext) -> OnnxConversion:
     conversion = context.shared.get("onnx")
     if conversion is None:
         work_dir = context.work_dir.parent / "onnxruntime"
-        conversion = convert_to_onnx(_request(context, work_dir), progress=context.step)
+        request = replace(_request(context, work_dir), inline_after_verify=True)  # see _build's finish
+        conversion = convert_to_onnx(request, progress=context.step)
         context.shared["onnx"] = conversion
     return conversion
 
@@ -96,6 +97,7 @@ def _build(context: BuildContext) -> BuiltBackend:
     fallback = " after fallback" if len(conversion.attempts) > 1 else ""
 
     def finish(result: BackendResult) -> None:
+        conversion.settle()  # verified (sessions closed): self-contained again unless external data stays
         result.conversion = {**conversion.to_json(), "shipped": result.shipped}
 
     return BuiltBackend(

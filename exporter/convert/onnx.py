@@ -6,7 +6,6 @@ The simplified model is only a candidate: verification decides whether it ships 
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +19,9 @@ import torch
 
 from exporter._quiet import quiet
 from exporter.convert._dynamic_shapes import dynamic_shapes_for
+from exporter.convert.onnx_explain import ANSI, explain, unique_warnings
 from exporter.convert.onnx_files import (
+    PROTOBUF_LIMIT,
     externalize,
     internalize,
     model_files,
@@ -48,12 +49,6 @@ SIMPLIFY_LIMIT = 256 * 2**20
 """Above this model size onnxsim is skipped, with the reason recorded: its C++ core peaks at about 2.3x the
 model (2.2 GiB measured for a 0.94 GiB transformer encoder), which with the PyTorch model still in memory
 breaks the 3x-the-weights budget; ONNX Runtime folds constants itself when it opens the model."""
-_OPERATOR = re.compile(r"\b(aten(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?|prim::\w+)")
-_OVERLOAD = re.compile(r"OpOverload\(op='([\w.]+)'")
-_CALL_SITE = re.compile(
-    r'The following call raised this error:\s*File "([^"]+)", line (\d+), in \w+\s*\n\s*(.+)'
-)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class OnnxExporterChoice(StrEnum):
@@ -78,6 +73,9 @@ class OnnxConversionRequest:
     exported_program: torch.export.ExportedProgram | None = None
     external_data: bool = False
     """Keep the weights in one ``model.onnx.data`` (``--external-data``); past 2 GB they always are."""
+    inline_after_verify: bool = False
+    """Leave a self-contained-to-be model with its external data until ``OnnxConversion.settle``: ONNX
+    Runtime opens it for verification in one copy of the weights (1.35 GiB peak inline for 0.94 GiB)."""
 
 
 @dataclass
@@ -110,6 +108,13 @@ class OnnxConversion:
     simplified_node_count: int | None = None
     simplify_error: str | None = None
     simplify_seconds: float = 0.0
+    inline_pending: bool = False
+
+    def settle(self) -> None:
+        """Bring the model inline (streaming) after verification; it stays external past 2 GB."""
+        if self.inline_pending:
+            self.inline_pending = False
+            self.external_data = not internalize(self.model_path)
 
     def candidates(self) -> list[tuple[str, Path]]:
         """Models to verify, best first: simplified, then as exported."""
@@ -163,9 +168,11 @@ def convert_to_onnx(
                     raise RuntimeError(f"the exported graph froze dynamic dims: {', '.join(frozen)}")
                 error, details = None, None
             except Exception as exc:
-                error, details = _explain(exc), _ANSI.sub("", str(exc)).strip()[:6000] or None
+                error, details = explain(exc), ANSI.sub("", str(exc)).strip()[:6000] or None
         attempts.append(
-            ExportAttempt(name, error is None, time.perf_counter() - started, error, _unique(caught), details)
+            ExportAttempt(
+                name, error is None, time.perf_counter() - started, error, unique_warnings(caught), details
+            )
         )
         if error is None:
             break
@@ -224,11 +231,15 @@ def _finish(
         # In place; tensors kept in the .data file stay there (C++ reads the structure, not the weights).
         onnx.shape_inference.infer_shapes_path(str(path), check_type=True, data_prop=True)
     except Exception as exc:
-        result.shape_inference_error = _explain(exc)
+        result.shape_inference_error = explain(exc)
+    weights = sum(f.stat().st_size for f in model_files(path))
     if request.external_data:
         externalize(path)
-    result.external_data = request.external_data or not internalize(path)
-    weights = sum(f.stat().st_size for f in model_files(path))
+    result.external_data = request.external_data or weights >= PROTOBUF_LIMIT
+    if not result.external_data and request.inline_after_verify:
+        result.inline_pending = True
+    elif not result.external_data:
+        result.external_data = not internalize(path)
     if not request.simplify:
         result.simplify_error = "skipped: --no-simplify"
     elif weights > SIMPLIFY_LIMIT:
@@ -263,7 +274,7 @@ def _simplify(path: Path, result: OnnxConversion) -> None:
         result.simplified_node_count = len(read_structure(target).graph.node)
     except Exception as exc:
         remove_onnx_model(target)
-        result.simplify_error = _explain(exc)
+        result.simplify_error = explain(exc)
     result.simplify_seconds = time.perf_counter() - started
 
 
@@ -362,31 +373,3 @@ def _moving_output_axes(request: OnnxConversionRequest) -> dict[str, dict[int, s
         if moving:
             axes[name] = moving
     return axes
-
-
-def _unique(caught: list[warnings.WarningMessage]) -> list[str]:
-    seen: list[str] = []
-    for item in caught:
-        text = str(item.message).strip().splitlines()[0][:200] if str(item.message).strip() else ""
-        if text and text not in seen:
-            seen.append(text)
-    return seen[:10]
-
-
-def _explain(error: BaseException) -> str:
-    """One line: what failed, the operator or construct it names, and where in the user's code."""
-    text = _ANSI.sub("", str(error)).strip()
-    summary = text.split("## Exception summary", 1)[1].strip() if "## Exception summary" in text else ""
-    if summary:
-        first = summary.splitlines()[0]
-        first = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", first)
-    else:
-        first = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-    line = first[:300]
-    operator = _OPERATOR.search(text) or _OVERLOAD.search(text)
-    if operator and operator.group(1) not in line:
-        line += f" [operator {operator.group(1)}]"
-    where = _CALL_SITE.search(text)
-    if where:
-        line += f" at {Path(where.group(1)).name}:{where.group(2)} `{where.group(3).strip()}`"
-    return line

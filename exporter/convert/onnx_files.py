@@ -184,14 +184,20 @@ def consolidate_external_data(path: Path) -> None:
             source = folder / entries["location"]
             sources.add(source)
             offset, length = int(entries.get("offset", 0)), entries.get("length")
-            with source.open("rb") as handle:
-                handle.seek(offset)
-                payload = handle.read(int(length)) if length is not None else handle.read()
             _pad(out)
             start = out.tell()
-            out.write(payload)
+            with source.open("rb") as handle:
+                handle.seek(offset)
+                remaining = int(length) if length is not None else source.stat().st_size - offset
+                while remaining > 0:  # in chunks: one tensor may be hundreds of MB
+                    chunk = handle.read(min(remaining, 64 * 2**20))
+                    if not chunk:
+                        raise ValueError(f"'{source}' ends before the tensor '{tensor.name}' does")
+                    out.write(chunk)
+                    remaining -= len(chunk)
             del tensor.external_data[:]
-            for key, value in (("location", wanted), ("offset", str(start)), ("length", str(len(payload)))):
+            size = out.tell() - start
+            for key, value in (("location", wanted), ("offset", str(start)), ("length", str(size))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
     temporary.replace(folder / wanted)
