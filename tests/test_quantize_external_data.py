@@ -222,3 +222,27 @@ def test_the_shipped_int8_model_has_its_file_and_one_data_file(
     _one_data_file(folder / "model.int8.onnx")
     int8_files = sorted(f.name for f in folder.iterdir() if f.name.startswith("model.int8"))
     assert int8_files == ["model.int8.onnx", "model.int8.onnx.data"]
+
+
+def test_the_openvino_shortlist_reads_an_external_data_model_and_ranks_its_layers(
+    float_model: Float, tmp_path: Path
+) -> None:
+    """The OpenVINO proxy streams its SQNR sums per sample; on the external-data float model and its NNCF
+    int8 IR it ranks real op names, the same on a second run (nothing carried over between runs)."""
+    import openvino as ov
+
+    from exporter.quantize.nncf_int8 import nncf_quantize_openvino
+    from exporter.quantize.nncf_variants import openvino_names, openvino_shortlist
+
+    target = tmp_path / "nncf-openvino.xml"
+    nncf_quantize_openvino(float_model.external, target, float_model.samples[:8], transformer=True)
+    names = list(openvino_names(float_model.external, ov.convert_model(str(float_model.external))).values())
+    samples = float_model.samples[8:]
+
+    def ranked() -> list[str]:
+        quantized = ov.Core().read_model(str(target))
+        return openvino_shortlist(float_model.external, quantized, names, samples, threads=1, size=4)
+
+    first = ranked()
+    assert first and set(first) <= set(names) and len(first) == min(4, len(names))
+    assert ranked() == first

@@ -10,7 +10,7 @@ a graph output; ``openvino_names`` maps ONNX node names to them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,7 @@ from exporter.quantize.nncf_int8 import (
     _openvino_input_names,
     _read_openvino,
 )
-from exporter.quantize.sensitivity import QUANTIZABLE
-from exporter.verify.comparison import sqnr_db
+from exporter.quantize.sensitivity import QUANTIZABLE, SqnrSums
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -132,7 +131,6 @@ def openvino_shortlist(
     """Up to ``size`` of the OpenVINO ops ``names``, those whose output SQNR (int8 IR against float) dropped
     most below their activation inputs' first: the proxy that picks which layers to probe, as
     ``sensitivity.shortlist`` does for ONNX Runtime. Both models expose the watched tensors as outputs."""
-    import openvino as ov
 
     reference = _read_openvino(float_onnx)
     copy = quantized.clone()
@@ -150,19 +148,14 @@ def openvino_shortlist(
         ]
     watched = list(dict.fromkeys([(n, 0) for n in sources] + [s for v in sources.values() for s in v]))
     watched = [(n, i) for n, i in watched if n in int8_ops and int8_ops[n].get_type_name() != "Parameter"]
-    values: list[list[list[np.ndarray]]] = []
-    for model, ops in ((reference, float_ops), (copy, int8_ops)):
-        first = len(model.outputs)
-        model.add_outputs([ops[n].output(i) for n, i in watched])
-        compiled = ov.Core().compile_model(
-            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
-        )
-        inputs = _openvino_input_names(model)
-        runs = [compiled({k: s[k] for k in inputs if k in s}) for s in samples]
-        values.append(
-            [[np.asarray(r[compiled.outputs[first + k]]) for r in runs] for k in range(len(watched))]
-        )
-    sqnr = {w: _sqnr(values[0][k], values[1][k]) for k, w in enumerate(watched)}
+    float_values = list(_watched_outputs(reference, float_ops, watched, samples, threads))
+    del reference, float_ops
+    sums = {w: SqnrSums() for w in watched}
+    int8_values = _watched_outputs(copy, int8_ops, watched, samples, threads)
+    for expected, actual in zip(float_values, int8_values, strict=True):
+        for k, w in enumerate(watched):
+            sums[w].add(expected[k], actual[k])
+    sqnr = {w: total.db for w, total in sums.items()}
     drops = {}
     for name, feeding in sources.items():
         before = min([min(sqnr.get(s, math.inf), _CAP_DB) for s in feeding], default=_CAP_DB)
@@ -180,8 +173,25 @@ def _weight_path(node: Any, depth: int = 0) -> bool:
     return all(_weight_path(port.get_source_output().get_node(), depth + 1) for port in node.inputs())
 
 
-def _sqnr(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    """SQNR over every sample at once; +Inf (nothing to rank by) when the two runs' shapes differ."""
-    ref = np.concatenate([r.ravel() for r in reference])
-    act = np.concatenate([a.ravel() for a in actual])
-    return math.inf if ref.shape != act.shape else sqnr_db(ref, act)
+def _watched_outputs(
+    model: Any,
+    ops: Mapping[str, Any],
+    watched: Sequence[tuple[str, int]],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    threads: int,
+) -> Iterator[list[np.ndarray]]:
+    """Per sample, the ``watched`` op outputs of ``model`` (exposed as extra outputs), one sample at a time:
+    the infer results are not kept, and the compiled model is released when the samples are done."""
+    import openvino as ov
+
+    first = len(model.outputs)
+    model.add_outputs([ops[n].output(i) for n, i in watched])
+    compiled = ov.Core().compile_model(
+        model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    )
+    inputs = _openvino_input_names(model)
+    for sample in samples:
+        result = compiled({k: sample[k] for k in inputs if k in sample})
+        yield [np.array(result[compiled.outputs[first + k]]) for k in range(len(watched))]
+        del result
+    del compiled

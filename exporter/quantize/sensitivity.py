@@ -22,7 +22,7 @@ import onnx
 
 from exporter.runners.onnxruntime import OnnxRuntimeRunner
 
-__all__ = ["LayerError", "exposed", "producers", "quantizable_nodes", "shortlist"]
+__all__ = ["LayerError", "SqnrSums", "exposed", "producers", "quantizable_nodes", "shortlist"]
 
 _FUSED_ACTIVATIONS = {"Relu", "Clip"}
 _CAP_DB = 60.0
@@ -118,7 +118,7 @@ OUTPUT_BYTES_PER_RUN = 256 * 2**20
 one sample add up to several times its weights, so the shortlist asks for them in groups."""
 
 
-class _Noise:
+class SqnrSums:
     """Running sums of one tensor's signal and noise energy over the samples: its SQNR without keeping the
     tensors (``sqnr_db`` of the concatenation, computed as it streams)."""
 
@@ -126,8 +126,13 @@ class _Noise:
         self.signal = 0.0
         self.noise = 0.0
         self.seen = False
+        self.mismatched = False
 
     def add(self, reference: np.ndarray, actual: np.ndarray) -> None:
+        """Fold one sample in; shapes that differ make the tensor unrankable (+Inf, as no signal lost)."""
+        if reference.shape != actual.shape:
+            self.mismatched = True
+            return
         ref, act = reference.astype(np.float64, copy=False), actual.astype(np.float64, copy=False)
         self.signal += float(np.sum(ref**2))
         self.noise += float(np.sum((ref - act) ** 2))
@@ -135,7 +140,7 @@ class _Noise:
 
     @property
     def db(self) -> float:
-        if self.noise == 0:
+        if self.noise == 0 or self.mismatched:
             return math.inf
         return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
 
@@ -172,7 +177,7 @@ def _stream_sqnr(
     ):
         quant_set = set(quant_names)
         shared = [n for n in float_names if n in quant_set]
-        noise = {name: _Noise() for name in shared}
+        noise = {name: SqnrSums() for name in shared}
         sizes: dict[str, int] = {}
         for sample in samples:
             feed = {n: sample[n] for n in float_runner.input_names if n in sample}
