@@ -24,7 +24,12 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.convert.onnx_files import external_locations as onnx_locations
 from exporter.convert.onnx_files import move_onnx_model, save_onnx
-from exporter.documents.external_data import SCHEMA, external_locations, graph_without_weights
+from exporter.documents.external_data import (
+    SCHEMA,
+    UnreadableModel,
+    external_locations,
+    graph_without_weights,
+)
 from exporter.documents.files import sha256_file
 from exporter.documents.manifest import read_manifest
 from exporter.errors import ExitCode, UsageError
@@ -422,3 +427,38 @@ def test_a_tampered_int8_data_file_fails_verify(exported_int8: Path, tmp_path: P
     code, output = _invoke("verify", folder)
     assert code == ExitCode.VERIFICATION_FAILED, output
     assert "model.int8.onnx.data was modified after export" in output
+
+
+def test_damaged_bytes_are_refused_as_unreadable_never_a_crash(exported: Path, tmp_path: Path) -> None:
+    """Random damage to a model: the reader answers or raises UnreadableModel, nothing else (no
+    IndexError, no hang, no recursion error); a model nested past the depth limit is refused."""
+    original = (exported / "model.onnx").read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "damaged.onnx"
+    outcomes = set()
+    for _ in range(300):
+        damaged = bytearray(original)
+        for index in rng.integers(0, len(damaged), size=int(rng.integers(1, 8))):
+            damaged[index] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(damaged[: int(rng.integers(1, len(damaged) + 1))]))
+        try:
+            external_locations(path)
+            graph_without_weights(path)
+            outcomes.add("read")
+        except UnreadableModel:
+            outcomes.add("refused")
+    assert outcomes == {"read", "refused"}
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited field (lengths < 2**14 here)
+        length = len(payload)
+        prefix = bytes([length]) if length < 0x80 else bytes([length & 0x7F | 0x80, length >> 7])
+        return bytes([number << 3 | 2]) + prefix + payload
+
+    graph = b""
+    for _ in range(40):  # graph -> node -> attribute -> graph: 120 messages deep (protobuf refuses 100)
+        graph = field(1, field(5, field(6, graph)))
+    path.write_bytes(field(7, graph))
+    with pytest.raises(UnreadableModel, match="nest more than"):
+        external_locations(path)
+    with pytest.raises(UnreadableModel, match="nest more than"):
+        graph_without_weights(path)
