@@ -2,6 +2,8 @@
 ``onnx.checker`` pass, shape inference and onnxsim.
 
 The simplified model is only a candidate: verification decides whether it ships (``verify.parity``).
+Every step works by path, so no weight is held in Python: a model keeps its weights in one ``model.onnx.data``
+when asked (``--external-data``) or past 2 GB, and is self-contained otherwise (``convert.onnx_files``).
 """
 
 from __future__ import annotations
