@@ -16,13 +16,13 @@ here: ``trace_failure_message`` turns that failure into advice.
 
 from __future__ import annotations
 
-import io
 import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,9 @@ def _save(
     """Save the frozen and plain archives (each loaded back later; freezing can fail)."""
     module = module.eval()
     plain = work_dir / "model.plain.ts"
-    # Through memory: torch.jit.save's C++ writer aborts the process when the disk fills mid-archive.
-    write_through_memory(plain, lambda f: torch.jit.save(module, f))
+    expected = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    # Through memory (when small): torch.jit.save's C++ writer aborts the process when the disk fills.
+    write_through_memory(plain, lambda f: torch.jit.save(module, f), expected)
     archives: list[tuple[str, Path]] = []
     skipped: dict[str, str] = {}
     # No optimize_for_inference step: its archive does not load back (see the module docstring).
@@ -181,14 +182,15 @@ def _save(
             with warnings.catch_warnings(), quiet():
                 warnings.simplefilter("ignore")
                 transformed = transform(torch.jit.load(str(plain)).eval())
-            archive = io.BytesIO()
-            torch.jit.save(transformed, archive)
+            path = work_dir / f"model.{label}.ts"
+            write_through_memory(path, partial(torch.jit.save, transformed), expected)
+        except OSError:
+            raise  # a full disk is no reason to skip a variant
         except Exception as exc:
             skipped[label] = _explain(exc)
             continue
-        path = work_dir / f"model.{label}.ts"
-        path.write_bytes(archive.getbuffer())  # outside the try: a full disk is no reason to skip a variant
         archives.append((label, path))
+        del transformed  # one loaded archive at a time
     archives.append(("scripted" if method == "script" else "traced", plain))
     return TorchScriptConversion(method, attempts, archives, skipped, tracer_warnings)
 

@@ -134,9 +134,23 @@ def storage_errors(out: Path) -> Iterator[None]:
         raise mapped from error
 
 
-def write_through_memory(path: Path, save: Callable[[IO[bytes]], object]) -> None:
+DIRECT_WRITE_BYTES = 256 << 20
+"""Archives expected past this size are written straight to disk when the disk has room for them twice
+over: holding a multi-GB archive in memory as well costs another copy of the weights."""
+
+
+def write_through_memory(path: Path, save: Callable[[IO[bytes]], object], expected: int = 0) -> None:
     """``save`` into memory, then write the bytes with Python, so a full disk is an ``OSError`` here and
-    not an abort inside a C++ writer (``torch.jit.save``, ``aoti_compile_and_package``)."""
+    not an abort inside a C++ writer (``torch.jit.save``, ``aoti_compile_and_package``).
+
+    An archive ``expected`` to be big is saved straight into ``path`` when the disk has twice its size free
+    (the check that keeps the C++ writer from meeting a full disk); memory is the scarcer of the two then.
+    """
+    free = _free_bytes(_existing_ancestor(path.parent))
+    if expected > DIRECT_WRITE_BYTES and free is not None and free > 2 * expected:
+        with path.open("wb") as handle:
+            save(handle)
+        return
     buffer = io.BytesIO()
     save(buffer)
     path.write_bytes(buffer.getbuffer())
