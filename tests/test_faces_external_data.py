@@ -462,3 +462,23 @@ def test_damaged_bytes_are_refused_as_unreadable_never_a_crash(exported: Path, t
         external_locations(path)
     with pytest.raises(UnreadableModel, match="nest more than"):
         graph_without_weights(path)
+
+
+def test_serve_refuses_up_front_a_private_copy_that_cannot_fit(exported: Path, tmp_path: Path) -> None:
+    """A multi-GB ``.data`` and a small temporary folder: refused in one line before any byte is copied
+    (here a 4 KiB tmpfs and a tiny folder)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        manifest = read_manifest(exported)
+        artifact = choose_artifact(exported, manifest, "onnxruntime")
+        with pytest.raises(UsageError, match=r"private copy .* needs .* free; set TMPDIR"):
+            copy_checked(exported, manifest, artifact, disk / "private")
+        assert not (disk / "private").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)

@@ -7,15 +7,18 @@ Imports neither torch nor ONNX: a bundle for an ONNX artifact runs this module w
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exporter.backends.onnxruntime import INT8
 from exporter.backends.registry import BackendSpec, servable_backends
-from exporter.documents.external_data import check_external_data
+from exporter.documents.external_data import UnreadableModel, check_external_data
 from exporter.documents.files import sha256_file
 from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Manifest
 from exporter.errors import UsageError
@@ -191,7 +194,10 @@ def _check(
 ) -> int:
     named_by = f"manifest.json of '{folder}'"
     required = required_files(manifest, artifact)
-    _check_external_data(folder, manifest, artifact, purpose)
+    with contextlib.suppress(UnreadableModel):  # a damaged model is the hash check's to report, below
+        _check_external_data(folder, manifest, artifact, purpose)
+    if into is not None:
+        _check_room(folder, required, into)
     checked = 0
     for name in dict.fromkeys([*required, *manifest.files]):
         path = inside_folder(folder, name, named_by)
@@ -216,8 +222,9 @@ def _check(
                 "integrity check"
             )
         checked += 1
-    if into is not None:
-        _check_external_data(into, manifest, artifact, purpose)  # what the server loads: the checked copy
+    # again on what the server loads (the checked copy) and now unsuppressed: a hashed model whose
+    # locations cannot be read is refused, not handed to ONNX Runtime
+    _check_external_data(into or folder, manifest, artifact, purpose)
     return checked
 
 
@@ -237,13 +244,50 @@ def _check_external_data(folder: Path, manifest: Manifest, artifact: ServedArtif
                 )
 
 
+def _check_room(folder: Path, required: list[str], into: Path) -> None:
+    """Refuse before copying when the private copy cannot fit where it goes (a model's multi-GB ``.data``
+    in a small temporary folder), rather than failing gigabytes in; the message says how to move it."""
+    named_by = f"manifest.json of '{folder}'"
+    needed = 0
+    for name in dict.fromkeys(required):
+        path = inside_folder(folder, name, named_by)
+        needed += path.stat().st_size if path.is_file() else 0
+    existing = next(path for path in (into, *into.parents) if path.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise UsageError(
+            f"the server's private copy of '{folder}' needs {_size(needed)} in '{into}', which has "
+            f"{_size(free)} free; set TMPDIR to a folder with room"
+        )
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
 def _copy_hashed(source: Path, destination: Path) -> str:
-    """Copy ``source`` to ``destination`` (owner-only), reading it once; the sha256 of what was written."""
+    """Copy ``source`` to ``destination`` (owner-only), reading it once in 1 MiB blocks (memory stays flat
+    for a multi-GB ``.data``); the sha256 of what was written.
+
+    A copy, not a hard link: a link shares the inode, so a write into the folder's file after the check
+    would change what the server loads; the copy is what was hashed.
+
+    Raises:
+        UsageError: the copy's disk filled up or refused the write (one line, with what to do).
+    """
     digest = hashlib.sha256()
     destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with source.open("rb") as reader, destination.open("xb") as writer:
-        destination.chmod(0o600)
-        for block in iter(lambda: reader.read(1 << 20), b""):
-            digest.update(block)
-            writer.write(block)
+    try:
+        with source.open("rb") as reader, destination.open("xb") as writer:
+            destination.chmod(0o600)
+            for block in iter(lambda: reader.read(1 << 20), b""):
+                digest.update(block)
+                writer.write(block)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise UsageError(
+            f"the server's private copy of {source.name} cannot be written in '{destination.parent}': "
+            f"{error.strerror}; set TMPDIR to a folder with room"
+        ) from None
     return digest.hexdigest()
