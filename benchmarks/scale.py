@@ -160,7 +160,7 @@ def artifact_sizes(folder: Path) -> dict[str, int]:
     """Bytes per model file in the artifacts folder (a model and its ``.data`` / ``.bin`` counted apart)."""
     if not folder.is_dir():
         return {}
-    suffixes = (".onnx", ".data", ".xml", ".bin", ".pt", ".pt2")
+    suffixes = (".onnx", ".data", ".xml", ".bin", ".ts", ".pt2")
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name.endswith(suffixes)}
 
 

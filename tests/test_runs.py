@@ -89,6 +89,25 @@ def build():
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
+_DIES_CONVERTING = """
+import os
+import signal
+
+import torch
+from torch import nn
+
+
+class DiesWhenExported(nn.Linear):
+    def forward(self, x):
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def build():
+    return DiesWhenExported(4, 4)
+"""
+
 _SLOW = """
 import time
 
@@ -104,6 +123,18 @@ class SlowLinear(nn.Linear):
 def build():
     return SlowLinear(4, 4)
 """
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_export_is_reported_with_its_stage_and_leaves_nothing(tmp_path: Path) -> None:
+    recipes, out = tmp_path / "recipes", tmp_path / "out"
+    dying = _linear_recipe(recipes, "dies", _DIES_CONVERTING, "build")
+    (result,) = run_recipes(RunRequest((dying,), out, jobs=1, benchmark=False))
+    assert result["exit_code"] == ExitCode.INTERNAL_ERROR
+    error = " ".join(result["error"].split())
+    assert "worker process died" in error and "stopped in its convert stage before it finished" in error
+    assert "its staging folder was removed" in error
+    assert [p.name for p in out.iterdir() if not p.name.endswith(".lock")] == []
 
 
 @pytest.mark.parametrize(

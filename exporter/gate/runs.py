@@ -30,7 +30,7 @@ from exporter.interrupts import (
     frames_on_thread_stack,
     raise_interrupted,
 )
-from exporter.stages.staging import MANIFEST_SCHEMA_VERSION, read_document
+from exporter.stages.staging import MANIFEST_SCHEMA_VERSION, read_document, stale_run_notes
 
 if TYPE_CHECKING:
     from exporter.pipeline import ExportResult
@@ -198,8 +198,8 @@ def run_recipes(
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 path, pool = running.pop(future)
-                results[path] = _collect(future, path, names[path])
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=True)  # first: a dead worker is reaped, so its staging counts as stale
+                results[path] = _collect(future, path, names[path], request.out / names[path])
                 if done:
                     done(results[path])
     except KeyboardInterrupt as interrupt:
@@ -237,19 +237,22 @@ def _worker_signal(signum: int, frame: FrameType | None) -> None:
     raise_interrupted(signum, frame)
 
 
-def _collect(future: Future[dict[str, Any]], path: Path, name: str) -> dict[str, Any]:
-    """A worker's result; a worker that died (killed, out of memory) or was interrupted becomes one."""
+def _collect(future: Future[dict[str, Any]], path: Path, name: str, folder: Path) -> dict[str, Any]:
+    """A worker's result; a worker that died (killed, out of memory) or was interrupted becomes one. A
+    dead worker's staging folder is removed at once, and what the record beside it says (the stage it was
+    in, whether the out-of-memory killer did it) becomes the result's reason."""
     try:
         return future.result()
     except KeyboardInterrupt as interrupt:
         return _failed(path, name, exit_code_of(interrupt), "interrupted", kind="interrupted")
     except Exception as error:
+        said = "; ".join(stale_run_notes(folder)) if folder.parent.is_dir() else ""
         return _failed(
             path,
             name,
             ExitCode.INTERNAL_ERROR,
             f"worker process died before reporting ({type(error).__name__}: {first_line(error)}); "
-            "it may have run out of memory or been killed",
+            + (said or "it may have run out of memory or been killed"),
         )
 
 
