@@ -69,7 +69,7 @@ def _request(context: BuildContext, work_dir: Path) -> OnnxConversionRequest:
         simplify=options.simplify,
         exported_program=context.loaded.exported_program,
         # ExportOptions.external_data (--external-data); BuildOptions does not list it yet.
-        external_data=bool(getattr(options, "external_data", False)),
+        external_data=options.external_data,
     )
 
 
