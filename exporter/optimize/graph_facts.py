@@ -9,6 +9,8 @@ from typing import Any
 
 import onnx
 
+from exporter.convert.onnx_files import read_structure
+
 __all__ = ["STANDARD_DOMAINS", "infer_attention_shape", "looks_like_transformer", "nonstandard_domains"]
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -18,7 +20,7 @@ def nonstandard_domains(path: Path) -> set[str]:
     """The operator domains outside the ONNX standard (``com.microsoft``, a local function's domain) that
     any node uses, in the main graph, its subgraphs or its functions: a model without any runs in every
     ONNX runtime, not only the one whose contrib ops it holds."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_structure(path)
     nodes = [*_walk(model.graph.node), *(n for f in model.functions for n in _walk(f.node))]
     return {node.domain for node in nodes if node.domain not in STANDARD_DOMAINS}
 
@@ -66,7 +68,7 @@ def looks_like_transformer(path: Path) -> bool:
     fused ops ONNX Runtime's transformer optimizer leaves. The int8 stage starts from the optimized graph:
     read as a plain network, the trained MiniLM's fused graph got NNCF's non-transformer defaults and a min
     cosine of 0.46, against 0.9955 with its transformer model type."""
-    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    ops = {node.op_type for node in read_structure(path).graph.node}
     if ops & FUSED_ATTENTION:
         return True
     has_norm = "LayerNormalization" in ops or "ReduceMean" in ops

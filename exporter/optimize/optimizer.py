@@ -14,11 +14,18 @@ when the fastest variant overall holds ONNX Runtime-specific ops (``com.microsof
 fusions or the ``ort`` pass) and beats the portable one by more than ``max_slowdown``, timed side by side,
 it ships too, as ``model.ort.onnx`` (``runtime_specific``). Int8 starts from the best result before any pass
 that is not ``quantizable``.
+
+Memory: the passes run on working copies whose weights sit in one ``.data`` file (``working_copies``), read
+and written by path; at most one ONNX Runtime session is open at a time for models past
+``JOINT_TIMING_BYTES``; freed heap pages go back to the OS after each pass. A model past 2 GB works the same
+way; what ships leaves in the form it arrived in (self-contained, or with its one ``.data`` file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from exporter._quiet import quiet
 from exporter.benchmark.latency import BatchPlan, TimingConfig, p50_per_plan
+from exporter.convert.onnx_files import data_file_name
 from exporter.errors import first_line
 from exporter.optimize.graph_facts import infer_attention_shape, looks_like_transformer, nonstandard_domains
 from exporter.optimize.passes import OPTIMIZE_STEPS, pass_named, resolve_steps, split_skip_layer_norm
@@ -39,6 +47,7 @@ from exporter.optimize.results import (
     _score,
     _Trail,
 )
+from exporter.optimize.working_copies import WorkingCopies
 from exporter.runners.onnxruntime import OnnxRuntimeRunner
 from exporter.runners.pytorch import EagerRunner
 from exporter.verify.parity import GoldenCase, ParityResult, Tolerance, verify_runner
@@ -56,6 +65,8 @@ __all__ = [
     "split_skip_layer_norm",
 ]
 
+JOINT_TIMING_BYTES = 512 * 2**20
+"""Models whose files add up to more than this are timed one at a time (see ``_time_paths``)."""
 DECISION_TIMING = TimingConfig(warmup=3, min_runs=15, min_seconds=0.5, max_runs=2000, max_seconds=5.0)
 RUNTIME_SPECIFIC_RECORD = "runtime-specific"
 
@@ -79,13 +90,14 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     """Run the steps on the verified model (and on the alternative exporter's graph, for transformers)."""
     report = step or (lambda message: None)
     request.work_dir.mkdir(parents=True, exist_ok=True)
+    release_memory()  # what conversion and verification freed
     steps = resolve_steps(request.options, request.model)
     # Steps are kept or dropped on the first batch plan alone; what ships is timed at every plan later.
     ranking = replace(request, plans=request.plans[:1])
+    copies = WorkingCopies(request.work_dir / "sources")
+    model = copies.of(request.model, request.label)
     report("timing the unoptimized model")
-    baseline = Variant(
-        request.label, request.model, request.parity, _time_paths([request.model], ranking)[0], request.model
-    )
+    baseline = Variant(request.label, model, request.parity, _time_paths([model], ranking)[0], model)
     trail = _Trail(variants=[baseline])
     finals = [_run_steps(baseline, steps, ranking, trail, report)]
     until = {s: pass_named(s).alternative_until for s in steps if pass_named(s).alternative_until}
@@ -95,7 +107,7 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
             record = _recorder(trail.records, "alternative exporter", request.label, "torchscript-exporter")
             record(False, f"not made: {fused_by[0]} already reached the {fused_by[1]} fusion")
         else:
-            alternative = _alternative_source(ranking, trail, report)
+            alternative = _alternative_source(ranking, trail, report, copies)
             if alternative is not None:
                 finals.append(_run_steps(alternative, steps, ranking, trail, report))
     best = min(finals, key=lambda v: v.score)
@@ -109,6 +121,7 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     if domains[best.label] and best is not portable:
         report(f"timing {best.label} against {portable.label}")
         _compare_runtime_specific(result, request)
+    copies.hand_over(result, trail.variants)
     return result
 
 
@@ -183,7 +196,7 @@ def _compare_runtime_specific(result: OptimizationResult, request: OptimizeReque
 
 
 def _alternative_source(
-    request: OptimizeRequest, trail: _Trail, report: Callable[[str], None]
+    request: OptimizeRequest, trail: _Trail, report: Callable[[str], None], copies: WorkingCopies
 ) -> Variant | None:
     """The TorchScript-based exporter's graph of the same model, verified and timed, as a second source."""
     assert request.alternative is not None
@@ -191,10 +204,12 @@ def _alternative_source(
     label = "torchscript-exporter"
     record = _recorder(trail.records, "alternative exporter", request.label, label)
     try:
-        path = request.alternative()
+        path = copies.of(request.alternative(), label)
     except Exception as error:
         record(False, f"export failed: {first_line(error)}")
         return None
+    finally:
+        release_memory()  # the second export's graph and traced copies
     result = _verify(path, label, request)
     trail.parity.append(result)
     if not result.passed:
@@ -242,6 +257,8 @@ def _apply(
     except Exception as error:
         record(False, f"failed: {first_line(error)}")
         return None, None
+    finally:
+        release_memory()  # the pass's loaded model is gone; its pages go before the sessions open
     fused = built.counts
     if not built.modified:
         record(False, step.unmodified, fused=fused)
@@ -278,7 +295,27 @@ def _verify(path: Path, label: str, request: OptimizeRequest) -> ParityResult:
 
 def _time_paths(paths: Sequence[Path], request: OptimizeRequest) -> list[dict[str, float]]:
     """p50 per plan of each model, timed in alternating blocks in one session each, so a step and its input
-    share the machine's drift."""
+    share the machine's drift; models whose weights together pass ``JOINT_TIMING_BYTES`` are timed one
+    after the other instead, each session closed before the next opens (two sessions of a big model hold
+    its weights twice, prepacked, beside the PyTorch module the pipeline still holds)."""
+    if len(paths) > 1 and sum(_weights_bytes(p) for p in paths) > JOINT_TIMING_BYTES:
+        return [_time_paths([path], request)[0] for path in paths]
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(OnnxRuntimeRunner(path, request.threads)) for path in paths]
         return p50_per_plan(runners, request.plans, config=request.timing, threads=request.threads)
+
+
+def release_memory() -> None:
+    """Hand the heap pages freed by a pass back to the OS. A pass holds its model (weights included) as a
+    protobuf; freed, glibc keeps most of those pages in the heap, still counted in RSS, and the sessions
+    that verify and time the result then come on top of them."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _weights_bytes(path: Path) -> int:
+    """The model file's size plus its one external-data file's: its weights, near enough, without
+    parsing it."""
+    data = path.with_name(data_file_name(path))
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

@@ -10,12 +10,24 @@ Adding a pass means one class and one entry in :data:`PASSES`; the ``--optimize`
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import onnx
 
+from exporter.convert.onnx_files import (
+    EXTERNAL_THRESHOLD,
+    data_file_name,
+    read_structure,
+    save_graph_only,
+    save_onnx,
+    uses_external_data,
+)
+from exporter.optimize.fusions import fuse_external
 from exporter.optimize.graph_facts import looks_like_transformer
 from exporter.optimize.results import OptimizeOptions
 
@@ -115,17 +127,24 @@ class TransformerFusions(OptimizePass):
     unmodified = "nothing fused (no attention, layer-norm or GELU pattern matched)"
 
     def build(self, source: Path, target: Path, settings: PassSettings) -> PassResult:
+        """A source with external data (the optimizer's working copies always have it) is fused without
+        loading its weights (:func:`exporter.optimize.fusions.fuse_external`), into one ``<target>.data``;
+        a self-contained one by ``optimize_model``, which loads it whole."""
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
-        model = optimize_model(
-            str(source),
-            model_type="bert",
-            num_heads=settings.options.num_heads,
-            hidden_size=settings.options.hidden_size,
-            optimization_options=FusionOptions("bert"),
-        )
-        model.save_model_to_file(str(target))
+        heads, hidden = settings.options.num_heads, settings.options.hidden_size
+        if uses_external_data(source):
+            model = fuse_external(source, target, heads, hidden)
+        else:
+            model = optimize_model(
+                str(source),
+                model_type="bert",
+                num_heads=heads,
+                hidden_size=hidden,
+                optimization_options=FusionOptions("bert"),
+            )
+            model.save_model_to_file(str(target))
         fused = {
             k: int(v)
             for k, v in model.get_fused_operator_statistics().items()
@@ -144,7 +163,7 @@ class SplitSkipNorm(OptimizePass):
 
     def requires(self, source: Path) -> None:
         """LayerNormalization is an opset-17 operator: a graph with something to split must import it."""
-        model = onnx.load(str(source), load_external_data=False)
+        model = read_structure(source)
         if _splittable(model) and _onnx_opset(model) < 17:
             raise PassConditionError(_OPSET_17)
 
@@ -159,13 +178,26 @@ class Float16(OptimizePass):
     name = "fp16"
 
     def build(self, source: Path, target: Path, settings: PassSettings) -> PassResult:
+        """Converted from the path: ORT's converter then infers shapes by path (``infer_shapes_path``, which
+        works past 2 GB, where the in-memory inference serializes the whole model) and loads the result once.
+        A source with external data is written with one ``<target>.data``."""
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-        onnx.save(model, str(target))
+        model = convert_float_to_float16(str(source), keep_io_types=True)
         halves = sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16)
+        save_onnx(model, target, external=uses_external_data(source))
         # Modified even without float16 weights: the casts at the inputs and outputs are always inserted.
         return PassResult(target, True, {"float16_initializers": halves})
+
+    def ensures(self, source: Path, result: PassResult) -> None:
+        """The interface is unchanged, and ONNX Runtime can open the graph without crashing: on some float16
+        graphs (the tiny attention block's) ONNX Runtime 1.32's layout optimizer (``NchwcTransformer``, at
+        ``ORT_ENABLE_ALL``, which every face opens models at) dies of a segmentation fault, which would take
+        the whole export with it. The graph is opened once in a child process to find out."""
+        super().ensures(source, result)
+        crash = _session_crash(result.model)
+        if crash:
+            raise PassConditionError(f"ONNX Runtime crashes opening the float16 graph ({crash})")
 
 
 class OrtOffline(OptimizePass):
@@ -176,6 +208,10 @@ class OrtOffline(OptimizePass):
     session_load = True
 
     def build(self, source: Path, target: Path, settings: PassSettings) -> PassResult:
+        """The session writes the optimized graph as it opens; a source with external data gets its
+        initializers written to one ``<target>.data`` (without the two config entries ORT would keep
+        pointing at the source's data file by a path relative to the wrong folder). The session is dropped
+        before the node counts are read."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -183,9 +219,19 @@ class OrtOffline(OptimizePass):
         options.optimized_model_filepath = str(target)
         options.intra_op_num_threads = settings.threads
         options.log_severity_level = 4
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        before = len(onnx.load(str(source), load_external_data=False).graph.node)
-        after = len(onnx.load(str(target), load_external_data=False).graph.node)
+        data = target.with_name(data_file_name(target))
+        data.unlink(missing_ok=True)
+        if uses_external_data(source):
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", data.name
+            )
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", str(EXTERNAL_THRESHOLD)
+            )
+        session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        del session
+        before = len(read_structure(source).graph.node)
+        after = len(read_structure(target).graph.node)
         # Modified even at the same node count: constant folding and layout rewrites do not show in it.
         return PassResult(target, True, {"nodes_before": before, "nodes_after": after})
 
@@ -226,8 +272,10 @@ def split_skip_layer_norm(source: Path, target: Path) -> int:
 
     Nodes whose mean / inverse-std outputs are used stay fused (LayerNormalization's optional outputs are
     not the same tensors' shapes in every opset); its fourth output, the pre-norm sum, is the Sum's output.
+    Only nodes change: the graph is read without its external data and saved beside a copy of the source's
+    one ``.data`` file (``save_graph_only``), so the weights are never loaded nor re-serialized.
     """
-    model = onnx.load(str(source))
+    model = onnx.load(str(source), load_external_data=False)
     splittable = _splittable(model)
     if splittable and _onnx_opset(model) < 17:
         raise ValueError(_OPSET_17)
@@ -239,7 +287,7 @@ def split_skip_layer_norm(source: Path, target: Path) -> int:
         ]
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-    onnx.save(model, str(target))
+    save_graph_only(model, source, target)
     return len(splittable)
 
 
@@ -276,13 +324,36 @@ def _split(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     ]
 
 
+_OPEN_SESSION = (
+    "import sys, onnxruntime as ort\n"
+    "options = ort.SessionOptions()\n"
+    "options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL\n"
+    "options.log_severity_level = 4\n"
+    "ort.InferenceSession(sys.argv[1], options, providers=['CPUExecutionProvider'])\n"
+)
+
+
+def _session_crash(path: Path) -> str | None:
+    """The signal that killed a child process opening ``path`` in a CPU session at ``ORT_ENABLE_ALL``, or
+    None when it did not crash (an error ONNX Runtime raises is the verification's to report)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_SESSION, str(path)], capture_output=True, check=False, timeout=600
+    )
+    if done.returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-done.returncode).name
+    except ValueError:
+        return f"signal {-done.returncode}"
+
+
 def _onnx_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _interface(path: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """(inputs, outputs) of the main graph as (name, element type)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = read_structure(path).graph
     inputs = {i.name for i in graph.initializer}  # old opsets list initializers as inputs too
     return (
         [(v.name, v.type.tensor_type.elem_type) for v in graph.input if v.name not in inputs],
