@@ -25,7 +25,6 @@ from exporter.backends.registry import (
     OpenContext,
     register,
 )
-from exporter.convert.openvino import convert_model
 from exporter.documents.openvino_settings import PRECISION_HINT, checked_config
 from exporter.errors import ExporterError, UsageError, first_line
 from exporter.runners.base import CallConvention, Runner
@@ -74,6 +73,8 @@ def store_ir(source: Path, destination: Path) -> None:
 
 def _from_onnx(onnx_path: Path, xml: Path) -> Path:
     """The IR of an ONNX model, read by path (OpenVINO maps its external data; no proto in Python)."""
+    from exporter.convert.openvino import convert_model  # not at import: bundles carry no convert/
+
     if not xml.exists():
         save_ir(convert_model(str(onnx_path)), xml)
     return xml
@@ -92,6 +93,8 @@ def _from_pytorch(context: BuildContext, xml: Path) -> Path:
     convention = CallConvention.for_module(context.loaded.module, spec.names)
     shapes = [ov.PartialShape([-1 if d.dynamic else d.size for d in tensor.dims]) for tensor in spec.tensors]
     example_input: Any = tensors if convention.by_name else tuple(tensors[n] for n in spec.names)
+    from exporter.convert.openvino import convert_model
+
     model = convert_model(context.loaded.module, example_input=example_input, input=shapes)
     for port, name in zip(model.inputs, spec.names, strict=True):
         port.get_tensor().set_names({name})
