@@ -110,6 +110,30 @@ def test_preprocess_reads_by_path_and_writes_one_data_file(float_model: Float, t
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_symbolic_shape_inference_reads_the_small_external_tensors_it_needs(
+    float_model: Float, tmp_path: Path
+) -> None:
+    """With every tensor external (biases and shape constants too), symbolic shape inference needs some of
+    their values: pre-processing brings the small ones inline instead of giving up on it."""
+    source = tmp_path / "float" / "model.onnx"
+    source.parent.mkdir()
+    onnx.save_model(
+        onnx.load(str(float_model.inline)),
+        str(source),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    target = tmp_path / "preprocessed.onnx"
+
+    assert preprocess(source, target) is None
+    _one_data_file(target)
+    expected = _run(float_model.inline, float_model.samples[:2])
+    for got, want in zip(_run(target, float_model.samples[:2]), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_a_rebuild_replaces_the_data_file_instead_of_growing_it(float_model: Float, tmp_path: Path) -> None:
     """onnx's writer appends to an existing data file: a repair's rebuild must start it afresh."""
     target = tmp_path / "dynamic-ort.onnx"
@@ -220,6 +244,8 @@ def test_the_shipped_int8_model_has_its_file_and_one_data_file(
     if not uses_external_data(folder / "model.onnx"):
         pytest.skip("the convert stage does not write --external-data models yet")
     _one_data_file(folder / "model.int8.onnx")
+    mode = (folder / "model.int8.onnx").stat().st_mode & 0o777
+    assert (folder / "model.int8.onnx.data").stat().st_mode & 0o777 == mode  # onnx's writer makes it 0600
     int8_files = sorted(f.name for f in folder.iterdir() if f.name.startswith("model.int8"))
     assert int8_files == ["model.int8.onnx", "model.int8.onnx.data"]
 

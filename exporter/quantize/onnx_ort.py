@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from exporter._quiet import quiet
+from exporter.convert.onnx_files import data_file_name
 from exporter.environment import cpu_flags
 from exporter.quantize.calibration import CalibrationMethod
 from exporter.quantize.preprocess import clear_output, external_output, preprocess
@@ -32,6 +33,7 @@ __all__ = [
     "preprocess",
     "quantize_dynamic_ort",
     "quantize_static_ort",
+    "readable_like_model",
 ]
 
 CALIBRATION_METHODS = tuple(m.value for m in CalibrationMethod if m is not CalibrationMethod.AUTO)
@@ -85,6 +87,15 @@ def quantize_dynamic_ort(
             extra_options={"MatMulConstBOnly": True},
             use_external_data_format=external,
         )
+    readable_like_model(target)
+
+
+def readable_like_model(target: Path) -> None:
+    """Give ``target``'s data file the model file's permissions: onnx's writer, which ORT's quantizers
+    use, creates it 0600, so a shipped ``model.int8.onnx.data`` would be unreadable to the model's readers."""
+    data = target.with_name(data_file_name(target))
+    if data.exists():
+        data.chmod(target.stat().st_mode & 0o777)
 
 
 @contextlib.contextmanager
@@ -183,3 +194,4 @@ def quantize_static_ort(
             calibration_cache_path=str(cache) if cache else None,
             use_external_data_format=external,
         )
+    readable_like_model(target)

@@ -86,6 +86,8 @@ def _preprocess(source: Path, target: Path, *, symbolic: bool) -> None:
         if symbolic:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+            _load_small_tensors(model, folder)
+
             with contextlib.chdir(scratch):  # it saves a model to the working folder when it fails
                 model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
         onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props} | _PRE_PROCESSED)
@@ -94,6 +96,25 @@ def _preprocess(source: Path, target: Path, *, symbolic: bool) -> None:
         onnx.save_model(model, str(graph))
         del model
         _optimize(graph, target)
+
+
+SMALL_TENSOR_BYTES = 2**20
+"""External tensors below this size are read into the graph before symbolic shape inference: it reads
+the values of biases and shape constants (an attention block's ``in_proj_bias``), never of the weights."""
+
+
+def _load_small_tensors(model: onnx.ModelProto, folder: Path) -> None:
+    """Bring the small external tensors of ``model`` (whose data file is in ``folder``) inline."""
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        length = next((int(e.value) for e in tensor.external_data if e.key == "length"), None)
+        if length is not None and length < SMALL_TENSOR_BYTES:
+            load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def _optimize(graph: Path, target: Path) -> None:
