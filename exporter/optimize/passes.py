@@ -168,6 +168,8 @@ class SplitSkipNorm(OptimizePass):
             raise PassConditionError(_OPSET_17)
 
     def build(self, source: Path, target: Path, settings: PassSettings) -> PassResult:
+        if not _splittable(read_structure(source)):  # nothing written: a copy of the weights saved
+            return PassResult(target, False, {"SkipLayerNormalization_split": 0})
         split = split_skip_layer_norm(source, target)
         return PassResult(target, split > 0, {"SkipLayerNormalization_split": split})
 
