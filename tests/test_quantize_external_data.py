@@ -272,3 +272,23 @@ def test_the_openvino_shortlist_reads_an_external_data_model_and_ranks_its_layer
     first = ranked()
     assert first and set(first) <= set(names) and len(first) == min(4, len(names))
     assert ranked() == first
+
+
+def test_nncf_ort_is_not_built_when_its_memory_would_not_fit(
+    float_model: Float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NNCF's ONNX backend peaks near 8x the weights: with less memory left than that it is skipped with
+    the figures, instead of taking the run down; with enough it is built."""
+    from exporter.quantize.candidates import NNCF_ORT
+    from exporter.quantize.types import QuantizeContext
+    from exporter.stages import memory
+
+    context = QuantizeContext.__new__(QuantizeContext)
+    context.float_onnx = float_model.external
+    assert NNCF_ORT.unavailable is not None
+    monkeypatch.setattr(memory, "available_memory", lambda: (1024, "MemAvailable"))
+    reason = NNCF_ORT.unavailable(context)
+    assert reason is not None and reason.startswith("not built: NNCF's ONNX backend needs about 8x")
+    assert "\n" not in reason and "(MemAvailable)" in reason
+    monkeypatch.setattr(memory, "available_memory", lambda: (2**40, "MemAvailable"))
+    assert NNCF_ORT.unavailable(context) is None
