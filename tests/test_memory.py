@@ -92,3 +92,10 @@ def test_every_stage_that_ran_records_its_peak(options_for: Callable[..., Export
     assert ran and all(stage.peak_rss_mb is not None and stage.peak_rss_mb > 10 for stage in ran)
     skipped = [stage for stage in result.stages if stage.status.value == "skipped"]
     assert all(stage.peak_rss_mb is None for stage in skipped)
+    resources = result.report["resources"]
+    assert resources["peak_rss_mb"] >= max(stage.peak_rss_mb or 0 for stage in ran)
+    assert resources["estimated_peak_mb"] > 0
+    rows = [s for s in result.report["stages"] if s["status"] == "passed"]
+    assert rows and all(s["peak_rss_mb"] > 10 for s in rows)
+    markdown = (result.out_dir / "report.md").read_text()
+    assert "| stage | status | time | peak RSS | detail |" in markdown

@@ -141,7 +141,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "timing_quality": run.timing_quality.to_json() if run.timing_quality else None,
         "quantization": quantization.to_json() if quantization else None,
         "optimization": [r.to_json() for r in run.optimization.records] if run.optimization else None,
-        "resources": _resources(run),
+        "resources": _resources(run, stages),
         "optimization_summary": run.optimization.to_json() if run.optimization else None,
         "nonfinite": run.nonfinite,
         "failed_targets": [f.to_json() for f in run.failed_targets] or None,
@@ -160,15 +160,22 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
     return report
 
 
-def _resources(run: RunRecord) -> dict[str, Any]:
-    """Peak resident memory of this process so far (the pipeline) and each shipped artifact's load time."""
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+def _resources(run: RunRecord, stages: list[StageRecord]) -> dict[str, Any]:
+    """Peak resident memory of this process so far (the highest stage peak: the stages reset the kernel's
+    mark, so ``ru_maxrss`` follows them), the load stage's estimate, and each shipped artifact's load time."""
+    peaks = [s.peak_rss_mb for s in stages if s.peak_rss_mb is not None]
+    peak_mb = max([*peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])  # kB on Linux
     load = {name: round(seconds, 4) for name, seconds in run.load_seconds.items()}
     for backend in run.backends:  # without timing: the load time measured while verifying
         seconds = backend.load_seconds.get(backend.shipped)
         if backend.backend not in load and seconds is not None:
             load[backend.backend] = round(seconds, 4)
-    return {"peak_rss_mb": round(peak_kb / 1024, 1), "load_seconds": load}
+    estimate = run.loaded.estimated_peak_bytes
+    return {
+        "peak_rss_mb": round(peak_mb, 1),
+        "estimated_peak_mb": round(estimate / 2**20, 1) if estimate else None,
+        "load_seconds": load,
+    }
 
 
 def _settings_json(options: ExportOptions) -> dict[str, Any]:

@@ -70,6 +70,8 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     state_dict_key: str | None = None
     """The checkpoint dict's entry the weights were read from; None when they were the whole file."""
+    estimated_peak_bytes: int | None = None
+    """The run's estimated peak memory (``stages/memory.py``), set by the load stage."""
 
     def describe(self) -> str:
         """The load stage's one-line detail: format, where the weights were, parameter count."""

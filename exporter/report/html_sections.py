@@ -79,7 +79,7 @@ def stages_section(report: dict[str, Any]) -> str:
             f'<tr><td>{esc(row[0])}</td><td class="{cls}">{esc(row[1])}</td>'
             f'<td class="num">{esc(row[2])}</td>'
             f'<td style="width:22%"><span class="stagebar" style="width:{share:.1f}%"></span></td>'
-            f"<td>{esc(row[3])}</td></tr>"
+            f'<td class="num">{esc(row[3])}</td><td>{esc(row[4])}</td></tr>'
         )
     head = "".join(f"<th>{esc(h)}</th>" for h in [*headers[:3], "", *headers[3:]])
     total = sum(s["seconds"] for s in report["stages"])
@@ -196,6 +196,8 @@ def resources_section(resources: dict[str, Any]) -> str:
     rows: list[list[str]] = []
     if resources.get("peak_rss_mb") is not None:
         rows.append(["peak RSS", f"{resources['peak_rss_mb']:.1f} MB"])
+    if resources.get("estimated_peak_mb") is not None:
+        rows.append(["estimated peak (load stage)", f"{resources['estimated_peak_mb']:.1f} MB"])
     rows += [
         [f"load {backend}", f"{seconds:.3f} s"]
         for backend, seconds in (resources.get("load_seconds") or {}).items()

@@ -40,8 +40,16 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 
 def stage_table(report: dict[str, Any]) -> Table:
-    rows = [[s["name"], s["status"], f"{s['seconds']:.2f} s", s["detail"]] for s in report["stages"]]
-    return ["stage", "status", "time", "detail"], rows
+    """Name, status, time, peak RSS (reports written before stages recorded it show "-"), detail."""
+    rows = [
+        [s["name"], s["status"], f"{s['seconds']:.2f} s", _peak(s.get("peak_rss_mb")), s["detail"]]
+        for s in report["stages"]
+    ]
+    return ["stage", "status", "time", "peak RSS", "detail"], rows
+
+
+def _peak(megabytes: float | None) -> str:
+    return f"{megabytes / 1024:.2f} GiB" if megabytes else "-"
 
 
 def nonfinite_table(report: dict[str, Any]) -> Table:

@@ -48,7 +48,7 @@ def load_stage(options: ExportOptions) -> Loaded:
             options.state_dict_key,
         )
     )
-    check_memory(options, model.module)
+    model.estimated_peak_bytes = check_memory(options, model.module).peak
     eager = EagerRunner(model.module, options.spec.names, options.output_names)
     golden = make_golden(eager, options.spec, shape_cases(options.spec), options.seed)
     if options.golden_inputs is not None:
