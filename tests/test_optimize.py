@@ -267,6 +267,26 @@ def test_the_alternative_graph_is_not_made_once_the_own_graph_reached_attention(
     assert not alternative[0]["kept"]
 
 
+def test_the_alternative_graph_is_not_made_for_a_model_past_its_memory_limit(
+    options_for: Callable[..., ExportOptions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TorchScript-based exporter holds about 3x the weights in memory: above a size its graph is not
+    made, and the record says why (the limit is lowered here so the tiny attention block is past it)."""
+    from exporter.optimize import optimizer as optimize
+
+    made: list[bool] = []
+    monkeypatch.setattr(optimize, "ALTERNATIVE_LIMIT_BYTES", 1024)
+    monkeypatch.setattr(optimize, "_alternative_source", lambda *args: made.append(True))
+    result = export(
+        options_for("attention", optimization=OptimizeOptions(steps=("splitnorm",)), benchmark=False)
+    )
+    assert result.exit_code is ExitCode.OK, result.report["notes"]
+    (alternative,) = [r for r in result.report["optimization"] if r["name"] == "alternative exporter"]
+    assert not alternative["kept"] and made == []
+    assert alternative["reason"].startswith("not made: the model is ")
+    assert "the TorchScript-based exporter holds about 3x that in memory" in alternative["reason"]
+
+
 def test_a_graph_with_fused_attention_still_looks_like_a_transformer(tmp_path: Path) -> None:
     """The int8 stage starts from the optimized graph, whose Softmax sits inside ONNX Runtime's fused
     Attention: it must still count as a transformer (NNCF's transformer model type depends on it)."""
