@@ -9,66 +9,48 @@ tensors elsewhere (node attributes, subgraphs) is left to onnx's own loader by t
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import onnx
 
+from exporter.onnx_wire import (
+    DATA_LOCATION,
+    EXTERNAL,
+    EXTERNAL_DATA,
+    GRAPH,
+    INITIALIZER,
+    RAW_DATA,
+    Damaged,
+    encode_varint,
+    fields,
+    header,
+    read_varint,
+    string_entry,
+    tensor_without_values,
+)
+
 __all__ = ["Piece", "externalize_stream", "internalize_stream", "structure_bytes"]
 
-# Protobuf field numbers: ModelProto.graph, GraphProto.initializer, and in TensorProto its data fields
-# (float/int32/string/int64 data, raw_data, double/uint64 data), external_data and data_location.
-_GRAPH, _INITIALIZER, _RAW_DATA, _EXTERNAL_DATA, _DATA_LOCATION = 7, 5, 9, 13, 14
-_TENSOR_DATA = frozenset({4, 5, 6, 7, 9, 10, 11})
 _ALIGN = 4096
 _CHUNK = 64 * 2**20
 
 Buffer = mmap.mmap | bytes
 Piece = bytes | tuple[Buffer, int, int]
 """Part of a file to write: literal bytes, or a slice (start, end) of a mapped file, copied in chunks."""
+Rewrite = Callable[[Buffer, int, int], list[Piece]]
+"""An initializer's message (buffer, start, end) -> the pieces of the message written in its place."""
 
 
-def _varint(buffer: Buffer, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _fields(buffer: Buffer, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, start of the field's tag, start of its payload, end) of each field in a message."""
-    position = start
-    while position < end:
-        tag, payload = _varint(buffer, position)
-        kind = tag & 7
-        if kind == 0:
-            _, after = _varint(buffer, payload)
-        elif kind == 1:
-            after = payload + 8
-        elif kind == 5:
-            after = payload + 4
-        elif kind == 2:
-            length, payload = _varint(buffer, payload)
-            after = payload + length
-        else:
-            raise onnx.checker.ValidationError(f"unsupported protobuf wire type {kind}")
-        yield tag >> 3, position, payload, after
-        position = after
+@contextmanager
+def _well_formed() -> Iterator[None]:
+    """Bytes that are not a well-formed protobuf (``onnx_wire.Damaged``) raise onnx's ``ValidationError``,
+    what onnx's own checker raises for a model that is not one."""
+    try:
+        yield
+    except Damaged as error:
+        raise onnx.checker.ValidationError(f"not a well-formed ONNX model: {error}") from None
 
 
 def _size(pieces: list[Piece]) -> int:
@@ -76,43 +58,44 @@ def _size(pieces: list[Piece]) -> int:
 
 
 def _wrap(number: int, pieces: list[Piece]) -> list[Piece]:
-    return [_encode_varint(number << 3 | 2) + _encode_varint(_size(pieces)), *pieces]
+    return [header(number, _size(pieces)), *pieces]
 
 
 def _string(number: int, text: str) -> bytes:
     raw = text.encode()
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(raw)) + raw
+    return header(number, len(raw)) + raw
 
 
-def _model(buffer: Buffer, tensor: object) -> list[Piece]:
+def _model(buffer: Buffer, tensor: Rewrite) -> list[Piece]:
     """The model's pieces with each top-level initializer's message replaced by ``tensor(buffer, start,
-    end)`` (a callable returning the new message's pieces)."""
+    end)``."""
     out: list[Piece] = []
-    for number, tag_start, payload, after in _fields(buffer, 0, len(buffer)):
-        if number != _GRAPH:
+    for number, wire, tag_start, payload, after in fields(buffer, 0, len(buffer)):
+        if number != GRAPH or wire != 2:
             out.append((buffer, tag_start, after))
             continue
         graph: list[Piece] = []
-        for inner, inner_tag, inner_payload, inner_after in _fields(buffer, payload, after):
-            if inner == _INITIALIZER:
-                graph += _wrap(_INITIALIZER, tensor(buffer, inner_payload, inner_after))  # type: ignore[operator]
+        for inner, inner_wire, inner_tag, inner_payload, inner_after in fields(buffer, payload, after):
+            if inner == INITIALIZER and inner_wire == 2:
+                graph += _wrap(INITIALIZER, tensor(buffer, inner_payload, inner_after))
             else:
                 graph.append((buffer, inner_tag, inner_after))
-        out += _wrap(_GRAPH, graph)
+        out += _wrap(GRAPH, graph)
     return out
 
 
 def structure_bytes(buffer: Buffer) -> bytes:
-    """The serialized model without tensor values in its top-level initializers (see ``read_structure``)."""
+    """The serialized model without tensor values in its top-level initializers (see ``read_structure``).
+
+    Raises:
+        onnx.checker.ValidationError: ``buffer`` is not a well-formed protobuf.
+    """
 
     def bare(data: Buffer, start: int, end: int) -> list[Piece]:
-        return [
-            data[tag:after]
-            for number, tag, _, after in _fields(data, start, end)
-            if number not in _TENSOR_DATA
-        ]
+        return [tensor_without_values(data, start, end)]
 
-    return b"".join(_materialize(_model(buffer, bare)))
+    with _well_formed():
+        return b"".join(_materialize(_model(buffer, bare)))
 
 
 def _materialize(pieces: list[Piece]) -> Iterator[bytes]:
@@ -150,7 +133,11 @@ def _mapped(stack: ExitStack, path: Path) -> Buffer:
 
 def externalize_stream(path: Path, data_name: str, threshold: int) -> None:
     """Move every top-level initializer's ``raw_data`` of ``threshold`` bytes or more from self-contained
-    ``path`` to ``data_name`` beside it (4 KB aligned, as onnx writes it), streaming."""
+    ``path`` to ``data_name`` beside it (4 KB aligned, as onnx writes it), streaming.
+
+    Raises:
+        onnx.checker.ValidationError: ``path`` is not a well-formed protobuf (nothing written).
+    """
     with ExitStack() as stack:
         buffer = _mapped(stack, path)
         data: list[Piece] = []
@@ -158,8 +145,8 @@ def externalize_stream(path: Path, data_name: str, threshold: int) -> None:
 
         def moved(source: Buffer, start: int, end: int) -> list[Piece]:
             nonlocal offset
-            fields = list(_fields(source, start, end))
-            raw = next(((p, a) for n, _, p, a in fields if n == _RAW_DATA), None)
+            parts = list(fields(source, start, end))
+            raw = next(((p, a) for n, w, _, p, a in parts if n == RAW_DATA and w == 2), None)
             if raw is None or raw[1] - raw[0] < threshold:
                 return [(source, start, end)]
             pad = -offset % _ALIGN
@@ -167,12 +154,13 @@ def externalize_stream(path: Path, data_name: str, threshold: int) -> None:
             offset += pad
             entries = {"location": data_name, "offset": str(offset), "length": str(raw[1] - raw[0])}
             offset += raw[1] - raw[0]
-            kept: list[Piece] = [(source, t, a) for n, t, _, a in fields if n != _RAW_DATA]
+            kept: list[Piece] = [(source, t, a) for n, _, t, _, a in parts if n != RAW_DATA]
             for key, value in entries.items():
-                kept += _wrap(_EXTERNAL_DATA, [_string(1, key), _string(2, value)])
-            return [*kept, _encode_varint(_DATA_LOCATION << 3) + _encode_varint(onnx.TensorProto.EXTERNAL)]
+                kept += _wrap(EXTERNAL_DATA, [_string(1, key), _string(2, value)])
+            return [*kept, encode_varint(DATA_LOCATION << 3) + encode_varint(EXTERNAL)]
 
-        model = _model(buffer, moved)
+        with _well_formed():
+            model = _model(buffer, moved)
         _write(data, path.with_name(data_name))
         path.with_name(data_name).chmod(path.stat().st_mode & 0o777)
         _write(model, path)
@@ -181,22 +169,27 @@ def externalize_stream(path: Path, data_name: str, threshold: int) -> None:
 def internalize_stream(path: Path, limit: int) -> bool:
     """Bring every top-level initializer kept in external data back into ``path`` as ``raw_data``,
     streaming, and delete the data files; False (nothing changed) when the result would pass ``limit``
-    bytes (protobuf's 2 GB)."""
+    bytes (protobuf's 2 GB).
+
+    Raises:
+        onnx.checker.ValidationError: ``path`` is not a well-formed protobuf, or a tensor's offset and
+            length run past its data file (nothing changed).
+    """
     folder = path.parent
     with ExitStack() as stack:
         buffer = _mapped(stack, path)
         files: dict[str, Buffer] = {}
 
         def inlined(source: Buffer, start: int, end: int) -> list[Piece]:
-            fields = list(_fields(source, start, end))
+            parts = list(fields(source, start, end))
             entries: dict[str, str] = {}
             external = False
-            for number, _, payload, after in fields:
-                if number == _EXTERNAL_DATA:
-                    pair = {n: bytes(source[p:a]).decode() for n, _, p, a in _fields(source, payload, after)}
-                    entries[pair.get(1, "")] = pair.get(2, "")
-                elif number == _DATA_LOCATION:
-                    external = _varint(source, payload)[0] == onnx.TensorProto.EXTERNAL
+            for number, wire, _, payload, after in parts:
+                if number == EXTERNAL_DATA and wire == 2:
+                    key, value = string_entry(source, payload, after)
+                    entries[key] = value
+                elif number == DATA_LOCATION and wire == 0:
+                    external = read_varint(source, payload, after)[0] == EXTERNAL
             if not external:
                 return [(source, start, end)]
             location = entries["location"]
@@ -205,12 +198,15 @@ def internalize_stream(path: Path, limit: int) -> bool:
             mapped = files[location]
             begin = int(entries.get("offset", 0))
             finish = begin + int(entries["length"]) if "length" in entries else len(mapped)
+            if not 0 <= begin <= finish <= len(mapped):  # else a short raw_data under a longer header
+                raise Damaged(f"a tensor's bytes {begin}..{finish} run past {location} ({len(mapped)} bytes)")
             kept: list[Piece] = [
-                (source, t, a) for n, t, _, a in fields if n not in (_EXTERNAL_DATA, _DATA_LOCATION)
+                (source, t, a) for n, _, t, _, a in parts if n not in (EXTERNAL_DATA, DATA_LOCATION)
             ]
-            return [*kept, *_wrap(_RAW_DATA, [(mapped, begin, finish)])]
+            return [*kept, *_wrap(RAW_DATA, [(mapped, begin, finish)])]
 
-        model = _model(buffer, inlined)
+        with _well_formed():
+            model = _model(buffer, inlined)
         if _size(model) >= limit:
             return False
         _write(model, path)

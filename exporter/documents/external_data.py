@@ -9,9 +9,9 @@ each is a plain file name beside the model that the manifest lists with a sha256
 
 The locations are read from the protobuf wire format of a memory-mapped file, not with ``onnx``: a serving
 bundle installs only onnxruntime, and a self-contained 2 GB model would cost 2 GB to parse while its
-``raw_data`` fields are skipped here without being read. Every place a tensor may sit is walked
-(initializers, sparse initializers, node attributes, subgraphs, functions, training graphs), since ONNX
-Runtime loads external data for all of them.
+``raw_data`` fields are skipped here without being read (``exporter.onnx_wire`` reads the format). Every
+place a tensor may sit is walked (initializers, sparse initializers, node attributes, subgraphs, functions,
+training graphs), since ONNX Runtime loads external data for all of them.
 """
 
 from __future__ import annotations
@@ -25,39 +25,13 @@ from typing import TypeVar
 
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder
+from exporter.onnx_wire import MAX_DEPTH, SCHEMA, Damaged, messages, string_entry, without_values
 
 __all__ = ["SCHEMA", "UnreadableModel", "check_external_data", "external_locations", "graph_without_weights"]
 
 _T = TypeVar("_T")
 
-SCHEMA: dict[str, dict[int, str]] = {
-    "ModelProto": {7: "GraphProto", 20: "TrainingInfoProto", 25: "FunctionProto"},
-    "GraphProto": {1: "NodeProto", 5: "TensorProto", 15: "SparseTensorProto"},
-    "NodeProto": {5: "AttributeProto"},
-    "AttributeProto": {
-        5: "TensorProto",
-        6: "GraphProto",
-        10: "TensorProto",
-        11: "GraphProto",
-        22: "SparseTensorProto",
-        23: "SparseTensorProto",
-    },
-    "SparseTensorProto": {1: "TensorProto", 2: "TensorProto"},
-    "FunctionProto": {7: "NodeProto", 11: "AttributeProto"},
-    "TrainingInfoProto": {1: "GraphProto", 2: "GraphProto"},
-    "TensorProto": {13: "StringStringEntryProto"},
-}
-"""Message -> {field number: message} for every field on a path from ``ModelProto`` to a
-``TensorProto``'s ``external_data`` entries (onnx.proto's numbers; a test derives the same table from
-onnx's own descriptors). Fields not listed are skipped unread."""
-
-_MAX_DEPTH = 100
-"""Nesting (subgraphs in subgraphs) past which a model is refused rather than walked."""
 _ORT_MEMORY_MARKER = "_ORT_MEM_ADDR_"
-
-
-class _Damaged(ValueError):
-    """The bytes are not a well-formed ONNX protobuf."""
 
 
 class UnreadableModel(UsageError):
@@ -65,133 +39,23 @@ class UnreadableModel(UsageError):
     is not loaded (``verify`` reports it as a failed check; the hash check says whether it was modified)."""
 
 
-def _varint(data: memoryview, position: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= end or shift > 63:
-            raise _Damaged("a varint runs past its message")
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-
-
-def _spans(data: memoryview, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """(field number, wire type, field start, value start, value end) of each field of the message
-    ``data[start:end]``, in order; a group is one field (its value ends after its end-group tag)."""
-    found = []
-    position = start
-    while position < end:
-        field_start = position
-        key, position = _varint(data, position, end)
-        number, wire = key >> 3, key & 7
-        value_start = position
-        if wire == 0:
-            _, position = _varint(data, position, end)
-        elif wire == 1:
-            position += 8
-        elif wire == 5:
-            position += 4
-        elif wire == 2:
-            length, value_start = _varint(data, position, end)
-            position = value_start + length
-        elif wire == 3:
-            position = _skip_group(data, position, end, number)
-        else:
-            raise _Damaged(f"wire type {wire} where a field starts")
-        if position > end:
-            raise _Damaged("a field runs past its message")
-        found.append((number, wire, field_start, value_start, position))
-    return found
-
-
-def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of the message ``data[start:end]``."""
-    return [(number, a, b) for number, wire, _, a, b in _spans(data, start, end) if wire == 2]
-
-
-def _skip_group(data: memoryview, position: int, end: int, number: int) -> int:
-    """The position after the (deprecated, but legal for unknown fields) group ``number`` that starts at
-    ``position``: its fields are skipped, nested groups included, up to its end-group tag."""
-    open_groups = [number]
-    while open_groups:
-        key, position = _varint(data, position, end)
-        wire = key & 7
-        if wire == 0:
-            _, position = _varint(data, position, end)
-        elif wire in (1, 5):
-            position += 8 if wire == 1 else 4
-        elif wire == 2:
-            length, position = _varint(data, position, end)
-            position += length
-        elif wire == 3:
-            open_groups.append(key >> 3)
-        elif wire == 4 and key >> 3 == open_groups[-1]:
-            open_groups.pop()
-        else:
-            raise _Damaged("a group is not closed where it should be")
-        if position > end or len(open_groups) > _MAX_DEPTH:
-            raise _Damaged("a group runs past its message")
-    return position
-
-
-def _entry(data: memoryview, start: int, end: int) -> tuple[str, str]:
-    """The key and value of one ``StringStringEntryProto``."""
-    fields = _fields(data, start, end)
-    parts = {number: bytes(data[a:b]).decode("utf-8", "replace") for number, a, b in fields}
-    return parts.get(1, ""), parts.get(2, "")
-
-
 def _walk(data: memoryview) -> set[str]:
     locations: set[str] = set()
     pending = [("ModelProto", 0, len(data), 0)]
     while pending:
         kind, start, end, depth = pending.pop()
-        if depth > _MAX_DEPTH:
-            raise _Damaged(f"messages nest more than {_MAX_DEPTH} deep")
+        if depth > MAX_DEPTH:
+            raise Damaged(f"messages nest more than {MAX_DEPTH} deep")
         children = SCHEMA[kind]
-        for number, a, b in _fields(data, start, end):
+        for number, a, b in messages(data, start, end):
             child = children.get(number)
             if child == "StringStringEntryProto":
-                key, value = _entry(data, a, b)
+                key, value = string_entry(data, a, b, errors="replace")
                 if key == "location":
                     locations.add(value)
             elif child is not None:
                 pending.append((child, a, b, depth + 1))
     return locations
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_TENSOR_DATA = frozenset({4, 5, 6, 7, 9, 10, 11})
-"""``TensorProto``'s value fields (float, int32, string, int64, raw, double and uint64 data)."""
-
-
-def _strip(data: memoryview, start: int, end: int, kind: str, depth: int) -> bytes:
-    """The message ``data[start:end]`` of type ``kind`` re-encoded without any tensor's values."""
-    if depth > _MAX_DEPTH:
-        raise _Damaged(f"messages nest more than {_MAX_DEPTH} deep")
-    children = SCHEMA.get(kind, {})
-    out = bytearray()
-    for number, wire, field_start, value_start, value_end in _spans(data, start, end):
-        if kind == "TensorProto" and number in _TENSOR_DATA:
-            continue
-        child = children.get(number) if wire == 2 else None
-        if child is None or child not in SCHEMA:
-            out += data[field_start:value_end]
-            continue
-        inner = _strip(data, value_start, value_end, child, depth + 1)
-        out += _varint_bytes(number << 3 | 2) + _varint_bytes(len(inner)) + inner
-    return bytes(out)
 
 
 def _read_mapped(path: Path, reader: Callable[[memoryview], _T]) -> _T:
@@ -212,7 +76,7 @@ def _read_mapped(path: Path, reader: Callable[[memoryview], _T]) -> _T:
             view = memoryview(mapped)
             try:
                 return reader(view)
-            except _Damaged as error:
+            except Damaged as error:
                 message = f"'{path.name}' is not an ONNX model that can be read: {error}"
                 raise UnreadableModel(message) from None
             finally:
@@ -237,7 +101,7 @@ def graph_without_weights(path: Path) -> bytes:
     Raises:
         UsageError: as ``external_locations``.
     """
-    return _read_mapped(path, lambda view: _strip(view, 0, len(view), "ModelProto", 0))
+    return _read_mapped(path, lambda view: without_values(view, 0, len(view), "ModelProto"))
 
 
 def check_external_data(folder: Path, name: str, listed: Collection[str], named_by: str) -> list[str]:
