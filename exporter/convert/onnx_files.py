@@ -115,7 +115,8 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external: bool) -> None:
         size_threshold=EXTERNAL_THRESHOLD,
         convert_attribute=False,
     )
-    data.chmod(path.stat().st_mode & 0o777)  # onnx writes it 0600: readable like the model it belongs to
+    if data.exists():  # none when every tensor stayed under the threshold
+        data.chmod(path.stat().st_mode & 0o777)  # onnx writes it 0600: readable like the model it belongs to
 
 
 def externalize(path: Path) -> None:
