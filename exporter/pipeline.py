@@ -44,6 +44,7 @@ from exporter.runners.pytorch import EagerRunner
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import build_backends, verify_backends
 from exporter.stages.load import load_stage
+from exporter.stages.memory import page_out
 from exporter.stages.onnx import optimize_stage, quantize_stage
 from exporter.stages.records import (
     CheckpointListener,
@@ -201,6 +202,7 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
     torch.set_num_threads(options.threads)
     environment = collect_environment(options.threads)
     loaded = _load(run)
+    run.stages.on_start.append(lambda stage: page_out(loaded.module))  # idle until needed: see page_out
     check_free_space(options.out_dir, _needed_bytes(run, loaded))
     # storage_errors inside the staging folder's context: a full disk is reported while the folder fills it.
     with (

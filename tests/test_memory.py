@@ -102,3 +102,30 @@ def test_every_stage_that_ran_records_its_peak(options_for: Callable[..., Export
     assert rows and all(s["peak_rss_mb"] > 10 for s in rows)
     markdown = (result.out_dir / "report.md").read_text()
     assert "| stage | status | time | peak RSS | detail |" in markdown
+
+
+def test_paging_out_the_mapped_weights_frees_them_and_keeps_the_model_exact(tmp_path: Path) -> None:
+    """The eager model's weights are the checkpoint's mapped pages: handed back to the kernel between
+    stages, they are read again from the file on the next forward, bit for bit."""
+    import torch
+
+    from exporter.loading.checkpoint import LoadRequest, load_model
+    from exporter.stages.memory import current_rss, page_out
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(1024, 1024) for _ in range(16)))  # 64 MiB
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    (tmp_path / "arch.py").write_text(
+        "import torch\n\ndef build():\n"
+        "    return torch.nn.Sequential(*(torch.nn.Linear(1024, 1024) for _ in range(16)))\n"
+    )
+    loaded = load_model(LoadRequest(path, f"{tmp_path / 'arch.py'}:build")).module
+    x = torch.ones(2, 1024)
+    with torch.inference_mode():
+        before = loaded(x)
+    touched = current_rss()
+    assert page_out(loaded) >= 60 * 2**20
+    assert current_rss() < touched - 40 * 2**20  # most of the 64 MiB left the resident set
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), before)

@@ -115,7 +115,7 @@ class StageTracker:
     def __init__(self, listener: ProgressListener) -> None:
         self.records = {name: StageRecord(name) for name in STAGES}
         self.listener = listener
-        self.on_start: list[Callable[[str], None]] = []
+        self.on_start: list[Callable[[str], object]] = []
         """Called with each stage's name as it starts (the staging record notes it)."""
         self.peak_rss_mb = 0.0
         """The run's peak over its stages (``ru_maxrss`` follows the resets, so it cannot say)."""
