@@ -1,8 +1,8 @@
 """Transformer encoders with distinct layers at the sizes ``benchmarks/scale.py`` measures.
 
 ``nn.TransformerEncoder`` deep-copies its one layer, so each layer's matrices are drawn afresh here: with
-identical layers, exporters deduplicate the initializers and a "250M" ONNX model holds one layer's worth. Seeded random weights: the scale benchmark measures memory and time, not
-accuracy. Usable as an exporter factory: ``--model benchmarks/scale_models.py:build_encoder
+identical layers, exporters deduplicate the initializers and a "250M" ONNX model holds one layer's worth.
+Seeded random weights: the scale benchmark measures memory and time, not accuracy. Usable as an exporter factory: ``--model benchmarks/scale_models.py:build_encoder
 --model-kwargs '{"size": "250m"}'``.
 """
 
