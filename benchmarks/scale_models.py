@@ -2,8 +2,8 @@
 
 ``nn.TransformerEncoder`` deep-copies its one layer, so each layer's matrices are drawn afresh here: with
 identical layers, exporters deduplicate the initializers and a "250M" ONNX model holds one layer's worth.
-Seeded random weights: the scale benchmark measures memory and time, not accuracy. Usable as an exporter factory: ``--model benchmarks/scale_models.py:build_encoder
---model-kwargs '{"size": "250m"}'``.
+Seeded random weights: the scale benchmark measures memory and time, not accuracy. Usable as an exporter
+factory: ``--model benchmarks/scale_models.py:build_encoder --model-kwargs '{"size": "250m"}'``.
 """
 
 from __future__ import annotations
