@@ -13,6 +13,7 @@ from exporter.cli import app
 from exporter.errors import UsageError
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize.types import QuantizeOptions, QuantMode
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from exporter.stages.memory import STAGE_FACTORS, available_memory, estimate_memory, parse_size
 from tests.models import MODELS
 
@@ -129,3 +130,54 @@ def test_paging_out_the_mapped_weights_frees_them_and_keeps_the_model_exact(tmp_
     assert current_rss() < touched - 40 * 2**20  # most of the 64 MiB left the resident set
     with torch.inference_mode():
         assert torch.equal(loaded(x), before)
+
+
+def test_a_big_models_artifacts_are_timed_beside_eager_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``JOINT_TIMING_BYTES`` each artifact is opened, timed beside eager and closed before the next
+    opens (every runtime holds its own copy of the weights); eager is listed once per plan."""
+    import torch
+
+    import exporter.stages.benchmark as stage
+    from exporter.runners.pytorch import EagerRunner
+    from exporter.stages.records import SilentListener
+    from tests.conftest import FAST_TIMING
+
+    open_now: list[str] = []
+    most_open = [0]
+
+    class Counted(EagerRunner):
+        def __enter__(self) -> Counted:
+            open_now.append(self.name)
+            most_open[0] = max(most_open[0], len(open_now))
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            open_now.remove(self.name)
+
+    def opener(name: str) -> Counted:
+        runner = Counted(torch.nn.Linear(16, 4).eval(), ["x"])
+        runner.name = name
+        return runner
+
+    monkeypatch.setattr(stage, "JOINT_TIMING_BYTES", 0)
+    monkeypatch.setattr(stage, "probe_threads", lambda eager, plan, threads: None)
+    options = MODELS["mlp"]
+    spec_options = ExportOptions.from_settings(
+        {
+            "checkpoint": Path(__file__),
+            "spec": InputSpec((parse_tensor_spec(options.inputs[0]),)),
+            "timing": FAST_TIMING,
+            "batch_sizes": (1, 2),
+            "threads": 1,
+        }
+    )
+    eager = EagerRunner(torch.nn.Linear(16, 4).eval(), ["x"])
+    result = stage.benchmark_stage(
+        eager, [lambda: opener("a"), lambda: opener("b")], spec_options, SilentListener(), {}
+    )
+    assert most_open[0] == 1 and open_now == []
+    rows = [(s.backend, s.label) for s in result.latency]
+    assert sorted(rows) == sorted(
+        (b, p) for b in (eager.name, "a", "b") for p in {label for _, label in rows}
+    )
+    assert all(s.speedup_vs_eager is not None for s in result.latency)
