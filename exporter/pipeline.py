@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from exporter._heap import page_out
 from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
 from exporter.backends.openvino import OPENVINO
 from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, backends_for
@@ -44,7 +45,6 @@ from exporter.runners.pytorch import EagerRunner
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import build_backends, verify_backends
 from exporter.stages.load import load_stage
-from exporter.stages.memory import page_out
 from exporter.stages.onnx import optimize_stage, quantize_stage
 from exporter.stages.records import (
     CheckpointListener,

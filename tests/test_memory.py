@@ -110,8 +110,9 @@ def test_paging_out_the_mapped_weights_frees_them_and_keeps_the_model_exact(tmp_
     stages, they are read again from the file on the next forward, bit for bit."""
     import torch
 
+    from exporter._heap import page_out
     from exporter.loading.checkpoint import LoadRequest, load_model
-    from exporter.stages.memory import current_rss, page_out
+    from exporter.stages.memory import current_rss
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(1024, 1024) for _ in range(16)))  # 64 MiB

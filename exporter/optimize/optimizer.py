@@ -24,14 +24,13 @@ way; what ships leaves in the form it arrived in (self-contained, or with its on
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from exporter._heap import release_freed_memory
 from exporter._quiet import quiet
 from exporter.benchmark.latency import BatchPlan, TimingConfig, p50_per_plan
 from exporter.convert.onnx_files import data_file_name, model_files
@@ -94,7 +93,7 @@ def optimize_onnx(request: OptimizeRequest, step: Callable[[str], None] | None =
     """Run the steps on the verified model (and on the alternative exporter's graph, for transformers)."""
     report = step or (lambda message: None)
     request.work_dir.mkdir(parents=True, exist_ok=True)
-    release_memory()  # what conversion and verification freed
+    release_freed_memory()  # what conversion and verification freed
     steps = resolve_steps(request.options, request.model)
     # Steps are kept or dropped on the first batch plan alone; what ships is timed at every plan later.
     ranking = replace(request, plans=request.plans[:1])
@@ -227,7 +226,7 @@ def _alternative_source(
         record(False, f"export failed: {first_line(error)}")
         return None
     finally:
-        release_memory()  # the second export's graph and traced copies
+        release_freed_memory()  # the second export's graph and traced copies
     result = _verify(path, label, request)
     trail.parity.append(result)
     if not result.passed:
@@ -276,7 +275,7 @@ def _apply(
         record(False, f"failed: {first_line(error)}")
         return None, None
     finally:
-        release_memory()  # the pass's loaded model is gone; its pages go before the sessions open
+        release_freed_memory()  # the pass's loaded model is gone; its pages go before the sessions open
     fused = built.counts
     if not built.modified:
         record(False, step.unmodified, fused=fused)
@@ -321,15 +320,6 @@ def _time_paths(paths: Sequence[Path], request: OptimizeRequest) -> list[dict[st
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(OnnxRuntimeRunner(path, request.threads)) for path in paths]
         return p50_per_plan(runners, request.plans, config=request.timing, threads=request.threads)
-
-
-def release_memory() -> None:
-    """Hand the heap pages freed by a pass back to the OS. A pass holds its model (weights included) as a
-    protobuf; freed, glibc keeps most of those pages in the heap, still counted in RSS, and the sessions
-    that verify and time the result then come on top of them."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _weights_bytes(path: Path) -> int:

@@ -12,8 +12,6 @@ choice in ``selection.py``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporter._heap import page_out, release_freed_memory
 from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.convert.onnx_files import model_files
 from exporter.errors import first_line, full_text
@@ -173,7 +172,7 @@ def run_quantization(
     preprocessed = work_dir / "preprocessed.onnx"
     step("ONNX Runtime pre-processing")
     note = preprocess(float_onnx, preprocessed)
-    release_memory()
+    release_freed_memory()
     if note:
         notes.append(note)
     eager = EagerRunner(module, spec.names)
@@ -187,7 +186,7 @@ def run_quantization(
         formats=formats,
         calibration=calibration,
         evaluation=evaluation,
-        reference=[eager.run(sample) for sample in evaluation.samples],
+        reference=_reference_outputs(eager, evaluation),
         golden=golden,
         threads=threads,
         step=step,
@@ -216,6 +215,14 @@ def run_quantization(
         {runtime: stats for runtime, stats in floats.items() if runtime != REFERENCE_RUNTIME},
         float_onnx,
     )
+
+
+def _reference_outputs(eager: EagerRunner, evaluation: SampleSet) -> list[list[np.ndarray]]:
+    """Eager's outputs on the evaluation samples; its weights (the checkpoint's mapped pages) are paged out
+    again after (``exporter._heap.page_out``), so the candidates are built without them resident."""
+    outputs = [eager.run(sample) for sample in evaluation.samples]
+    page_out(eager.module)
+    return outputs
 
 
 def _float_models(
@@ -281,17 +288,8 @@ def build_candidate(spec: CandidateSpec, context: QuantizeContext) -> Candidate:
     candidate.build_seconds = time.perf_counter() - started
     if candidate.path is not None:
         candidate.size_bytes = sum(f.stat().st_size for f in _files_of(candidate.path))
-    release_memory()
+    release_freed_memory()
     return candidate
-
-
-def release_memory() -> None:
-    """Collect, then hand freed heap pages back to the system (glibc's ``malloc_trim``): a quantizer's
-    protos are freed when it returns, but the allocator keeps their pages, and the next candidate's peak
-    would stack on them (1.2 GiB kept after pre-processing a 1 GB model)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _files_of(path: Path) -> list[Path]:

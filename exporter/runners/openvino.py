@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from exporter._heap import release_freed_memory
 from exporter.runners.base import Runner, first_useful_line
 
 __all__ = ["OpenVinoRunner"]
@@ -46,8 +47,11 @@ class OpenVinoRunner(Runner):
         return str(getattr(value, "name", value))  # an enum member: its name ("LATENCY")
 
     def close(self) -> bool:
-        self.request = None
-        self.compiled = None
+        """Release the compiled model and return its freed buffers to the system (``exporter._heap``)."""
+        if self.compiled is not None:
+            self.request = None
+            self.compiled = None
+            release_freed_memory()
         return True
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

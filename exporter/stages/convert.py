@@ -4,15 +4,12 @@ alone, against float64 eager)."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter._heap import release_freed_memory
 from exporter.backends._verify import arbitrate_float_backends, verify_built
 from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, BuiltBackend
 from exporter.errors import ConversionError, explain
@@ -23,17 +20,7 @@ from exporter.verify.parity import GoldenCase
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["Built", "build_backends", "release_freed_memory", "verify_backends"]
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by a finished stage back to the system: glibc keeps freed heap pages (exporters'
-    protos, ONNX Runtime's session buffers) in the process, so the next stage's peak would sit on top of
-    them. A no-op off glibc."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc: musl has no malloc_trim
-            ctypes.CDLL(None).malloc_trim(0)
+__all__ = ["Built", "build_backends", "verify_backends"]
 
 
 @dataclass

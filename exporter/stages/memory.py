@@ -9,8 +9,6 @@ stage asked for (``benchmarks/scale.py`` measures them), plus what the process a
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +28,6 @@ __all__ = [
     "available_memory",
     "check_memory",
     "estimate_memory",
-    "page_out",
     "parse_size",
     "peak_rss",
     "reset_peak_rss",
@@ -175,41 +172,6 @@ def _what_to_drop(options: ExportOptions, estimate: MemoryEstimate) -> str:
 
 def _gib(size: int) -> str:
     return f"{size / _GIB:.1f} GiB"
-
-
-MADV_PAGEOUT = 21
-"""``madvise`` advice (Linux 5.4+): reclaim these pages now. Clean file-backed pages are dropped (read back
-from the file on the next touch); anonymous or modified ones go to swap, or stay without it: no data lost."""
-
-
-def page_out(module: torch.nn.Module) -> int:
-    """Hand back to the kernel the resident pages of ``module``'s weights, and return how many bytes were
-    advised. The weights are the checkpoint's memory-mapped pages (``loading/assign.py``): the golden
-    cases and the exporters touch them all, after which the eager model sits idle through conversion,
-    verification, optimization and int8, holding a copy of the weights that each runtime also holds. The
-    kernel would reclaim them under pressure anyway; paging them out at each stage boundary keeps the
-    export's footprint what its current stage needs. Whole pages inside each storage only; a no-op where
-    ``madvise`` or the advice is missing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return 0
-    page = mmap.PAGESIZE
-    advised = 0
-    seen: set[int] = set()
-    for tensor in [*module.parameters(), *module.buffers()]:
-        storage = tensor.untyped_storage()
-        pointer, size = storage.data_ptr(), storage.nbytes()
-        if pointer in seen or tensor.device.type != "cpu":
-            continue
-        seen.add(pointer)
-        start, end = -(-pointer // page) * page, (pointer + size) // page * page
-        if (
-            end > start
-            and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0
-        ):
-            advised += end - start
-    return advised
 
 
 def current_rss() -> int:
