@@ -13,12 +13,13 @@ import ctypes
 import gc
 import mmap
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["page_out", "release_freed_memory"]
+__all__ = ["page_out", "page_out_file", "release_freed_memory"]
 
 
 def release_freed_memory() -> None:
@@ -61,5 +62,27 @@ def page_out(module: torch.nn.Module) -> int:
             end > start
             and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0
         ):
+            advised += end - start
+    return advised
+
+
+def page_out_file(path: Path) -> int:
+    """Advise ``MADV_PAGEOUT`` on every mapping of ``path`` in this process (read from
+    ``/proc/self/maps``) and return the bytes advised. OpenVINO maps an IR's ``.bin`` and, on the first
+    inference, repacks the weights into buffers of its own; the mapped originals then sit idle, a second
+    resident copy of the weights. Pages read again are faulted back from the file, exact."""
+    try:
+        target = str(path.resolve())
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    advised = 0
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[5] != target:
+            continue
+        start, end = (int(part, 16) for part in fields[0].split("-"))
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0:
             advised += end - start
     return advised

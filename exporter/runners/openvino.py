@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter._heap import release_freed_memory
+from exporter._heap import page_out_file, release_freed_memory
 from exporter.runners.base import Runner, first_useful_line
 
 __all__ = ["OpenVinoRunner"]
@@ -36,6 +36,9 @@ class OpenVinoRunner(Runner):
         self.request: Any = self.compiled.create_infer_request()
         super().__init__([port.get_any_name() for port in self.compiled.inputs])
         self.output_count = len(self.compiled.outputs)
+        self.weights_file: Path | None = Path(model_path).with_suffix(".bin")
+        """Paged out now and after the first inference, once the plugin has repacked what it reads."""
+        page_out_file(self.weights_file)
 
     def property(self, key: str) -> str:
         """An effective compiled-model property (what the plugin really chose), as text."""
@@ -61,4 +64,7 @@ class OpenVinoRunner(Runner):
             self.request.infer({n: np.ascontiguousarray(a) for n, a in inputs.items()})
         except Exception as error:
             raise RuntimeError(first_useful_line(str(error))) from error
+        if self.weights_file is not None:
+            page_out_file(self.weights_file)
+            self.weights_file = None
         return [np.array(self.request.get_output_tensor(i).data) for i in range(self.output_count)]
