@@ -14,7 +14,7 @@ from exporter.errors import UsageError
 from exporter.pipeline import ExportOptions, export
 from exporter.quantize.types import QuantizeOptions, QuantMode
 from exporter.specs.inputs import InputSpec, parse_tensor_spec
-from exporter.stages.memory import STAGE_FACTORS, available_memory, estimate_memory, parse_size
+from exporter.stages.memory import STAGE_COSTS, available_memory, estimate_memory, parse_size
 from tests.models import MODELS
 
 
@@ -44,10 +44,10 @@ def test_the_costliest_stage_drives_the_estimate(options_for: Callable[..., Expo
     int8 = estimate_memory(
         options_for("mlp", quantization=QuantizeOptions(mode=QuantMode.INT8)), weights, resident=0
     )
-    assert plain.driver == "--to onnx" and plain.factor == STAGE_FACTORS["onnx"]
+    assert plain.driver == "--to onnx" and (plain.factor, plain.overhead) == STAGE_COSTS["onnx"]
     assert int8.driver == "--quantize int8" and int8.peak > plain.peak
     lean = estimate_memory(options_for("mlp", optimization={"steps": ("none",)}), weights, resident=5)
-    assert lean.factor < plain.factor and lean.peak == 5 + int(lean.factor * weights)
+    assert lean.peak < plain.peak and lean.peak == 5 + lean.overhead + int(lean.factor * weights)
 
 
 def test_available_memory_is_a_positive_figure_with_its_source() -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
 __all__ = [
+    "STAGE_COSTS",
     "MemoryEstimate",
     "available_memory",
     "check_memory",
@@ -35,25 +36,22 @@ __all__ = [
 ]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
-_GIB = 2**30
 
-FLOAT_ONNX = 2.6
-"""Peak over the weights of a float ONNX export with the default optimize steps, the weights counted once,
-beyond what the process held after loading. Measured by ``benchmarks/scale.py`` (250M: 2.64; the benchmark
-stage, eager beside ONNX Runtime, is the peak); kept at the worst size there."""
+GIB = 2**30
 
-STAGE_FACTORS: dict[str, float] = {
-    "onnx": FLOAT_ONNX,
-    "openvino": 2.6,
-    "torchscript": 3.5,
-    "compile": 3.2,
-    "int8": 3.6,
-    "none-optimize": 2.2,
+STAGE_COSTS: dict[str, tuple[float, int]] = {
+    "onnx": (2.0, int(0.8 * GIB)),
+    "none-optimize": (1.9, int(0.6 * GIB)),
+    "openvino": (2.0, int(0.8 * GIB)),
+    "torchscript": (3.5, int(0.8 * GIB)),
+    "compile": (3.0, int(0.8 * GIB)),
+    "int8": (2.3, int(1.4 * GIB)),
 }
-"""The same per target and per lossy mode (``int8`` covers every ``--quantize`` mode: its quantize stage,
-ORT's quantizer holding the float model as a protobuf, was 3.6 on 250M), and for a float ONNX export with
-``--optimize none``. TorchScript and compile are from 250M runs (compile 3.1; TorchScript 5.0 before its
-archives were written straight to disk, not re-measured since)."""
+"""(times the float32 weights, plus bytes) each target or lossy mode peaks at beyond what the process held
+after loading, fitted to ``benchmarks/scale.py`` at 250M and 700M with a margin: a float ONNX export
+peaked at 2.79 and 5.85 GiB (1.8x the weights + 1.1 GiB in all), int8 at 3.62 and 7.08 GiB (2.0x + 1.7
+GiB); ``int8`` covers every ``--quantize`` mode. TorchScript and compile come from 250M alone (compile's
+AOTInductor 3.1x; TorchScript 5.0x before its archives were written straight to disk, not re-measured)."""
 
 
 def parse_size(text: str, flag: str) -> int:
@@ -105,36 +103,41 @@ def weights_bytes(module: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """The run's estimated peak: what the process holds now plus the costliest stage's factor times the
-    weights; ``driver`` names that stage as the user asked for it (``--quantize int8``, ``--to compile``)."""
+    """The run's estimated peak: what the process holds now plus the costliest stage's cost (a factor of
+    the weights plus a fixed part); ``driver`` names that stage as the user asked for it (``--quantize
+    int8``, ``--to compile``)."""
 
     weights: int
     resident: int
     factor: float
+    overhead: int
     driver: str
 
     @property
     def peak(self) -> int:
-        return self.resident + int(self.factor * self.weights)
+        return self.resident + self.overhead + int(self.factor * self.weights)
 
 
-def _stage_costs(options: ExportOptions) -> list[tuple[str, float]]:
-    """(how the user asked for it, factor) for each memory-heavy part of the run."""
-    costs: list[tuple[str, float]] = []
+def _stage_costs(options: ExportOptions) -> list[tuple[str, tuple[float, int]]]:
+    """(how the user asked for it, (factor, overhead)) for each memory-heavy part of the run."""
+    costs: list[tuple[str, tuple[float, int]]] = []
     for target in options.chosen_targets:
-        factor = STAGE_FACTORS.get(target, FLOAT_ONNX)
-        if target == "onnx" and "none" in options.optimization.steps:
-            factor = STAGE_FACTORS["none-optimize"]
-        costs.append((f"--to {target}", factor))
+        key = "none-optimize" if target == "onnx" and "none" in options.optimization.steps else target
+        costs.append((f"--to {target}", STAGE_COSTS.get(key, STAGE_COSTS["onnx"])))
     if options.quantization.mode is not QuantMode.NONE:
-        costs.append((f"--quantize {options.quantization.mode.value}", STAGE_FACTORS["int8"]))
-    return costs or [("load", 1.0)]
+        costs.append((f"--quantize {options.quantization.mode.value}", STAGE_COSTS["int8"]))
+    return costs or [("load", (1.0, 0))]
+
+
+def _bytes(cost: tuple[float, int], weights: int) -> int:
+    factor, overhead = cost
+    return overhead + int(factor * weights)
 
 
 def estimate_memory(options: ExportOptions, weights: int, resident: int) -> MemoryEstimate:
     """The run's estimate (stages run one after another and free their models, so the costliest counts)."""
-    driver, factor = max(_stage_costs(options), key=lambda cost: cost[1])
-    return MemoryEstimate(weights, resident, factor, driver)
+    driver, (factor, overhead) = max(_stage_costs(options), key=lambda cost: _bytes(cost[1], weights))
+    return MemoryEstimate(weights, resident, factor, overhead, driver)
 
 
 def check_memory(options: ExportOptions, module: torch.nn.Module) -> MemoryEstimate:
@@ -153,27 +156,29 @@ def check_memory(options: ExportOptions, module: torch.nn.Module) -> MemoryEstim
         return estimate
     raise UsageError(
         f"this export needs an estimated {_gib(estimate.peak)} of memory ({_gib(estimate.weights)} of "
-        f"float32 weights x{estimate.factor:.1f} for {estimate.driver}, plus {_gib(estimate.resident)} "
-        f"in use), more than the {_gib(limit)} available ({source}); {_what_to_drop(options, estimate)}"
+        f"float32 weights x{estimate.factor:.1f} + {_gib(estimate.overhead)} for {estimate.driver}, plus "
+        f"{_gib(estimate.resident)} in use), more than the {_gib(limit)} available ({source}); "
+        f"{_what_to_drop(options, estimate)}"
     )
 
 
 def _what_to_drop(options: ExportOptions, estimate: MemoryEstimate) -> str:
-    costs = _stage_costs(options)
-    lighter = [cost for cost in costs if cost[1] < estimate.factor]
-    heavy = [what for what, factor in costs if factor >= estimate.factor]
+    costs = [(what, _bytes(cost, estimate.weights)) for what, cost in _stage_costs(options)]
+    worst = estimate.peak - estimate.resident
+    lighter = [size for _, size in costs if size < worst]
+    heavy = [what for what, size in costs if size >= worst]
     override = "or pass --max-memory SIZE if you know the machine has more"
     if not lighter:
-        floor = estimate.resident + int(STAGE_FACTORS["none-optimize"] * estimate.weights)
+        floor = estimate.resident + _bytes(STAGE_COSTS["none-optimize"], estimate.weights)
         return (
             f"run on a machine with more memory (--to onnx --optimize none needs {_gib(floor)}), {override}"
         )
-    rest = estimate.resident + int(max(f for _, f in lighter) * estimate.weights)
+    rest = estimate.resident + max(lighter)
     return f"drop {' and '.join(heavy)} (then about {_gib(rest)}), {override}"
 
 
 def _gib(size: int) -> str:
-    return f"{size / _GIB:.1f} GiB"
+    return f"{size / GIB:.1f} GiB"
 
 
 def current_rss() -> int:
