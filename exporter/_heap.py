@@ -13,13 +13,14 @@ import ctypes
 import gc
 import mmap
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["page_out", "page_out_file", "release_freed_memory"]
+__all__ = ["current_rss", "page_out", "page_out_file", "peak_rss", "release_freed_memory", "reset_peak_rss"]
 
 
 def release_freed_memory() -> None:
@@ -86,3 +87,31 @@ def page_out_file(path: Path) -> int:
         if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0:
             advised += end - start
     return advised
+
+
+def current_rss() -> int:
+    """This process's resident set now (``VmRSS``), in bytes."""
+    return _status_kb("VmRSS") * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak: Linux resets the process's high-water mark (``VmHWM``) to its current RSS when
+    ``5`` is written to ``/proc/self/clear_refs``. False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss() -> int:
+    """This process's peak resident set since the last :func:`reset_peak_rss` (``VmHWM``), in bytes."""
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    try:
+        lines: Iterable[str] = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith(f"{field}:")), 0)

@@ -110,9 +110,8 @@ def test_paging_out_the_mapped_weights_frees_them_and_keeps_the_model_exact(tmp_
     stages, they are read again from the file on the next forward, bit for bit."""
     import torch
 
-    from exporter._heap import page_out
+    from exporter._heap import current_rss, page_out
     from exporter.loading.checkpoint import LoadRequest, load_model
-    from exporter.stages.memory import current_rss
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(1024, 1024) for _ in range(16)))  # 64 MiB
@@ -188,8 +187,7 @@ def test_paging_out_a_mapped_file_drops_its_resident_pages(tmp_path: Path) -> No
     """``page_out_file`` finds the file's mappings in /proc/self/maps (OpenVINO maps an IR's .bin so)."""
     import mmap
 
-    from exporter._heap import page_out_file
-    from exporter.stages.memory import current_rss
+    from exporter._heap import current_rss, page_out_file
 
     path = tmp_path / "weights.bin"
     path.write_bytes(bytes(range(256)) * (64 * 2**20 // 256))

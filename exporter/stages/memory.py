@@ -10,11 +10,11 @@ stage asked for (``benchmarks/scale.py`` measures them), plus what the process a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from exporter._heap import current_rss
 from exporter.errors import UsageError
 from exporter.quantize.types import QuantMode
 
@@ -30,8 +30,6 @@ __all__ = [
     "check_memory",
     "estimate_memory",
     "parse_size",
-    "peak_rss",
-    "reset_peak_rss",
     "weights_bytes",
 ]
 
@@ -179,31 +177,3 @@ def _what_to_drop(options: ExportOptions, estimate: MemoryEstimate) -> str:
 
 def _gib(size: int) -> str:
     return f"{size / GIB:.1f} GiB"
-
-
-def current_rss() -> int:
-    """This process's resident set now (``VmRSS``), in bytes."""
-    return _status_kb("VmRSS") * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak: Linux resets the process's high-water mark (``VmHWM``) to its current RSS when
-    ``5`` is written to ``/proc/self/clear_refs``. False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss() -> int:
-    """This process's peak resident set since the last :func:`reset_peak_rss` (``VmHWM``), in bytes."""
-    return _status_kb("VmHWM") * 1024
-
-
-def _status_kb(field: str) -> int:
-    try:
-        lines: Iterable[str] = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in lines if line.startswith(f"{field}:")), 0)

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 from pydantic import Field, StrictStr
 from pydantic import dataclasses as pydantic_dataclasses
 
+from exporter._heap import peak_rss, reset_peak_rss
 from exporter.documents.fields import ENTRY, Number
 from exporter.interrupts import check_interrupted
-from exporter.stages.memory import peak_rss, reset_peak_rss
 
 __all__ = [
     "STAGES",
