@@ -442,3 +442,12 @@ def test_state_dict_key_and_output_names_are_recipe_keys(tmp_path: Path) -> None
 def test_output_names_that_are_not_distinct_identifiers_name_the_key(tmp_path: Path, names: str) -> None:
     message = load_error(tmp_path, f"schema_version = 1\n[outputs]\nnames = {names}\n")
     assert "[outputs].names must be a list of the outputs' names in order" in message
+
+
+def test_external_data_is_a_boolean_export_setting(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text('name = "big"\n[export]\nexternal_data = true\n')
+    assert load_recipe(path).settings["external_data"] is True
+    path.write_text('name = "big"\n[export]\nexternal_data = "yes"\n')
+    with pytest.raises(RecipeError, match=r"\[export\]\.external_data must be true or false, got 'yes'"):
+        load_recipe(path)
