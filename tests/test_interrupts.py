@@ -3,6 +3,7 @@ and every way it ends is one line and a documented exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,6 +46,20 @@ def _wait_for_staging(process: subprocess.Popen[str], out: Path, timeout: float 
     raise AssertionError("no staging folder appeared")
 
 
+def _wait_for_a_recorded_stage(process: subprocess.Popen[str], staging: Path, timeout: float = 120.0) -> None:
+    """Until the record beside ``staging`` names the stage running (the staging folder appears a moment
+    before the convert stage starts and is noted)."""
+    deadline = time.monotonic() + timeout
+    record = stale_runs.record_path(staging)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(record.read_text()).get("stage"):
+                return
+        assert process.poll() is None, "the export ended before its record named a stage"
+        time.sleep(0.02)
+    raise AssertionError("the record never named a stage")
+
+
 def _debris(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
@@ -82,6 +97,7 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next_run(
         _export_command(checkpoint, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     staging = _wait_for_staging(process, out)
+    _wait_for_a_recorded_stage(process, staging)
     process.kill()
     process.wait(timeout=60)
     assert staging.is_dir(), "SIGKILL cannot clean up: the folder must still be there for this test"
