@@ -20,13 +20,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["current_rss", "page_out", "page_out_file", "peak_rss", "release_freed_memory", "reset_peak_rss"]
+__all__ = [
+    "current_rss",
+    "page_out",
+    "page_out_file",
+    "peak_rss",
+    "release_freed_memory",
+    "reset_peak_rss",
+    "trim_heap",
+]
 
 
 def release_freed_memory() -> None:
-    """Collect garbage, then return freed heap pages to the system (glibc's ``malloc_trim``; a no-op off
-    glibc, where musl has no such call)."""
+    """Collect garbage, then return freed heap pages to the system (:func:`trim_heap`)."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return freed heap pages to the system (glibc's ``malloc_trim``; a no-op off glibc, where musl has no
+    such call). Without the collection: for a runner whose session was just dropped, freed by its count."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).malloc_trim(0)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from exporter._heap import release_freed_memory
+from exporter._heap import trim_heap
 from exporter.runners.base import Runner
 
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ class OnnxRuntimeRunner(Runner):
         self.output_names = [o.name for o in session.get_outputs()]
 
     def close(self) -> bool:
-        """Drop the session and return its freed buffers to the system (``exporter._heap``), so the next
-        session of a big model does not open on top of them."""
+        """Drop the session and return its freed buffers to the system (``exporter._heap.trim_heap``), so
+        the next session of a big model does not open on top of them."""
         if self.session is not None:
             self.session = None
-            release_freed_memory()
+            trim_heap()
         return True
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter._heap import page_out_file, release_freed_memory
+from exporter._heap import page_out_file, trim_heap
 from exporter.runners.base import Runner, first_useful_line
 
 __all__ = ["OpenVinoRunner"]
@@ -50,11 +50,11 @@ class OpenVinoRunner(Runner):
         return str(getattr(value, "name", value))  # an enum member: its name ("LATENCY")
 
     def close(self) -> bool:
-        """Release the compiled model and return its freed buffers to the system (``exporter._heap``)."""
+        """Release the compiled model and return its freed buffers to the system (``_heap.trim_heap``)."""
         if self.compiled is not None:
             self.request = None
             self.compiled = None
-            release_freed_memory()
+            trim_heap()
         return True
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
