@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from exporter._heap import page_out
+from exporter._heap import collect_for, page_out
 from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
 from exporter.backends.openvino import OPENVINO
 from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, backends_for
@@ -45,6 +45,7 @@ from exporter.runners.pytorch import EagerRunner
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import build_backends, verify_backends
 from exporter.stages.load import load_stage
+from exporter.stages.memory import weights_bytes
 from exporter.stages.onnx import optimize_stage, quantize_stage
 from exporter.stages.records import (
     CheckpointListener,
@@ -203,6 +204,7 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
     environment = collect_environment(options.threads)
     loaded = _load(run)
     run.stages.on_start.append(lambda stage: page_out(loaded.module))  # idle until needed: see page_out
+    collect_for(weights_bytes(loaded.module))
     check_free_space(options.out_dir, _needed_bytes(run, loaded))
     # storage_errors inside the staging folder's context: a full disk is reported while the folder fills it.
     with (
