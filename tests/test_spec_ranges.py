@@ -73,7 +73,6 @@ def test_whitespace_around_the_range_is_tolerated() -> None:
     ("dims", "part"),
     [
         ("batch=16..1", "needs LOW <= HIGH, as in batch=1..16"),
-        ("batch=0..16", "LOW must be at least 1"),
         ("h=64..512%0", "the multiple after % must be at least 1"),
         ("h=64%0", "the multiple after % must be at least 1"),
         ("h=65..67%4", "holds no multiple of 4 between 65 and 67"),

@@ -19,9 +19,13 @@ def dynamic_shapes_for(spec: InputSpec, convention: CallConvention) -> Any:
 
     A dim with ``multiple_of`` N > 1 is the derived dim ``N * Dim('_label')``, as torch.export's own
     suggested fix writes it for code that needs a multiple (two ``MaxPool2d(ceil_mode=True)`` need 4).
+    A spec's derived dim (``total=past+seq``) cannot be written as a sum of two ``Dim``s (torch.export takes
+    only ``a * Dim + b``), so it is a ``Dim`` of its own bounded by its parts' sums: torch 2.13 then finds
+    ``total == past + seq`` in a graph that relies on it and exports it as that sum.
     """
-    taken = {d.label for d in spec.dynamic_dims}
+    taken = {d.label for d in spec.dynamic_dims} | set(spec.derived_dims)
     dims = {d.label: _torch_dim(d, taken) for d in spec.dynamic_dims}
+    dims.update({label: _torch_dim(spec.dim(label), taken) for label in spec.derived_dims})
     per_input = {
         t.name: {axis: dims[d.label] for axis, d in enumerate(t.dims) if d.label} or None
         for t in spec.tensors

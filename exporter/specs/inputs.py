@@ -2,12 +2,14 @@
 
 The command-line form is ``NAME:DTYPE:DIMS[:LOW..HIGH]``. DIMS are comma-separated; each is an integer (a
 static dim) or a dynamic dim: ``label=SIZE`` (its example size; legal sizes 1 and up, or the recipe's range),
-``label=LOW..HIGH`` (legal sizes LOW to HIGH; the example size is LOW), and either followed by ``%N``: only
-multiples of N are legal (``h=64..512%4``; the example size is then LOW rounded up to a multiple of N, and
-``h=64%4`` needs SIZE to be one). The same label in two inputs names the same dim, with one range; a range
-written here replaces the recipe's ``[inputs.dims]`` range for that label. Numbers are drawn from
-``[LOW, HIGH)`` when a range is given (integers) or uniformly (floats); without a range floats are standard
-normal and integers are drawn from ``[0, 10)``.
+``label=LOW..HIGH`` (legal sizes LOW to HIGH; the example size is LOW, which may be 0), and either followed
+by ``%N``: only multiples of N are legal (``h=64..512%4``; the example size is then LOW rounded up to a
+multiple of N, and ``h=64%4`` needs SIZE to be one). A derived dim, ``label=a+b`` (a decoder's attention
+mask: ``total=past+seq``), is always the sum of the sizes of dims ``a`` and ``b``, which other inputs define;
+it has no size or range of its own and is never a free dim of the spec. The same label in two inputs names
+the same dim, with one range; a range written here replaces the recipe's ``[inputs.dims]`` range for that
+label. Numbers are drawn from ``[LOW, HIGH)`` when a range is given (integers) or uniformly (floats); without
+a range floats are standard normal and integers are drawn from ``[0, 10)``.
 
 Only ASCII is legal: ``int()`` and ``float()`` would read full-width or Arabic-Indic digits as numbers, so a
 spec pasted from a rich-text document could silently mean something else. Ranges must fit the dtype (and,
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from exporter.errors import InputSpecError
-from exporter.specs.dims import DynamicDim
+from exporter.specs.dims import DerivedUse, DynamicDim, check_derived, derived_conflict, derived_range
 from exporter.specs.parser import DTYPES, parse_fields
 from exporter.specs.parser import show as _show
 from exporter.specs.shape_cases import ShapeCase, larger_size, shape_cases, trace_sizes
@@ -72,7 +74,8 @@ class DimSpec:
     the range written beside it (``label=LOW..HIGH``: ``low``, ``high``; ``%N``: ``multiple_of``).
 
     With ``low`` set, ``size`` is ``low`` rounded up to ``multiple_of``, as the parser makes it, so that
-    ``str`` (which writes the range, not the size) reads back the same.
+    ``str`` (which writes the range, not the size) reads back the same. A derived dim (``total=past+seq``)
+    has ``parts``, the labels whose sizes it sums, and no size (0), range or multiple of its own.
     """
 
     size: int
@@ -80,6 +83,7 @@ class DimSpec:
     low: int | None = None
     high: int | None = None
     multiple_of: int = 1
+    parts: tuple[str, ...] = ()
 
     @property
     def dynamic(self) -> bool:
@@ -88,13 +92,15 @@ class DimSpec:
     @property
     def range(self) -> DynamicDim | None:
         """The legal sizes written with this dim; None when it gives only its example size."""
-        if self.label is None or (self.low is None and self.multiple_of == 1):
+        if self.label is None or self.parts or (self.low is None and self.multiple_of == 1):
             return None
         return DynamicDim(self.label, 1 if self.low is None else self.low, self.high, self.multiple_of)
 
     def __str__(self) -> str:
         if not self.label:
             return str(self.size)
+        if self.parts:
+            return f"{self.label}={'+'.join(self.parts)}"
         value = str(self.size) if self.low is None else f"{self.low}..{self.high}"
         return f"{self.label}={value}" + (f"%{self.multiple_of}" if self.multiple_of != 1 else "")
 
@@ -118,8 +124,12 @@ class TensorSpec:
         return self.numpy_dtype.kind == "f"
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
-        """The concrete shape with each dynamic dim at ``sizes[label]``."""
-        return tuple(sizes[d.label] if d.label else d.size for d in self.dims)
+        """The concrete shape with each dynamic dim at ``sizes[label]`` and each derived dim at the sum of
+        its parts' sizes (even when ``sizes`` names it too, so that a shape is always consistent)."""
+        return tuple(
+            sum(sizes[p] for p in d.parts) if d.parts else sizes[d.label] if d.label else d.size
+            for d in self.dims
+        )
 
     def __str__(self) -> str:
         text = f"{self.name}:{self.dtype}:{','.join(str(d) for d in self.dims)}"
@@ -134,6 +144,8 @@ class InputSpec:
 
     A dim's range comes from the inputs (``batch=1..16``) or from ``dynamic_dims`` (a recipe's
     ``[inputs.dims]``), not both unless equal; a dim with neither gets ``DynamicDim(label)`` (1 and up).
+    A derived dim (``total=past+seq``) is in neither ``dynamic_dims`` nor ``example_sizes``: see
+    ``derived_dims``; its parts must be plain dynamic dims some input defines.
     Each input must fit ``MAX_ELEMENTS`` (2**31 elements) and ``memory_limit()`` (a quarter of RAM) at the
     largest shape ``shape_cases`` draws (``max``, every dim at its declared maximum, or ``large``, about
     twice the example), else InputSpecError.
@@ -153,6 +165,7 @@ class InputSpec:
                 raise InputSpecError(f"input '{name}' is given twice; each --input needs its own name")
         sizes, written = self._example_sizes_and_written_ranges()
         given = {d.label: d for d in self.dynamic_dims}
+        self._check_derived(given)
         for label, (dim, name) in written.items():
             if label in given and given[label] != dim:
                 raise InputSpecError(
@@ -186,7 +199,7 @@ class InputSpec:
         written: dict[str, tuple[DynamicDim, str]] = {}
         for tensor in self.tensors:
             for dim in tensor.dims:
-                if dim.label is None:
+                if dim.label is None or dim.parts:
                     continue
                 stated = dim.range
                 if stated is not None:
@@ -207,16 +220,46 @@ class InputSpec:
                     )
         return sizes, written
 
+    def _check_derived(self, given: Mapping[str, DynamicDim]) -> None:
+        """Refuse derived dims that cannot be honoured (see ``exporter.specs.dims.check_derived``)."""
+        plain: dict[str, str] = {}
+        uses = []
+        for tensor in self.tensors:
+            for dim in tensor.dims:
+                if dim.parts and dim.label is not None:
+                    ranged = (
+                        dim.size != 0 or dim.low is not None or dim.high is not None or dim.multiple_of != 1
+                    )
+                    uses.append(DerivedUse(tensor.name, dim.label, dim.parts, ranged))
+                elif dim.label is not None:
+                    plain.setdefault(dim.label, tensor.name)
+        check_derived(uses, plain, given)
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tensors)
 
     @property
     def example_sizes(self) -> dict[str, int]:
-        return {d.label: d.size for t in self.tensors for d in t.dims if d.label is not None}
+        """Each free dynamic dim's example size (derived dims follow from these)."""
+        return {d.label: d.size for t in self.tensors for d in t.dims if d.label is not None and not d.parts}
+
+    @property
+    def derived_dims(self) -> dict[str, tuple[str, ...]]:
+        """Each derived dim's label and the labels whose sizes it sums: ``{"total": ("past", "seq")}``."""
+        return {d.label: d.parts for t in self.tensors for d in t.dims if d.label is not None and d.parts}
 
     def dim(self, label: str) -> DynamicDim:
+        """The legal sizes of a dim; for a derived dim, the sums of its parts' bounds (``derived_range``)."""
+        parts = self.derived_dims.get(label)
+        if parts is not None:
+            return derived_range(label, [self.dim(p) for p in parts])
         return next(d for d in self.dynamic_dims if d.label == label)
+
+    def derived_conflict(self, sizes: Mapping[str, int]) -> str | None:
+        """Why ``sizes`` (read off real arrays, which may name derived dims) break a derived dim, as
+        ``dim 'total' is 7 but past + seq is 3 + 5 = 8``; None when every derived dim they name adds up."""
+        return derived_conflict(self.derived_dims, sizes)
 
     def with_overrides(self, tensors: Iterable[TensorSpec]) -> InputSpec:
         """This spec with the given tensors replacing (by name) or appended to its own; a dim range written
@@ -252,6 +295,11 @@ class InputSpec:
                 }
                 for d in self.dynamic_dims
             },
+            **(
+                {"derived_dims": {k: list(v) for k, v in derived.items()}}
+                if (derived := self.derived_dims)
+                else {}
+            ),
         }
 
 
@@ -311,7 +359,7 @@ def parse_tensor_spec(text: str) -> TensorSpec:
     fields = parse_fields(text, where)
     dims = tuple(DimSpec(*dim) for dim in fields.dims)
     tensor = TensorSpec(fields.name, fields.dtype, dims, fields.low, fields.high)
-    example = tuple(d.size for d in dims)
+    example = tuple(d.size for d in dims if not d.parts)  # a derived dim's size needs the other inputs
     _check_size(tensor, example, "at the example size", where, None)
     return tensor
 

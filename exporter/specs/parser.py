@@ -59,7 +59,8 @@ class ParsedDim(NamedTuple):
     """One checked dim: its example size, its label (None when static) and the range written with it.
 
     ``low``/``high`` are None unless written as ``label=LOW..HIGH``; then ``size`` is ``LOW`` rounded up to
-    ``multiple_of``. ``multiple_of`` is 1 unless written with ``%N``.
+    ``multiple_of``. ``multiple_of`` is 1 unless written with ``%N``. ``parts`` are the labels of a derived
+    dim (``total=past+seq``: its size is always their sum, so it has no size of its own and ``size`` is 0).
     """
 
     size: int
@@ -67,6 +68,7 @@ class ParsedDim(NamedTuple):
     low: int | None = None
     high: int | None = None
     multiple_of: int = 1
+    parts: tuple[str, ...] = ()
 
 
 class ParsedSpec(NamedTuple):
@@ -108,8 +110,9 @@ def parse_fields(text: str, where: str) -> ParsedSpec:
     """The fields of ``NAME:DTYPE:DIMS[:LOW..HIGH]``, each checked; errors start with ``where``.
 
     A dim in DIMS is ``SIZE`` (static) or ``label=SIZE``, ``label=LOW..HIGH``, ``label=SIZE%N``,
-    ``label=LOW..HIGH%N`` (dynamic; ``%N``: multiples of N only). A range's example size is LOW rounded up
-    to the multiple.
+    ``label=LOW..HIGH%N`` (dynamic; ``%N``: multiples of N only), or ``label=a+b`` (derived: the sum of the
+    sizes of dims ``a`` and ``b``, defined elsewhere). A range's example size is LOW rounded up to the
+    multiple; LOW may be 0 (an empty past, for example).
     """
     _check_ascii(text, where)
     parts = text.strip().split(":")
@@ -167,6 +170,8 @@ def _parse_dim(item: str, where: str) -> ParsedDim:
     if sep and not _LABEL.fullmatch(label):
         raise InputSpecError(f"{where}: dim label '{show(label)}' must be an identifier, as in batch=1")
     shown = show(item)
+    if sep and "+" in value:
+        return _parse_derived(label, value, shown, where)
     if value.startswith("-") and _SIZE.fullmatch(value[1:]):
         raise InputSpecError(f"{where}: dim '{shown}' must be a positive size")
     match = _DIM_VALUE.fullmatch(value)
@@ -180,6 +185,11 @@ def _parse_dim(item: str, where: str) -> ParsedDim:
             raise InputSpecError(
                 f"{where}: dim '{shown}' has a range but no label: give it one, as in batch=1..16 or "
                 "h=64..512%4"
+            )
+        if sep and _LABEL.fullmatch(value):
+            raise InputSpecError(
+                f"{where}: dim '{shown}' is neither a size nor a sum: a derived dim sums two or more labels "
+                f"(as in {label}={value}+seq); for the same dim as '{value}', write {value} in both inputs"
             )
         raise InputSpecError(
             f"{where}: dim '{shown}' is neither an integer nor label=size (e.g. 3, batch=1 or batch=1..16)"
@@ -203,11 +213,6 @@ def _parse_dim(item: str, where: str) -> ParsedDim:
             )
         return ParsedDim(size, label, None, None, multiple)
     low, high = size, int(match["high"])
-    if low == 0:
-        raise InputSpecError(
-            f"{where}: dim '{shown}': LOW must be at least 1 (the example size is LOW), as in "
-            f"{label}=1..{high}"
-        )
     if low > high:
         raise InputSpecError(f"{where}: dim '{shown}' needs LOW <= HIGH, as in {label}={high}..{low}")
     example = round_up(low, multiple)
@@ -217,6 +222,31 @@ def _parse_dim(item: str, where: str) -> ParsedDim:
             "range or change the multiple"
         )
     return ParsedDim(example, label, low, high, multiple)
+
+
+def _parse_derived(label: str, value: str, shown: str, where: str) -> ParsedDim:
+    """``label=a+b[+c...]``: a dim whose size is the sum of other dynamic dims' sizes, with no range, size
+    or multiple of its own (those follow from its parts)."""
+    parts = tuple(part.strip() for part in value.split("+"))
+    example = f"{label}={'+'.join(p for p in parts if _LABEL.fullmatch(p)) or 'past+seq'}"
+    if any(".." in part or "%" in part for part in parts):
+        raise InputSpecError(
+            f"{where}: derived dim '{shown}' takes no range or %N of its own (its sizes follow from its "
+            f"parts): write {example} and give the parts their ranges"
+        )
+    for part in parts:
+        if not _LABEL.fullmatch(part):
+            raise InputSpecError(
+                f"{where}: derived dim '{shown}': '{show(part)}' is not a dim label; a derived dim is a sum "
+                "of two or more dynamic dims' labels, as in total=past+seq"
+            )
+    if label in parts:
+        raise InputSpecError(f"{where}: derived dim '{shown}' includes itself; name only other dims")
+    if len(set(parts)) != len(parts):
+        raise InputSpecError(
+            f"{where}: derived dim '{shown}' names a dim twice; name each part once, as in total=past+seq"
+        )
+    return ParsedDim(0, label, None, None, 1, parts)
 
 
 def _parse_range(text: str, where: str) -> tuple[float, float]:
