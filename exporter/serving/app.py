@@ -1,6 +1,8 @@
 """The HTTP application: KServe v2 routes over one loaded model, its readiness, drain and metrics.
 
-Inference requests for the served model take the lean ASGI path of ``exporter.serving.infer_route``; the
+Inference requests for the served model take the lean ASGI path of ``exporter.serving.infer_route``, a
+decoder's generate requests that of ``exporter.serving.generate_route``; the model metadata of a decoder has
+a ``generate`` entry (its endpoints, whether they take text, the context); the
 rest (health, metadata, ``/metrics``, unknown models) are FastAPI routes. ``ServerState``
 (``exporter.serving.state``) is what both share with the process around them.
 """
@@ -14,6 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exporter._version import __version__
+from exporter.serving.decoder import DecoderServing
+from exporter.serving.generate_request import DEFAULT_MAX_TOKENS
+from exporter.serving.generate_route import GenerateRoute
 from exporter.serving.infer_route import InferRoute
 from exporter.serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from exporter.serving.state import SELF_CHECK_HEADER, ServerState
@@ -55,14 +60,18 @@ def build_app(state: ServerState) -> InferRoute:
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "exporter", "version": __version__, "extensions": ["binary_tensor_data"]}
+        extensions = ["binary_tensor_data", *(["generate"] if state.decoder is not None else [])]
+        return {"name": "exporter", "version": __version__, "extensions": extensions}
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str = "1") -> JSONResponse:
         if name != signature.name or version != "1":
             return _unknown_model(name, version)
-        return JSONResponse(signature.metadata(state.platform))
+        metadata = signature.metadata(state.platform)
+        if state.decoder is not None:
+            metadata["generate"] = generate_metadata(signature.name, state.decoder)
+        return JSONResponse(metadata)
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
@@ -80,7 +89,24 @@ def build_app(state: ServerState) -> InferRoute:
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return InferRoute(state, app)
+    if state.decoder is None:
+        return InferRoute(state, app)
+    return InferRoute(state, GenerateRoute(state, state.decoder, app))
+
+
+def generate_metadata(name: str, decoder: DecoderServing) -> dict[str, Any]:
+    """The ``generate`` entry of a decoder's model metadata: its endpoints and what they take."""
+    layout = decoder.layout
+    return {
+        "endpoints": [f"/v2/models/{name}/generate", f"/v2/models/{name}/generate_stream"],
+        "text": decoder.tokenizer is not None,
+        "inputs": ["text_input", "input_ids"] if decoder.tokenizer is not None else ["input_ids"],
+        "decoding": "greedy",
+        "max_tokens_default": DEFAULT_MAX_TOKENS,
+        "context": layout.max_positions,
+        "vocab_size": layout.vocab_size,
+        "eos_token_ids": list(layout.eos_token_ids),
+    }
 
 
 def _unknown_model(name: str, version: str) -> JSONResponse:

@@ -24,6 +24,7 @@ from exporter.documents.manifest import CallEntry, GoldenCaseEntry, Manifest
 from exporter.errors import UsageError
 from exporter.loading.safe_paths import inside_folder, read_inside
 from exporter.quantize.budget import ParityBudget
+from exporter.serving.decoder import decoder_files
 
 __all__ = [
     "ServedArtifact",
@@ -156,11 +157,12 @@ def golden_cases(manifest: Manifest) -> list[GoldenCaseEntry]:
 
 
 def required_files(manifest: Manifest, artifact: ServedArtifact) -> list[str]:
-    """What a server of ``artifact`` reads: its files and every golden case's inputs and outputs."""
+    """What a server of ``artifact`` reads: its files, every golden case's inputs and outputs, and a
+    decoder's tokenizer and golden generations."""
     names = list(artifact.files)
     for case in golden_cases(manifest):
         names += [case.inputs, case.outputs]
-    return names
+    return names + decoder_files(manifest)
 
 
 def check_integrity(

@@ -21,6 +21,7 @@ from exporter.errors import UsageError
 from exporter.gate.files import spec_of
 from exporter.runners.base import Runner
 from exporter.serving.artifact import ServedArtifact, choose_artifact, copy_checked
+from exporter.serving.decoder import DecoderServing, decoder_of
 from exporter.serving.signature import ModelSignature, default_body_limit, signature_of
 from exporter.specs.inputs import InputSpec
 
@@ -80,6 +81,8 @@ class Prepared:
     threads: int
     max_batch_size: int
     max_body_bytes: int
+    decoder: DecoderServing | None = None
+    """Set for a decoder exported with its cache: the generate endpoints' layout, tokenizer and checks."""
 
 
 def prepare(options: ServeOptions, private: Path) -> Prepared:
@@ -110,7 +113,10 @@ def prepare(options: ServeOptions, private: Path) -> Prepared:
     else:
         max_body = default_body_limit(signature)
     spec = spec_of(manifest)
-    return Prepared(private, manifest, artifact, signature, spec, checked, threads, batch_max, max_body)
+    decoder = decoder_of(private, manifest)
+    return Prepared(
+        private, manifest, artifact, signature, spec, checked, threads, batch_max, max_body, decoder
+    )
 
 
 def open_model(prepared: Prepared) -> Runner:

@@ -33,6 +33,7 @@ from exporter.interrupts import frames_on_thread_stack
 from exporter.runners.base import Runner
 from exporter.serving.app import build_app
 from exporter.serving.golden import golden_check
+from exporter.serving.golden_generate import generation_check
 from exporter.serving.limits import guarded_protocol
 from exporter.serving.options import GOLDEN_FAILED, Prepared, ServeOptions
 from exporter.serving.state import ServerState
@@ -166,6 +167,7 @@ def run_process(
         max_batch_delay_s=options.max_batch_delay_ms / 1000,
         body_timeout_s=options.body_timeout_s,
         docs=options.docs,
+        decoder=prepared.decoder,
     )
     app: ASGIApp = build_app(state)
     if role.wrap is not None:
@@ -256,6 +258,11 @@ async def _start(
             artifact=artifact,
             signature=prepared.signature,
         )
+        if prepared.decoder is not None:
+            state.status = "checking the golden generation"
+            generate = url.removesuffix("/infer") + "/generate"
+            replayed = await generation_check(generate, state.token, prepared.decoder, artifact.lossy)
+            summary = f"{summary}; {replayed}"
     except Exception as error:
         if server.should_exit:
             return  # stopped while loading or checking: the check failed because the server closed

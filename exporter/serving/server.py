@@ -103,6 +103,8 @@ def _starting(prepared: Prepared, options: ServeOptions, sock: socket.socket) ->
     threads = f"{prepared.threads} intra-op thread{'s' if prepared.threads > 1 else ''}"
     processes = threads if options.workers == 1 else f"{options.workers} worker processes, {threads} each"
     host, port = sock.getsockname()[:2]
+    if prepared.decoder is not None:
+        batching += f"; generate and generate_stream: {prepared.decoder.tokenizer_note}, not batched"
     return (
         f"exporter serve: {signature.name} with {artifact.backend} ({artifact.file}), "
         f"{prepared.files_checked} files match the manifest; {processes}; {batching}; "

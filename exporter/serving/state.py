@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from exporter.runners.base import Runner
 from exporter.serving.batching import DynamicBatcher, ModelWorker
+from exporter.serving.decoder import DecoderServing
 from exporter.serving.limits import BodyBudget
 from exporter.serving.metrics import Metrics
 from exporter.serving.signature import ModelSignature
@@ -55,6 +56,8 @@ class ServerState:
     inflight: int = 0
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     metrics: Metrics | None = None
+    decoder: DecoderServing | None = None
+    """A decoder's generate endpoints (``exporter.serving.generate_route``), when the model is one."""
     json_threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="exporter-json")
     )
