@@ -19,6 +19,9 @@ from exporter.backends.target_names import expand_targets
 from exporter.benchmark.latency import TimingConfig
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.errors import LoadError, UsageError
+from exporter.hf.facts import DEFAULT_NEW_TOKENS
+from exporter.hf.folder import is_hf_folder
+from exporter.hf.options import folder_settings
 from exporter.optimize.optimizer import OptimizeOptions
 from exporter.quantize.types import QuantizeOptions
 from exporter.recipe.document import Recipe, is_safe_name, load_recipe
@@ -43,6 +46,10 @@ class ExportOptions:
     force: bool = False
     model_ref: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    """``--task`` (``[model].task``): a Hugging Face folder's task; None: from its ``architectures``."""
+    new_tokens: int = DEFAULT_NEW_TOKENS
+    """``--generate-tokens`` (``[verify].generate_tokens``): a decoder's greedy tokens per golden prompt."""
     trust_checkpoint: bool = False
     atol: float = Tolerance.atol
     rtol: float = Tolerance.rtol
@@ -175,6 +182,8 @@ def build_export_options(
     if not Path(settings["checkpoint"]).exists():
         raise LoadError(f"checkpoint '{settings['checkpoint']}' does not exist")
     tensors = [parse_tensor_spec(text) for text in input_texts]
+    if spec is None and settings.get("model_ref") is None and is_hf_folder(Path(settings["checkpoint"])):
+        settings, spec = folder_settings(settings)
     settings["spec"] = spec.with_overrides(tensors) if spec else InputSpec(tuple(tensors))
     return ExportOptions.from_settings(settings)
 

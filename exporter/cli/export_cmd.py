@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from exporter.backends.target_names import TARGETS
-from exporter.benchmark.trust import timing_sentences
+from exporter.cli.export_summary import print_summary
 from exporter.cli.shared import (
     AllowPackages,
     DebugFlag,
@@ -18,21 +18,17 @@ from exporter.cli.shared import (
     guarded,
     json_object,
     out,
-    rich_table,
     target_help,
 )
 from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
-from exporter.documents.build import lossy_artifacts
 from exporter.errors import UsageError
 from exporter.optimize.passes import OPTIMIZE_STEPS
 from exporter.options import build_export_options
 from exporter.pipeline import ExportOptions, ExportResult
 from exporter.quantize.calibration import CalibrationMethod
 from exporter.quantize.types import QuantMode
-from exporter.report.lossy import top1_note
-from exporter.report.markdown import latency_matrix, parity_matrix, parity_table, quantization_table
 from exporter.specs.naming import parse_output_names
 from exporter.stages.memory import parse_size
 
@@ -47,7 +43,8 @@ def export_command(
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
-            help="TorchScript archive, torch.export .pt2, state_dict, .safetensors or pickled module."
+            help="TorchScript archive, torch.export .pt2, state_dict, .safetensors, pickled module, or a "
+            "Hugging Face folder (config.json + safetensors; no --model or --input needed)."
         ),
     ] = None,
     to: Annotated[
@@ -70,6 +67,24 @@ def export_command(
         typer.Option(
             "--model",
             help="Factory building the architecture: package.module:callable or path/file.py:callable.",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="A Hugging Face folder's task, in Optimum's spelling: text-generation (exported with its "
+            "key/value cache), text-classification, token-classification, fill-mask, question-answering, "
+            "feature-extraction [default: from config.json's architectures].",
+        ),
+    ] = None,
+    generate_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--generate-tokens",
+            min=1,
+            help="A decoder's generation check: greedy tokens generated from each golden prompt and "
+            "compared with transformers' generate [default: 32].",
         ),
     ] = None,
     model_kwargs: Annotated[
@@ -258,6 +273,8 @@ def export_command(
         "name": name,
         "out": out_dir,
         "model_ref": model,
+        "task": task,
+        "new_tokens": generate_tokens,
         "atol": atol,
         "rtol": rtol,
         "opset": opset,
@@ -306,7 +323,7 @@ def export_command(
         return _run(options)
 
     result = guarded(debug, action)
-    _print_summary(result)
+    print_summary(result)
     raise typer.Exit(int(result.exit_code))
 
 
@@ -342,55 +359,3 @@ def _run(options: ExportOptions) -> ExportResult:
         return cli.export(options, progress)
     finally:
         progress.close()
-
-
-def _print_summary(result: ExportResult) -> None:
-    report = result.report
-    out.print(
-        rich_table("Parity matrix: shipped artifact x shape case, worst max abs diff", parity_matrix(report))
-    )
-    failing = [b for b in result.backends if not b.passed]
-    if failing:
-        shipped = {
-            **report,
-            "parity": [p.to_json() for b in failing for p in b.parity if p.artifact == b.shipped],
-        }
-        out.print(rich_table("Parity failures in detail", parity_table(shipped)))
-    if report["quantization"]:
-        out.print(
-            rich_table(
-                f"Lossy candidates ({report['quantization']['budget']['text']})", quantization_table(report)
-            )
-        )
-        if note := top1_note(report):
-            out.print(f"[dim]{escape(note)}[/]")
-    if report["latency"]:
-        title = f"Latency matrix ({report['environment']['threads']} threads): p50 ms (speedup vs eager)"
-        out.print(rich_table(title, latency_matrix(report)))
-        for line in timing_sentences(report):  # next to the matrix: why a speedup is not trustworthy
-            out.print(f"[yellow]timing:[/] {escape(line)}")
-    for note in report["notes"]:
-        out.print(f"[yellow]note:[/] {escape(note)}")
-    for failure in result.failed_targets:
-        out.print(
-            f"[red]not converted:[/] {escape(failure.target)} ({escape(failure.backend)}): "
-            f"{escape(failure.error)}",
-            highlight=False,
-        )
-    verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED: verification[/]"
-    if result.passed and result.failed_targets:
-        names = ", ".join(f.target for f in result.failed_targets)
-        verdict = (
-            f"[yellow]PARTIAL (exit 6): {escape(names)} not converted (report.md has the converter's full "
-            "explanation; --skip leaves a target out)[/]"
-        )
-    lossy = [str(spec.file) for spec, _ in lossy_artifacts(result.quantization)]
-    if lossy and result.quantization is not None and result.quantization.synthetic_only:
-        verdict += (
-            f" [yellow]({escape(', '.join(lossy))} judged on synthetic inputs only: prove it with "
-            "--calibration FILE.npz of real inputs)[/]"
-        )
-    files = ", ".join(
-        [*(b.file for b in result.backends if b.file), *lossy, "golden/", "manifest.json", "report.md/.html"]
-    )
-    out.print(f"{verdict}  artifacts in [bold]{escape(str(result.out_dir))}[/] ({escape(files)})")

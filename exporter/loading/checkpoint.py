@@ -9,6 +9,7 @@ refused checkpoint gets one line naming the offending entry and the way out.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ import torch
 from exporter._quiet import quiet, quiet_logs
 from exporter.documents.files import sha256_file
 from exporter.errors import ExporterError, LoadError, first_line
+from exporter.hf.facts import DEFAULT_NEW_TOKENS, HfFacts
+from exporter.hf.folder import is_hf_folder
 from exporter.loading.assign import build_on_meta, load_assigned, meta_tensors_left
 from exporter.loading.checkpoint_audit import (
     UnsafeCheckpointError,
@@ -41,6 +44,7 @@ class CheckpointFormat(StrEnum):
     STATE_DICT = "state_dict"
     SAFETENSORS = "safetensors"
     PICKLED_MODULE = "pickled_module"
+    HF_FOLDER = "huggingface"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class LoadRequest:
     state_dict_key: str | None = None
     """``--state-dict-key``: the entry of a checkpoint dict holding the weights (``a.b`` nests); None tries
     the common keys (``exporter.loading.state_dict``)."""
+    task: str | None = None
+    """A Hugging Face folder's task (Optimum's spelling); None: from its ``architectures``."""
+    new_tokens: int = DEFAULT_NEW_TOKENS
+    """A decoder's reference generation length."""
 
 
 @dataclass
@@ -72,10 +80,16 @@ class LoadedModel:
     """The checkpoint dict's entry the weights were read from; None when they were the whole file."""
     estimated_peak_bytes: int | None = None
     """The run's estimated peak memory (``stages/memory.py``), set by the load stage."""
+    hf: HfFacts | None = None
+    """A Hugging Face folder's task, decoder layout, tokenizer and reference generations."""
+    tokenizer: Any | None = None
+    """A Hugging Face folder's tokenizer (transformers), for golden inputs and calibration text."""
 
     def describe(self) -> str:
         """The load stage's one-line detail: format, where the weights were, parameter count."""
         entry = f" (the '{self.state_dict_key}' entry)" if self.state_dict_key else ""
+        if self.hf is not None:
+            entry = f" ({self.hf.task}, {'/'.join(self.hf.architectures) or self.hf.model_type})"
         return f"{self.format.value}{entry}, {self.parameter_count:,} parameters"
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +102,7 @@ class LoadedModel:
             "parameter_count": self.parameter_count,
             "model_class": type(self.module).__name__,
             "notes": self.notes,
+            **({"hf": self.hf.to_json()} if self.hf is not None else {}),
         }
 
 
@@ -101,6 +116,8 @@ def load_model(request: LoadRequest) -> LoadedModel:
     path = request.checkpoint
     if not path.exists():
         raise LoadError(f"checkpoint '{path}' does not exist")
+    if is_hf_folder(path):
+        return _load_hf_folder(request)
     if not path.is_file():
         raise LoadError(f"checkpoint '{path}' is not a file")
     size = path.stat().st_size
@@ -139,6 +156,34 @@ def load_model(request: LoadRequest) -> LoadedModel:
         module.eval()
     parameters = sum(p.numel() for p in module.parameters())
     return LoadedModel(module, kind, path, size, sha256_file(path), parameters, exported, notes, key)
+
+
+def _load_hf_folder(request: LoadRequest) -> LoadedModel:
+    """A Hugging Face folder: read as data (refusals first), loaded by transformers offline, wrapped so its
+    inputs and outputs are named tensors (``exporter.hf``). Its hash covers config.json and the weights."""
+    from exporter.hf.folder import read_folder
+    from exporter.hf.load import load_folder
+    from exporter.hf.options import DECODER_EXPORTER_NOTE
+    from exporter.hf.tasks import resolve_task
+
+    folder = read_folder(request.checkpoint, request.trust_checkpoint)
+    task = resolve_task(request.task, folder.architectures)
+    loaded = load_folder(folder, task, request.trust_checkpoint, request.new_tokens)
+    files = [request.checkpoint / "config.json", *folder.weights]
+    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+    parameters = sum(p.numel() for p in loaded.module.parameters())
+    notes = [DECODER_EXPORTER_NOTE] if loaded.facts.is_decoder else []
+    return LoadedModel(
+        loaded.module,
+        CheckpointFormat.HF_FOLDER,
+        request.checkpoint,
+        sum(f.stat().st_size for f in files),
+        digest,
+        parameters,
+        notes=notes,
+        hf=loaded.facts,
+        tokenizer=loaded.tokenizer,
+    )
 
 
 def _sniff(path: Path) -> CheckpointFormat | None:

@@ -28,9 +28,13 @@ __all__ = [
     "safe_name",
 ]
 
-OUTPUT_NAMES_RULE = "distinct identifiers (ASCII letters, digits and '_', not starting with a digit)"
+OUTPUT_NAMES_RULE = (
+    "distinct identifiers (ASCII letters, digits, '_' and '.', not starting with a digit or '.'), as input "
+    "names are"
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+"""An input or output name: the ecosystem's decoders name outputs ``present.0.key``."""
 _SHOWN = 60
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter.hf.golden import tokenized_golden
 from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
 from exporter.options import ExportOptions
 from exporter.quantize.calibration import SampleSet
@@ -46,6 +47,8 @@ def load_stage(options: ExportOptions) -> Loaded:
             options.model_kwargs,
             options.trust_checkpoint,
             options.state_dict_key,
+            options.task,
+            options.new_tokens,
         )
     )
     model.estimated_peak_bytes = check_memory(options, model.module).peak
@@ -53,5 +56,7 @@ def load_stage(options: ExportOptions) -> Loaded:
     golden = make_golden(eager, options.spec, shape_cases(options.spec), options.seed)
     if options.golden_inputs is not None:
         golden.append(golden_from_file(eager, options.spec, options.golden_inputs))
+    if model.tokenizer is not None and model.hf is not None and not model.hf.is_decoder:
+        golden.append(tokenized_golden(eager, options.spec, model.tokenizer))
     samples = int8_samples(options) if options.quantization.mode is not QuantMode.NONE else None
     return Loaded(model, eager, golden, samples)
