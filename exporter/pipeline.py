@@ -29,12 +29,14 @@ from exporter._heap import collect_for, page_out
 from exporter.backends.onnxruntime import ONNX, alternative_graph, conversion_of
 from exporter.backends.openvino import OPENVINO
 from exporter.backends.registry import BackendResult, BackendSpec, BuildContext, backends_for
+from exporter.benchmark.decoder import DecoderLatency
 from exporter.benchmark.latency import LatencyStats
 from exporter.benchmark.trust import TimingQuality
 from exporter.convert.onnx import OnnxConversion
 from exporter.documents.build import RunRecord, nonfinite_gate_failed
 from exporter.environment import bf16_support, collect_environment
 from exporter.errors import ExitCode, UsageError
+from exporter.hf.generation_check import GenerationResult
 from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
 from exporter.options import ExportOptions
@@ -44,6 +46,7 @@ from exporter.quantize.types import QuantMode
 from exporter.runners.pytorch import EagerRunner
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import build_backends, verify_backends
+from exporter.stages.generation import check_generations, hf_facts
 from exporter.stages.load import load_stage
 from exporter.stages.memory import weights_bytes
 from exporter.stages.onnx import optimize_stage, quantize_stage
@@ -80,6 +83,9 @@ class ExportResult:
     """``fail_on_nonfinite`` was set and the PyTorch reference produced NaN/Inf on a golden input."""
     failed_targets: list[TargetFailure] = field(default_factory=list)
     """Targets whose conversion failed while the others shipped: a partial export (exit 6)."""
+    generation: list[GenerationResult] = field(default_factory=list)
+    """A decoder's greedy generation through each shipped float artifact against transformers."""
+    decoder_latency: list[DecoderLatency] = field(default_factory=list)
 
     @property
     def parity(self) -> list[ParityResult]:
@@ -106,6 +112,7 @@ class ExportResult:
     @property
     def passed(self) -> bool:
         floats_passed = bool(self.backends) and all(b.passed for b in self.backends)
+        floats_passed = floats_passed and all(g.passed for g in self.generation)
         quantization_passed = self.quantization is None or self.quantization.passed
         return floats_passed and quantization_passed and not self.nonfinite_failed
 
@@ -188,6 +195,8 @@ class _Run:
     latency: list[LatencyStats] = field(default_factory=list)
     load_seconds: dict[str, float] = field(default_factory=dict)
     timing_quality: TimingQuality | None = None
+    generation: list[GenerationResult] = field(default_factory=list)
+    decoder_latency: list[DecoderLatency] = field(default_factory=list)
 
     def step(self, message: str) -> None:
         self.listener.step(message, 0, 0)
@@ -232,6 +241,8 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
                 run.load_seconds,
                 run.failed_targets,
                 timing_quality=run.timing_quality,
+                generation=run.generation,
+                decoder_latency=run.decoder_latency,
             )
             report = write_stage(
                 staging=staging, build_dir=build_dir, options=options, run=record_of_run, stages=run.stages
@@ -249,6 +260,8 @@ def _export(options: ExportOptions, specs: Sequence[BackendSpec], listener: Prog
         run.quantization,
         run.nonfinite_failed,
         run.failed_targets,
+        run.generation,
+        run.decoder_latency,
     )
 
 
@@ -269,6 +282,7 @@ def _load(run: _Run) -> LoadedModel:
         loaded = load_stage(run.options)
         record.detail = loaded.model.describe()
     run.eager, run.golden, run.samples = loaded.eager, loaded.golden, loaded.samples
+    run.loaded = loaded.model
     return loaded.model
 
 
@@ -287,7 +301,13 @@ def _convert_and_verify(run: _Run, loaded: LoadedModel, build_dir: Path) -> None
             built, golden=golden, options=options, loaded=loaded, step=run.step
         )
         run.nonfinite_failed = nonfinite_gate_failed(options, golden)
-        record.status, record.detail = _verify_status(run.results, len(golden), run.nonfinite_failed)
+        facts = hf_facts(loaded)
+        if facts is not None and facts.is_decoder:
+            run.generation, notes = check_generations(run.results, facts, options, run.step)
+            run.notes += notes
+        record.status, record.detail = _verify_status(
+            run.results, len(golden), run.nonfinite_failed, run.generation
+        )
 
 
 def _optimize_and_quantize(run: _Run, loaded: LoadedModel, build_dir: Path) -> None:
@@ -324,7 +344,7 @@ def _benchmark(run: _Run) -> None:
     if not run.options.benchmark:
         run.stages.skip("benchmark", "disabled")
         return
-    assert run.eager is not None
+    assert run.eager is not None and run.loaded is not None
     with run.stages.run("benchmark") as record:
         timed = benchmark_stage(
             run.eager,
@@ -332,21 +352,33 @@ def _benchmark(run: _Run) -> None:
             run.options,
             run.listener,
             run.load_seconds,
+            layout=facts.layout if (facts := hf_facts(run.loaded)) is not None else None,
         )
         run.latency = drop_slower_lossy(timed.latency, run.quantization, run.notes)
+        kept = {s.backend for s in run.latency}
+        run.decoder_latency = [row for row in timed.decoder if row.backend in kept]
         run.timing_quality = timed.quality.restricted_to(s.backend for s in run.latency)
         record.detail = f"{len(run.latency)} timings, {run.options.threads} threads"
+        record.detail += f", {len(run.decoder_latency)} decoder timings" if run.decoder_latency else ""
         record.detail += run.timing_quality.describe()
 
 
 def _verify_status(
-    results: Sequence[BackendResult], cases: int, nonfinite_failed: bool
+    results: Sequence[BackendResult],
+    cases: int,
+    nonfinite_failed: bool,
+    generation: Sequence[GenerationResult] = (),
 ) -> tuple[StageStatus, str]:
     failing = [r for r in results if not r.passed]
     plural = "s" if len(results) != 1 else ""
     detail = f"{len(results)} backend{plural} x {cases} shapes" + "".join(
         f"; {r.backend}: {(r.notes or r.shipped_parity.failures())[0]}" for r in failing
     )
+    if generation:
+        prompts = max(len(g.prompts) for g in generation)
+        detail += f"; greedy generation: {len(generation)} artifacts x {prompts} prompts"
+        detail += "".join(f"; {g.describe()}" for g in generation if not g.passed)
     if nonfinite_failed:
         detail += "; the PyTorch reference itself outputs NaN/Inf (--fail-on-nonfinite)"
-    return (StageStatus.FAILED if failing or nonfinite_failed else StageStatus.PASSED), detail
+    failed = failing or nonfinite_failed or not all(g.passed for g in generation)
+    return (StageStatus.FAILED if failed else StageStatus.PASSED), detail

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 from exporter.backends._verify import BackendResult
 from exporter.backends.onnxruntime import INT8, ONNX, manifest_section
 from exporter.backends.registry import BackendSpec
+from exporter.benchmark.decoder import DecoderLatency
 from exporter.benchmark.latency import LatencyStats
+from exporter.documents.decoder import decoder_manifest, decoder_report
+from exporter.hf.generation_check import GenerationResult
 from exporter.loading.checkpoint import LoadedModel
 from exporter.optimize.optimizer import OptimizationResult
 from exporter.quantize.search import QuantizationResult
@@ -61,6 +64,9 @@ class RunRecord:
     """Requested targets whose conversion failed while others shipped (a partial export)."""
     timing_quality: TimingQuality | None = None
     """How far to trust the latency figures (machine load, spread, thread probe); None: not benchmarked."""
+    generation: list[GenerationResult] = field(default_factory=list)
+    """A decoder's greedy generation through each shipped float artifact (``stages/generation.py``)."""
+    decoder_latency: list[DecoderLatency] = field(default_factory=list)
 
     @property
     def onnx(self) -> BackendResult | None:
@@ -122,6 +128,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         notes.extend(quantization.notes)
     passed = all(b.passed for b in run.backends) and (quantization is None or quantization.passed)
     passed = passed and not nonfinite_gate_failed(options, run.golden)
+    passed = passed and all(g.passed for g in run.generation)
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "name": options.model_name,
@@ -145,6 +152,7 @@ def build_report(options: ExportOptions, run: RunRecord, stages: list[StageRecor
         "optimization_summary": run.optimization.to_json() if run.optimization else None,
         "nonfinite": run.nonfinite,
         "failed_targets": [f.to_json() for f in run.failed_targets] or None,
+        **decoder_report(loaded, run.generation, run.decoder_latency),
         "notes": notes,
         "artifacts": {
             **{b.backend: b.file for b in run.backends if b.file},
@@ -290,6 +298,7 @@ def build_manifest(
 
     environment, loaded = run.environment, run.loaded
     onnx = manifest_section(run.backends)
+    hf, generation, decoder_latency = decoder_manifest(loaded, run.generation, run.decoder_latency)
     manifest = Manifest(
         schema_version=MANIFEST_SCHEMA_VERSION,
         name=options.model_name,
@@ -324,5 +333,8 @@ def build_manifest(
             name: FileEntry.model_validate(entry, strict=False)
             for name, entry in file_inventory(staging, exclude=RENDERED).items()
         },
+        hf=hf,
+        generation=generation,
+        decoder_latency=decoder_latency,
     )
     return manifest.model_dump(mode="json")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, StringConstraints, Tag
 
+from exporter.benchmark.decoder import DecoderLatency
 from exporter.documents.fields import DimSize, Number, Typed
 from exporter.documents.files import MANIFEST_SCHEMA_VERSION, read_document
 from exporter.documents.typed_errors import read_typed
@@ -29,11 +30,15 @@ __all__ = [
     "ArtifactEntry",
     "BenchmarkEntry",
     "CallEntry",
+    "DecoderLatency",
     "DynamicDimEntry",
     "FileEntry",
+    "GenerationEntry",
+    "GenerationResultEntry",
     "GoldenCaseEntry",
     "GoldenEntry",
     "GoldenSamplesEntry",
+    "HfEntry",
     "InputSpecEntry",
     "Int8Entry",
     "MachineEntry",
@@ -123,6 +128,8 @@ class DynamicDimEntry(Typed):
 class InputSpecEntry(Typed):
     inputs: list[TensorEntry]
     dynamic_dims: dict[str, DynamicDimEntry]
+    derived_dims: dict[str, list[str]] = Field(default_factory=dict, exclude_if=lambda value: not value)
+    """Derived dims (``total=past+seq``): each label and the labels whose sizes it sums."""
 
 
 class BenchmarkEntry(Typed):
@@ -195,6 +202,41 @@ class NonfiniteEntry(Typed):
     elements: int
 
 
+class HfEntry(Typed):
+    """The Hugging Face folder the artifacts came from (``HfFacts.to_json``): task, model type, the decoder's
+    cache layout (``DecoderLayout.to_json``; None for an encoder), the tokenizer files shipped beside."""
+
+    task: str
+    model_type: str
+    architectures: list[str]
+    decoder: dict[str, Any] | None
+    tokenizer: list[str]
+    max_new_tokens: int
+
+
+class GenerationResultEntry(Typed):
+    """One artifact's greedy generation against the reference, as verified at export."""
+
+    artifact: str
+    reference: str
+    passed: bool
+    identical_prompts: int
+    prompts_total: int
+    match_share: Number
+    floor: Number | None = None
+    first_failure: str | None = None
+
+
+class GenerationEntry(Typed):
+    """A decoder's generation check: the golden prompts and reference tokens (``file``), replayed by
+    ``exporter verify``, and each artifact's result at export."""
+
+    file: str
+    max_new_tokens: int
+    prompts: int
+    results: list[GenerationResultEntry]
+
+
 class FileEntry(Typed):
     sha256: str
     bytes: int | None = None
@@ -225,6 +267,11 @@ class Manifest(Typed):
     golden: list[GoldenEntry]
     reference_nonfinite: list[NonfiniteEntry] | None = None
     files: dict[str, FileEntry]
+    hf: HfEntry | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Set when the checkpoint was a Hugging Face folder."""
+    generation: GenerationEntry | None = Field(default=None, exclude_if=lambda value: value is None)
+    decoder_latency: list[DecoderLatency] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """A decoder's time to first token and per-token decode time, per artifact and eager."""
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from exporter.benchmark.decoder import DecoderLatency
 from exporter.benchmark.latency import LatencyStats
 from exporter.documents.fields import Number, Typed
 from exporter.documents.files import read_document
@@ -116,6 +117,10 @@ class Report(Typed):
     optimization_summary: dict[str, Any] | None = None
     nonfinite: list[NonfiniteEntry] | None = None
     failed_targets: list[TargetFailure] | None = None
+    hf: dict[str, Any] | None = None
+    generation: list[dict[str, Any]] | None = None
+    """A decoder's greedy generation per checked artifact (``GenerationResult.to_json``)."""
+    decoder_latency: list[DecoderLatency] | None = None
     notes: list[str]
     artifacts: dict[str, str]
 

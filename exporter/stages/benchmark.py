@@ -6,15 +6,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
 from exporter.backends.registry import BackendResult, OpenContext, open_shipped
+from exporter.benchmark.decoder import DecoderLatency, time_decoder
 from exporter.benchmark.latency import BatchPlan, LatencyStats, batch_plans, compare_latency
 from exporter.benchmark.thread_probe import probe_threads
 from exporter.benchmark.trust import LoadWatch, TimingQuality, assess_timing
 from exporter.documents.build import lossy_artifacts
+from exporter.hf.decoding import DecoderLayout
 from exporter.quantize.search import QuantizationResult
 from exporter.quantize.types import QuantMode
 from exporter.runners.base import Runner
@@ -34,6 +36,8 @@ class BenchmarkResult:
 
     latency: list[LatencyStats]
     quality: TimingQuality
+    decoder: list[DecoderLatency] = field(default_factory=list)
+    """A decoder's time to first token and per-token decode time (``benchmark.decoder``)."""
 
 
 def shipped_runners(
@@ -57,6 +61,8 @@ def benchmark_stage(
     options: ExportOptions,
     listener: ProgressListener,
     load_seconds: dict[str, float],
+    *,
+    layout: DecoderLayout | None = None,
 ) -> BenchmarkResult:
     """Time eager and every shipped artifact alike, in alternating blocks per batch size.
 
@@ -73,6 +79,7 @@ def benchmark_stage(
     """
     plans = batch_plans(options.spec, options.batch_dim, options.batch_sizes, options.seed)
     results: list[LatencyStats] = []
+    decoder: list[DecoderLatency] = []
     order = [eager.name]
     with LoadWatch() as watch:
         probes = []
@@ -93,8 +100,10 @@ def benchmark_stage(
                     order.append(runner.name)
                     runners.append(stack.enter_context(runner))
                 timed = _time_plans(runners, plans, options, listener)
+                rows = _time_decoder(runners, layout, options, listener) if layout is not None else []
             first = group is groups[0] if groups else True
             results += [s for s in timed if first or s.backend != eager.name]  # eager's first timing
+            decoder += [r for r in rows if first or r.backend != eager.name]
     baseline = {s.label: s.p50_ms for s in results if s.backend == eager.name}
     for stats in results:
         stats.speedup_vs_eager = baseline[stats.label] / stats.p50_ms if stats.p50_ms > 0 else None
@@ -103,7 +112,8 @@ def benchmark_stage(
     quality = assess_timing(
         results, baseline=eager.name, threads=options.threads, load=watch.load, probes=probes
     )
-    return BenchmarkResult(results, quality)
+    decoder.sort(key=lambda r: order.index(r.backend) if r.backend in order else len(order))
+    return BenchmarkResult(results, quality, decoder)
 
 
 JOINT_TIMING_BYTES = 512 * 2**20
@@ -125,6 +135,19 @@ def _time_plans(
             runners, plan, config=options.timing, threads=options.threads, on_block=show
         )
     return results
+
+
+def _time_decoder(
+    runners: list[Runner], layout: DecoderLayout, options: ExportOptions, listener: ProgressListener
+) -> list[DecoderLatency]:
+    """A decoder's prefill and per-token decode calls, eager (first) against every artifact."""
+
+    def show(runner: Runner, label: str) -> None:
+        listener.step(f"timing {runner.name} at {label}", 0, 0)
+
+    return time_decoder(
+        runners, layout, config=options.timing, threads=options.threads, seed=options.seed, on_block=show
+    )
 
 
 def drop_slower_lossy(
