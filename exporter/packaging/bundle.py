@@ -41,6 +41,7 @@ from exporter.serving.artifact import (
     choose_artifact,
     required_files,
 )
+from exporter.serving.decoder import decoder_files
 from exporter.stages.staging import check_output_dir, output_lock, staging_dir
 
 __all__ = [
@@ -68,9 +69,18 @@ SERVER_REQUIREMENTS = (
 runtime's. requirements.txt pins them and their dependencies."""
 
 
-def bundle_requirements(spec: BackendSpec) -> tuple[str, ...]:
+TOKENIZER_REQUIREMENTS = ("tokenizers",)
+"""What a decoder's server adds when it has a tokenizer (imported only then: ``serving.decoder``)."""
+
+
+def bundle_requirements(spec: BackendSpec, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The packages a bundle serving ``spec``'s artifact installs (before their dependencies)."""
-    return (*SERVER_REQUIREMENTS, *spec.requirements)
+    return (*SERVER_REQUIREMENTS, *spec.requirements, *extra)
+
+
+def manifest_requirements(manifest: Manifest) -> tuple[str, ...]:
+    """Packages the served model's own files need: ``tokenizers`` for a decoder with a tokenizer."""
+    return TOKENIZER_REQUIREMENTS if any(n.startswith("tokenizer/") for n in decoder_files(manifest)) else ()
 
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -109,7 +119,7 @@ def package_bundle(folder: Path, out: Path, backend: str | None = None, force: b
     check_integrity(folder, manifest, artifact, purpose="package")
     check_output_dir(out, force, keep=[folder])
     spec = backend_spec(artifact.backend)
-    requirements = pinned_requirements(spec)
+    requirements = pinned_requirements(spec, manifest_requirements(manifest))
     sources = server_sources(spec)
     with output_lock(out), staging_dir(out, force, keep=[folder]) as staging:
         _copy_artifacts(folder, manifest, artifact, staging / "artifacts")
@@ -261,7 +271,7 @@ def _copy_sources(sources: dict[str, Path], bundle: Path) -> None:
 # --- requirements ---------------------------------------------------------------------------------------
 
 
-def pinned_requirements(spec: BackendSpec) -> list[str]:
+def pinned_requirements(spec: BackendSpec, extra: tuple[str, ...] = ()) -> list[str]:
     """``name==version`` of the packages a bundle of ``spec`` needs and everything they depend on, as
     installed here.
 
@@ -273,7 +283,7 @@ def pinned_requirements(spec: BackendSpec) -> list[str]:
     """
     pins: dict[str, str] = {}
     pending: list[tuple[str, frozenset[str], str]] = [
-        (name, frozenset(), "exporter's server") for name in bundle_requirements(spec)
+        (name, frozenset(), "exporter's server") for name in bundle_requirements(spec, extra)
     ]
     while pending:
         name, extras, wanted_by = pending.pop()

@@ -16,6 +16,7 @@ from exporter.documents.manifest import Manifest
 from exporter.packaging.example import Example, example_values
 from exporter.packaging.triton import TritonRepository, triton_model_name
 from exporter.serving.artifact import ServedArtifact
+from exporter.serving.decoder import hf_entry
 from exporter.serving.protocol import DATATYPE_OF
 
 __all__ = ["PORT", "bundle_readme", "dockerfile", "image_name"]
@@ -87,7 +88,7 @@ this one. `--port`, `--workers`, `--threads`, `--max-batch-size` and `--max-batc
 ## Call it
 
 $curl
-
+$generate
 With Triton's Python client (`pip install tritonclient[http]`), from this folder:
 
 ```python
@@ -148,6 +149,33 @@ def bundle_readme(
         curl=_curl_example(manifest, example),
         client=_client_example(manifest, example),
         triton=_triton_section(triton),
+        generate=_generate_section(manifest),
+    )
+
+
+def _generate_section(manifest: Manifest) -> str:
+    """A decoder's generate endpoints (Triton's generate extension), when the bundle serves one."""
+    entry = hf_entry(manifest)
+    if entry is None or entry.get("decoder") is None:
+        return ""
+    base = f"http://localhost:{PORT}/v2/models/{manifest.name}"
+    text = "tokenizer/tokenizer.json" in (entry.get("tokenizer") or [])
+    prompt = '"text_input": "The quick brown fox"' if text else '"input_ids": [1, 5, 9]'
+    body = f'{{{prompt}, "parameters": {{"max_tokens": 16}}}}'
+    takes = (
+        "`text_input` (tokenized by `artifacts/tokenizer/`) or `input_ids`"
+        if text
+        else "`input_ids` (the folder had no fast tokenizer)"
+    )
+    return (
+        "\nThis model is a decoder: it also speaks Triton's generate extension (greedy decoding, a\n"
+        f"cache per request), taking {takes}; `parameters.max_tokens` (default 16) and `ignore_eos`:\n\n"
+        "```bash\n"
+        f"curl -s {base}/generate -H 'Content-Type: application/json' -d '{body}'\n"
+        f"curl -sN {base}/generate_stream -H 'Content-Type: application/json' -d '{body}'\n"
+        "```\n\n"
+        '`generate` answers `{"text_output", "output_ids", "finish_reason", ...}`; `generate_stream`\n'
+        'sends one server-sent event per token (`data: {"text_output": piece, "output_ids": [id], ...}`).\n'
     )
 
 
@@ -217,6 +245,12 @@ def _triton_section(triton: TritonRepository) -> str:
         else "no batching: the batch dim does not lead every input and output"
     )
     beside = "".join(f" (its weights in `1/{name}`)" for name in triton.companions)
+    if triton.tokenizer:
+        beside += (
+            " (the tokenizer in `1/tokenizer/`: Triton's ONNX backend serves the model's infer, logits\n"
+            "and cache; text in and out and the generate extension are this bundle's server's, or those of\n"
+            "a Python-backend model of yours that reads that tokenizer)"
+        )
     return (
         f"`model_repository/{triton.model}/` holds `{triton.source}` as `1/{triton.model_file}`{beside} and "
         f"a `config.pbtxt`\n(platform `{triton.platform}`, {batching}). "

@@ -22,6 +22,7 @@ import numpy as np
 from exporter.backends.registry import BackendSpec, backend, backends
 from exporter.documents.manifest import Manifest
 from exporter.serving.artifact import ServedArtifact, golden_cases, shipped_artifacts
+from exporter.serving.decoder import decoder_files
 from exporter.serving.protocol import DATATYPE_OF, ModelSignature, signature_of
 
 __all__ = [
@@ -60,6 +61,9 @@ class TritonRepository:
     """The served file's name in ``1/`` (Triton's default for the platform)."""
     companions: tuple[str, ...] = ()
     """What ``1/`` holds beside it: an ONNX model's external data (``model.onnx.data``)."""
+    tokenizer: tuple[str, ...] = ()
+    """A decoder's tokenizer files, in ``1/tokenizer/`` beside the model (Triton's ONNX backend does not
+    read them: a client or a Python-backend pre/post-processing model does)."""
 
 
 def triton_model_name(name: str) -> str:
@@ -117,8 +121,20 @@ def triton_repository(
         shutil.copyfile(folder / name, version / Path(name).name, follow_symlinks=False)
     _PLATFORMS[platform].rename(version / Path(source.file).name, version / model_file)
     companions = tuple(sorted(path.name for path in version.iterdir() if path.name != model_file))
+    tokenizer = []
+    for name in decoder_files(manifest):
+        if name.startswith("tokenizer/"):
+            (version / "tokenizer").mkdir(exist_ok=True)
+            shutil.copyfile(folder / name, version / name, follow_symlinks=False)
+            tokenizer.append(name)
     return TritonRepository(
-        model, source.file, batching, platform=platform, model_file=model_file, companions=companions
+        model,
+        source.file,
+        batching,
+        platform=platform,
+        model_file=model_file,
+        companions=companions,
+        tokenizer=tuple(tokenizer),
     )
 
 
