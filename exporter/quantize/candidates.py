@@ -98,6 +98,8 @@ class CandidateSpec:
         config: the runtime settings it is judged, timed and shipped with (OpenVINO's plugin config).
         float_model: how the float model it must beat is made from the float ONNX model when its runtime
             times another format (OpenVINO: an IR); None: the float ONNX model itself.
+        decoder: which models it is built for: False (the default) all but decoders with a KV cache, True
+            decoders only (the weight-only candidates of ``weight_only.py``), None both.
     """
 
     name: str
@@ -112,6 +114,7 @@ class CandidateSpec:
     unavailable: Callable[[QuantizeContext], str | None] | None = None
     config: Callable[[QuantizeContext], dict[str, str]] | None = None
     float_model: Callable[[Path, Path], Path] | None = None
+    decoder: bool | None = False
 
 
 _REGISTRY = Registry[CandidateSpec]("int8 candidate")
@@ -120,9 +123,14 @@ unregister = _REGISTRY.unregister
 candidate_specs = _REGISTRY.entries
 
 
-def candidates_for(mode: QuantMode) -> list[CandidateSpec]:
-    """The candidates ``mode`` builds, in registration order."""
-    return [spec for spec in candidate_specs() if mode in spec.modes]
+def candidates_for(mode: QuantMode, decoder: bool = False) -> list[CandidateSpec]:
+    """The candidates ``mode`` builds for a decoder with a KV cache or another model, in registration
+    order."""
+    return [
+        spec
+        for spec in candidate_specs()
+        if mode in spec.modes and (spec.decoder is None or spec.decoder == decoder)
+    ]
 
 
 # ---- ONNX Runtime ----------------------------------------------------------------------------------------
@@ -191,6 +199,7 @@ DYNAMIC_ORT = register(
         _build_dynamic,
         frozenset({QuantMode.DYNAMIC, QuantMode.INT8}),
         repairs=(keep_sensitive_layers_in_float,),
+        decoder=None,
     )
 )
 STATIC_ORT = register(
@@ -332,6 +341,7 @@ BF16_OPENVINO = register(
         frozenset({QuantMode.BF16, QuantMode.INT8}),
         unavailable=needs_bf16,
         config=bf16_config,
+        decoder=None,
     )
 )
 NNCF_OPENVINO = register(
@@ -368,3 +378,7 @@ NNCF_OPENVINO_AC = register(
         unavailable=needs_openvino_target,
     )
 )
+
+
+# The decoders' weight-only candidates register themselves after those above (so ``int8`` builds them last).
+import exporter.quantize.weight_only  # noqa: E402, F401

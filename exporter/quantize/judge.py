@@ -1,5 +1,6 @@
-"""Judging a lossy model: parity against eager float on held-out samples, and the right output shapes at
-every golden shape case. Builders, repairs and the registry all judge the same way, so it is written once."""
+"""Judging a lossy model: parity against eager float on held-out samples, the right output shapes at every
+golden shape case, and for a decoder greedy generation against the float model's (``decoder.py``).
+Builders, repairs and the registry all judge the same way, so it is written once."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import NamedTuple
 from exporter.backends.registry import BackendSpec, OpenContext
 from exporter.errors import first_line
 from exporter.quantize.budget import compare_int8
+from exporter.quantize.decoder import judge_generation
 from exporter.quantize.shipping import float_backend
 from exporter.quantize.types import Candidate, QuantizeContext
 from exporter.runners.base import Runner
@@ -73,6 +75,9 @@ def judge(candidate: Candidate, context: QuantizeContext) -> None:
             ]
             if wrong:
                 candidate.shape_errors.append(f"{case.case.name}: {', '.join(wrong)}")
+        if context.decoder is not None:
+            candidate.decoder = True
+            candidate.generation = judge_generation(runner, context.decoder, context.options.min_cosine)
 
 
 def describe_error(error: float) -> str:

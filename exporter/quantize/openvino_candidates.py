@@ -66,11 +66,26 @@ def needs_openvino_target(context: QuantizeContext) -> str | None:
 
 def float_openvino_ir(float_onnx: Path, work_dir: Path) -> Path:
     """The float ONNX model as an IR with float32 weights: what the OpenVINO candidates must beat."""
-    import openvino as ov
-
     from exporter.backends.openvino import save_ir
 
-    return save_ir(ov.convert_model(str(float_onnx)), work_dir / "float-openvino.xml")
+    return save_ir(convert_onnx(float_onnx), work_dir / "float-openvino.xml")
+
+
+def convert_onnx(float_onnx: Path) -> Any:
+    """``ov.convert_model`` of the ONNX model, each input named by its ONNX name alone.
+
+    The converter can give an input a second name, an inner tensor's (a decoder's ``past_key_values.0.key``
+    also became ``/Concat_output_0``), and ``get_any_name`` may then return that one, which no feed uses."""
+    import onnx
+    import openvino as ov
+
+    model = ov.convert_model(str(float_onnx))
+    graph_inputs = {i.name for i in onnx.load(str(float_onnx), load_external_data=False).graph.input}
+    for port in model.inputs:
+        names = port.get_names() & graph_inputs
+        if len(names) == 1 and len(port.get_names()) > 1:
+            port.get_tensor().set_names(names)
+    return model
 
 
 def needs_bf16(context: QuantizeContext) -> str | None:
@@ -114,11 +129,9 @@ def int8_openvino_config(context: QuantizeContext) -> dict[str, str]:
 def build_bf16_openvino(context: QuantizeContext, target: Path, exclude: Sequence[str]) -> dict[str, Any]:
     """The float IR, run with bf16 inference precision: weights stay float32 on disk, the CPU plugin
     computes matmuls and convolutions in bf16 (AMX or AVX512-BF16)."""
-    import openvino as ov
-
     from exporter.backends.openvino import save_ir
 
-    save_ir(ov.convert_model(str(context.float_onnx)), target)
+    save_ir(convert_onnx(context.float_onnx), target)
     return {"precision": "bf16", "weights": "float32 on disk"}
 
 

@@ -24,11 +24,13 @@ import torch
 from exporter._heap import page_out, release_freed_memory
 from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.convert.onnx_files import model_files
-from exporter.errors import first_line, full_text
+from exporter.errors import UsageError, first_line, full_text
+from exporter.hf.facts import HfFacts
 from exporter.loading.resolve import resolve_callable
 from exporter.quantize.calibration import SampleSet
 from exporter.quantize.candidates import CandidateSpec, Requirement, candidates_for
-from exporter.quantize.judge import judge, open_candidate
+from exporter.quantize.decoder import DecoderJudging, decode_plan, prepare_decoder
+from exporter.quantize.judge import judge, open_candidate, open_model
 from exporter.quantize.onnx_ort import Int8Formats
 from exporter.quantize.preprocess import external_output, preprocess
 from exporter.quantize.selection import choose_candidate, time_candidates
@@ -163,10 +165,22 @@ def run_quantization(
     work_dir: Path,
     step: Callable[[str], None],
     targets: Sequence[str] = ("onnx",),
+    hf: HfFacts | None = None,
 ) -> QuantizationResult:
-    """Build, judge and time every candidate for ``options.mode``, then mark what ships per runtime."""
+    """Build, judge and time every candidate for ``options.mode``, then mark what ships per runtime.
+
+    A decoder with a KV cache (``hf.is_decoder``) builds the decoder candidates, judges each by generation
+    too, and is timed per token (one decode step) instead of at ``plans``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
+    is_decoder = hf is not None and hf.is_decoder
+    specs = candidates_for(options.mode, decoder=is_decoder)
+    if not specs:
+        raise UsageError(_no_candidate(options.mode, is_decoder))
+    decoder: DecoderJudging | None = None
+    if hf is not None and hf.layout is not None:
+        step("the float decoder's greedy tokens and its decode step")
+        decoder, plans = _decoder_judging(options, hf, float_onnx, threads)
     if evaluation.synthetic:
         notes.append(SYNTHETIC_ONLY)
     preprocessed = work_dir / "preprocessed.onnx"
@@ -193,12 +207,13 @@ def run_quantization(
         targets=tuple(targets),
         rank_plan=plans[0] if plans else None,
         external_data=external_output(float_onnx),
+        decoder=decoder,
     )
     metric = resolve_callable(options.metric, option="metric") if options.metric else None
     float_accuracy = _accuracy(metric, context.reference, evaluation)
-    candidates, skipped = _build_all(candidates_for(options.mode), context, metric)
+    candidates, skipped = _build_all(specs, context, metric)
     step("timing the float models and the lossy candidates")
-    float_models = _float_models(float_onnx, candidates_for(options.mode), candidates, work_dir)
+    float_models = _float_models(float_onnx, specs, candidates, work_dir)
     floats = time_candidates(float_models, candidates, plans, timing, threads)
     choose_candidate(options.mode, candidates, notes)
     return QuantizationResult(
@@ -215,6 +230,27 @@ def run_quantization(
         {runtime: stats for runtime, stats in floats.items() if runtime != REFERENCE_RUNTIME},
         float_onnx,
     )
+
+
+def _no_candidate(mode: QuantMode, decoder: bool) -> str:
+    """Why ``mode`` builds nothing for this kind of model, and the modes that do."""
+    kind = "a decoder with a KV cache (weight-only modes)" if decoder else "a model that is not a decoder"
+    modes = [m.value for m in QuantMode if m is not QuantMode.NONE and candidates_for(m, decoder)]
+    return f"--quantize {mode.value} has no candidate for {kind}: use one of {', '.join(modes)}"
+
+
+def _decoder_judging(
+    options: QuantizeOptions, hf: HfFacts, float_onnx: Path, threads: int
+) -> tuple[DecoderJudging, list[BatchPlan]]:
+    """The float ONNX model's generations (``decoder.prepare_decoder``) and the decode step every candidate
+    is timed on, per token, instead of the spec's batch plans."""
+    assert hf.layout is not None
+    with open_model(float_onnx, REFERENCE_RUNTIME, threads, {}, "float") as runner:
+        judging = prepare_decoder(
+            runner, hf.layout, hf.generation, hf.max_new_tokens, options.token_match_floor
+        )
+        plan = decode_plan(runner, hf.layout, seed=0)
+    return judging, [plan]
 
 
 def _reference_outputs(eager: EagerRunner, evaluation: SampleSet) -> list[list[np.ndarray]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from exporter.benchmark.latency import BatchPlan, LatencyStats, TimingConfig, compare_latency
 from exporter.quantize.judge import open_candidate, open_model
 from exporter.quantize.shipping import REFERENCE_RUNTIME, runtime_title
-from exporter.quantize.types import Candidate, QuantMode
+from exporter.quantize.types import WEIGHT_ONLY_MODES, Candidate, QuantMode
 from exporter.runners.base import Runner
 
 __all__ = ["FLOAT_LABEL", "choose_candidate", "float_label", "time_candidates"]
@@ -117,9 +117,10 @@ def float_label(runtime: str) -> str:
 
 
 def choose_candidate(mode: QuantMode, candidates: list[Candidate], notes: list[str]) -> None:
-    """Per runtime, ``int8`` ships the fastest candidate within budget and faster than that runtime's float
-    model at every batch size timed (a geometric mean would let a win at batch 1 hide a loss at batch 8);
-    an explicit mode ships its fastest candidate within budget even when slower than float, flagged."""
+    """Per runtime, ``int8`` and ``int4`` ship the fastest candidate within budget and faster than that
+    runtime's float model at every batch size timed (for a decoder: per token), since a geometric mean would
+    let a win at batch 1 hide a loss at batch 8; an explicit mode ships its fastest candidate within budget
+    even when slower than float, flagged."""
     for runtime in dict.fromkeys(c.runtime for c in candidates):
         _choose(mode, [c for c in candidates if c.runtime == runtime], notes, runtime)
 
@@ -138,9 +139,9 @@ def _choose(mode: QuantMode, candidates: list[Candidate], notes: list[str], runt
                 f"lossy candidate {candidate.name} is SLOWER than float {where} at "
                 f"{', '.join(candidate.slower_at)} (p50 x{candidate.p50_ratio:.2f} of float over all sizes)"
             )
-    eligible = [c for c in within if c.faster_than_float] if mode is QuantMode.INT8 else within
+    eligible = [c for c in within if c.faster_than_float] if mode in WEIGHT_ONLY_MODES else within
     if not eligible:
-        if within and mode is QuantMode.INT8:
+        if within and mode in WEIGHT_ONLY_MODES:
             notes.append(
                 f"no {where} candidate was both within budget and faster than float: none shipped for {where}"
             )

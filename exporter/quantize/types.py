@@ -22,6 +22,7 @@ from exporter.benchmark.latency import BatchPlan, LatencyStats
 from exporter.errors import UsageError
 from exporter.quantize.budget import Int8Comparison, ParityBudget
 from exporter.quantize.calibration import SampleSet
+from exporter.quantize.decoder import DecoderJudging, GenerationJudgement
 from exporter.quantize.onnx_ort import CALIBRATION_METHODS, Int8Formats
 from exporter.quantize.sensitivity import LayerError
 from exporter.quantize.shipping import REFERENCE_RUNTIME, lossy_backend, shipped_file
@@ -37,7 +38,26 @@ class QuantMode(StrEnum):
     STATIC = "static"
     QAT = "qat"
     INT8 = "int8"
+    INT4 = "int4"
     BF16 = "bf16"
+
+
+WEIGHT_ONLY_MODES = frozenset({QuantMode.INT8, QuantMode.INT4})
+"""The modes a decoder's weight-only candidates belong to, and where a lossy model slower than float (per
+token, for a decoder) never ships."""
+
+DEFAULT_BLOCK_SIZE = 32
+"""Weights per scale in block-wise int4 (``--block-size``): ONNX Runtime's model builder and NNCF's
+``group_size`` both default to 32 or 128; 32 costs 1/8 of a bit more per weight than 128 and is the more
+accurate, and a block must divide the hidden sizes of small decoders too (64 in the test decoders)."""
+
+DEFAULT_TOKEN_MATCH = {QuantMode.INT8: 0.75, QuantMode.INT4: 0.5}
+"""The token-match floor per mode when ``--min-token-match`` is not given: the share of the float model's
+greedy tokens a decoder candidate reproduces before its first divergence, averaged over the golden prompts.
+int8 weights move logits by about a part in a thousand: a trained decoder then diverges only where two
+tokens nearly tie, so three quarters of the way on average is the least a user should accept. int4 moves
+them ten times as far; tools that ship int4 (ONNX Runtime GenAI, OpenVINO) accept divergence after some
+tokens, so half the way on average, with no prompt derailed at once being likely then."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,11 @@ class QuantizeOptions:
     qat_train: str | None = None
     eval_data: str | None = None
     metric: str | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    """``--block-size``: weights per scale in int4 (and the ONNX Runtime int8 MatMulNBits) candidates."""
+    min_token_match: float | None = None
+    """``--min-token-match``: a decoder candidate's floor on the mean token-match share (None: the mode's
+    default in ``DEFAULT_TOKEN_MATCH``)."""
     require_real_data: bool = False
     """``--require-real-data``: no real calibration data is a usage error (exit 2), not a synthetic-only
     judgement; for CI, where a lossy artifact proven only on noise must not land."""
@@ -79,12 +104,16 @@ class QuantizeOptions:
             ("--calibration-samples", self.samples, 1),
             ("[quantize].max_float_layers", self.max_float_layers, 0),
             ("[quantize].qat_steps", self.qat_steps, 0),
+            ("--block-size", self.block_size, 16),
         ):
             if not isinstance(count, int) or isinstance(count, bool) or count < least:
                 raise UsageError(f"{flag} {count!r} must be an integer >= {least}")
+        if self.block_size & (self.block_size - 1):
+            raise UsageError(f"--block-size {self.block_size} must be a power of two (16, 32, 64, 128, ...)")
         bounds: tuple[tuple[str, float | None, bool, float, float, str], ...] = (
             ("--min-cosine", self.min_cosine, False, -1.0, 1.0, "is outside [-1, 1]"),
             ("--min-top1", self.min_top1, True, 0.0, 1.0, "is outside [0, 1]"),
+            ("--min-token-match", self.min_token_match, True, 0.0, 1.0, "is outside [0, 1]"),
             ("--min-sqnr", self.min_sqnr_db, True, -math.inf, math.inf, "must be a finite number of dB"),
             ("[quantize].max_abs", self.max_abs, True, 0.0, math.inf, "must be a finite number >= 0"),
             ("[quantize].qat_lr", self.qat_lr, False, math.ulp(0.0), math.inf, "must be a finite number > 0"),
@@ -96,6 +125,13 @@ class QuantizeOptions:
                 raise UsageError(f"{flag} {value!r} {expected}")
             if not (math.isfinite(value) and low <= value <= high):
                 raise UsageError(f"{flag} {value:g} {expected}")
+
+    @property
+    def token_match_floor(self) -> float:
+        """The floor a decoder candidate's mean token-match share must reach."""
+        if self.min_token_match is not None:
+            return self.min_token_match
+        return DEFAULT_TOKEN_MATCH.get(self.mode, DEFAULT_TOKEN_MATCH[QuantMode.INT8])
 
     @property
     def budget(self) -> ParityBudget:
@@ -137,6 +173,11 @@ class Candidate:
     p50_ratio: float | None = None
     accuracy: float | None = None
     chosen: bool = False
+    generation: GenerationJudgement | None = None
+    """A decoder candidate's greedy generation against the float model's (``decoder.judge_generation``)."""
+    decoder: bool = False
+    """Judged as a decoder: then no generation judgement (a failure to generate) fails the budget, so
+    cosine on synthetic inputs alone never ships it."""
     timed_in_full: bool = True
     """Timed at every batch plan; False when its first plan already ruled it out (``time_candidates``)."""
 
@@ -157,6 +198,7 @@ class Candidate:
             and bool(self.outputs)
             and all(o.passed for o in self.outputs)
             and not self.shape_errors
+            and (self.generation.passed if self.generation is not None else not self.decoder)
         )
 
     @property
@@ -194,6 +236,7 @@ class Candidate:
             "latency": [s.to_json() for s in self.latency],
             "p50_ratio_vs_float": self.p50_ratio,
             "accuracy": self.accuracy,
+            "generation": None if self.generation is None else self.generation.to_json(),
             "budget_passed": self.budget_passed,
             "faster_than_float": self.faster_than_float,
             "timed_in_full": self.timed_in_full,
@@ -229,6 +272,8 @@ class QuantizeContext:
     in one ``<file>.data`` (``preprocess.external_output``, read once)."""
     reduce_range: bool | None = None
     calibration_method: str | None = None
+    decoder: DecoderJudging | None = None
+    """Set for a decoder: every candidate is also judged by generation (``decoder.judge_generation``)."""
     rank_plan: BatchPlan | None = None
     """The first batch plan, on which a candidate that missed the budget is raced against those that met it
     before any repair (``search.build_candidate``); None: no race."""

@@ -51,14 +51,32 @@ def top1_note(report: dict[str, Any]) -> str | None:
     return None if _judges_top1(report) else TOP1_OMITTED
 
 
+def _judges_generation(report: dict[str, Any]) -> bool:
+    """A decoder's candidates were judged by greedy generation (the token-match column is shown)."""
+    return any(c.get("generation") for c in report["quantization"]["candidates"])
+
+
 def quantization_table(report: dict[str, Any]) -> Table:
-    """One row per lossy candidate (int8, bf16): verdict, size and speed against the float model of its own
-    runtime, its p50, worst parity over outputs (top-1 only when the budget declares class scores)."""
+    """One row per lossy candidate (int8, int4, bf16): verdict, size and speed against the float model of
+    its own runtime (per token for a decoder), its p50, worst parity over outputs (top-1 only when the budget
+    declares class scores; for a decoder the token-match share against its floor, and the block size)."""
     headers, rows = _full_table(report)
-    if _judges_top1(report):
-        return headers, rows
-    keep = [i for i, header in enumerate(headers) if header != "top-1 agree"]
+    dropped = set()
+    if not _judges_top1(report):
+        dropped.add("top-1 agree")
+    if not _judges_generation(report):
+        dropped |= {"token match", "block"}
+    keep = [i for i, header in enumerate(headers) if header not in dropped]
     return [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def _token_match(candidate: dict[str, Any]) -> str:
+    """``0.42 (floor 0.5; 1.00, 0.08, 0.17)``: the mean share, its floor and each prompt's."""
+    generation = candidate.get("generation")
+    if not generation:
+        return "-"
+    shares = ", ".join(f"{s:.2f}" for s in generation["shares"])
+    return f"{generation['token_match']:.2f} (floor {generation['floor']:g}; {shares})"
 
 
 def _full_table(report: dict[str, Any]) -> Table:
@@ -71,6 +89,8 @@ def _full_table(report: dict[str, Any]) -> Table:
         "min cosine",
         "SQNR dB",
         "top-1 agree",
+        "token match",
+        "block",
         "accuracy",
         "float layers",
     ]
@@ -78,14 +98,16 @@ def _full_table(report: dict[str, Any]) -> Table:
     rows = []
     if quant["float"]["accuracy"] is not None:
         accuracy = f"{quant['float']['accuracy']:.4f}"
-        rows.append(["float (reference)", "-", "1.00x", "-", "1.00x", "-", "-", "-", accuracy, "-"])
+        rows.append(["float (reference)", "-", "1.00x", "-", "1.00x", "-", "-", "-", "-", "-", accuracy, "-"])
     for c in quant["candidates"]:
         runtime = c.get("runtime", REFERENCE_RUNTIME)
         outputs = c["outputs"]
         if c["error"]:
             status = f"FAILED to build: {c['error']}"
         elif not c["budget_passed"]:
-            misses = [o["message"] for o in outputs if o["message"]] + c["shape_errors"]
+            generation = (c.get("generation") or {}).get("message")
+            misses = [generation] if generation else []
+            misses += [o["message"] for o in outputs if o["message"]] + c["shape_errors"]
             status = "FAIL budget: " + "; ".join(misses[:2])
         else:
             status = "within budget"
@@ -109,11 +131,13 @@ def _full_table(report: dict[str, Any]) -> Table:
                 "-" if not outputs else f"{min(o['min_cosine'] for o in outputs):.4f}",
                 "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
                 "-" if not top1 else f"{min(top1):.3f}",
+                _token_match(c),
+                str(c["settings"].get("block_size") or "-"),
                 "-" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
                 ", ".join(_float_layer(e) for e in c["float_layers"]) or "-",
             ]
         )
-    rows += [[name, reason, *["-"] * 8] for name, reason in quant.get("skipped", {}).items()]
+    rows += [[name, reason, *["-"] * 10] for name, reason in quant.get("skipped", {}).items()]
     return headers, rows
 
 

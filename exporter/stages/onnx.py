@@ -244,13 +244,14 @@ def _quantize(
         work_dir=work_dir,
         step=lambda message: listener.step(message, 0, 0),
         targets=options.chosen_targets,
+        hf=getattr(loaded, "hf", None),
     )
     if not result.candidates:
         reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())
         raise UsageError(f"--quantize {settings.mode.value}: no candidate can be built here ({reasons})")
     if result.none_built:
         reasons = "; ".join(f"{c.name}: {c.error}" for c in result.candidates)
-        raise ConversionError(f"--quantize {settings.mode.value}: no int8 model could be built ({reasons})")
+        raise ConversionError(f"--quantize {settings.mode.value}: no lossy model could be built ({reasons})")
     return result
 
 
@@ -262,8 +263,11 @@ def _quantize_status(result: QuantizationResult) -> tuple[StageStatus, str]:
     parts = []
     for chosen in result.shipped:
         size = chosen.size_bytes / result.float_size if result.float_size else 0
-        parts.append(
+        part = (
             f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float {chosen.runtime}, "
             f"size x{size:.2f}, min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
         )
+        if chosen.generation is not None:
+            part += f", token match {chosen.generation.token_match:.2f}"
+        parts.append(part)
     return status, "; ".join(parts)

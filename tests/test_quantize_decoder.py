@@ -1,0 +1,295 @@
+"""Weight-only int8 and int4 for decoders with a KV cache: candidates built (MatMulNBits in ONNX Runtime,
+NNCF compress_weights in OpenVINO), judged by greedy generation against the float model, timed per token,
+shipped or refused with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from exporter.benchmark.latency import LatencyStats, TimingConfig
+from exporter.errors import UsageError
+from exporter.hf.decoding import DecoderLayout
+from exporter.hf.facts import HfFacts
+from exporter.hf.reference import reference_generations
+from exporter.quantize.budget import Int8Comparison
+from exporter.quantize.calibration import load_samples
+from exporter.quantize.decoder import GenerationJudgement
+from exporter.quantize.onnx_ort import choose_formats
+from exporter.quantize.search import QuantizationResult, run_quantization
+from exporter.quantize.selection import choose_candidate
+from exporter.quantize.types import Candidate, QuantizeOptions, QuantMode
+from exporter.report.lossy import quantization_table
+from exporter.runners.pytorch import EagerRunner
+from exporter.specs.inputs import InputSpec, parse_tensor_spec
+from exporter.specs.shape_cases import ShapeCase
+from exporter.verify.parity import GoldenCase
+from tests.hf_models import llama_folder
+
+NEW_TOKENS = 12
+TIMING = TimingConfig(warmup=1, min_runs=5, min_seconds=0.05, max_runs=40, max_seconds=0.5)
+
+
+class _Decoder(torch.nn.Module):
+    """The contract's decoder I/O around a causal LM (the loader's own wrapper replaces it once landed)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any) -> tuple[Any, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        layers = out.past_key_values.layers
+        return (out.logits, *(t for layer in layers for t in (layer.keys, layer.values)))
+
+
+def _export(module: torch.nn.Module, layout: DecoderLayout, path: Path) -> None:
+    names = list(layout.input_names)
+    dims: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "total"},
+        "position_ids": {0: "batch", 1: "seq"},
+        "logits": {0: "batch", 1: "seq"},
+    }
+    dims |= {name: {0: "batch", 2: "past"} for name in layout.past_names}
+    dims |= {name: {0: "batch", 2: "total"} for name in layout.present_names}
+    past = [torch.randn(1, layout.kv_heads, 3, layout.head_dim) for _ in layout.past_names]
+    example = (torch.randint(0, layout.vocab_size, (1, 5)), torch.ones(1, 8, dtype=torch.long))
+    example += (torch.arange(3, 8)[None], *past)
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        input_names=names,
+        output_names=list(layout.output_names),
+        dynamic_axes=dims,
+        dynamo=False,
+        opset_version=17,
+    )
+
+
+class DecoderSetup:
+    """A float decoder ONNX model and everything ``run_quantization`` takes for it."""
+
+    def __init__(self, root: Path) -> None:
+        import transformers
+        from transformers import AutoModelForCausalLM
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        folder = llama_folder(root / "llama", tokenizer=False)
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        config = model.config
+        self.layout = DecoderLayout(config.num_hidden_layers, 2, 16, config.vocab_size, 256, (2,))
+        self.module = _Decoder(model).eval()
+        self.float_onnx = root / "model.onnx"
+        _export(self.module, self.layout, self.float_onnx)
+        rng = np.random.default_rng(1)
+        prompts = [(f"p{n}", None, [int(t) for t in rng.integers(4, 320, n)]) for n in (4, 9, 17)]
+        cases = reference_generations(model, prompts, NEW_TOKENS)
+        self.hf = HfFacts(
+            "text-generation", "llama", ("LlamaForCausalLM",), self.layout, (), cases, NEW_TOKENS
+        )
+        tensors = [
+            parse_tensor_spec("input_ids:int64:batch=1..4,seq=5..64:0..320"),
+            parse_tensor_spec("attention_mask:int64:batch=1..4,total=past+seq:1..2"),
+            parse_tensor_spec("position_ids:int64:batch=1..4,seq=5..64:0..8"),
+        ]
+        tensors += [
+            parse_tensor_spec(f"{n}:float32:batch=1..4,2,past=3..64,16") for n in self.layout.past_names
+        ]
+        self.spec = InputSpec(tuple(tensors))
+        self.samples = load_samples(None, self.spec, 10, 0).split(0.2)
+        inputs = self.samples[1].samples[0]
+        outputs = EagerRunner(self.module, self.spec.names).run(inputs)
+        self.golden = [
+            GoldenCase(ShapeCase("export", {}), 0, inputs, outputs, list(self.layout.output_names))
+        ]
+
+    def run(
+        self, work: Path, options: QuantizeOptions, targets: tuple[str, ...] = ("onnx",)
+    ) -> QuantizationResult:
+        calibration, evaluation = self.samples
+        return run_quantization(
+            options,
+            module=self.module,
+            spec=self.spec,
+            float_onnx=self.float_onnx,
+            golden=self.golden,
+            calibration=calibration,
+            evaluation=evaluation,
+            formats=choose_formats(),
+            plans=[],
+            timing=TIMING,
+            threads=1,
+            work_dir=work,
+            step=lambda message: None,
+            targets=targets,
+            hf=self.hf,
+        )
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory: pytest.TempPathFactory) -> DecoderSetup:
+    return DecoderSetup(tmp_path_factory.mktemp("decoder"))
+
+
+def _record(result: QuantizationResult, name: str) -> dict[str, Any]:
+    return next(c for c in result.to_json()["candidates"] if c["name"] == name)
+
+
+def _shipped_or_refused(result: QuantizationResult) -> None:
+    """Every candidate ships, or the report says why not (a budget miss, or slower per token)."""
+    report = result.to_json()
+    for c in report["candidates"]:
+        if c["chosen"] or c["error"]:
+            continue
+        if not c["budget_passed"]:
+            assert c["generation"]["message"] or any(o["message"] for o in c["outputs"]), c
+        else:
+            assert any(c["name"] in note for note in report["notes"]), (c["name"], report["notes"])
+
+
+@pytest.mark.slow
+def test_int4_onnxruntime_is_matmul_nbits_judged_by_tokens(decoder: DecoderSetup, tmp_path: Path) -> None:
+    result = decoder.run(tmp_path, QuantizeOptions(mode=QuantMode.INT4))
+    names = [c.name for c in result.candidates]
+    assert names == ["int4-ort", "int4-ort-acc4"]
+    for candidate in result.candidates:
+        assert candidate.error is None, candidate.explanation
+        assert candidate.path is not None
+        ops = [n.op_type for n in onnx.load(str(candidate.path)).graph.node]
+        assert ops.count("MatMulNBits") == 15  # 7 per layer and the head; the embedding Gather stays float
+        assert "Gather" in ops
+        record = _record(result, candidate.name)
+        assert record["settings"]["block_size"] == 32 and record["settings"]["bits"] == 4
+        generation = record["generation"]
+        assert generation["floor"] == 0.5 and len(generation["shares"]) == 3
+        assert 0.0 <= generation["token_match"] <= 1.0 and -1.0 <= generation["min_logits_cosine"] <= 1.0
+        assert candidate.latency and candidate.latency[0].label == "decode past=64"
+    assert result.float_latency[0].label == "decode past=64"
+    _shipped_or_refused(result)
+    headers, rows = quantization_table({"quantization": result.to_json()})
+    assert "token match" in headers
+    assert [row[0] for row in rows] == [*names, "int4-openvino"]  # not built: OpenVINO is not a target
+    assert all(row[headers.index("token match")] != "-" for row in rows[: len(names)])
+
+
+@pytest.mark.slow
+def test_int8_for_a_decoder_builds_weight_only_candidates(decoder: DecoderSetup, tmp_path: Path) -> None:
+    result = decoder.run(tmp_path, QuantizeOptions(mode=QuantMode.INT8, min_token_match=0.0, min_cosine=0.0))
+    names = [c.name for c in result.candidates]
+    assert names == ["dynamic-ort", "int8-ort-nbits"]
+    nbits = _record(result, "int8-ort-nbits")
+    assert nbits["settings"]["bits"] == 8 and nbits["generation"]["floor"] == 0.0
+    assert all(c.generation is not None and c.generation.passed for c in result.candidates)
+    chosen = result.chosen
+    if chosen is not None:
+        assert chosen.faster_than_float
+    _shipped_or_refused(result)
+
+
+@pytest.mark.slow
+def test_openvino_compress_weights_int4(decoder: DecoderSetup, tmp_path: Path) -> None:
+    result = decoder.run(tmp_path, QuantizeOptions(mode=QuantMode.INT4), targets=("onnx", "openvino"))
+    record = _record(result, "int4-openvino")
+    assert record["error"] is None, record["explanation"]
+    assert record["runtime"] == "openvino"
+    assert record["settings"]["mode"] == "int4_asym" and record["settings"]["block_size"] == 32
+    assert set(record["settings"]["compressed_constants"]) & {"u4", "i4"}
+    assert record["generation"] is not None and record["latency"][0]["label"] == "decode past=64"
+    assert "openvino" in result.float_latency_by_runtime
+    _shipped_or_refused(result)
+
+
+def _candidate(name: str, *, speedup: float, generation: GenerationJudgement | None) -> Candidate:
+    stats = LatencyStats("x", "decode past=64", 1, {}, 1, 10, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    stats.speedup_vs_float = speedup
+    comparison = Int8Comparison("logits", 8, 0.999, 30.0, 0.1, None, True)
+    return Candidate(
+        name,
+        "test",
+        path=Path("x.onnx"),
+        outputs=[comparison],
+        latency=[stats],
+        p50_ratio=1 / speedup,
+        generation=generation,
+        decoder=True,
+    )
+
+
+def _judgement(share: float) -> GenerationJudgement:
+    return GenerationJudgement([share], [None if share == 1 else 3], share, 0.999, 0.5, 0.99, 12)
+
+
+def test_never_slower_per_token_and_never_on_cosine_alone() -> None:
+    slower = _candidate("slow", speedup=0.8, generation=_judgement(1.0))
+    no_tokens = _candidate("cosine-only", speedup=2.0, generation=None)
+    diverged = _candidate("diverged", speedup=3.0, generation=_judgement(0.25))
+    notes: list[str] = []
+    choose_candidate(QuantMode.INT4, [slower, no_tokens, diverged], notes)
+    assert not any(c.chosen for c in (slower, no_tokens, diverged))
+    assert any("slow is SLOWER than float" in n and "decode past=64" in n for n in notes), notes
+    assert no_tokens.budget_passed is False
+    assert diverged.generation is not None and "token match 0.25 < 0.5" in str(diverged.generation.message)
+    fast = _candidate("fast", speedup=1.5, generation=_judgement(0.75))
+    choose_candidate(QuantMode.INT4, [slower, fast], [])
+    assert fast.chosen and not slower.chosen
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("block_size", 24, "--block-size"),
+        ("block_size", 8, "--block-size"),
+        ("min_token_match", 1.5, "--min-token-match"),
+    ],
+)
+def test_weight_only_options_are_checked(field: str, value: object, flag: str) -> None:
+    with pytest.raises(UsageError, match=flag):
+        QuantizeOptions(mode=QuantMode.INT4, **{field: value})  # type: ignore[arg-type]
+
+
+def test_token_match_floor_defaults_per_mode() -> None:
+    assert QuantizeOptions(mode=QuantMode.INT4).token_match_floor == 0.5
+    assert QuantizeOptions(mode=QuantMode.INT8).token_match_floor == 0.75
+    assert QuantizeOptions(mode=QuantMode.INT4, min_token_match=0.9).token_match_floor == 0.9
+
+
+def test_int4_refused_for_a_model_that_is_no_decoder(tmp_path: Path) -> None:
+    run: Callable[..., Any] = run_quantization
+    with pytest.raises(
+        UsageError, match="--quantize int4 has no candidate for a model that is not a decoder"
+    ):
+        run(
+            QuantizeOptions(mode=QuantMode.INT4),
+            module=torch.nn.Linear(2, 2),
+            spec=InputSpec((parse_tensor_spec("x:float32:1,2"),)),
+            float_onnx=tmp_path / "none.onnx",
+            golden=[],
+            calibration=None,
+            evaluation=None,
+            formats=choose_formats(),
+            plans=[],
+            timing=TIMING,
+            threads=1,
+            work_dir=tmp_path,
+            step=lambda message: None,
+        )
