@@ -10,6 +10,7 @@ from typing import Any
 
 from exporter.benchmark.latency import TimingConfig
 from exporter.errors import ExitCode, UsageError
+from exporter.hf.generation_check import GenerationResult
 from exporter.verify.parity import ParityResult
 
 __all__ = ["Check", "LatencyBudget", "VerifyRequest", "VerifyResult", "describe_exit", "parse_percent"]
@@ -40,7 +41,7 @@ class VerifyRequest:
 
 @dataclass
 class Check:
-    """One gate check: ``kind`` is integrity, parity, int8, evidence or latency."""
+    """One gate check: ``kind`` is integrity, parity, generation, int8, evidence or latency."""
 
     name: str
     kind: str
@@ -59,6 +60,8 @@ class VerifyResult:
     checks: list[Check]
     parity: list[ParityResult] = field(default_factory=list)
     latency: list[dict[str, Any]] = field(default_factory=list)
+    generation: list[GenerationResult] = field(default_factory=list)
+    """A decoder's greedy generations replayed through each artifact (``gate/generation.py``)."""
     reference: str = "the golden outputs saved at export"
     """What the parity checks compared the artifacts' outputs with: the golden files or PyTorch now."""
 
@@ -84,6 +87,7 @@ class VerifyResult:
             "reference": self.reference,
             "parity": [p.to_json() for p in self.parity],
             "latency": self.latency,
+            "generation": [g.to_json() for g in self.generation],
         }
 
 

@@ -100,7 +100,7 @@ def named_files(manifest: Manifest) -> list[str]:
         names += [golden.inputs, golden.outputs] if isinstance(golden, GoldenCaseEntry) else [golden.inputs]
     for lossy in lossy_entries(manifest):
         names += [str(ONNX.file), lossy.file]  # the budget check compares against the float ONNX model
-    return names
+    return names + ([manifest.generation.file] if manifest.generation is not None else [])
 
 
 def lossy_entries(manifest: Manifest) -> list[Int8Entry]:

@@ -2,8 +2,9 @@
 
 Checks, each recorded as a ``Check``: every file's sha256 against the manifest; every artifact re-run on its
 golden inputs against the golden outputs (or, with ``--checkpoint``, against the PyTorch model re-run now)
-under the manifest's tolerances; the int8 model's parity budget against the float ONNX model; and, with a
-baseline, each backend's p50 latency against the baseline's, both timed in this run.
+under the manifest's tolerances; a decoder's greedy tokens from its golden prompts (``gate/generation.py``);
+the int8 model's parity budget against the float ONNX model; and, with a baseline, each backend's p50
+latency against the baseline's, both timed in this run.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from exporter.gate.files import (
     read_npz,
     spec_of,
 )
+from exporter.gate.generation import check_generation_replay
 from exporter.loading.checkpoint import LoadRequest, load_model, sha256_file
 from exporter.loading.safe_paths import inside_folder
 from exporter.quantize.budget import compare_int8
@@ -96,6 +98,12 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
         check, parity = _check_parity(request, entry, spec, golden, tolerance, against=against)
         result.checks.append(check)
         result.parity += [parity] if parity is not None else []
+    if manifest.generation is not None:
+        report("generating greedy tokens from the golden prompts")
+    checks, result.generation = check_generation_replay(
+        request.folder, manifest, spec, request.threads, missing
+    )
+    result.checks += checks
     for lossy in lossy_entries(manifest):
         name = f"{lossy.backend or 'int8'} budget"
         report(f"re-checking the budget of {lossy.file}")

@@ -20,6 +20,7 @@ from exporter.runners.base import Runner
 
 __all__ = [
     "GENERATE_REFERENCE",
+    "GENERATING_RUNTIMES",
     "GenerationResult",
     "PromptResult",
     "case_from_json",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 GENERATE_REFERENCE = "transformers generate"
+GENERATING_RUNTIMES = ("onnxruntime", "openvino")
+"""Runtimes whose shipped file is generated through (at export and by ``exporter verify``): the files a
+decoder is deployed as. TorchScript and torch.compile artifacts are verified on logits only."""
 
 
 def match_share(expected: Sequence[int], generated: Sequence[int]) -> float:

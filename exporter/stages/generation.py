@@ -10,17 +10,13 @@ from typing import TYPE_CHECKING
 
 from exporter.backends.registry import BackendResult, OpenContext, open_shipped
 from exporter.hf.facts import HfFacts
-from exporter.hf.generation_check import GenerationResult, check_generation
+from exporter.hf.generation_check import GENERATING_RUNTIMES, GenerationResult, check_generation
 from exporter.loading.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["GENERATING_RUNTIMES", "check_generations", "hf_facts"]
-
-GENERATING_RUNTIMES = ("onnxruntime", "openvino")
-"""Runtimes whose shipped file is replayed (here and by ``exporter verify``): the files a decoder is
-deployed as. TorchScript and torch.compile artifacts are not generated through (a note says so)."""
+__all__ = ["check_generations", "hf_facts"]
 
 
 def hf_facts(loaded: LoadedModel) -> HfFacts | None:
