@@ -301,3 +301,67 @@ def test_generation_ends_at_the_context(decoder: Decoder) -> None:
     serving = replace(decoder.serving, layout=layout)
     answer = run(decoder, GENERATE, {"input_ids": [5, 6, 7, 8, 9, 10], "max_tokens": 8}, serving=serving)
     assert len(answer.json()["output_ids"]) == 3 and answer.json()["finish_reason"] == "length"
+
+
+@pytest.mark.slow
+def test_an_exported_folder_serves_generate_and_packages_its_tokenizer(tmp_path: Path) -> None:
+    """``exporter export FOLDER``, then ``exporter serve``: generate and generate_stream give the golden
+    generation's tokens, the text round-trips, a bad request is 400 naming the field; the bundle has the
+    tokenizer."""
+    import http.client
+    import subprocess
+    import sys
+
+    from tests.test_serve import start
+
+    folder = llama_folder(tmp_path / "llama")
+    out = tmp_path / "artifacts"
+    command = [sys.executable, "-m", "exporter", "export", str(folder), "--to", "onnx", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    generation = json.loads((out / "golden" / "generation.json").read_text())
+    case = generation["cases"][0]
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    server = start(out)
+    try:
+        name = json.loads((out / "manifest.json").read_text())["name"]
+        status, metadata = server.request("GET", f"/v2/models/{name}")
+        assert status == 200 and metadata["generate"]["text"] is True
+        body = {"input_ids": case["prompt"], "parameters": {"max_tokens": len(case["expected"])}}
+        body["parameters"]["ignore_eos"] = True
+        status, answer = server.request("POST", f"/v2/models/{name}/generate", body)
+        assert status == 200 and answer["output_ids"] == case["expected"]
+        if case["text"]:
+            text_body = {"text_input": case["text"], "parameters": body["parameters"]}
+            status, by_text = server.request("POST", f"/v2/models/{name}/generate", text_body)
+            assert (
+                by_text["output_ids"] == case["expected"] and by_text["text_output"] == answer["text_output"]
+            )
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", f"/v2/models/{name}/generate_stream", json.dumps(body).encode())
+        raw = connection.getresponse().read().decode()
+        connection.close()
+        events = [json.loads(b.removeprefix("data: ")) for b in raw.split("\n\n") if b]
+        assert [e["output_ids"][0] for e in events] == case["expected"]
+        assert "".join(e["text_output"] for e in events) == answer["text_output"]
+        status, error = server.request("POST", f"/v2/models/{name}/generate", {"input_ids": [-1]})
+        assert status == 400 and error["field"] == "input_ids[0]"
+    finally:
+        code, stderr = server.stop()
+    assert code == 0, stderr
+    assert "golden generation" in stderr and "identical through generate" in stderr
+    bundle = tmp_path / "bundle"
+    packaged = subprocess.run(
+        [sys.executable, "-m", "exporter", "package", str(out), "--out", str(bundle)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert packaged.returncode == 0, packaged.stderr[-2000:]
+    assert (bundle / "artifacts" / "tokenizer" / "tokenizer.json").is_file()
+    assert (bundle / "artifacts" / "golden" / "generation.json").is_file()
+    assert any(
+        line.startswith("tokenizers==") for line in (bundle / "requirements.txt").read_text().splitlines()
+    )
+    assert "generate_stream" in (bundle / "README.md").read_text()
