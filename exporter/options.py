@@ -48,7 +48,7 @@ class ExportOptions:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     task: str | None = None
     """``--task`` (``[model].task``): a Hugging Face folder's task; None: from its ``architectures``."""
-    new_tokens: int = DEFAULT_NEW_TOKENS
+    generate_tokens: int = DEFAULT_NEW_TOKENS
     """``--generate-tokens`` (``[verify].generate_tokens``): a decoder's greedy tokens per golden prompt."""
     trust_checkpoint: bool = False
     atol: float = Tolerance.atol

@@ -22,8 +22,9 @@ TRAINING_TEXT = [
 _INIT_RANGE = 0.25
 
 
-def save_tokenizer(folder: Path, vocab_size: int = 320) -> int:
-    """A byte-level BPE tokenizer (``tokenizer.json`` + ``tokenizer_config.json``); returns its size."""
+def save_tokenizer(folder: Path, vocab_size: int = 320, input_names: tuple[str, ...] = ()) -> int:
+    """A byte-level BPE tokenizer (``tokenizer.json`` + ``tokenizer_config.json``); returns its size.
+    ``input_names``: what it makes (BERT's tokenizers make ``token_type_ids`` too)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,7 +39,12 @@ def save_tokenizer(folder: Path, vocab_size: int = 320) -> int:
     )
     tokenizer.train_from_iterator(TRAINING_TEXT * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        **({"model_input_names": list(input_names)} if input_names else {}),
     )
     fast.save_pretrained(folder)
     return tokenizer.get_vocab_size()
@@ -97,7 +103,8 @@ def bert_folder(
     text-classification) with the test tokenizer."""
     import transformers
 
-    vocab = save_tokenizer(folder) if tokenizer else 320
+    names = ("input_ids", "token_type_ids", "attention_mask")
+    vocab = save_tokenizer(folder, input_names=names) if tokenizer else 320
     config = transformers.BertConfig(
         vocab_size=vocab,
         hidden_size=64,

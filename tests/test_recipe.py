@@ -382,7 +382,7 @@ def test_bad_spec_in_a_recipe_names_the_non_ascii_character(tmp_path: Path) -> N
         ({"qat_steps": -5}, "[quantize].qat_steps -5 must be an integer >= 0"),
         ({"qat_lr": 0.0}, "[quantize].qat_lr 0 must be a finite number > 0"),
         ({"max_abs": -0.5}, "[quantize].max_abs -0.5 must be a finite number >= 0"),
-        ({"mode": "int4"}, "--quantize 'int4' is not a mode"),
+        ({"mode": "int2"}, "--quantize 'int2' is not a mode"),
     ],
 )
 def test_quantize_options_check_the_budget(options: dict[str, Any], message: str) -> None:

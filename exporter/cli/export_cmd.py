@@ -274,7 +274,7 @@ def export_command(
         "out": out_dir,
         "model_ref": model,
         "task": task,
-        "new_tokens": generate_tokens,
+        "generate_tokens": generate_tokens,
         "atol": atol,
         "rtol": rtol,
         "opset": opset,
@@ -355,6 +355,12 @@ def _run(options: ExportOptions) -> ExportResult:
         f"[bold]exporter[/] {escape(str(options.checkpoint))} -> {targets} ({options.threads} threads)",
         highlight=False,
     )
+    if options.task is not None:
+        from exporter.hf.options import describe_spec
+
+        out.print(
+            f"[dim]task {options.task}; inputs {escape(describe_spec(options.spec))}[/]", highlight=False
+        )
     try:
         return cli.export(options, progress)
     finally:

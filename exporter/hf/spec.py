@@ -14,7 +14,7 @@ from typing import Any
 
 from exporter.hf.decoding import DecoderLayout
 from exporter.hf.tasks import Task
-from exporter.specs.inputs import InputSpec, parse_tensor_spec
+from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
 __all__ = ["MAX_BATCH", "FolderSpec", "decoder_layout", "folder_spec"]
 
@@ -55,21 +55,21 @@ def folder_spec(
     an encoder); a decoder's inputs are fixed by the cache layout."""
     vocab = int(config.vocab_size)
     positions = int(getattr(config, "max_position_embeddings", None) or 512)
-    batch = f"batch=1..{MAX_BATCH}"
+    batch = DynamicDim("batch", 1, MAX_BATCH)
     if task.is_decoder:
         layout = decoder_layout(config, eos_token_ids)
         half = max(positions // 2, 1)
         texts = [
-            f"input_ids:int64:{batch},seq=1..{half}:0..{vocab}",
-            f"attention_mask:int64:{batch},total=past+seq:1..2",
-            f"position_ids:int64:{batch},seq=1..{half}:0..{positions}",
+            f"input_ids:int64:batch=1,seq=1:0..{vocab}",
+            "attention_mask:int64:batch=1,total=past+seq:1..2",
+            f"position_ids:int64:batch=1,seq=1:0..{positions}",
             *(
-                f"{name}:float32:{batch},{layout.kv_heads},past=0..{half},{layout.head_dim}"
+                f"{name}:float32:batch=1,{layout.kv_heads},past=0,{layout.head_dim}"
                 for name in layout.past_names
             ),
         ]
-        spec = InputSpec(tuple(parse_tensor_spec(text) for text in texts))
-        return FolderSpec(spec, layout.output_names, layout)
+        dims = (batch, DynamicDim("seq", 1, half), DynamicDim("past", 0, half))
+        return FolderSpec(_spec(texts, dims), layout.output_names, layout)
     type_vocab = int(getattr(config, "type_vocab_size", 0) or 0)
     ranges: Mapping[str, str] = {
         "input_ids": f"0..{vocab}",
@@ -77,5 +77,10 @@ def folder_spec(
         "token_type_ids": f"0..{max(type_vocab, 1)}",
     }
     names = [name for name in _ENCODER_INPUTS if name in input_names]
-    texts = [f"{name}:int64:{batch},seq=1..{positions}:{ranges[name]}" for name in names]
-    return FolderSpec(InputSpec(tuple(parse_tensor_spec(text) for text in texts)), task.outputs, None)
+    texts = [f"{name}:int64:batch=1,seq=1:{ranges[name]}" for name in names]
+    return FolderSpec(_spec(texts, (batch, DynamicDim("seq", 1, positions))), task.outputs, None)
+
+
+def _spec(texts: Sequence[str], dims: Sequence[DynamicDim]) -> InputSpec:
+    """Ranges beside the inputs (as a recipe's ``[inputs.dims]``), so ``--input`` can replace one."""
+    return InputSpec(tuple(parse_tensor_spec(text) for text in texts), tuple(dims))

@@ -46,6 +46,7 @@ from exporter.convert.compile import CompileMode
 from exporter.convert.onnx import OnnxExporterChoice
 from exporter.convert.torchscript import TorchScriptMode
 from exporter.errors import InputSpecError, RecipeError
+from exporter.hf.tasks import TASKS
 from exporter.loading.safe_paths import SAFE_NAME_PATTERN
 from exporter.optimize.optimizer import OPTIMIZE_STEPS
 from exporter.quantize.calibration import CalibrationMethod
@@ -58,6 +59,7 @@ __all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "load_recipe"]
 
 RECIPE_SCHEMA_VERSION = 1
 TARGETS = (*_TARGETS, "all")
+_TASK_NAMES = (*TASKS, "text-generation-with-past")
 MAX_THREADS = 4096
 _SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
 _DIM_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -119,6 +121,10 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
             lambda v: isinstance(v, str) and bool(v.strip()),
             "the key of the checkpoint's dict holding the weights, e.g. 'model_state' (a.b for nested)",
         ),
+        "task": (
+            lambda v: isinstance(v, str) and v in _TASK_NAMES,
+            f"a Hugging Face folder's task: one of {', '.join(_TASK_NAMES)}",
+        ),
     },
     "outputs": {
         "names": (
@@ -154,6 +160,7 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "fail_on_nonfinite": (lambda v: isinstance(v, bool), "true or false"),
         "golden_inputs": (lambda v: isinstance(v, str) and v.endswith(".npz"), "a path to an .npz file"),
+        "generate_tokens": (lambda v: _is_int(v) and 1 <= v <= 4096, "an integer from 1 to 4096"),
     },
     "quantize": {
         "mode": _one_of(QuantMode),
@@ -252,6 +259,8 @@ def load_recipe(path: Path, allow_packages: Sequence[str] = ()) -> Recipe:
         settings["trust_checkpoint"] = model["trust_checkpoint"]
     if "state_dict_key" in model:
         settings["state_dict_key"] = model["state_dict_key"]
+    if "task" in model:
+        settings["task"] = model["task"]
     if "names" in data.get("outputs", {}):
         settings["output_names"] = tuple(data["outputs"]["names"])
     not_applicable = _export_table(export, settings, where)

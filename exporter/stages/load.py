@@ -48,7 +48,7 @@ def load_stage(options: ExportOptions) -> Loaded:
             options.trust_checkpoint,
             options.state_dict_key,
             options.task,
-            options.new_tokens,
+            options.generate_tokens,
         )
     )
     model.estimated_peak_bytes = check_memory(options, model.module).peak

@@ -1,0 +1,147 @@
+"""A Hugging Face folder as a checkpoint: its task, the input spec and output names read from its config and
+tokenizer, recipes naming a folder, and the wrapped decoder against transformers itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.errors import RecipeError, UsageError
+from exporter.hf.options import describe_spec
+from exporter.hf.tasks import resolve_task
+from exporter.options import build_export_options
+from exporter.recipe.document import load_recipe
+from tests.hf_models import bert_folder, gpt2_folder, llama_folder
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return llama_folder(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bert_folder(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.mark.parametrize(
+    ("architectures", "task"),
+    [
+        (["LlamaForCausalLM"], "text-generation"),
+        (["GPT2LMHeadModel"], "text-generation"),
+        (["BertModel"], "feature-extraction"),
+        (["BertForSequenceClassification"], "text-classification"),
+        (["BertForTokenClassification"], "token-classification"),
+        (["BertForMaskedLM"], "fill-mask"),
+        (["BertForQuestionAnswering"], "question-answering"),
+    ],
+)
+def test_the_task_comes_from_the_architecture(architectures: list[str], task: str) -> None:
+    assert resolve_task(None, architectures).name == task
+
+
+def test_task_flag_overrides_and_takes_optimum_spellings() -> None:
+    assert resolve_task("feature-extraction", ["BertForSequenceClassification"]).name == "feature-extraction"
+    assert resolve_task("text-generation-with-past", ["LlamaForCausalLM"]).name == "text-generation"
+    with pytest.raises(UsageError, match="--task summarization: not a task exporter exports; use one of"):
+        resolve_task("summarization", ["BertModel"])
+    with pytest.raises(UsageError, match=r"architectures \(none\) name no task.*pass --task"):
+        resolve_task(None, [])
+
+
+def test_a_decoder_folder_needs_no_model_and_no_input(llama: Path) -> None:
+    options = build_export_options(None, {"checkpoint": llama})
+    names = options.spec.names
+    assert names[:3] == ("input_ids", "attention_mask", "position_ids")
+    assert names[3:] == (
+        "past_key_values.0.key",
+        "past_key_values.0.value",
+        "past_key_values.1.key",
+        "past_key_values.1.value",
+    )
+    assert options.output_names == (
+        "logits",
+        "present.0.key",
+        "present.0.value",
+        "present.1.key",
+        "present.1.value",
+    )
+    assert options.task == "text-generation"
+    assert options.onnx_exporter.value == "torchscript"
+    assert options.spec.derived_dims == {"total": ("past", "seq")}
+    assert [str(options.spec.dim(label)) for label in ("batch", "seq", "past")] == [
+        "1..4",
+        "1..128",
+        "0..128",
+    ]
+    assert str(options.spec.tensors[0]) == "input_ids:int64:batch=1,seq=1:0..320"
+    assert "past_key_values.0..1.key/value:float32:batch=1,2,past=0,16" in describe_spec(options.spec)
+
+
+def test_gpt2_names_map_through_its_config(tmp_path: Path) -> None:
+    options = build_export_options(None, {"checkpoint": gpt2_folder(tmp_path / "gpt2")})
+    assert str(options.spec.tensors[3]) == "past_key_values.0.key:float32:batch=1,4,past=0,16"
+    assert options.spec.dim("past").max == 128
+
+
+def test_an_encoder_folder_takes_what_its_tokenizer_makes(bert: Path) -> None:
+    options = build_export_options(None, {"checkpoint": bert})
+    assert set(options.spec.names) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert options.output_names == ("last_hidden_state",)
+    assert str(options.spec.tensors[0]).endswith("seq=1:0..320")
+    assert options.spec.dim("seq").max == 128
+
+
+def test_input_flag_overrides_one_input_of_a_folder(bert: Path) -> None:
+    options = build_export_options(
+        None, {"checkpoint": bert}, input_texts=["input_ids:int64:batch=1..2,seq=1..32:0..320"]
+    )
+    assert options.spec.dim("seq").max == 32
+    assert options.spec.dim("batch").max == 2
+
+
+def test_a_recipe_may_name_a_folder_and_its_task(tmp_path: Path, bert: Path) -> None:
+    recipe = tmp_path / "bert.toml"
+    recipe.write_text(
+        f'schema_version = 1\n[model]\ncheckpoint = "{bert}"\ntask = "feature-extraction"\n'
+        "[verify]\ngenerate_tokens = 8\n"
+    )
+    options = build_export_options(load_recipe(recipe), {})
+    assert options.task == "feature-extraction"
+    assert options.generate_tokens == 8
+    recipe.write_text(f'schema_version = 1\n[model]\ncheckpoint = "{bert}"\ntask = "translation"\n')
+    with pytest.raises(RecipeError, match=r"\[model\].task.*one of text-generation"):
+        load_recipe(recipe)
+
+
+@pytest.mark.slow
+def test_the_wrapped_decoder_matches_transformers_with_and_without_a_past(llama: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from exporter.hf.folder import read_folder
+    from exporter.hf.load import load_folder
+    from exporter.hf.tasks import TASKS
+
+    loaded = load_folder(read_folder(llama, False), TASKS["text-generation"], False, new_tokens=4)
+    model = AutoModelForCausalLM.from_pretrained(llama, local_files_only=True).eval()
+    ids = torch.tensor([[5, 9, 20, 33, 7]])
+    layout = loaded.facts.layout
+    assert layout is not None and layout.kv_heads == 2 and layout.eos_token_ids == (2,)
+    empty = [torch.zeros(1, 2, 0, 16) for _ in range(4)]
+    with torch.inference_mode():
+        full = loaded.module(ids, torch.ones(1, 5, dtype=torch.long), torch.arange(5)[None], *empty)
+        expected = model(ids).logits
+        np.testing.assert_allclose(full[0].numpy(), expected.numpy(), atol=1e-5)
+        head = loaded.module(ids[:, :3], torch.ones(1, 3, dtype=torch.long), torch.arange(3)[None], *empty)
+        tail = loaded.module(
+            ids[:, 3:], torch.ones(1, 5, dtype=torch.long), torch.arange(3, 5)[None], *head[1:]
+        )
+    np.testing.assert_allclose(tail[0].numpy(), expected[:, 3:].numpy(), atol=1e-5)
+    assert tail[1].shape == (1, 2, 5, 16)
+    cases = loaded.facts.generation
+    assert [c.name for c in cases] == ["prompt-1", "prompt-2", "prompt-3"]
+    assert len({len(c.prompt) for c in cases}) == 3
+    assert all(len(c.expected) == 4 for c in cases)
