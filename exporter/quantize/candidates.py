@@ -8,9 +8,7 @@ Registration order is the order candidates are built, listed and (for ``int8``) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,14 +37,15 @@ from exporter.quantize.openvino_candidates import (
 )
 from exporter.quantize.openvino_mixed import keep_openvino_layers_in_float
 from exporter.quantize.pt2e import build_pt2e
+from exporter.quantize.registry import CandidateSpec, Requirement, SkipRule
 from exporter.quantize.repairs import (
     AUTO_CALIBRATION,
-    Repair,
     keep_sensitive_layers_in_float,
     search_calibration_method,
 )
 from exporter.quantize.shipping import REFERENCE_RUNTIME, runtime_title
-from exporter.quantize.types import Builder, Candidate, QuantizeContext, QuantMode
+from exporter.quantize.types import Candidate, QuantizeContext, QuantMode
+from exporter.quantize.weight_only import WEIGHT_ONLY_SPECS
 
 __all__ = [
     "BF16_OPENVINO",
@@ -66,55 +65,6 @@ __all__ = [
     "register",
     "unregister",
 ]
-
-
-class Requirement(StrEnum):
-    """What a candidate needs beyond the float ONNX model."""
-
-    CALIBRATION_DATA = "calibration data"
-    EXPORTABLE_MODULE = "a torch.export-able module"
-    TRAINING = "training steps (a qat_train hook, or distillation on the calibration inputs)"
-
-
-SkipRule = Callable[[QuantMode, Sequence[Candidate]], str | None]
-"""Given the mode and the candidates built so far, why this one need not be built, or None."""
-
-
-@dataclass(frozen=True)
-class CandidateSpec:
-    """One int8 candidate.
-
-    Attributes:
-        name: the candidate's name in reports and manifests (``static-ort``).
-        engine: what makes it, as the report says it.
-        build: writes the model; repairs call it again with other settings or layers kept in float.
-        modes: the ``--quantize`` modes that build it.
-        needs: what it needs beyond the float ONNX model (documentation and tests; the builder checks).
-        repairs: tried in order after the first judgement; each returns at once when it does not apply.
-        skip: when the candidate need not be built given those built before it.
-        runtime: what runs the model it writes (``onnxruntime``, or ``openvino`` for an IR, ``.xml``).
-        suffix: the file it writes.
-        unavailable: why it cannot be built in this run (no bf16 on this CPU, its runtime not a target).
-        config: the runtime settings it is judged, timed and shipped with (OpenVINO's plugin config).
-        float_model: how the float model it must beat is made from the float ONNX model when its runtime
-            times another format (OpenVINO: an IR); None: the float ONNX model itself.
-        decoder: which models it is built for: False (the default) all but decoders with a KV cache, True
-            decoders only (the weight-only candidates of ``weight_only.py``), None both.
-    """
-
-    name: str
-    engine: str
-    build: Builder
-    modes: frozenset[QuantMode]
-    needs: frozenset[Requirement] = frozenset()
-    repairs: tuple[Repair, ...] = ()
-    skip: SkipRule | None = None
-    runtime: str = REFERENCE_RUNTIME
-    suffix: str = ".onnx"
-    unavailable: Callable[[QuantizeContext], str | None] | None = None
-    config: Callable[[QuantizeContext], dict[str, str]] | None = None
-    float_model: Callable[[Path, Path], Path] | None = None
-    decoder: bool | None = False
 
 
 _REGISTRY = Registry[CandidateSpec]("int8 candidate")
@@ -379,6 +329,5 @@ NNCF_OPENVINO_AC = register(
     )
 )
 
-
-# The decoders' weight-only candidates register themselves after those above (so ``int8`` builds them last).
-import exporter.quantize.weight_only  # noqa: E402, F401
+for _spec in WEIGHT_ONLY_SPECS:  # the decoders' weight-only candidates, after the others
+    register(_spec)

@@ -173,10 +173,7 @@ def run_quantization(
     too, and is timed per token (one decode step) instead of at ``plans``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    is_decoder = hf is not None and hf.is_decoder
-    specs = candidates_for(options.mode, decoder=is_decoder)
-    if not specs:
-        raise UsageError(_no_candidate(options.mode, is_decoder))
+    specs = _specs_for(options.mode, hf)
     decoder: DecoderJudging | None = None
     if hf is not None and hf.layout is not None:
         step("the float decoder's greedy tokens and its decode step")
@@ -232,11 +229,19 @@ def run_quantization(
     )
 
 
-def _no_candidate(mode: QuantMode, decoder: bool) -> str:
-    """Why ``mode`` builds nothing for this kind of model, and the modes that do."""
-    kind = "a decoder with a KV cache (weight-only modes)" if decoder else "a model that is not a decoder"
-    modes = [m.value for m in QuantMode if m is not QuantMode.NONE and candidates_for(m, decoder)]
-    return f"--quantize {mode.value} has no candidate for {kind}: use one of {', '.join(modes)}"
+def _specs_for(mode: QuantMode, hf: HfFacts | None) -> list[CandidateSpec]:
+    """The candidates ``mode`` builds for this kind of model (a decoder with a KV cache or not).
+
+    Raises:
+        UsageError: none, naming the modes that build some.
+    """
+    decoder = hf is not None and hf.is_decoder
+    specs = candidates_for(mode, decoder)
+    if not specs:
+        kind = "a decoder with a KV cache (weight-only modes)" if decoder else "a model that is not a decoder"
+        modes = [m.value for m in QuantMode if m is not QuantMode.NONE and candidates_for(m, decoder)]
+        raise UsageError(f"--quantize {mode.value} has no candidate for {kind}: use {' or '.join(modes)}")
+    return specs
 
 
 def _decoder_judging(

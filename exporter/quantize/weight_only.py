@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from exporter._quiet import quiet
-from exporter.quantize.candidates import CandidateSpec, register
 from exporter.quantize.nncf_int8 import _nncf_session
 from exporter.quantize.openvino_candidates import (
     OPENVINO_RUNTIME,
@@ -31,6 +30,7 @@ from exporter.quantize.openvino_candidates import (
     int8_openvino_config,
     needs_openvino_target,
 )
+from exporter.quantize.registry import CandidateSpec
 from exporter.quantize.types import QuantizeContext, QuantMode
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "INT4_ORT_ACC4",
     "INT8_OPENVINO",
     "INT8_ORT_NBITS",
+    "WEIGHT_ONLY_SPECS",
     "build_matmul_nbits",
     "build_nncf_weights",
 ]
@@ -166,16 +167,14 @@ _INT4 = frozenset({QuantMode.INT4})
 _INT8 = frozenset({QuantMode.INT8})
 _NBITS = "onnxruntime MatMulNBitsQuantizer"
 
-INT4_ORT = register(
-    CandidateSpec("int4-ort", f"{_NBITS} (4-bit blocks, float32 compute)", _int4_ort, _INT4, decoder=True)
+INT4_ORT = CandidateSpec(
+    "int4-ort", f"{_NBITS} (4-bit blocks, float32 compute)", _int4_ort, _INT4, decoder=True
 )
-INT4_ORT_ACC4 = register(
-    CandidateSpec(
-        "int4-ort-acc4", f"{_NBITS} (4-bit blocks, int8 compute)", _int4_ort_acc4, _INT4, decoder=True
-    )
+INT4_ORT_ACC4 = CandidateSpec(
+    "int4-ort-acc4", f"{_NBITS} (4-bit blocks, int8 compute)", _int4_ort_acc4, _INT4, decoder=True
 )
-INT8_ORT_NBITS = register(
-    CandidateSpec("int8-ort-nbits", f"{_NBITS} (8-bit blocks)", _int8_ort_nbits, _INT8, decoder=True)
+INT8_ORT_NBITS = CandidateSpec(
+    "int8-ort-nbits", f"{_NBITS} (8-bit blocks)", _int8_ort_nbits, _INT8, decoder=True
 )
 _openvino = partial(
     CandidateSpec,
@@ -186,9 +185,11 @@ _openvino = partial(
     unavailable=needs_openvino_target,
     decoder=True,
 )
-INT4_OPENVINO = register(
-    _openvino("int4-openvino", "NNCF compress_weights (int4_asym, OpenVINO)", _int4_openvino, _INT4)
+INT4_OPENVINO = _openvino(
+    "int4-openvino", "NNCF compress_weights (int4_asym, OpenVINO)", _int4_openvino, _INT4
 )
-INT8_OPENVINO = register(
-    _openvino("int8-openvino", "NNCF compress_weights (int8_asym, OpenVINO)", _int8_openvino, _INT8)
+INT8_OPENVINO = _openvino(
+    "int8-openvino", "NNCF compress_weights (int8_asym, OpenVINO)", _int8_openvino, _INT8
 )
+WEIGHT_ONLY_SPECS = (INT4_ORT, INT4_ORT_ACC4, INT8_ORT_NBITS, INT4_OPENVINO, INT8_OPENVINO)
+"""Registered by ``candidates.py`` after every other candidate, in this order."""

@@ -132,7 +132,7 @@ def _full_table(report: dict[str, Any]) -> Table:
                 "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
                 "-" if not top1 else f"{min(top1):.3f}",
                 _token_match(c),
-                str(c["settings"].get("block_size") or "-"),
+                str((c.get("settings") or {}).get("block_size") or "-"),
                 "-" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
                 ", ".join(_float_layer(e) for e in c["float_layers"]) or "-",
             ]
