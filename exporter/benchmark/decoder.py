@@ -46,6 +46,7 @@ class DecoderLatency:
     runs: StrictInt
     p50_ms: Number
     p90_ms: Number
+    p99_ms: Number
     tokens_per_s: Number
     """prefill: prompt tokens per second at p50; decode: generated tokens per second at p50 (1000 / p50)."""
     speedup_vs_eager: Number | None = None
@@ -114,6 +115,7 @@ def time_decoder(
                     runs=stats.runs,
                     p50_ms=p50,
                     p90_ms=stats.p90_ms,
+                    p99_ms=stats.p99_ms,
                     tokens_per_s=per_second,
                     speedup_vs_eager=baseline / p50 if p50 > 0 else None,
                 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.quantize.shipping import REFERENCE_RUNTIME, candidate_label
+from exporter.report.decoder_html import decoder_sections
 from exporter.report.html_sections import (
     environment_section,
     failed_targets_section,
@@ -363,6 +364,7 @@ def render_html(report: dict[str, Any]) -> str:
         failed_targets_section(report),
         _parity_section(report),
         _latency_section(report),
+        *decoder_sections(report),
     ]
     if report.get("optimization"):  # before int8, as in the pipeline: int8 starts from the optimized graph
         sections.append(optimization_section(report["optimization"], report.get("optimization_summary")))

@@ -9,6 +9,7 @@ from typing import Any
 
 from exporter.backends.registry import backends
 from exporter.benchmark.trust import markdown_lines, matrix_speedup, speedup_cell, timing_cell
+from exporter.report.decoder import markdown_decoder
 from exporter.report.lossy import SYNTHETIC_WARNING, Table, int8_source, quantization_table, top1_note
 
 __all__ = [
@@ -232,6 +233,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_markdown_failed_targets(report),
         *_markdown_parity(report),
         *_markdown_latency(report),
+        *markdown_decoder(report),
         *_markdown_optimization(report),
         *_markdown_int8(report),
     ]
