@@ -220,3 +220,36 @@ def test_a_model_error_is_a_one_line_500_and_the_server_keeps_serving(tmp_path: 
         ok = client.post("/v2/models/reshape/infer", content=request(tensor("x", x[:1], "FP32")))
         assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [1.0] * 4
     state.worker.close()  # type: ignore[union-attr]
+
+
+DECODER_LIKE = ModelSignature(
+    "decoder",
+    (
+        InputRule("input_ids", np.dtype("int64"), ("batch", "seq"), False, (0, 100)),
+        InputRule("attention_mask", np.dtype("int64"), ("batch", "total"), False, (1, 2)),
+        InputRule("past", np.dtype("float32"), ("batch", 2, "past", 4), False, None),
+    ),
+    (OutputInfo("logits", np.dtype("float32"), (-1, -1, 100)),),
+    {"batch": (1, 4), "seq": (1, 8), "past": (0, 8), "total": (1, 16)},
+    "batch",
+    derived_dims={"total": ("past", "seq")},
+)
+
+
+def test_a_derived_dim_must_be_the_sum_of_its_parts() -> None:
+    ids = np.zeros((1, 3), dtype=np.int64)
+    past = np.zeros((1, 2, 2, 4), dtype=np.float32)
+    good = request(
+        tensor("input_ids", ids, "INT64"),
+        tensor("attention_mask", np.ones((1, 5), dtype=np.int64), "INT64"),
+        tensor("past", past, "FP32"),
+    )
+    assert parse_infer_request(good, DECODER_LIKE).inputs["attention_mask"].shape == (1, 5)
+    bad = request(
+        tensor("input_ids", ids, "INT64"),
+        tensor("attention_mask", np.ones((1, 4), dtype=np.int64), "INT64"),
+        tensor("past", past, "FP32"),
+    )
+    with pytest.raises(RequestError) as caught:
+        parse_infer_request(bad, DECODER_LIKE)
+    assert "total=4, but past=2 + seq=3 makes 5" in str(caught.value)

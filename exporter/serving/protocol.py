@@ -122,11 +122,22 @@ def parse_infer_request(
     missing = [r.name for r in signature.inputs if r.name not in arrays]
     if missing:
         raise RequestError("inputs", f"missing input(s) {', '.join(missing)}")
+    _check_derived_dims(signature, sizes)
     if binary is not None and binary.offset != len(binary.data):
         extra = len(binary.data) - binary.offset
         raise RequestError("body", f"has {extra} bytes after the tensors its header announces")
     wanted, raw = _requested_outputs(document, signature)
     return InferRequest(request_id, arrays, wanted, raw)
+
+
+def _check_derived_dims(signature: ModelSignature, sizes: dict[str, tuple[int, str]]) -> None:
+    """A derived dim (``total=past+seq``) must be the sum of its parts' sizes in this request."""
+    for label, parts in signature.derived_dims.items():
+        if label in sizes and all(p in sizes for p in parts):
+            total = sum(sizes[p][0] for p in parts)
+            if sizes[label][0] != total:
+                terms = " + ".join(f"{p}={sizes[p][0]}" for p in parts)
+                raise RequestError(sizes[label][1], f"{label}={sizes[label][0]}, but {terms} makes {total}")
 
 
 def _tensor(

@@ -84,6 +84,8 @@ class ModelSignature:
     """The dim label requests are batched along, when it is the first axis of every input and output."""
     dim_multiples: dict[str, int] = field(default_factory=dict)
     """Dims whose legal sizes are multiples of a number above 1 (``h=64..512%4``): that number."""
+    derived_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Dims whose size is the sum of other dims' sizes (``total=past+seq``)."""
 
     def input(self, name: str) -> InputRule | None:
         return next((rule for rule in self.inputs if rule.name == name), None)
@@ -135,13 +137,18 @@ def signature_of(folder: Path, manifest: Manifest) -> ModelSignature:
         )
         outputs.append(OutputInfo(name, arrays[0].dtype, dims))
     ranges = {label: (d.min, d.max) for label, d in manifest.input_spec.dynamic_dims.items()}
+    derived = {label: tuple(parts) for label, parts in manifest.input_spec.derived_dims.items()}
+    for label, parts in derived.items():
+        lows = [ranges.get(p, (1, None))[0] for p in parts]
+        highs = [ranges.get(p, (1, None))[1] for p in parts]
+        ranges[label] = (sum(lows), None if None in highs else sum(h or 0 for h in highs))
     batch = manifest.benchmark.batch_dim if manifest.benchmark else None
     if batch is not None and not _batch_leads(batch, rules, cases, golden_outputs, names):
         batch = None
     multiples = {
         label: d.multiple_of for label, d in manifest.input_spec.dynamic_dims.items() if d.multiple_of > 1
     }
-    return ModelSignature(manifest.name, tuple(rules), tuple(outputs), ranges, batch, multiples)
+    return ModelSignature(manifest.name, tuple(rules), tuple(outputs), ranges, batch, multiples, derived)
 
 
 def _batch_leads(
