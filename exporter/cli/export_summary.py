@@ -9,6 +9,7 @@ from exporter.benchmark.trust import timing_sentences
 from exporter.cli.shared import out, rich_table
 from exporter.documents.build import lossy_artifacts
 from exporter.pipeline import ExportResult
+from exporter.report.decoder import decoder_latency_table, generation_table
 from exporter.report.lossy import top1_note
 from exporter.report.markdown import latency_matrix, parity_matrix, parity_table, quantization_table
 
@@ -40,6 +41,17 @@ def print_summary(result: ExportResult) -> None:
         out.print(rich_table(title, latency_matrix(report)))
         for line in timing_sentences(report):  # next to the matrix: why a speedup is not trustworthy
             out.print(f"[yellow]timing:[/] {escape(line)}")
+    if report.get("generation"):
+        tokens = report["generation"][0]["max_new_tokens"]
+        out.print(
+            rich_table(
+                f"Greedy generation ({tokens} tokens) vs transformers generate", generation_table(report)
+            )
+        )
+    if report.get("decoder_latency"):
+        out.print(
+            rich_table("Decoder latency: time to first token and per token", decoder_latency_table(report))
+        )
     for note in report["notes"]:
         out.print(f"[yellow]note:[/] {escape(note)}")
     for failure in result.failed_targets:
