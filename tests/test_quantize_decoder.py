@@ -254,6 +254,17 @@ def test_never_slower_per_token_and_never_on_cosine_alone() -> None:
     assert fast.chosen and not slower.chosen
 
 
+def test_a_decoder_is_gated_by_its_generation_not_by_synthetic_cosine() -> None:
+    candidate = _candidate("c", speedup=2.0, generation=_judgement(1.0))
+    candidate.outputs = [Int8Comparison("logits", 8, 0.4, 1.0, 9.0, None, False, "min cosine 0.4000 < 0.99")]
+    assert candidate.budget_passed  # random past tensors: recorded, not gated
+    candidate.generation = GenerationJudgement([1.0], [None], 1.0, 0.95, 0.5, 0.99, 12)
+    assert not candidate.budget_passed
+    assert "golden logits cosine 0.9500 < 0.99" in str(candidate.generation.message)
+    candidate.generation, candidate.shape_errors = _judgement(1.0), ["large: logits [1] != [2]"]
+    assert not candidate.budget_passed
+
+
 @pytest.mark.parametrize(
     ("field", "value", "flag"),
     [

@@ -6,7 +6,9 @@ judged by greedy generation from the golden prompts through its own cache, again
 tokens: the share of tokens that match before the first divergence, averaged over the prompts, must reach a
 floor (``QuantizeOptions.token_match_floor``). The logits are compared too, on real token sequences: the
 float model's generation fed back in one call (teacher forcing), so every position is judged on the tokens
-the float model would see, not on a sequence the candidate already derailed.
+the float model would see, not on a sequence the candidate already derailed. These two gate a decoder
+candidate (``Candidate.budget_passed``); its outputs on synthetic samples, whose random past tensors no real
+cache holds, are recorded beside them but do not gate.
 
 Speed is per token: one decode step (a single new token after a past of ``DECODE_PAST`` positions), timed
 beside the float model in the same runtime like any batch plan (``selection.time_candidates``).

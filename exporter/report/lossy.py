@@ -105,9 +105,12 @@ def _full_table(report: dict[str, Any]) -> Table:
         if c["error"]:
             status = f"FAILED to build: {c['error']}"
         elif not c["budget_passed"]:
-            generation = (c.get("generation") or {}).get("message")
-            misses = [generation] if generation else []
-            misses += [o["message"] for o in outputs if o["message"]] + c["shape_errors"]
+            generation = c.get("generation")
+            if generation:  # a decoder: its generation gates it, the synthetic outputs are only recorded
+                misses = [generation["message"]] if generation["message"] else []
+            else:
+                misses = [o["message"] for o in outputs if o["message"]]
+            misses += c["shape_errors"]
             status = "FAIL budget: " + "; ".join(misses[:2])
         else:
             status = "within budget"
