@@ -354,7 +354,7 @@ def _benchmark(run: _Run) -> None:
             run.load_seconds,
             layout=facts.layout if (facts := hf_facts(run.loaded)) is not None else None,
         )
-        run.latency = drop_slower_lossy(timed.latency, run.quantization, run.notes)
+        run.latency = drop_slower_lossy(timed.latency, run.quantization, run.notes, timed.decoder)
         kept = {s.backend for s in run.latency}
         run.decoder_latency = [row for row in timed.decoder if row.backend in kept]
         run.timing_quality = timed.quality.restricted_to(s.backend for s in run.latency)

@@ -20,6 +20,7 @@ import pytest
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
+from exporter.benchmark.decoder import DecoderLatency
 from exporter.cli import app
 from exporter.errors import ExitCode
 from exporter.gate.checks import VerifyRequest
@@ -31,6 +32,7 @@ from exporter.loading.checkpoint import sha256_file
 from exporter.options import build_export_options
 from exporter.pipeline import ExportResult, export
 from exporter.runners.base import Runner
+from exporter.stages.benchmark import drop_slower_lossy
 from tests.conftest import FAST_TIMING
 from tests.hf_models import gpt2_folder, llama_folder
 
@@ -258,3 +260,28 @@ def test_an_export_whose_tokens_differ_from_generate_exits_1(
 def _invoke(*args: str | Path) -> tuple[int, str]:
     completed = CliRunner().invoke(app, [*map(str, args)])
     return completed.exit_code, completed.output
+
+
+def _decode_row(backend: str, past: int, p50: float) -> DecoderLatency:
+    return DecoderLatency(backend, "decode", past, 1, 10, p50, p50, p50, 1000 / p50)
+
+
+def test_a_lossy_decoder_slower_per_token_than_its_float_model_is_not_shipped() -> None:
+    from exporter.benchmark.latency import LatencyStats
+    from exporter.quantize.search import QuantizationResult
+    from exporter.quantize.types import Candidate, QuantizeOptions, QuantMode
+
+    chosen = Candidate("dynamic-ort", "test", path=Path("model.int8.onnx"), chosen=True)
+    options = QuantizeOptions(mode=QuantMode.INT8)
+    quantization = QuantizationResult(options, None, None, None, 1, [], None, [chosen], [])  # type: ignore[arg-type]
+    latency = [
+        LatencyStats(name, "batch=1", 1, {}, 1, 10, p50, p50, p50, p50, p50, 1000 / p50)
+        for name, p50 in (("onnxruntime", 1.0), ("onnxruntime-int8", 0.8))
+    ]
+    decoder = [_decode_row("onnxruntime", 16, 0.10), _decode_row("onnxruntime-int8", 16, 0.08)]
+    notes: list[str] = []
+    assert drop_slower_lossy(latency, quantization, notes, decoder) == latency and chosen.chosen
+    decoder += [_decode_row("onnxruntime", 128, 0.12), _decode_row("onnxruntime-int8", 128, 0.13)]
+    kept = drop_slower_lossy(latency, quantization, notes, decoder)
+    assert [s.backend for s in kept] == ["onnxruntime"] and not chosen.chosen
+    assert "model.int8.onnx not shipped" in notes[0] and "per token at past 128" in notes[0]

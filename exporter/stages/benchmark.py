@@ -151,20 +151,26 @@ def _time_decoder(
 
 
 def drop_slower_lossy(
-    latency: list[LatencyStats], quantization: QuantizationResult | None, notes: list[str]
+    latency: list[LatencyStats],
+    quantization: QuantizationResult | None,
+    notes: list[str],
+    decoder: Sequence[DecoderLatency] = (),
 ) -> list[LatencyStats]:
     """``--quantize int8``: un-ship a lossy model that the benchmark's full timing found slower than its float
-    source at some batch size, and drop its rows: the quantize stage chose it on a shorter timing, and the
-    latency table must never show a shipped lossy model slower than the float model it replaces. Its float
-    source not shipped (not a target) or not timed: nothing to compare, it stays."""
+    source at some batch size (for a decoder, also per token at some past length), and drop its rows: the
+    quantize stage chose it on a shorter timing, and the latency table must never show a shipped lossy model
+    slower than the float model it replaces. Its float source not shipped (not a target) or not timed:
+    nothing to compare, it stays."""
     if quantization is None or quantization.options.mode is not QuantMode.INT8:
         return latency  # an explicit mode ships its choice within budget even when slower, flagged
+    timings = [(s.backend, s.label, s.p50_ms) for s in latency]
+    timings += [(r.backend, f"per token at {r.label}", r.p50_ms) for r in decoder if r.phase == "decode"]
     for spec, chosen in lossy_artifacts(quantization):
-        floats = {s.label: s.p50_ms for s in latency if s.backend == spec.float_source}
+        floats = {label: p50 for backend, label, p50 in timings if backend == spec.float_source}
         slower = [
-            s.label
-            for s in latency
-            if s.backend == spec.name and s.label in floats and s.p50_ms >= floats[s.label]
+            label
+            for backend, label, p50 in timings
+            if backend == spec.name and label in floats and p50 >= floats[label]
         ]
         if not slower:
             continue
