@@ -302,6 +302,7 @@ def test_each_mode_selects_its_candidates_through_the_registry() -> None:
         QuantMode.QAT: ["qat-pt2e"],
         QuantMode.INT8: INT8_CANDIDATES,
         QuantMode.BF16: ["bf16-openvino"],
+        QuantMode.INT4: [],
     }
     assert STATIC_ORT.repairs == (search_calibration_method, keep_sensitive_layers_in_float)
     assert STATIC_PT2E.repairs == () and Requirement.EXPORTABLE_MODULE in QAT_PT2E.needs
@@ -486,7 +487,7 @@ def test_recipe_quantize_section_resolves_paths(tmp_path: Path) -> None:
     assert settings["metric"] == f"{tmp_path / 'data.py'}:accuracy"
     assert settings["eval_data"] == "pkg.mod:pairs"
     assert QuantizeOptions(**settings).budget.min_top1 == 0.98
-    recipe.write_text('[quantize]\nmode = "int4"\n')
+    recipe.write_text('[quantize]\nmode = "int3"\n')
     with pytest.raises(RecipeError, match=r"\[quantize\]\.mode"):
         load_recipe(recipe)
 

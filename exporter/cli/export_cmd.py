@@ -188,8 +188,8 @@ def export_command(
         QuantMode | None,
         typer.Option(
             "--quantize",
-            help="Lossy mode: dynamic, static, qat, bf16 (OpenVINO, bf16 CPUs), or int8 (try all, ship the "
-            "fastest within budget per runtime).",
+            help="Lossy mode: dynamic, static, qat, bf16 (OpenVINO, bf16 CPUs), int8 (try all, ship the "
+            "fastest within budget per runtime), or int4 (decoders: block-wise 4-bit weights, --block-size).",
         ),
     ] = None,
     calibration: Annotated[
@@ -197,7 +197,25 @@ def export_command(
         typer.Option(
             "--calibration",
             help="Calibration data: .npz (one array per input, samples on axis 0), a folder of .npy/.npz/.pt "
-            "samples, or package.module:callable [default: drawn from the spec, with a warning].",
+            "samples, or package.module:callable [default: drawn from the spec, with a warning]. For a "
+            "Hugging Face folder also a .txt file, one sample a line (a decoder's lines become golden "
+            "prompts).",
+        ),
+    ] = None,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--block-size",
+            min=16,
+            help="int4 (and 8-bit MatMulNBits) weights per scale, a power of two [default: 32].",
+        ),
+    ] = None,
+    min_token_match: Annotated[
+        float | None,
+        typer.Option(
+            "--min-token-match",
+            help="Decoder lossy budget: mean share of the float model's greedy tokens reproduced before "
+            "the first divergence [default: 0.75 for int8, 0.5 for int4].",
         ),
     ] = None,
     calibration_samples: Annotated[
@@ -303,6 +321,8 @@ def export_command(
         "min_cosine": min_cosine,
         "min_top1": min_top1,
         "min_sqnr_db": min_sqnr,
+        "block_size": block_size,
+        "min_token_match": min_token_match,
         "require_real_data": require_real_data or None,
     }
 

@@ -21,7 +21,10 @@ def tokenized_golden(reference: Runner, spec: InputSpec, tokenizer: Any) -> Gold
     Raises:
         InputSpecError: the tokenizer's ids do not fit the model (a vocabulary larger than the config's).
     """
-    inputs = golden_token_inputs(tokenizer, spec.names)
+    labels = spec.example_sizes
+    batch = spec.dim("batch").max if "batch" in labels else None
+    seq = spec.dim("seq").max if "seq" in labels else None
+    inputs = golden_token_inputs(tokenizer, spec.names, batch, seq)
     batch, seq = inputs[spec.names[0]].shape
     try:
         outputs = reference.run(inputs)

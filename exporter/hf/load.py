@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter.errors import LoadError, first_line
+from exporter.errors import CalibrationError, LoadError, first_line
+from exporter.hf.decoding import DecoderLayout
 from exporter.hf.facts import DEFAULT_NEW_TOKENS, GenerationCase, HfFacts
 from exporter.hf.folder import HfFolder
 from exporter.hf.spec import FolderSpec, decoder_layout, folder_spec
@@ -36,6 +37,8 @@ GOLDEN_SENTENCES = (
 )
 """Golden prompts of three lengths (a few, a dozen and some forty tokens with a typical tokenizer)."""
 _DRAWN_PROMPT_LENGTHS = (3, 12, 40)
+MAX_FILE_PROMPTS = 16
+"""Prompts read from a text file (``--calibration FILE.txt``) beside the built-in ones."""
 
 
 @dataclass
@@ -50,8 +53,12 @@ class LoadedFolder:
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """No progress bars or advisory logs from transformers while it loads (the CLI prints its own lines)."""
+    import logging as std_logging
+
     from transformers.utils import logging
 
+    for name in ("torchao", "torch.utils._pytree"):  # import-time lines when transformers pulls in torchao
+        std_logging.getLogger(name).setLevel(std_logging.ERROR)
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -84,9 +91,15 @@ def folder_spec_of(folder: HfFolder, task: Task, trust: bool) -> FolderSpec:
 
 
 def load_folder(
-    folder: HfFolder, task: Task, trust: bool, new_tokens: int = DEFAULT_NEW_TOKENS
+    folder: HfFolder,
+    task: Task,
+    trust: bool,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+    prompts_file: Path | None = None,
 ) -> LoadedFolder:
-    """Load the folder's model for ``task`` and wrap it; for a decoder, run the reference generations.
+    """Load the folder's model for ``task`` and wrap it; for a decoder, run the reference generations from
+    the built-in prompts and, when given, the lines of ``prompts_file`` (real text: ``--calibration
+    FILE.txt``, which is what lossy candidates are then judged on too).
 
     Raises:
         LoadError: transformers cannot build or load the model from the folder.
@@ -115,7 +128,8 @@ def load_folder(
     generation: tuple[GenerationCase, ...] = ()
     if layout is not None:
         module = DecoderWithPast(model, layout.num_layers)
-        generation = _reference(model, tokenizer, layout.vocab_size, layout.max_positions, new_tokens)
+        texts = read_prompts(prompts_file, tokenizer) if prompts_file is not None else ()
+        generation = _reference(model, tokenizer, layout, new_tokens, texts)
     else:
         module = EncoderWrapper(model, task.outputs)
     facts = HfFacts(
@@ -130,27 +144,56 @@ def load_folder(
     return LoadedFolder(module.eval(), facts, tokenizer)
 
 
-def golden_token_inputs(tokenizer: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The golden sentences through the tokenizer, padded to one batch: an encoder's real-text case."""
-    encoded = tokenizer(list(GOLDEN_SENTENCES), padding=True, return_tensors="np")
+def golden_token_inputs(
+    tokenizer: Any, names: Sequence[str], max_batch: int | None = None, max_seq: int | None = None
+) -> dict[str, np.ndarray]:
+    """The golden sentences through the tokenizer, padded to one batch: an encoder's real-text case, kept
+    inside the spec's batch and sequence ranges."""
+    sentences = list(GOLDEN_SENTENCES)[:max_batch]
+    encoded = tokenizer(
+        sentences, padding=True, truncation=max_seq is not None, max_length=max_seq, return_tensors="np"
+    )
     return {name: np.asarray(encoded[name], dtype=np.int64) for name in names}
 
 
+def read_prompts(path: Path, tokenizer: Any | None) -> tuple[str, ...]:
+    """The first ``MAX_FILE_PROMPTS`` non-empty lines of a UTF-8 text file, as prompts.
+
+    Raises:
+        CalibrationError: the file is missing, not UTF-8 text, or has no non-empty line, or the folder has no
+            tokenizer to turn text into tokens.
+    """
+    where = f"--calibration '{path}'"
+    if tokenizer is None:
+        raise CalibrationError(f"{where}: text prompts need the folder's tokenizer, and it has none")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CalibrationError(f"{where} cannot be read as UTF-8 text: {first_line(error)}") from None
+    lines = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not lines:
+        raise CalibrationError(f"{where} has no text: give one prompt a line")
+    return lines[:MAX_FILE_PROMPTS]
+
+
 def _reference(
-    model: Any, tokenizer: Any | None, vocab: int, max_positions: int, new_tokens: int
+    model: Any, tokenizer: Any | None, layout: DecoderLayout, new_tokens: int, texts: Sequence[str]
 ) -> tuple[GenerationCase, ...]:
     from exporter.hf.reference import reference_generations
 
     prompts: list[tuple[str, str | None, list[int]]] = []
-    room = max(max_positions - new_tokens, 1)
+    room = max(layout.max_positions - new_tokens, 1)
     if tokenizer is not None:
         for index, text in enumerate(GOLDEN_SENTENCES, start=1):
             ids = [int(i) for i in tokenizer(text)["input_ids"]][:room]
             prompts.append((f"prompt-{index}", text, ids))
+        for index, text in enumerate(texts, start=1):
+            ids = [int(i) for i in tokenizer(text)["input_ids"]][:room]
+            prompts.append((f"text-{index}", text, ids))
     else:
         rng = np.random.default_rng(0)
         for index, length in enumerate(_DRAWN_PROMPT_LENGTHS, start=1):
-            ids = rng.integers(0, vocab, size=min(length, room)).tolist()
+            ids = rng.integers(0, layout.vocab_size, size=min(length, room)).tolist()
             prompts.append((f"prompt-{index}", None, [int(i) for i in ids]))
     with quiet_transformers():
         return reference_generations(model, prompts, new_tokens)

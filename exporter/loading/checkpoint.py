@@ -62,6 +62,8 @@ class LoadRequest:
     """A Hugging Face folder's task (Optimum's spelling); None: from its ``architectures``."""
     new_tokens: int = DEFAULT_NEW_TOKENS
     """A decoder's reference generation length."""
+    prompts_file: Path | None = None
+    """A decoder's extra golden prompts, one a line (``--calibration FILE.txt``)."""
 
 
 @dataclass
@@ -168,7 +170,7 @@ def _load_hf_folder(request: LoadRequest) -> LoadedModel:
 
     folder = read_folder(request.checkpoint, request.trust_checkpoint)
     task = resolve_task(request.task, folder.architectures)
-    loaded = load_folder(folder, task, request.trust_checkpoint, request.new_tokens)
+    loaded = load_folder(folder, task, request.trust_checkpoint, request.new_tokens, request.prompts_file)
     files = [request.checkpoint / "config.json", *folder.weights]
     digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
     parameters = sum(p.numel() for p in loaded.module.parameters())

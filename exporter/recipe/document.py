@@ -170,6 +170,8 @@ _SCHEMA: dict[str, dict[str, tuple[Check, str]]] = {
         "min_cosine": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
         "min_top1": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "min_sqnr_db": (_is_number, "a number (dB)"),
+        "block_size": (lambda v: _is_int(v) and v >= 16 and not v & (v - 1), "a power of two >= 16"),
+        "min_token_match": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "max_abs": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "max_float_layers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "qat_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),

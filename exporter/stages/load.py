@@ -4,8 +4,10 @@ too, so bad input is refused before minutes of conversion."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+from exporter.errors import CalibrationError, UsageError
 from exporter.hf.golden import tokenized_golden
 from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
 from exporter.options import ExportOptions
@@ -49,8 +51,10 @@ def load_stage(options: ExportOptions) -> Loaded:
             options.state_dict_key,
             options.task,
             options.generate_tokens,
+            text_file if (text_file := _text_calibration(options)) else None,
         )
     )
+    _check_lossy_mode_fits(options, model)
     model.estimated_peak_bytes = check_memory(options, model.module).peak
     eager = EagerRunner(model.module, options.spec.names, options.output_names)
     golden = make_golden(eager, options.spec, shape_cases(options.spec), options.seed)
@@ -58,5 +62,54 @@ def load_stage(options: ExportOptions) -> Loaded:
         golden.append(golden_from_file(eager, options.spec, options.golden_inputs))
     if model.tokenizer is not None and model.hf is not None and not model.hf.is_decoder:
         golden.append(tokenized_golden(eager, options.spec, model.tokenizer))
-    samples = int8_samples(options) if options.quantization.mode is not QuantMode.NONE else None
+    samples = None
+    if options.quantization.mode is not QuantMode.NONE:
+        samples = _text_samples(options, model) if _text_calibration(options) else int8_samples(options)
     return Loaded(model, eager, golden, samples)
+
+
+def _text_calibration(options: ExportOptions) -> Path | None:
+    """``--calibration FILE.txt``: text, one sample a line, for a Hugging Face folder."""
+    calibration = options.quantization.calibration
+    return Path(calibration) if calibration and calibration.endswith(".txt") else None
+
+
+def _text_samples(options: ExportOptions, model: LoadedModel) -> tuple[SampleSet, SampleSet]:
+    """An encoder's calibration from text lines through its tokenizer; a decoder's lines are golden prompts
+    (its lossy candidates are judged on them), so its samples are drawn from the spec as without data.
+
+    Raises:
+        CalibrationError: a text file for a model that is not a Hugging Face folder with a tokenizer.
+    """
+    path = _text_calibration(options)
+    assert path is not None
+    if model.hf is None or model.tokenizer is None:
+        raise CalibrationError(
+            f"--calibration '{path}': text calibration needs a Hugging Face folder with a tokenizer; give "
+            "this model an .npz of inputs"
+        )
+    settings = options.quantization
+    if model.hf.is_decoder:
+        return int8_samples(replace(options, quantization=replace(settings, calibration=None)))
+    from exporter.hf.calibration_text import text_samples
+
+    held_out = max(8, settings.samples // 4)
+    samples = text_samples(path, model.tokenizer, options.spec, settings.samples + held_out)
+    return samples.split(held_out / (settings.samples + held_out))
+
+
+def _check_lossy_mode_fits(options: ExportOptions, model: LoadedModel) -> None:
+    """Before converting: int4 is for decoders only, and static or QAT int8 has no decoder candidate
+    (a decoder ships weight-only; its activations' ranges move with every token)."""
+    mode = options.quantization.mode
+    decoder = model.hf is not None and model.hf.is_decoder
+    if mode is QuantMode.INT4 and not decoder:
+        raise UsageError(
+            "--quantize int4 is block-wise 4-bit weights for decoders (text-generation); this model is not "
+            "one: use --quantize int8 or dynamic"
+        )
+    if decoder and mode in (QuantMode.STATIC, QuantMode.QAT):
+        raise UsageError(
+            f"--quantize {mode.value} has no candidate for a decoder (its activations' ranges move with "
+            "every token): use --quantize int8 or int4 (weight-only)"
+        )
