@@ -1,0 +1,159 @@
+"""Tables and the targets' verdicts of ``benchmarks/decoder.py``: console and markdown, one set of cells."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from decoder_timing import PASTS, PROMPTS, Measured, Row
+from rich.table import Table
+
+TARGET_MODEL = "125m"
+TARGET_PAST = 128
+FLOAT_TARGET = 2.0
+INT4_TARGET = 1.5
+
+
+def _ms(values: dict[Any, float], key: int) -> str:
+    value = values.get(key, values.get(str(key)))  # type: ignore[call-overload]
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _get(values: dict[Any, float], key: int) -> float | None:
+    return values.get(key, values.get(str(key)))  # type: ignore[call-overload, no-any-return]
+
+
+def columns(measured: Measured) -> list[str]:
+    prompts = sorted({int(k) for r in measured.rows for k in r.prefill_ms} or PROMPTS)
+    pasts = sorted({int(k) for r in measured.rows for k in r.decode_ms} or PASTS)
+    return [
+        "runner", "artifact", *(f"TTFT ms p50 @{n}" for n in prompts),
+        *(f"decode ms p50 @past {n}" for n in pasts), f"tok/s @past {TARGET_PAST}",
+        f"x eager @past {TARGET_PAST}", f"x our float (same runtime) @past {TARGET_PAST}",
+        "greedy tokens = generate",
+    ]  # fmt: skip
+
+
+def _float_of(measured: Measured, row: Row) -> Row | None:
+    runtime = "openvino" if row.runner.endswith("openvino") else "onnxruntime"
+    return measured.row(f"ours float {runtime}") if row.runner.startswith("ours") else None
+
+
+def cells(measured: Measured, row: Row) -> list[str]:
+    prompts = sorted({int(k) for r in measured.rows for k in r.prefill_ms} or PROMPTS)
+    pasts = sorted({int(k) for r in measured.rows for k in r.decode_ms} or PASTS)
+    if row.note:
+        return [row.runner, row.artifact, *(["-"] * (len(prompts) + len(pasts) + 3)), row.note]
+    eager = measured.rows[0]
+    per_token = _get(row.decode_ms, TARGET_PAST)
+    reference = _float_of(measured, row)
+    ratio = lambda other: (  # noqa: E731
+        f"{o / per_token:.2f}x" if per_token and other and (o := _get(other.decode_ms, TARGET_PAST)) else "-"
+    )
+    return [
+        row.runner,
+        row.artifact,
+        *(_ms(row.prefill_ms, n) for n in prompts),
+        *(_ms(row.decode_ms, n) for n in pasts),
+        f"{1000 / per_token:.1f}" if per_token else "-",
+        ratio(eager),
+        ratio(reference) if reference is not None else "-",
+        row.parity,
+    ]
+
+
+def table(measured: Measured) -> Table:
+    out = Table(title=f"{measured.model} ({measured.info['parameters'] / 1e6:.1f} M parameters)")
+    for column in columns(measured):
+        out.add_column(column, justify="left" if column in ("runner", "artifact") else "right")
+    for row in measured.rows:
+        out.add_row(*cells(measured, row))
+    return out
+
+
+def export_lines(measured: Measured) -> list[str]:
+    """What each ``exporter export`` run shipped, and why candidates were refused; Optimum's status."""
+    lines = []
+    for mode, export in measured.exports.items():
+        lines.append(f"- `{export['command']}`: exit {export['exit_code']}, {export['seconds']:.0f} s")
+        for candidate in (export.get("quantization") or {}).get("candidates", []):
+            verdict = "shipped" if candidate["shipped"] else f"not shipped: {candidate['reason'] or '-'}"
+            block = f", block {candidate['block_size']}" if candidate.get("block_size") else ""
+            lines.append(f"  - {mode} `{candidate['name']}` ({candidate['engine']}{block}): {verdict}")
+        for note in (export.get("quantization") or {}).get("notes", []):
+            lines.append(f"  - note: {note}")
+    optimum = measured.optimum
+    if optimum.get("ok"):
+        lines.append(
+            "- Optimum: `optimum-cli export onnx --task text-generation-with-past` "
+            f"({optimum.get('versions')}), {optimum['seconds']:.0f} s; I/O names are ours, run through "
+            "the same ONNX Runtime runner"
+        )
+    else:
+        lines.append(f"- Optimum: no model: {optimum.get('reason')}")
+    generate = ", ".join(
+        f"{v:.2f} ms after a {k}-token prompt" for k, v in measured.generate_per_token_ms.items()
+    )
+    lines.append(f"- transformers `generate()` per token (greedy, its own cache): {generate}")
+    lines.append(
+        f"- load average (1, 5, 15 min) before / after timing: {measured.load.get('before')} / "
+        f"{measured.load.get('after')}"
+    )
+    return lines
+
+
+def targets(results: list[Measured]) -> list[str]:
+    """The issue's two targets, measured on the ~125 M model: met or missed with the numbers."""
+    measured = next((m for m in results if m.model == TARGET_MODEL), None)
+    if measured is None:
+        return [f"targets: not measured (the {TARGET_MODEL} model was not run)"]
+    eager = _get(measured.rows[0].decode_ms, TARGET_PAST)
+    lines = []
+    for runtime in ("onnxruntime", "openvino"):
+        row = measured.row(f"ours float {runtime}")
+        value = _get(row.decode_ms, TARGET_PAST) if row else None
+        if eager and value:
+            speedup = eager / value
+            verdict = "met" if speedup >= FLOAT_TARGET else "missed"
+            lines.append(
+                f"float decode >= {FLOAT_TARGET}x eager at past {TARGET_PAST} ({runtime}): {verdict}, "
+                f"{value:.2f} ms vs eager {eager:.2f} ms = {speedup:.2f}x"
+            )
+        int4 = measured.row(f"ours int4 {runtime}")
+        int4_value = _get(int4.decode_ms, TARGET_PAST) if int4 and not int4.note else None
+        if value and int4_value:
+            speedup = value / int4_value
+            verdict = "met" if speedup >= INT4_TARGET else "missed"
+            lines.append(
+                f"int4 >= {INT4_TARGET}x our float per token at past {TARGET_PAST} ({runtime}): {verdict}, "
+                f"{int4_value:.2f} ms vs float {value:.2f} ms = {speedup:.2f}x"
+            )
+        else:
+            lines.append(
+                f"int4 >= {INT4_TARGET}x our float per token ({runtime}): missed, no int4 model shipped"
+            )
+    return lines
+
+
+def markdown(results: list[Measured], environment: dict[str, Any], threads: int) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in environment["packages"].items() if v)
+    lines = [
+        "# Decoders: time to first token and per-token decode",
+        "",
+        f"{environment['cpu']}, {environment['usable_cpus']} usable CPUs "
+        f"({', '.join(environment['cpu_flags'])}); python {environment['python']}; {packages}; "
+        f"{threads} threads for every runner.",
+        "",
+        "p50 of alternated blocks (`compare_latency`); TTFT = one prefill call over the whole prompt; "
+        "decode = one call adding one token after `past` cached positions. Eager = transformers' model "
+        "called as `generate` calls it, with its own `DynamicCache`. Greedy tokens: 32 from one prompt, "
+        "against transformers' `generate`.",
+        "",
+    ]
+    for measured in results:
+        names = columns(measured)
+        lines += [f"## {measured.model}: {measured.info['parameters'] / 1e6:.1f} M parameters", ""]
+        lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+        lines += ["| " + " | ".join(cells(measured, row)) + " |" for row in measured.rows]
+        lines += ["", *export_lines(measured), ""]
+    lines += ["## Targets (measured, not asserted)", "", *(f"- {t}" for t in targets(results)), ""]
+    return "\n".join(lines)
