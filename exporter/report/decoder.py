@@ -8,7 +8,25 @@ from typing import Any
 
 from exporter.report.lossy import Table
 
-__all__ = ["decoder_latency_report", "decoder_latency_table", "generation_table", "markdown_decoder"]
+__all__ = [
+    "decoder_latency_report",
+    "decoder_latency_table",
+    "decoder_timing_caveat",
+    "generation_table",
+    "markdown_decoder",
+]
+
+
+def decoder_timing_caveat(report: dict[str, Any]) -> str:
+    """The machine-wide timing warnings (a busy machine, threads over CPUs) hold for these calls too: they
+    were timed in the same stage. Per-figure spreads are assessed on the batch timings only."""
+    warnings = (report.get("timing_quality") or {}).get("warnings") or []
+    codes = sorted({w["code"] for w in warnings if w.get("backend") is None})
+    if not codes:
+        return ""
+    return (
+        f" Not trustworthy ({', '.join(codes)}): the Latency section's warnings hold for these figures too."
+    )
 
 
 def generation_table(report: dict[str, Any]) -> Table:
@@ -110,7 +128,7 @@ def markdown_decoder(report: dict[str, Any]) -> list[str]:
             "",
             "Time to first token (one prefill call over the prompt) and per token (one decode call after "
             "the cached positions), p50 over calls alternated in blocks; eager is transformers with its own "
-            "cache, same threads.",
+            "cache, same threads." + decoder_timing_caveat(report),
             "",
             *_table(decoder_latency_table(report)),
         ]

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.report.decoder import decoder_latency_report, decoder_latency_table, generation_table
+from exporter.report.decoder import (
+    decoder_latency_report,
+    decoder_latency_table,
+    decoder_timing_caveat,
+    generation_table,
+)
 from exporter.report.html_sections import table_html
 from exporter.report.svg import esc, latency_chart
 
@@ -36,7 +41,7 @@ def decoder_sections(report: dict[str, Any]) -> list[str]:
         sections.append(
             '<section id="decoder-latency"><h2>Decoder latency</h2><p>Time to first token (one prefill call '
             "over the prompt) and per token (one decode call after the cached positions); eager is "
-            "transformers with its own cache, same threads.</p>"
+            f"transformers with its own cache, same threads.{esc(decoder_timing_caveat(report))}</p>"
             f'<figure id="decoder-latency-chart">{chart}<figcaption>p50 per call (shorter is faster), '
             "grouped by prompt or past length.</figcaption></figure>"
             f"{rows}</section>"
