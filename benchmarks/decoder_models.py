@@ -106,7 +106,7 @@ class EagerWithCache(Runner):
     (``model(input_ids, attention_mask, position_ids, past_key_values=cache)``), not through our wrapper.
 
     Fed the same numpy inputs as the exported models: the cache is built once from a plan's past arrays and
-    cropped back to that length after each call (``DynamicCache.crop``, negative: tokens to drop), so every timed call appends one
+    cropped back to that length after each call (``DynamicCache.crop``), so every timed call appends one
     token to a cache of the plan's length, as a decode step does; a prefill gets a fresh empty cache."""
 
     name = "eager transformers (DynamicCache)"
