@@ -304,3 +304,28 @@ def test_int4_refused_for_a_model_that_is_no_decoder(tmp_path: Path) -> None:
             work_dir=tmp_path,
             step=lambda message: None,
         )
+
+
+def test_gemm_with_a_constant_weight_becomes_matmul_and_add(tmp_path: Path) -> None:
+    """GPT-2's Conv1D layers export as Gemm, which ONNX Runtime's 4-bit quantizer does not rewrite."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporter.quantize.weight_only import gemm_to_matmul
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="g", transB=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert gemm_to_matmul(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)

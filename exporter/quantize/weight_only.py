@@ -42,6 +42,7 @@ __all__ = [
     "WEIGHT_ONLY_SPECS",
     "build_matmul_nbits",
     "build_nncf_weights",
+    "gemm_to_matmul",
 ]
 
 ACCURACY_INT8 = 4
@@ -63,8 +64,10 @@ def build_matmul_nbits(
     config = DefaultWeightOnlyQuantConfig(
         block_size=block, is_symmetric=False, accuracy_level=accuracy_level, bits=bits
     )
+    model = onnx.load(str(context.float_onnx))
+    gemms = gemm_to_matmul(model)
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(context.float_onnx)),
+        model,
         bits=bits,
         block_size=block,
         is_symmetric=False,
@@ -86,9 +89,47 @@ def build_matmul_nbits(
         "symmetric": False,
         "accuracy_level": accuracy_level or 0,
         "matmul_nbits": ops["MatMulNBits"],
+        "gemms_rewritten": gemms,
         "float_matmuls": ops["MatMul"],
         "embedding": _embedding_note(graph),
     }
+
+
+def gemm_to_matmul(model: Any) -> int:
+    """Rewrite each ``Gemm`` with a constant weight (alpha and beta 1, A not transposed) as ``MatMul`` then
+    ``Add``, in place; the count. ONNX Runtime's quantizer rewrites MatMuls only, and GPT-2's ``Conv1D``
+    layers export as Gemm: without this only its head would be quantized."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        )
+        if node.op_type != "Gemm" or not plain or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            array = numpy_helper.to_array(weights[weight]).T.copy()
+            weight = f"{weight}_transposed_{count}"
+            graph.initializer.append(numpy_helper.from_array(array, weight))
+        biased = len(node.input) > 2 and node.input[2] != ""
+        product = f"{node.output[0]}_matmul" if biased else node.output[0]
+        nodes.append(
+            helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_matmul")
+        )
+        if biased:
+            nodes.append(
+                helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_add")
+            )
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
 
 
 def _embedding_note(graph: Any) -> str:
