@@ -4,6 +4,8 @@ source is refused in one line."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +225,55 @@ def test_a_very_long_line_is_read_in_bounded_chunks(tmp_path: Path, tokenizer: A
         samples.samples[1]["input_ids"][0, : len(tokenizer("Hello")["input_ids"])],
         tokenizer("Hello")["input_ids"],
     )
+
+
+@pytest.mark.slow
+def test_export_calibrates_an_encoder_on_text(bert: Path, tmp_path: Path) -> None:
+    """``exporter export FOLDER --quantize static --calibration FILE.txt``: the lines are the samples the
+    candidates are calibrated and judged on, as the report says."""
+    from typer.testing import CliRunner
+
+    from exporter.cli import app
+
+    lines = [f"{line} {index}" for index, line in enumerate(TRAINING_TEXT * 3)]
+    path = _text(tmp_path, ["", *lines, ""])
+    out = tmp_path / "artifacts"
+    args = ["export", str(bert), "--to", "onnx", "--out", str(out), "--threads", "1", "--no-benchmark"]
+    args += [
+        "--optimize",
+        "none",
+        "--quantize",
+        "static",
+        "--calibration",
+        str(path),
+        "--calibration-samples",
+        "4",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    calibration = report["quantization"]["calibration"]
+    assert calibration["source"].startswith(f"{path} (12 lines through the folder's tokenizer, padded to ")
+    assert calibration["evaluation_source"] == calibration["source"]
+    judged = [output for c in report["quantization"]["candidates"] for output in c.get("outputs") or []]
+    assert judged, report["quantization"]["candidates"]
+    assert {output["samples"] for output in judged} == {8}  # the held-out lines: max(8, 4 // 4)
+
+
+def test_text_calibration_for_a_checkpoint_without_a_tokenizer_exits_2(
+    tmp_path: Path, state_dict_checkpoint: Callable[[str], Path]
+) -> None:
+    from typer.testing import CliRunner
+
+    from exporter.cli import app
+    from tests.models import MODELS
+
+    args = ["export", str(state_dict_checkpoint("mlp")), "--model", MODELS["mlp"].ref, "--no-benchmark"]
+    for spec_text in MODELS["mlp"].inputs:
+        args += ["--input", spec_text]
+    out = tmp_path / "artifacts"
+    args += ["--out", str(out), "--quantize", "static", "--calibration", str(_text(tmp_path, LINES))]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "text calibration needs a Hugging Face folder with a tokenizer" in result.output
+    assert "Traceback" not in result.output and not out.exists()
