@@ -181,11 +181,7 @@ def test_input_flag_still_overrides_one_input(overridden_export: Path) -> None:
     assert spec["dynamic_dims"]["batch"]["max"] == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the tokenizer golden case is not truncated to a narrowed seq range (3 x 116 tokens, seq 1..16); "
-    "requested of the owner in /tmp/issue27/requests-H2.md",
-)
 def test_the_tokenizer_case_fits_a_narrowed_sequence_range(overridden_export: Path) -> None:
+    """The golden sentences are truncated to the narrowed sequence range (116 tokens untruncated)."""
     cases = {item["case"]: item for item in _manifest(overridden_export)["golden"]}
-    assert cases["tokenizer"]["sizes"]["seq"] <= 16
+    assert cases["tokenizer"]["sizes"] == {"batch": 3, "seq": 16}
