@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from exporter.errors import CalibrationError, ExitCode
-from exporter.hf.calibration_text import is_text_calibration, text_int8_samples, text_samples
+from exporter.hf.calibration_text import text_samples
 from exporter.hf.options import folder_settings
-from exporter.options import build_export_options
 from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from tests.hf_models import TRAINING_TEXT, bert_folder
 
@@ -139,26 +138,6 @@ def test_the_samples_run_through_the_model(
         for sample in samples.samples:
             output = model(**{name: torch.from_numpy(array) for name, array in sample.items()})
             assert torch.isfinite(output.last_hidden_state).all()
-
-
-def test_options_split_text_into_calibration_and_held_out(bert: Path, tmp_path: Path, tokenizer: Any) -> None:
-    path = _text(tmp_path, [f"{line} {index}" for index, line in enumerate(TRAINING_TEXT * 5)])
-    options = build_export_options(
-        None, {"checkpoint": bert}, {"mode": "static", "calibration": str(path), "samples": 4}
-    )
-    assert is_text_calibration(options.quantization.calibration)
-    calibration, evaluation = text_int8_samples(options, tokenizer)
-    assert len(calibration.samples) == 4 and len(evaluation.samples) == 8  # held out: max(8, 4 // 4)
-    first_held_out = tokenizer(f"{TRAINING_TEXT[0]} 4")["input_ids"]
-    np.testing.assert_array_equal(
-        evaluation.samples[0]["input_ids"][0, : len(first_held_out)], first_held_out
-    )
-
-
-def test_only_txt_files_are_text_calibration() -> None:
-    assert is_text_calibration("data/prompts.txt") and is_text_calibration(Path("A.TXT"))
-    assert not is_text_calibration("data.npz") and not is_text_calibration("pkg.mod:fn")
-    assert not is_text_calibration(None)
 
 
 @pytest.mark.parametrize(

@@ -13,50 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from exporter.errors import CalibrationError, first_line
-from exporter.quantize.calibration import SampleSet, load_samples
+from exporter.quantize.calibration import SampleSet
 from exporter.specs.dims import DynamicDim
 from exporter.specs.inputs import DimSpec, InputSpec
 
-if TYPE_CHECKING:
-    from exporter.options import ExportOptions
+__all__ = ["text_samples"]
 
-__all__ = ["TEXT_SUFFIX", "is_text_calibration", "text_int8_samples", "text_samples"]
-
-TEXT_SUFFIX = ".txt"
 _MIN_LINE_CHARS = 1 << 16
 """Characters read of one line at most (more than its tokens could use: the rest is skipped unread)."""
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0}
-
-
-def is_text_calibration(source: str | Path | None) -> bool:
-    """True for ``--calibration`` naming a ``.txt`` file (read by ``text_samples``, not ``load_samples``)."""
-    return source is not None and str(source).lower().endswith(TEXT_SUFFIX)
-
-
-def text_int8_samples(options: ExportOptions, tokenizer: Any | None) -> tuple[SampleSet, SampleSet]:
-    """Calibration and held-out evaluation samples from ``--calibration FILE.txt``: what
-    ``stages.onnx.int8_samples`` returns for other sources, split the same way.
-
-    Raises:
-        CalibrationError: the text cannot be read or tokenized into the model's inputs.
-    """
-    settings = options.quantization
-    path = Path(str(settings.calibration))
-    if settings.eval_data:
-        calibration = text_samples(path, tokenizer, options.spec, settings.samples)
-        if is_text_calibration(settings.eval_data):
-            evaluation = text_samples(Path(settings.eval_data), tokenizer, options.spec, 100_000)
-        else:
-            evaluation = load_samples(settings.eval_data, options.spec, 100_000, options.seed)
-        return calibration, evaluation
-    held_out = max(8, settings.samples // 4)
-    samples = text_samples(path, tokenizer, options.spec, settings.samples + held_out)
-    return samples.split(held_out / (settings.samples + held_out))
 
 
 def text_samples(path: Path, tokenizer: Any | None, spec: InputSpec, limit: int) -> SampleSet:
