@@ -185,6 +185,8 @@ def test_int4_onnxruntime_is_matmul_nbits_judged_by_tokens(decoder: DecoderSetup
         assert 0.0 <= generation["token_match"] <= 1.0 and -1.0 <= generation["min_logits_cosine"] <= 1.0
         assert candidate.latency and candidate.latency[0].label == "decode past=64"
     assert result.float_latency[0].label == "decode past=64"
+    assert any("judged by greedy generation of 12 tokens from 3 golden prompts" in n for n in result.notes)
+    assert not result.synthetic_only and result.to_json()["calibration"]["judged_on"] == "real"
     _shipped_or_refused(result)
     headers, rows = quantization_table({"quantization": result.to_json()})
     assert "token match" in headers

@@ -55,6 +55,16 @@ class DecoderJudging:
     """The float ONNX model's logits [positions, vocab] at the generated positions, teacher-forced."""
     floor: float
 
+    def describe(self, timed_at: str) -> str:
+        """The report's note on how the decoder's candidates were judged and timed."""
+        tokens = max(len(e) for e in self.expected)
+        return (
+            f"decoder candidates were judged by greedy generation of {tokens} tokens from {len(self.cases)} "
+            f"golden prompts against the float model (token match before divergence >= {self.floor:g}, "
+            f"and the logits on those sequences), and timed per token at {timed_at}; their outputs on "
+            "synthetic samples are recorded, not gated"
+        )
+
 
 @dataclass
 class GenerationJudgement:

@@ -100,8 +100,9 @@ class QuantizationResult:
 
     @property
     def synthetic_only(self) -> bool:
-        """The candidates were judged on inputs drawn from the spec, not on real data."""
-        return self.evaluation.synthetic
+        """The candidates were judged on inputs drawn from the spec, not on real data (a decoder's are judged
+        by generation from its golden prompts: tokenized text)."""
+        return self.evaluation.synthetic and not any(c.decoder for c in self.candidates)
 
     @property
     def none_built(self) -> bool:
@@ -178,7 +179,8 @@ def run_quantization(
     if hf is not None and hf.layout is not None:
         step("the float decoder's greedy tokens and its decode step")
         decoder, plans = _decoder_judging(options, hf, float_onnx, threads)
-    if evaluation.synthetic:
+        notes.append(decoder.describe(plans[0].label))
+    if evaluation.synthetic and decoder is None:  # a decoder is judged on its golden prompts' real tokens
         notes.append(SYNTHETIC_ONLY)
     preprocessed = work_dir / "preprocessed.onnx"
     step("ONNX Runtime pre-processing")
