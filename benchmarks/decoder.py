@@ -83,14 +83,26 @@ def shipped_summary(report: dict[str, Any]) -> dict[str, Any]:
     candidates = []
     for candidate in quantization.get("candidates", []):
         settings = candidate.get("settings") or {}
+        generation = candidate.get("generation") or {}
+        ratio = candidate.get("p50_ratio_vs_float")
+        if candidate.get("error"):
+            reason = f"failed: {candidate['error']}"
+        elif not candidate.get("budget_passed"):
+            reason = f"parity budget: {generation.get('message') or 'outputs outside the budget'}"
+        elif not candidate.get("faster_than_float"):
+            reason = f"not faster than float per token (p50 ratio {ratio:.2f})" if ratio else "not faster"
+        else:
+            reason = "within budget and faster, another candidate chosen"
         candidates.append(
             {
                 "name": candidate.get("name"),
                 "runtime": candidate.get("runtime"),
                 "engine": candidate.get("engine"),
                 "block_size": settings.get("block_size"),
-                "shipped": bool(candidate.get("shipped") or candidate.get("chosen")),
-                "reason": candidate.get("explanation") or candidate.get("error") or candidate.get("verdict"),
+                "shipped": bool(candidate.get("chosen")),
+                "reason": None if candidate.get("chosen") else reason,
+                "token_match": generation.get("token_match"),
+                "p50_ratio_vs_float": ratio,
                 "size_bytes": candidate.get("size_bytes"),
             }
         )

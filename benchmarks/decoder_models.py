@@ -43,7 +43,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 8,
         "num_key_value_heads": 2,
         "max_position_embeddings": 1024,
-        "initializer_range": 0.25,
+        "initializer_range": 0.05,
     },
     "125m": {
         "vocab_size": 32000,

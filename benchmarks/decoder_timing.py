@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from decoder_candidates import rebuild_refused_int4
 from decoder_models import EagerWithCache, generate_per_token_ms, generate_tokens, load_eager
 from rich.console import Console
 
@@ -128,6 +129,15 @@ def artifact_openers(
             if entry:
                 runtime = "openvino" if entry["file"].endswith(".xml") else "onnxruntime"
                 openers.append(_opener(f"ours {mode} {runtime}", out / entry["file"], entry, threads))
+        if mode == "int4":
+            for runtime, path, how in rebuild_refused_int4(export, out):
+                config = next(
+                    (a.get("config") for a in manifest.get("artifacts") or [] if a["backend"] == runtime), {}
+                )
+                name, _, opener = _opener(
+                    f"ours int4 {runtime} (refused, rebuilt)", path, {"config": config}, threads
+                )
+                openers.append((name, f"{path.name}: {how}", opener))
     if optimum.get("ok"):
         model = Path(optimum["model"])
         openers.append(
