@@ -4,6 +4,7 @@ shipped or refused with the reason."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ import pytest
 import torch
 
 from exporter.benchmark.latency import LatencyStats, TimingConfig
-from exporter.errors import UsageError
+from exporter.errors import ExitCode, UsageError
 from exporter.hf.decoding import DecoderLayout
 from exporter.hf.facts import HfFacts
 from exporter.hf.reference import reference_generations
+from exporter.options import build_export_options
+from exporter.pipeline import ExportResult, export
 from exporter.quantize.budget import Int8Comparison
 from exporter.quantize.calibration import load_samples
 from exporter.quantize.decoder import GenerationJudgement
@@ -30,7 +33,8 @@ from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import InputSpec, parse_tensor_spec
 from exporter.specs.shape_cases import ShapeCase
 from exporter.verify.parity import GoldenCase
-from tests.hf_models import llama_folder
+from tests.conftest import FAST_TIMING
+from tests.hf_models import gpt2_folder, llama_folder
 
 NEW_TOKENS = 12
 TIMING = TimingConfig(warmup=1, min_runs=5, min_seconds=0.05, max_runs=40, max_seconds=0.5)
@@ -334,3 +338,53 @@ def test_gemm_with_a_constant_weight_becomes_matmul_and_add(tmp_path: Path) -> N
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
     after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+# ---- through the pipeline: exporter export FOLDER --quantize int4 ----------------------------------------
+
+
+def _export_folder(folder: Path, out: Path, **quantization: Any) -> ExportResult:
+    flags = {
+        "checkpoint": folder,
+        "out": out,
+        "targets": ("onnx",),
+        "threads": 1,
+        "timing": FAST_TIMING,
+        "batch_sizes": (1,),
+        "benchmark": False,
+    }
+    return export(build_export_options(None, flags, {"mode": "int4", **quantization}))
+
+
+@pytest.mark.slow
+def test_int4_through_the_pipeline_refuses_a_diverging_decoder_with_the_reason(tmp_path: Path) -> None:
+    result = _export_folder(llama_folder(tmp_path / "llama"), tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    quantization = report["quantization"]
+    rows = {c["name"]: c for c in quantization["candidates"]}
+    assert set(rows) == {"int4-ort", "int4-ort-acc4"}
+    for row in rows.values():  # random weights: int4 leaves the float model's path within a few tokens
+        assert row["settings"]["block_size"] == 32 and row["generation"]["new_tokens"] == 32
+        assert not row["budget_passed"] and row["generation"]["message"].startswith("token match")
+    assert quantization["shipped"] == {} and result.exit_code == ExitCode.VERIFICATION_FAILED
+    assert not (tmp_path / "out" / "model.int8.onnx").exists()
+    assert "FAIL budget: token match" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_int4_of_gpt2_quantizes_its_gemm_layers_and_ships_when_faster(tmp_path: Path) -> None:
+    result = _export_folder(
+        gpt2_folder(tmp_path / "gpt2"), tmp_path / "out", min_token_match=0.0, min_cosine=0.0
+    )
+    assert result.quantization is not None
+    candidate = next(c for c in result.quantization.candidates if c.name == "int4-ort")
+    assert candidate.error is None, candidate.explanation
+    assert candidate.settings["gemms_rewritten"] == 8 and candidate.settings["matmul_nbits"] == 9
+    assert candidate.generation is not None and candidate.generation.passed  # floors at 0
+    shipped = result.quantization.chosen
+    if shipped is None:
+        assert any("SLOWER than float ONNX Runtime at decode past=64" in n for n in result.quantization.notes)
+    else:
+        assert shipped.faster_than_float
+        ops = [n.op_type for n in onnx.load(str(tmp_path / "out" / "model.int8.onnx")).graph.node]
+        assert "MatMulNBits" in ops
