@@ -75,7 +75,10 @@ def _export(module: torch.nn.Module, layout: DecoderLayout, path: Path) -> None:
     dims |= {name: {0: "batch", 2: "past"} for name in layout.past_names}
     dims |= {name: {0: "batch", 2: "total"} for name in layout.present_names}
     past = [torch.randn(1, layout.kv_heads, 3, layout.head_dim) for _ in layout.past_names]
-    example = (torch.randint(0, layout.vocab_size, (1, 5)), torch.ones(1, 8, dtype=torch.long))
+    example: tuple[torch.Tensor, ...] = (
+        torch.randint(0, layout.vocab_size, (1, 5)),
+        torch.ones(1, 8, dtype=torch.long),
+    )
     example += (torch.arange(3, 8)[None], *past)
     torch.onnx.export(
         module,
@@ -196,6 +199,7 @@ def test_int4_onnxruntime_is_matmul_nbits_judged_by_tokens(decoder: DecoderSetup
     assert "token match" in headers
     assert [row[0] for row in rows] == [*names, "int4-openvino"]  # not built: OpenVINO is not a target
     assert all(row[headers.index("token match")] != "-" for row in rows[: len(names)])
+    assert all(row[headers.index("min cosine")].endswith("(golden logits)") for row in rows[: len(names)])
 
 
 @pytest.mark.slow

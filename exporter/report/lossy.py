@@ -70,6 +70,16 @@ def quantization_table(report: dict[str, Any]) -> Table:
     return [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
+def _min_cosine(candidate: dict[str, Any]) -> str:
+    """The worst cosine that gates the candidate: a decoder's on the golden prompts' logits (its outputs on
+    synthetic samples are only recorded), any other model's over its outputs on the evaluation samples."""
+    generation = candidate.get("generation")
+    if generation:
+        return f"{generation['min_logits_cosine']:.4f} (golden logits)"
+    outputs = candidate["outputs"]
+    return "-" if not outputs else f"{min(o['min_cosine'] for o in outputs):.4f}"
+
+
 def _token_match(candidate: dict[str, Any]) -> str:
     """``0.42 (floor 0.5; 1.00, 0.08, 0.17)``: the mean share, its floor and each prompt's."""
     generation = candidate.get("generation")
@@ -131,7 +141,7 @@ def _full_table(report: dict[str, Any]) -> Table:
                 "-" if c["size_ratio"] is None else f"{c['size_ratio']:.2f}x",
                 ", ".join(f"{s['label']} {s['p50_ms']:.3g}" for s in c["latency"]) or "-",
                 per_batch or "-",
-                "-" if not outputs else f"{min(o['min_cosine'] for o in outputs):.4f}",
+                _min_cosine(c),
                 "-" if not outputs else f"{min(o['sqnr_db'] for o in outputs):.1f}",
                 "-" if not top1 else f"{min(top1):.3f}",
                 _token_match(c),
