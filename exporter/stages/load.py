@@ -11,7 +11,7 @@ from exporter.errors import CalibrationError, UsageError
 from exporter.hf.golden import tokenized_golden
 from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
 from exporter.options import ExportOptions
-from exporter.quantize.calibration import SampleSet
+from exporter.quantize.calibration import SampleSet, load_samples
 from exporter.quantize.types import QuantMode
 from exporter.runners.pytorch import EagerRunner
 from exporter.specs.inputs import shape_cases
@@ -93,6 +93,13 @@ def _text_samples(options: ExportOptions, model: LoadedModel) -> tuple[SampleSet
         return int8_samples(replace(options, quantization=replace(settings, calibration=None)))
     from exporter.hf.calibration_text import text_samples
 
+    if settings.eval_data:
+        calibration = text_samples(path, model.tokenizer, options.spec, settings.samples)
+        if settings.eval_data.endswith(".txt"):
+            evaluation = text_samples(Path(settings.eval_data), model.tokenizer, options.spec, 100_000)
+        else:
+            evaluation = load_samples(settings.eval_data, options.spec, 100_000, options.seed)
+        return calibration, evaluation
     held_out = max(8, settings.samples // 4)
     samples = text_samples(path, model.tokenizer, options.spec, settings.samples + held_out)
     return samples.split(held_out / (settings.samples + held_out))
