@@ -188,6 +188,7 @@ def _from_callable(ref: str, limit: int) -> tuple[list[dict[str, Any]], list[Any
 def _fit(sample: Mapping[str, Any], spec: InputSpec, where: str) -> Sample:
     """Check one sample against the spec and cast it to the spec's dtypes."""
     fitted: Sample = {}
+    sizes: dict[str, int] = {}
     for tensor in spec.tensors:
         if tensor.name not in sample:
             raise CalibrationError(
@@ -206,6 +207,7 @@ def _fit(sample: Mapping[str, Any], spec: InputSpec, where: str) -> Sample:
                     f"{where}: input '{tensor.name}' has size {size} at axis {axis}, the spec says {dim.size}"
                 )
             if dim.label is not None:
+                sizes.setdefault(dim.label, size)
                 legal = spec.dim(dim.label)
                 if not legal.allows(size):
                     raise CalibrationError(
@@ -219,4 +221,7 @@ def _fit(sample: Mapping[str, Any], spec: InputSpec, where: str) -> Sample:
                 f"{where}: input '{tensor.name}' is {array.dtype}, the spec says {tensor.dtype}"
             )
         fitted[tensor.name] = np.ascontiguousarray(array.astype(expected, copy=False))
+    conflict = spec.derived_conflict(sizes)
+    if conflict:
+        raise CalibrationError(f"{where}: {conflict}, as the input spec says; fix the arrays' shapes")
     return fitted

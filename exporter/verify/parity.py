@@ -188,6 +188,9 @@ def golden_from_file(reference: Runner, spec: InputSpec, path: Path) -> GoldenCa
         if array.dtype.kind != expected.kind and not {array.dtype.kind, expected.kind} <= {"i", "u"}:
             raise InputSpecError(f"{where}: '{tensor.name}' is {array.dtype}, the spec says {tensor.dtype}")
         inputs[tensor.name] = np.ascontiguousarray(array.astype(expected, copy=False))
+    conflict = spec.derived_conflict(sizes)
+    if conflict:
+        raise InputSpecError(f"{where}: {conflict}, as the input spec says; fix the arrays' shapes")
     case = ShapeCase(GOLDEN_INPUTS_CASE, sizes)
     outputs = _reference_outputs(reference, inputs, where, "")
     return _golden_case(reference, case, 0, inputs, outputs)
