@@ -263,11 +263,14 @@ def _quantize_status(result: QuantizationResult) -> tuple[StageStatus, str]:
     parts = []
     for chosen in result.shipped:
         size = chosen.size_bytes / result.float_size if result.float_size else 0
-        part = (
-            f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float {chosen.runtime}, "
-            f"size x{size:.2f}, min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
-        )
-        if chosen.generation is not None:
-            part += f", token match {chosen.generation.token_match:.2f}"
+        part = f"shipped {chosen.name}: p50 x{chosen.p50_ratio:.2f} of float {chosen.runtime}, "
+        part += f"size x{size:.2f}, "
+        if chosen.generation is None:
+            part += f"min cosine {min(o.min_cosine for o in chosen.outputs):.4f}"
+        else:  # a decoder: per token, judged by generation
+            generation = chosen.generation
+            part += (
+                f"token match {generation.token_match:.2f}, logits cosine {generation.min_logits_cosine:.4f}"
+            )
         parts.append(part)
     return status, "; ".join(parts)
