@@ -17,31 +17,44 @@ from typing import Any
 from exporter._quiet import quiet
 from exporter.quantize.nncf_int8 import _nncf_session
 
-__all__ = ["rebuild_refused_int4"]
+__all__ = ["convert_ir", "rebuild_int4"]
 
 
-def rebuild_refused_int4(export: dict[str, Any], float_dir: Path) -> list[tuple[str, Path, str]]:
-    """(runtime, model path, how it was built) for each runtime whose int4 candidates were all refused."""
-    summary = export.get("quantization") or {}
-    candidates = summary.get("candidates", [])
-    built: list[tuple[str, Path, str]] = []
-    work = Path(export["out"]).parent / f"{Path(export['out']).name}-refused"
-    for runtime in ("onnxruntime", "openvino"):
+def rebuild_int4(
+    export: dict[str, Any], onnx: Path, float_ir: Path | None
+) -> list[tuple[str, Path, str, str]]:
+    """(runtime, model path, how it was built, label) for each runtime whose int4 candidates were all refused
+    ("refused, rebuilt") or that the export did not target ("not exported, built here")."""
+    candidates = (export.get("quantization") or {}).get("candidates", [])
+    work = Path(export["out"]).parent / f"{Path(export['out']).name}-rebuilt"
+    built: list[tuple[str, Path, str, str]] = []
+    for runtime, source in (("onnxruntime", onnx), ("openvino", float_ir)):
         mine = [c for c in candidates if c["runtime"] == runtime]
-        if not mine or any(c["shipped"] for c in mine):
+        if any(c["shipped"] for c in mine) or source is None or not source.is_file():
             continue
-        block = next((c["block_size"] for c in mine if c.get("block_size")), 32)
-        if runtime == "onnxruntime" and (float_dir / "model.onnx").is_file():
+        label = "refused, rebuilt" if mine else "not exported, built here"
+        block = next((c["block_size"] for c in candidates if c.get("block_size")), 32)
+        if runtime == "onnxruntime":
             target = work / "model.int4.onnx"
             if not target.is_file():
-                _matmul_nbits(float_dir / "model.onnx", target, block)
-            built.append((runtime, target, f"MatMulNBits 4-bit block {block}, accuracy_level 4"))
-        if runtime == "openvino" and (float_dir / "model.xml").is_file():
+                _matmul_nbits(source, target, block)
+            built.append((runtime, target, f"MatMulNBits 4-bit block {block}, accuracy_level 4", label))
+        else:
             target = work / "model.int4.xml"
             if not target.is_file():
-                _nncf_int4(float_dir / "model.xml", target, block)
-            built.append((runtime, target, f"NNCF int4_asym group {block}, ratio 1.0"))
+                _nncf_int4(source, target, block)
+            built.append((runtime, target, f"NNCF int4_asym group {block}, ratio 1.0", label))
     return built
+
+
+def convert_ir(onnx: Path, xml: Path) -> Path:
+    """Our model.onnx read by OpenVINO, saved with float32 weights (as the export's ``onnx-*`` candidate)."""
+    import openvino as ov
+
+    if not xml.is_file():
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov.convert_model(str(onnx)), str(xml), compress_to_fp16=False)
+    return xml
 
 
 def _matmul_nbits(source: Path, target: Path, block: int) -> None:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from decoder_candidates import rebuild_refused_int4
+from decoder_candidates import convert_ir, rebuild_int4
 from decoder_models import EagerWithCache, generate_per_token_ms, generate_tokens, load_eager
 from rich.console import Console
 
+from exporter.backends.openvino import float_config
 from exporter.benchmark.latency import BatchPlan, TimingConfig, compare_latency
 from exporter.hf.decoding import DecoderLayout, empty_past, greedy_tokens, step_inputs
 from exporter.runners.base import Runner
@@ -67,7 +68,10 @@ class Measured:
     load: dict[str, list[float]] = field(default_factory=dict)
 
     def row(self, runner: str) -> Row | None:
-        return next((r for r in self.rows if r.runner == runner), None)
+        """The row of ``runner``, or of the first runner whose name starts with it ("ours int4 openvino"
+        finds "ours int4 openvino (refused, rebuilt)"); rows that could not be timed are skipped."""
+        exact = next((r for r in self.rows if r.runner == runner and not r.note), None)
+        return exact or next((r for r in self.rows if r.runner.startswith(runner) and not r.note), None)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,33 +113,36 @@ def plans(layout: DecoderLayout, quick: bool, seed: int = 0) -> list[tuple[str, 
 def artifact_openers(
     exports: dict[str, Any], optimum: dict[str, Any], threads: int
 ) -> list[tuple[str, str, Any]]:
-    """(runner name, artifact, opener) for every artifact to time: the float pair from the first export that
-    has them, each export's shipped lossy models, Optimum's model."""
+    """(runner name, artifact, opener) for every artifact to time: the float pair from the first export
+    (an OpenVINO IR converted here from its model.onnx when the export has none), each export's shipped lossy
+    models, the int4 models it refused or did not make (``decoder_candidates``), Optimum's model."""
     openers: list[tuple[str, str, Any]] = []
-    have_float = False
+    float_ir: Path | None = None
+    first = True
     for mode, export in exports.items():
         out = Path(export["out"])
-        manifest_path = out / "manifest.json"
-        if not manifest_path.is_file():
+        if not (out / "manifest.json").is_file():
             continue
-        manifest = json.loads(manifest_path.read_text())
-        if not have_float:
-            for artifact in manifest.get("artifacts") or []:
-                openers.append(
-                    _opener(f"ours float {artifact['backend']}", out / artifact["file"], artifact, threads)
-                )
-            have_float = True
+        manifest = json.loads((out / "manifest.json").read_text())
+        artifacts = manifest.get("artifacts") or []
+        if first:
+            for artifact in artifacts:
+                name = f"ours float {artifact['backend']}"
+                openers.append(_opener(name, out / artifact["file"], artifact, threads))
+            float_ir = next((out / a["file"] for a in artifacts if a["backend"] == "openvino"), None)
+            if float_ir is None and (out / "model.onnx").is_file():
+                float_ir = convert_ir(out / "model.onnx", out.parent / f"{out.name}-ir" / "model.xml")
+                name = "ours float openvino (IR converted here)"
+                openers.append(_opener(name, float_ir, {"config": float_config(threads)}, threads))
+            first = False
         for entry in [manifest.get("int8"), *(manifest.get("lossy") or [])]:
             if entry:
                 runtime = "openvino" if entry["file"].endswith(".xml") else "onnxruntime"
                 openers.append(_opener(f"ours {mode} {runtime}", out / entry["file"], entry, threads))
         if mode == "int4":
-            for runtime, path, how in rebuild_refused_int4(export, out):
-                config = next(
-                    (a.get("config") for a in manifest.get("artifacts") or [] if a["backend"] == runtime), {}
-                )
+            for runtime, path, how, label in rebuild_int4(export, out / "model.onnx", float_ir):
                 name, _, opener = _opener(
-                    f"ours int4 {runtime} (refused, rebuilt)", path, {"config": config}, threads
+                    f"ours int4 {runtime} ({label})", path, {"config": float_config(threads)}, threads
                 )
                 openers.append((name, f"{path.name}: {how}", opener))
     if optimum.get("ok"):
