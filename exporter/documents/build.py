@@ -259,7 +259,19 @@ def _lossy_entry(quantization: QuantizationResult | None, spec: BackendSpec, cho
         formats=asdict(quantization.formats),
         calibration=quantization.calibration.source,
         judged_on="synthetic" if quantization.synthetic_only else "real",
+        token_match_floor=quantization.options.token_match_floor if chosen.decoder else None,
+        bits=_weight_bits(chosen.settings),
+        block_size=block if isinstance(block := chosen.settings.get("block_size"), int) else None,
     )
+
+
+def _weight_bits(settings: dict[str, Any]) -> int | None:
+    """Bits per weight as the candidate's builder recorded them: MatMulNBits' ``bits``, NNCF's ``mode``
+    (``int4_asym``), ONNX Runtime's dynamic ``weight_type`` (``int8``/``uint8``); None otherwise (bf16)."""
+    if isinstance(bits := settings.get("bits"), int):
+        return bits
+    text = str(settings.get("mode") or settings.get("weight_type") or "")
+    return next((b for b in (4, 8) if text.startswith((f"int{b}", f"uint{b}"))), None)
 
 
 def _artifact_entry(backend: BackendResult, file: str) -> ArtifactEntry:

@@ -155,6 +155,14 @@ class Int8Entry(Typed):
     backend: str | None = Field(default=None, exclude_if=lambda value: value is None)
     """The backend that opens it; None: ``onnxruntime-int8`` (``model.int8.onnx``)."""
     config: dict[str, str] | None = Field(default=None, exclude_if=lambda value: value is None)
+    token_match_floor: Number | None = Field(default=None, exclude_if=lambda value: value is None)
+    """A decoder's lossy model, judged by its greedy tokens: the floor their mean share matching before the
+    first divergence had to reach. ``exporter verify`` replays the generation against it rather than the
+    budget on the ``int8-eval`` samples (random past tensors no real cache holds). None: not a decoder."""
+    bits: int | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Bits per weight (4 or 8) when known."""
+    block_size: int | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Weights per scale of a block-wise (int4, MatMulNBits) model."""
 
 
 class GoldenCaseEntry(Typed):

@@ -2,8 +2,9 @@
 
 Checks, each recorded as a ``Check``: every file's sha256 against the manifest; every artifact re-run on its
 golden inputs against the golden outputs (or, with ``--checkpoint``, against the PyTorch model re-run now)
-under the manifest's tolerances; a decoder's greedy tokens from its golden prompts (``gate/generation.py``);
-the int8 model's parity budget against the float ONNX model; and, with a baseline, each backend's p50
+under the manifest's tolerances; a decoder's greedy tokens from its golden prompts (``gate/generation.py``),
+through its lossy models too against their token floor; any other lossy model's parity budget against the
+float ONNX model; and, with a baseline, each backend's p50
 latency against the baseline's, both timed in this run.
 """
 
@@ -49,7 +50,7 @@ from exporter.gate.files import (
     read_npz,
     spec_of,
 )
-from exporter.gate.generation import check_generation_replay
+from exporter.gate.generation import check_generation_replay, replayed_lossy
 from exporter.loading.checkpoint import LoadRequest, load_model, sha256_file
 from exporter.loading.safe_paths import inside_folder
 from exporter.quantize.budget import compare_int8
@@ -104,7 +105,10 @@ def verify_artifacts(request: VerifyRequest, step: Callable[[str], None] | None 
         request.folder, manifest, spec, request.threads, missing
     )
     result.checks += checks
+    by_generation = replayed_lossy(manifest)
     for lossy in lossy_entries(manifest):
+        if lossy.file in by_generation:
+            continue  # a decoder's lossy model: its greedy tokens were replayed above, as they gated it
         name = f"{lossy.backend or 'int8'} budget"
         report(f"re-checking the budget of {lossy.file}")
         try:

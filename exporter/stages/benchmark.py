@@ -18,7 +18,7 @@ from exporter.benchmark.trust import LoadWatch, TimingQuality, assess_timing
 from exporter.documents.build import lossy_artifacts
 from exporter.hf.decoding import DecoderLayout
 from exporter.quantize.search import QuantizationResult
-from exporter.quantize.types import QuantMode
+from exporter.quantize.types import WEIGHT_ONLY_MODES
 from exporter.runners.base import Runner
 from exporter.runners.pytorch import EagerRunner
 from exporter.stages.memory import weights_bytes
@@ -156,12 +156,12 @@ def drop_slower_lossy(
     notes: list[str],
     decoder: Sequence[DecoderLatency] = (),
 ) -> list[LatencyStats]:
-    """``--quantize int8``: un-ship a lossy model that the benchmark's full timing found slower than its float
-    source at some batch size (for a decoder, also per token at some past length), and drop its rows: the
-    quantize stage chose it on a shorter timing, and the latency table must never show a shipped lossy model
-    slower than the float model it replaces. Its float source not shipped (not a target) or not timed:
-    nothing to compare, it stays."""
-    if quantization is None or quantization.options.mode is not QuantMode.INT8:
+    """``--quantize int8`` or ``int4``: un-ship a lossy model that the benchmark's full timing found slower
+    than its float source at some batch size (for a decoder, also per token at some past length), and drop
+    its rows: the quantize stage chose it on a shorter timing, and the latency table must never show a
+    shipped lossy model slower than the float model it replaces. Its float source not shipped (not a target)
+    or not timed: nothing to compare, it stays."""
+    if quantization is None or quantization.options.mode not in WEIGHT_ONLY_MODES:
         return latency  # an explicit mode ships its choice within budget even when slower, flagged
     timings = [(s.backend, s.label, s.p50_ms) for s in latency]
     timings += [(r.backend, f"per token at {r.label}", r.p50_ms) for r in decoder if r.phase == "decode"]
