@@ -120,3 +120,26 @@ def test_zoo_model_verifies_in_openvino_at_every_shape(recipe: Path, tmp_path: P
     assert shipped["passed"] is not expected_to_fail
     assert all(case["passed"] for case in shipped["cases"]) is not expected_to_fail
     assert (out / "model.xml").exists() and (out / "model.bin").exists()
+
+
+class _Port:
+    """A port's names as OpenVINO reports them (the runner reads nothing else of it here)."""
+
+    def __init__(self, names: list[str], any_name: str) -> None:
+        self.names, self.any_name = names, any_name
+
+    def get_names(self) -> set[str]:
+        return set(self.names)
+
+    def get_any_name(self) -> str:
+        return self.any_name
+
+
+def test_an_input_is_fed_by_its_public_name_not_a_graph_internal_one() -> None:
+    from exporter.runners.openvino import input_name
+
+    assert input_name(_Port(["/Concat_output_0", "past_key_values.0.key"], "/Concat_output_0")) == (
+        "past_key_values.0.key"
+    )
+    assert input_name(_Port(["x"], "x")) == "x"
+    assert input_name(_Port(["/only_internal"], "/only_internal")) == "/only_internal"

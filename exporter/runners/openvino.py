@@ -14,7 +14,16 @@ import numpy as np
 from exporter._heap import page_out_file, trim_heap
 from exporter.runners.base import Runner, first_useful_line
 
-__all__ = ["OpenVinoRunner"]
+__all__ = ["OpenVinoRunner", "input_name"]
+
+
+def input_name(port: Any) -> str:
+    """The name a model input is fed by. A port may carry several (a decoder's ``past_key_values.0.key``
+    converted from ONNX also answers to ``/Concat_output_0``) and ``get_any_name`` may return the internal
+    one; graph-internal names start with ``/``."""
+    first = port.get_any_name()
+    public = sorted(name for name in port.get_names() if not name.startswith("/"))
+    return first if first in public or not public else public[0]
 
 
 class OpenVinoRunner(Runner):
@@ -34,7 +43,7 @@ class OpenVinoRunner(Runner):
         core = ov.Core()
         self.compiled: Any = core.compile_model(str(model_path), "CPU", dict(config))
         self.request: Any = self.compiled.create_infer_request()
-        super().__init__([port.get_any_name() for port in self.compiled.inputs])
+        super().__init__([input_name(port) for port in self.compiled.inputs])
         self.output_count = len(self.compiled.outputs)
         self.weights_file: Path | None = Path(model_path).with_suffix(".bin")
         """Paged out now and after the first inference, once the plugin has repacked what it reads."""
