@@ -323,7 +323,7 @@ def _int8_section(report: dict[str, Any]) -> str:
     first = _reference_stats(next((c["latency"] for c in quant["candidates"] if c["latency"]), []))
     at = f" at {first['label']}" if first else ""
     html = [
-        '<section id="int8"><h2>Lossy candidates (int8, bf16)</h2>',
+        '<section id="int8"><h2>Lossy candidates (int8, int4, bf16)</h2>',
         f"<p>Mode <code>{esc(quant['mode'])}</code>; budget: {esc(quant['budget']['text'])}. Calibration: "
         f"<code>{esc(calibration['source'])}</code> ({esc(calibration['samples'])} samples, "
         f"{esc(calibration['method'])}); parity judged on {esc(calibration['evaluation_samples'])} held-out "

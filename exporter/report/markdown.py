@@ -364,7 +364,7 @@ def _markdown_int8(report: dict[str, Any]) -> list[str]:
     formats = quant["formats"]
     return [
         "",
-        "## Lossy candidates (int8, bf16)",
+        "## Lossy candidates (int8, int4, bf16)",
         "",
         f"Mode `{quant['mode']}`; budget: {quant['budget']['text']}. "
         f"Calibration: {calibration['source']} "
