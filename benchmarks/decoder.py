@@ -44,7 +44,7 @@ from typing import Any
 
 from decoder_models import MODELS, build_folder
 from decoder_report import markdown, table, targets
-from decoder_timing import Measured, measure_model
+from decoder_timing import Measured, Row, measure_model
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,9 @@ def shipped_summary(report: dict[str, Any]) -> dict[str, Any]:
         elif not candidate.get("budget_passed"):
             reason = f"parity budget: {generation.get('message') or 'outputs outside the budget'}"
         elif not candidate.get("faster_than_float"):
-            reason = f"not faster than float per token (p50 ratio {ratio:.2f})" if ratio else "not faster"
+            reason = (
+                f"not faster than float per token (p50 x{ratio:.2f} of float's)" if ratio else "not faster"
+            )
         else:
             reason = "within budget and faster, another candidate chosen"
         candidates.append(
@@ -202,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, folder, info, exports, optimum, threads=args.threads, quick=args.quick, console=console
         )
         measured.load = {"before": load_before, "after": load_average()}
+        measured.measured_at = time.strftime("%Y-%m-%d %H:%M %Z")
         results.append(measured)
         console.print(table(measured))
         if args.out:
@@ -211,8 +214,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def earlier(out: Path, measured: list[Measured]) -> list[Measured]:
+    """The models of an earlier run in ``out/decoder.json`` that this run did not measure (kept, so one
+    model can be re-measured alone), each with the environment line of its own run."""
+    path = out / "decoder.json"
+    if not path.is_file():
+        return []
+    names = {m.model for m in measured}
+    kept = []
+    for data in json.loads(path.read_text()).get("models", []):
+        if data["model"] not in names:
+            rows = [Row(**row) for row in data.pop("rows")]
+            kept.append(Measured(**data, rows=rows))
+    return kept
+
+
 def write(results: list[Measured], environment: dict[str, Any], args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
+    results = sorted(
+        [*earlier(args.out, results), *results],
+        key=lambda m: list(MODELS).index(m.model) if m.model in MODELS else len(MODELS),
+    )
     payload = {
         "environment": environment,
         "threads": args.threads,

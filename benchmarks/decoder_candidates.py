@@ -34,16 +34,18 @@ def rebuild_int4(
             continue
         label = "refused, rebuilt" if mine else "not exported, built here"
         block = next((c["block_size"] for c in candidates if c.get("block_size")), 32)
-        if runtime == "onnxruntime":
-            target = work / "model.int4.onnx"
+        target = work / ("model.int4.onnx" if runtime == "onnxruntime" else "model.int4.xml")
+        how = (
+            f"MatMulNBits 4-bit block {block}, accuracy_level 4"
+            if runtime == "onnxruntime"
+            else f"NNCF int4_asym group {block}, ratio 1.0"
+        )
+        try:
             if not target.is_file():
-                _matmul_nbits(source, target, block)
-            built.append((runtime, target, f"MatMulNBits 4-bit block {block}, accuracy_level 4", label))
-        else:
-            target = work / "model.int4.xml"
-            if not target.is_file():
-                _nncf_int4(source, target, block)
-            built.append((runtime, target, f"NNCF int4_asym group {block}, ratio 1.0", label))
+                (_matmul_nbits if runtime == "onnxruntime" else _nncf_int4)(source, target, block)
+        except Exception as error:  # the quantizer refusing this model is a result: the row says why
+            how = f"could not build: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        built.append((runtime, target, how, label))
     return built
 
 

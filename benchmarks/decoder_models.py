@@ -38,7 +38,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "small": {
         "vocab_size": 4096,
         "hidden_size": 256,
-        "intermediate_size": 688,
+        "intermediate_size": 704,
         "num_hidden_layers": 4,
         "num_attention_heads": 8,
         "num_key_value_heads": 2,

@@ -93,6 +93,7 @@ def export_lines(measured: Measured) -> list[str]:
     generate = ", ".join(
         f"{v:.2f} ms after a {k}-token prompt" for k, v in measured.generate_per_token_ms.items()
     )
+    lines.append(f"- measured {measured.measured_at or '-'}")
     lines.append(f"- transformers `generate()` per token (greedy, its own cache): {generate}")
     lines.append(
         f"- load average (1, 5, 15 min) before / after timing: {measured.load.get('before')} / "

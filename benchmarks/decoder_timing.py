@@ -66,6 +66,7 @@ class Measured:
     rows: list[Row] = field(default_factory=list)
     generate_per_token_ms: dict[int, float] = field(default_factory=dict)
     load: dict[str, list[float]] = field(default_factory=dict)
+    measured_at: str = ""
 
     def row(self, runner: str) -> Row | None:
         """The row of ``runner``, or of the first runner whose name starts with it ("ours int4 openvino"
@@ -144,13 +145,21 @@ def artifact_openers(
                 name, _, opener = _opener(
                     f"ours int4 {runtime} ({label})", path, {"config": float_config(threads)}, threads
                 )
-                openers.append((name, f"{path.name}: {how}", opener))
+                opener = opener if path.is_file() else _failing(how)
+                openers.append((name, f"{path.name}: {how}" if path.is_file() else "-", opener))
     if optimum.get("ok"):
         model = Path(optimum["model"])
         openers.append(
             ("optimum onnxruntime", "optimum model.onnx", lambda: OnnxRuntimeRunner(model, threads))
         )
     return openers
+
+
+def _failing(message: str) -> Any:
+    def fail() -> Runner:
+        raise RuntimeError(message)
+
+    return fail
 
 
 def _opener(name: str, path: Path, entry: dict[str, Any], threads: int) -> tuple[str, str, Any]:
