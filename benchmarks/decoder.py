@@ -135,7 +135,7 @@ def run_optimum(folder: Path, work: Path, threads: int, console: Console) -> dic
         (work / f"log-{folder.name}-optimum.txt").write_text(done.stdout + done.stderr)
         lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
         failure = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
-        data = {"exit_code": done.returncode, "seconds": time.perf_counter() - started}
+        data: dict[str, Any] = {"exit_code": done.returncode, "seconds": time.perf_counter() - started}
         data["reason"] = None if done.returncode == 0 else failure[:300]
         record.write_text(json.dumps(data))
     data = json.loads(record.read_text())

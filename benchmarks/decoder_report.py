@@ -14,12 +14,13 @@ INT4_TARGET = 1.5
 
 
 def _ms(values: dict[Any, float], key: int) -> str:
-    value = values.get(key, values.get(str(key)))  # type: ignore[call-overload]
+    value = _get(values, key)
     return "-" if value is None else f"{value:.2f}"
 
 
 def _get(values: dict[Any, float], key: int) -> float | None:
-    return values.get(key, values.get(str(key)))  # type: ignore[call-overload, no-any-return]
+    """A length's value; JSON read back (an earlier run's rows) keys it as text."""
+    return values.get(key, values.get(str(key)))
 
 
 def columns(measured: Measured) -> list[str]:
