@@ -145,3 +145,38 @@ def test_the_wrapped_decoder_matches_transformers_with_and_without_a_past(llama:
     assert [c.name for c in cases] == ["prompt-1", "prompt-2", "prompt-3"]
     assert len({len(c.prompt) for c in cases}) == 3
     assert all(len(c.expected) == 4 for c in cases)
+
+
+def _argmax_loop(model: torch.nn.Module, ids: list[int], n: int) -> list[int]:
+    tokens = torch.tensor([ids])
+    generated = []
+    with torch.inference_mode():
+        for _ in range(n):
+            token = int(model(tokens).logits[0, -1].argmax())
+            generated.append(token)
+            tokens = torch.cat([tokens, torch.tensor([[token]])], dim=1)
+    return generated
+
+
+@pytest.mark.slow
+def test_the_reference_is_plain_greedy_whatever_the_folder_configures(tmp_path: Path) -> None:
+    """An end-of-sequence token the model puts first is kept (not masked, not a stop), and the folder's
+    repetition penalty and banned n-grams, which no exported graph applies, are not used."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from exporter.hf.reference import reference_generations
+
+    folder = llama_folder(tmp_path / "llama")
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    ids = [5, 9, 20, 33, 7]
+    expected = _argmax_loop(model, ids, 12)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings.update(repetition_penalty=3.0, no_repeat_ngram_size=2, eos_token_id=expected[1])
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    assert list(reference_generations(model, [("p", None, ids)], 12)[0].expected) == expected
+    assert (
+        model.generation_config.repetition_penalty == 3.0
+    )  # the folder's own settings are left as they were

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from exporter.hf.facts import GenerationCase
 
@@ -19,24 +20,34 @@ def reference_generations(
 ) -> tuple[GenerationCase, ...]:
     """``n`` greedy tokens after each ``(name, text, token ids)`` prompt, from ``model.generate``.
 
-    ``min_new_tokens`` equal to ``max_new_tokens`` keeps generating past an end-of-sequence token, so the
-    exported model is compared over all ``n`` steps (``greedy_tokens`` does not stop either); the attention
-    mask is all ones (no padding), as ``decoding.step_inputs`` feeds it.
+    ``eos_token_id=[]`` makes ``generate`` neither stop at nor suppress an end-of-sequence token, so it
+    takes the plain argmax at every one of the ``n`` steps, as ``greedy_tokens`` does (``min_new_tokens``
+    would mask the end-of-sequence logit, and a trained model puts it first after most sentences). A plain
+    greedy configuration replaces the folder's ``generation_config.json``, whose repetition penalty or
+    banned n-grams no exported graph applies; the attention mask is all ones (no padding), as
+    ``decoding.step_inputs`` feeds it.
     """
     cases = []
-    for name, text, ids in prompts:
-        input_ids = torch.tensor([list(ids)], dtype=torch.long)
-        with torch.inference_mode():
-            generated = model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                do_sample=False,
-                min_new_tokens=n,
-                max_new_tokens=n,
-                pad_token_id=_pad_token(model),
-            )
-        new = generated[0, input_ids.shape[1] :].tolist()
-        cases.append(GenerationCase(name, tuple(int(i) for i in ids), tuple(int(t) for t in new), text))
+    pad = _pad_token(model)
+    folder_config = model.generation_config
+    model.generation_config = GenerationConfig(pad_token_id=pad)
+    try:
+        for name, text, ids in prompts:
+            input_ids = torch.tensor([list(ids)], dtype=torch.long)
+            with torch.inference_mode():
+                generated = model.generate(
+                    input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    do_sample=False,
+                    num_beams=1,
+                    eos_token_id=[],
+                    max_new_tokens=n,
+                    pad_token_id=pad,
+                )
+            new = generated[0, input_ids.shape[1] :].tolist()
+            cases.append(GenerationCase(name, tuple(int(i) for i in ids), tuple(int(t) for t in new), text))
+    finally:
+        model.generation_config = folder_config
     return tuple(cases)
 
 
