@@ -9,7 +9,7 @@ Run from anywhere, e.g. the repository root::
     python examples/tiny_llama/make_corpus.py            # options: --stdlib, --out
 
 Writes ``corpus/train.txt`` and ``corpus/heldout.txt`` next to this file (one docstring per block, blocks
-separated by a blank line, not committed: about 3 MB) and ``prompts.txt`` (committed).
+separated by a blank line, not committed: 1.7 MB) and ``prompts.txt`` (committed).
 """
 
 from __future__ import annotations
