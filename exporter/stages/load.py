@@ -4,10 +4,12 @@ too, so bad input is refused before minutes of conversion."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exporter.errors import CalibrationError, UsageError
+from exporter.hf.facts import GenerationCase
 from exporter.hf.golden import tokenized_golden
 from exporter.loading.checkpoint import LoadedModel, LoadRequest, load_model
 from exporter.options import ExportOptions
@@ -65,7 +67,20 @@ def load_stage(options: ExportOptions) -> Loaded:
     samples = None
     if options.quantization.mode is not QuantMode.NONE:
         samples = _text_samples(options, model) if _text_calibration(options) else int8_samples(options)
+        if model.hf is not None and model.hf.is_decoder:
+            samples = _recorded_only(samples, model.hf.generation, _text_calibration(options))
     return Loaded(model, eager, golden, samples)
+
+
+def _recorded_only(
+    samples: tuple[SampleSet, SampleSet], prompts: Sequence[GenerationCase], text_file: Path | None
+) -> tuple[SampleSet, SampleSet]:
+    """A decoder's samples say what really judges its candidates: generation from its golden prompts
+    (tokenized text), while outputs on the drawn samples are only recorded."""
+    lines = sum(1 for case in prompts if case.name.startswith("text-"))
+    source = f"{len(prompts)} golden prompts" + (f" ({lines} lines of {text_file})" if text_file else "")
+    described = f"{samples[0].source}; recorded only: a decoder is judged by greedy generation from {source}"
+    return replace(samples[0], source=described), replace(samples[1], source=described)
 
 
 def _text_calibration(options: ExportOptions) -> Path | None:
