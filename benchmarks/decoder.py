@@ -71,9 +71,11 @@ def run_export(
         started = time.perf_counter()
         with (work / f"log-{folder.name}-{mode}.txt").open("w") as log:
             code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=log, check=False).returncode
-        record.write_text(json.dumps({"exit_code": code, "seconds": time.perf_counter() - started}))
+        shown = " ".join(["exporter", *command[3:]]).replace(str(work), "WORK")
+        record.write_text(
+            json.dumps({"exit_code": code, "seconds": time.perf_counter() - started, "command": shown})
+        )
     data: dict[str, Any] = json.loads(record.read_text())
-    data["command"] = " ".join(["exporter", *command[3:]]).replace(str(work), "WORK")
     data["out"] = str(out)
     report = out / "report.json"
     data["quantization"] = shipped_summary(json.loads(report.read_text())) if report.is_file() else None
