@@ -73,7 +73,7 @@ def test_a_decoder_folder_needs_no_model_and_no_input(llama: Path) -> None:
     assert options.onnx_exporter.value == "torchscript"
     assert options.spec.derived_dims == {"total": ("past", "seq")}
     assert [str(options.spec.dim(label)) for label in ("batch", "seq", "past")] == [
-        "1..4",
+        "1..2",
         "1..128",
         "0..128",
     ]
@@ -82,9 +82,16 @@ def test_a_decoder_folder_needs_no_model_and_no_input(llama: Path) -> None:
 
 
 def test_gpt2_names_map_through_its_config(tmp_path: Path) -> None:
-    options = build_export_options(None, {"checkpoint": gpt2_folder(tmp_path / "gpt2")})
+    import json
+
+    folder = gpt2_folder(tmp_path / "gpt2")
+    options = build_export_options(None, {"checkpoint": folder})
     assert str(options.spec.tensors[3]) == "past_key_values.0.key:float32:batch=1,4,past=0,16"
     assert options.spec.dim("past").max == 128
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_positions": 4096}))
+    wide = build_export_options(None, {"checkpoint": folder})
+    assert (wide.spec.dim("seq").max, wide.spec.dim("past").max) == (256, 256)  # a verified context of 512
 
 
 def test_an_encoder_folder_takes_what_its_tokenizer_makes(bert: Path) -> None:

@@ -3,7 +3,8 @@
 Token inputs are int64 ``[batch, seq]`` with ids drawn below ``vocab_size`` and the sequence up to
 ``max_position_embeddings``. A decoder exported with its cache also takes ``position_ids`` and one
 ``[batch, kv_heads, past, head_dim]`` tensor per layer and kind, with ``attention_mask`` over ``total =
-past + seq``; ``seq`` and ``past`` each get half the context, so every case verified fits in it.
+past + seq``; ``seq`` and ``past`` each get half the context (of at most ``DECODER_VERIFIED_CONTEXT``), so
+every case verified fits in it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,24 @@ from exporter.hf.decoding import DecoderLayout
 from exporter.hf.tasks import Task
 from exporter.specs.inputs import DynamicDim, InputSpec, parse_tensor_spec
 
-__all__ = ["MAX_BATCH", "FolderSpec", "decoder_layout", "folder_spec"]
+__all__ = [
+    "DECODER_MAX_BATCH",
+    "DECODER_VERIFIED_CONTEXT",
+    "MAX_BATCH",
+    "FolderSpec",
+    "decoder_layout",
+    "folder_spec",
+]
 
 MAX_BATCH = 4
-"""The batch range verified (1..4); generation itself runs one prompt at a time."""
+"""The batch range verified (1..4) for an encoder."""
+DECODER_MAX_BATCH = 2
+"""A decoder's batch range (1..2): generation runs one prompt at a time, and every dim of the ``max``
+case at once costs batch x seq x vocab floats of logits."""
+DECODER_VERIFIED_CONTEXT = 512
+"""A decoder's ``seq`` and ``past`` ranges each cover half of its context, but of at most this many
+positions: the ``max`` case holds every dim at its maximum at once (a 125M Llama with a 2,048 context
+took 12 GiB and wrote 0.8 GB of golden outputs for it). ``--input`` widens a range."""
 _ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -58,7 +73,8 @@ def folder_spec(
     batch = DynamicDim("batch", 1, MAX_BATCH)
     if task.is_decoder:
         layout = decoder_layout(config, eos_token_ids)
-        half = max(positions // 2, 1)
+        half = max(min(positions, DECODER_VERIFIED_CONTEXT) // 2, 1)
+        batch = DynamicDim("batch", 1, DECODER_MAX_BATCH)
         texts = [
             f"input_ids:int64:batch=1,seq=1:0..{vocab}",
             "attention_mask:int64:batch=1,total=past+seq:1..2",
