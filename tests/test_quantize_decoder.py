@@ -19,6 +19,7 @@ from exporter.errors import ExitCode, UsageError
 from exporter.hf.decoding import DecoderLayout
 from exporter.hf.facts import HfFacts
 from exporter.hf.reference import reference_generations
+from exporter.hf.wrappers import DecoderWithPast
 from exporter.options import build_export_options
 from exporter.pipeline import ExportResult, export
 from exporter.quantize.budget import Int8Comparison
@@ -38,30 +39,6 @@ from tests.hf_models import gpt2_folder, llama_folder
 
 NEW_TOKENS = 12
 TIMING = TimingConfig(warmup=1, min_runs=5, min_seconds=0.05, max_runs=40, max_seconds=0.5)
-
-
-class _Decoder(torch.nn.Module):
-    """The contract's decoder I/O around a causal LM (the loader's own wrapper replaces it once landed)."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any) -> tuple[Any, ...]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for i in range(len(past) // 2):
-            cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        layers = out.past_key_values.layers
-        return (out.logits, *(t for layer in layers for t in (layer.keys, layer.values)))
 
 
 def _export(module: torch.nn.Module, layout: DecoderLayout, path: Path) -> None:
@@ -105,7 +82,7 @@ class DecoderSetup:
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
         config = model.config
         self.layout = DecoderLayout(config.num_hidden_layers, 2, 16, config.vocab_size, 256, (2,))
-        self.module = _Decoder(model).eval()
+        self.module = DecoderWithPast(model, config.num_hidden_layers).eval()
         self.float_onnx = root / "model.onnx"
         _export(self.module, self.layout, self.float_onnx)
         rng = np.random.default_rng(1)
