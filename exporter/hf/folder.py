@@ -9,32 +9,29 @@ as data: JSON size-capped, safetensors headers (never tensors), pickles walked o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import stat
-import struct
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeGuard
+from typing import Any
 
 from exporter.errors import LoadError
-from exporter.loading.checkpoint_audit import UnsafeCheckpointError, audit_torch_save
+from exporter.hf.folder_files import (
+    DOCUMENT_LIMIT,
+    TRUST_FIX,
+    excerpt,
+    find_weights,
+    read_object,
+    regular_file,
+)
 
 __all__ = ["HfFolder", "is_hf_folder", "read_folder"]
 
 CONFIG_LIMIT = 1024 * 1024
 """Bytes config.json may hold (a real one is a few KiB)."""
-DOCUMENT_LIMIT = 64 * 1024 * 1024
-"""Bytes a shard index or tokenizer_config.json may hold."""
-HEADER_LIMIT = 100 * 1024 * 1024
-"""Bytes a safetensors header may claim (the safetensors library's own cap)."""
-
-TRUST_FIX = "pass --trust-checkpoint if you trust this folder's author"
 _TOKENIZER_NAMES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
@@ -52,11 +49,6 @@ _FIELDS = (
     ("intermediate_size", False, 1 << 20),
     ("head_dim", False, 1 << 16),
 )
-_DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
-    "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4,
-    "F6_E2M3": 6, "F6_E3M2": 6,
-}  # fmt: skip
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|block|blocks)\.(\d+)\.")
 _NOT_THEIRS = "the config does not belong to these weights; fix it or re-save the folder with save_pretrained"
 _EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
@@ -97,14 +89,14 @@ def read_folder(path: Path, trust_checkpoint: bool) -> HfFolder:
     folder = Path(path)
     if not folder.is_dir():
         raise LoadError(f"'{folder}' is not a folder; a Hugging Face checkpoint is a folder with config.json")
-    config = _read_object(folder, "config.json", CONFIG_LIMIT)
+    config = read_object(folder, "config.json", CONFIG_LIMIT)
     model_type = _check_custom_code(folder, config, "config.json", trust_checkpoint)
-    tokenizer_files = tuple(p for name in _TOKENIZER_NAMES if (p := _regular(folder, name)) is not None)
+    tokenizer_files = tuple(p for name in _TOKENIZER_NAMES if (p := regular_file(folder, name)) is not None)
     if folder / "tokenizer_config.json" in tokenizer_files:
-        tokenizer_config = _read_object(folder, "tokenizer_config.json", DOCUMENT_LIMIT)
+        tokenizer_config = read_object(folder, "tokenizer_config.json", DOCUMENT_LIMIT)
         _check_custom_code(folder, tokenizer_config, "tokenizer_config.json", trust_checkpoint)
     sizes = _check_sizes(config, _transformers_config(model_type, config), strict=not trust_checkpoint)
-    weights, weights_format, tensors = _find_weights(folder, trust_checkpoint)
+    weights, weights_format, tensors = find_weights(folder, trust_checkpoint)
     if tensors:
         _check_against_weights(config, sizes, tensors)
     architectures = config.get("architectures") or ()
@@ -127,7 +119,7 @@ def _check_custom_code(folder: Path, document: dict[str, Any], name: str, trust:
     named = document.get("auto_map")
     if named is not None and not trust:
         raise LoadError(
-            f"{name} in '{folder}' names custom code (auto_map: {_excerpt(json.dumps(named))}): "
+            f"{name} in '{folder}' names custom code (auto_map: {excerpt(json.dumps(named))}): "
             f"exporter runs no code from a checkpoint; {TRUST_FIX}"
         )
     if name != "config.json":
@@ -140,7 +132,7 @@ def _check_custom_code(folder: Path, document: dict[str, Any], name: str, trust:
         )
     if model_type not in CONFIG_MAPPING_NAMES and not trust:
         raise LoadError(
-            f"config.json in '{folder}' names model_type {_excerpt(model_type)}, which this transformers "
+            f"config.json in '{folder}' names model_type {excerpt(model_type)}, which this transformers "
             f"does not know (custom code would define it): exporter runs no code from a checkpoint; "
             f"{TRUST_FIX}"
         )
@@ -163,7 +155,7 @@ def _transformers_config(model_type: str, config: dict[str, Any]) -> Any:
             warnings.simplefilter("ignore")
             return transformers.AutoConfig.for_model(model_type, **fields)
     except Exception as error:
-        text = _excerpt(" ".join(line.strip() for line in str(error).splitlines() if line.strip()), 240)
+        text = excerpt(" ".join(line.strip() for line in str(error).splitlines() if line.strip()), 240)
         raise LoadError(f"config.json does not fit a {model_type} config: {text[1:-1]}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -190,7 +182,7 @@ def _check_sizes(raw: dict[str, Any], parsed: Any, strict: bool) -> dict[str, in
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= cap:
             raise LoadError(
-                f"config.json's {spelled} is {_excerpt(repr(value))[1:-1]}, not a whole number from 1 to "
+                f"config.json's {spelled} is {excerpt(repr(value))[1:-1]}, not a whole number from 1 to "
                 f"{cap}: fix the config (a checkpoint this size cannot be real)"
             )
         sizes[name] = value
@@ -210,97 +202,6 @@ def _check_sizes(raw: dict[str, Any], parsed: Any, strict: bool) -> dict[str, in
     return sizes
 
 
-def _find_weights(folder: Path, trust: bool) -> tuple[tuple[Path, ...], str, dict[str, tuple[int, ...]]]:
-    """The weight files transformers would load, in its order of preference, with the tensors the
-    safetensors headers declare (name -> shape)."""
-    for single, index, weights_format in (
-        ("model.safetensors", "model.safetensors.index.json", "safetensors"),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json", "pickle"),
-    ):
-        if (path := _regular(folder, single)) is not None:
-            files: tuple[Path, ...] = (path,)
-        elif _regular(folder, index) is not None:
-            files = _shards(folder, index, ".safetensors" if weights_format == "safetensors" else "")
-        else:
-            continue
-        tensors: dict[str, tuple[int, ...]] = {}
-        for file in files:
-            if weights_format == "safetensors":
-                tensors.update(_safetensors_header(folder, file))
-            elif not trust:
-                _audit_pickle(folder, file)
-        return files, weights_format, tensors
-    raise LoadError(
-        f"no model.safetensors or pytorch_model.bin in '{folder}' (nor a sharded index of them): "
-        "save the model into it with save_pretrained"
-    )
-
-
-def _shards(folder: Path, index: str, suffix: str) -> tuple[Path, ...]:
-    """The files a shard index's weight_map names: plain names of regular files in the folder."""
-    document = _read_object(folder, index, DOCUMENT_LIMIT)
-    weight_map = document.get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise LoadError(f"{index} in '{folder}' has no weight_map: re-save the folder with save_pretrained")
-    names: list[str] = []
-    for value in weight_map.values():
-        if value in names:
-            continue
-        plain = isinstance(value, str) and value not in ("", ".", "..") and not re.search(r"[/\\\0]", value)
-        if not plain or not value.endswith(suffix):
-            raise LoadError(
-                f"{index} in '{folder}' names shard {_excerpt(str(value))}, which is not a "
-                f"{suffix or 'weight'} file name inside the folder; refusing to read it "
-                "(a shard index may only name files next to it)"
-            )
-        if _regular(folder, value) is None:
-            raise LoadError(f"{index} in '{folder}' names shard '{value}', which is missing")
-        names.append(value)
-    return tuple(folder / name for name in names)
-
-
-def _safetensors_header(folder: Path, path: Path) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape, after checking its byte range lies inside the file and fits its dtype."""
-
-    def refuse(problem: str) -> LoadError:
-        fix = "it is not a whole safetensors file (truncated or tampered); re-save it with save_pretrained"
-        return LoadError(f"{path.name} in '{folder}' {problem}: {fix}")
-
-    with _open_regular(folder, path.name) as (handle, size):
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise refuse("is shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > HEADER_LIMIT or 8 + length > size:
-            raise refuse(f"claims a {length}-byte header in a {size}-byte file")
-        raw = handle.read(length)
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise refuse("has a header that is not JSON") from None
-    if not isinstance(header, dict):
-        raise refuse("has a header that is not a JSON object")
-    data_bytes = size - 8 - length
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        fields = entry if isinstance(entry, dict) else {}
-        shape, offsets = fields.get("shape"), fields.get("data_offsets")
-        if not _int_list(shape) or not _int_list(offsets) or len(offsets) != 2:
-            raise refuse(f"describes tensor {_excerpt(name)} without a shape and data_offsets")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_bytes:
-            raise refuse(
-                f"places tensor {_excerpt(name)} at bytes {begin}..{end}, past its {data_bytes} data bytes"
-            )
-        bits = _DTYPE_BITS.get(str(fields.get("dtype")))
-        if bits is not None and math.prod(shape) * bits != (end - begin) * 8:
-            raise refuse(f"gives tensor {_excerpt(name)} {end - begin} bytes for shape {shape}")
-        shapes[name] = tuple(shape)
-    return shapes
-
-
 def _check_against_weights(raw: dict[str, Any], sizes: dict[str, int], tensors: dict[str, Any]) -> None:
     """The config's layer count and vocabulary match the weights: a mismatch would load silently, with
     missing layers left at random values or weights ignored."""
@@ -318,82 +219,3 @@ def _check_against_weights(raw: dict[str, Any], sizes: dict[str, int], tensors: 
                 f"config.json's vocab_size is {vocab} but the weights' {name} has {shape[0]} rows: "
                 f"{_NOT_THEIRS}"
             )
-
-
-def _audit_pickle(folder: Path, path: Path) -> None:
-    """Refuse a pickled weight file that imports anything ``torch.load(weights_only=True)`` refuses."""
-    try:
-        audit_torch_save(path)
-    except UnsafeCheckpointError as finding:
-        raise LoadError(
-            f"{path.name} in '{folder}' {finding.what}, and {finding.risk}: refused; convert the folder to "
-            f"safetensors (save_pretrained writes them) or {TRUST_FIX}"
-        ) from None
-    except Exception as error:
-        raise LoadError(
-            f"cannot read {path.name} in '{folder}' as a PyTorch checkpoint (truncated or corrupt?): "
-            f"{_excerpt(str(error))[1:-1]}"
-        ) from None
-
-
-def _regular(folder: Path, name: str) -> Path | None:
-    """``folder/name`` if it is a regular file (not a link), None if absent; anything else is refused."""
-    path = folder / name
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise LoadError(f"cannot inspect {name} in '{folder}': {error.strerror}") from None
-    if stat.S_ISLNK(mode):
-        raise LoadError(
-            f"{name} in '{folder}' is a symlink; refusing to follow it (every file of a checkpoint folder "
-            "must be a regular file inside it): copy the file in instead"
-        )
-    if not stat.S_ISREG(mode):
-        raise LoadError(f"{name} in '{folder}' is not a regular file; refusing to read it")
-    return path
-
-
-@contextlib.contextmanager
-def _open_regular(folder: Path, name: str) -> Iterator[tuple[IO[bytes], int]]:
-    """An open handle on the regular file ``folder/name`` and its size, opened without following a link
-    or blocking on a FIFO, and checked on the descriptor (what is read is what was checked)."""
-    if _regular(folder, name) is None:
-        raise LoadError(f"no {name} in '{folder}': a Hugging Face folder holds config.json and its weights")
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        descriptor = os.open(folder / name, flags)
-    except OSError as error:
-        raise LoadError(f"cannot open {name} in '{folder}': {error.strerror}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise LoadError(f"{name} in '{folder}' is not a regular file; refusing to read it")
-        yield handle, info.st_size
-
-
-def _read_object(folder: Path, name: str, limit: int) -> dict[str, Any]:
-    """A JSON object document of at most ``limit`` bytes."""
-    with _open_regular(folder, name) as (handle, size):
-        if size > limit:
-            raise LoadError(
-                f"{name} in '{folder}' holds {size} bytes, over the {limit} allowed; refusing to parse it"
-            )
-        data = handle.read(limit)  # a file grown since fstat is cut, and fails to parse
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError) as error:
-        reason = str(error).splitlines()[0] if isinstance(error, ValueError) else "nested too deep"
-        raise LoadError(f"{name} in '{folder}' is not JSON ({reason}): fix or re-save the folder") from None
-    if not isinstance(document, dict):
-        raise LoadError(f"{name} in '{folder}' is not a JSON object: fix or re-save the folder")
-    return document
-
-
-def _int_list(value: object) -> TypeGuard[list[int]]:
-    return isinstance(value, list) and all(type(item) is int and item >= 0 for item in value)
-
-
-def _excerpt(text: str, limit: int = 80) -> str:  # repr escapes newlines: the message stays one line
-    return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "..."
