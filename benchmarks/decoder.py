@@ -217,15 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def earlier(out: Path, measured: list[Measured]) -> list[Measured]:
-    """The models of an earlier run in ``out/decoder.json`` that this run did not measure (kept, so one
-    model can be re-measured alone), each with the environment line of its own run."""
+    """The (model, threads) pairs of earlier runs in ``out/decoder.json`` that this run did not measure
+    (kept, so one model or one thread count can be re-measured alone)."""
     path = out / "decoder.json"
     if not path.is_file():
         return []
-    names = {m.model for m in measured}
+    names = {(m.model, m.threads) for m in measured}
     kept = []
     for data in json.loads(path.read_text()).get("models", []):
-        if data["model"] not in names:
+        if (data["model"], data.get("threads", 0)) not in names:
             rows = [Row(**row) for row in data.pop("rows")]
             kept.append(Measured(**data, rows=rows))
     return kept
@@ -235,7 +235,7 @@ def write(results: list[Measured], environment: dict[str, Any], args: argparse.N
     args.out.mkdir(parents=True, exist_ok=True)
     results = sorted(
         [*earlier(args.out, results), *results],
-        key=lambda m: list(MODELS).index(m.model) if m.model in MODELS else len(MODELS),
+        key=lambda m: (list(MODELS).index(m.model) if m.model in MODELS else len(MODELS), m.threads),
     )
     payload = {
         "environment": environment,
@@ -245,7 +245,7 @@ def write(results: list[Measured], environment: dict[str, Any], args: argparse.N
         "targets": targets(results),
     }
     (args.out / "decoder.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "decoder.md").write_text(markdown(results, environment, args.threads))
+    (args.out / "decoder.md").write_text(markdown(results, environment))
 
 
 if __name__ == "__main__":

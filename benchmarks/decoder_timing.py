@@ -67,6 +67,7 @@ class Measured:
     generate_per_token_ms: dict[int, float] = field(default_factory=dict)
     load: dict[str, list[float]] = field(default_factory=dict)
     measured_at: str = ""
+    threads: int = 0
 
     def row(self, runner: str) -> Row | None:
         """The row of ``runner``, or of the first runner whose name starts with it ("ours int4 openvino"
@@ -181,7 +182,7 @@ def measure_model(
     console: Console,
 ) -> Measured:
     """Open every runner, time each plan across all of them, then check each one's greedy tokens."""
-    measured = Measured(name, info, exports, optimum)
+    measured = Measured(name, info, exports, optimum, threads=threads)
     layout = layout_of(folder)
     model = load_eager(folder, threads)
     eager = EagerWithCache(model, layout.num_layers)

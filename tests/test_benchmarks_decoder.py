@@ -64,7 +64,7 @@ def test_a_run_without_exports_or_optimum_times_eager_and_says_why(
     assert all(v > 0 for v in [*row.prefill_ms.values(), *row.decode_ms.values()])
     assert measured.generate_per_token_ms[16] > 0
     measured.load = {"before": [0.0], "after": [0.0]}
-    text = decoder_report.markdown([measured], {**_environment(), "packages": {}}, 1)
+    text = decoder_report.markdown([measured], {**_environment(), "packages": {}})
     assert "| eager transformers (DynamicCache) | transformers |" in text
     assert "Optimum: no model: not installed" in text
     assert decoder_report.targets([measured]) == ["targets: not measured (the 125m model was not run)"]
