@@ -24,10 +24,15 @@ torch first: that spec takes the local CPU wheel, any other pulls a multi-GB CUD
     /work/optimum-venv/bin/pip install torch==2.13.0
     /work/optimum-venv/bin/pip install 'optimum-onnx[onnxruntime]'
 
-Run from the repository root with the project's virtualenv, on an otherwise idle machine:
+Run from the repository root with the project's virtualenv, on an otherwise idle machine. The results in
+benchmarks/results/decoder.md came from (each run keeps the other tables of decoder.json):
 
-    .venv/bin/python benchmarks/decoder.py --out benchmarks/results          # both models (~30 min)
-    .venv/bin/python benchmarks/decoder.py --models small --quick            # development (~3 min)
+    .venv/bin/python benchmarks/decoder.py --models small --threads 1 --out benchmarks/results
+    .venv/bin/python benchmarks/decoder.py --models 125m --threads 1 --out benchmarks/results
+    .venv/bin/python benchmarks/decoder.py --models 125m --threads 2 --out benchmarks/results
+    .venv/bin/python benchmarks/decoder.py --models small --quick        # development (~3 min)
+
+The exports (~3 min for small, ~5-13 min for 125m each on a busy machine) are kept in --work and reused.
 """
 
 from __future__ import annotations
