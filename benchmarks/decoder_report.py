@@ -164,9 +164,9 @@ def markdown(results: list[Measured], environment: dict[str, Any]) -> str:
         "against transformers' `generate`.",
         "",
         "On a machine shared with other work (the load averages below), a table at 2 threads on 2 cores "
-        "waits for cores: torch's threads suffer most (the 125M eager decode at past 128, timed alone: 103 ms "
-        "at 2 threads, 29 ms at 1, load average 2.3), which inflates every `x eager`. The 1-thread tables "
-        "are the ones to quote.",
+        "waits for cores: torch's threads suffer most (the 125M eager decode at past 128, timed alone: "
+        "103 ms at 2 threads, 29 ms at 1, load average 2.3), which inflates every `x eager`. The 1-thread "
+        "tables are the ones to quote.",
         "",
     ]
     for measured in results:
