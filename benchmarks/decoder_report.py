@@ -90,9 +90,9 @@ def export_lines(measured: Measured) -> list[str]:
             lines.append(f"  - note: {note}")
     if measured.exports and all("--to openvino" not in e["command"] for e in measured.exports.values()):
         lines.append(
-            "- OpenVINO: exported with `--to onnx` alone (`--onnx-only`): this folder's `--to openvino` export "
-            "ended in an internal error (exit 5, nothing written); the IR timed here is our model.onnx read by "
-            "OpenVINO with float32 weights, and its int4 is NNCF's on that IR"
+            "- OpenVINO: exported with `--to onnx` alone (`--onnx-only`): this folder's `--to openvino` "
+            "export ended in an internal error (exit 5, nothing written); the IR timed here is our "
+            "model.onnx read by OpenVINO with float32 weights, and its int4 is NNCF's on that IR"
         )
     optimum = measured.optimum
     if optimum.get("ok"):
