@@ -130,3 +130,32 @@ def test_candidates_are_tried_best_first_and_an_unloadable_one_is_recorded(tmp_p
     assert [p.artifact for p in result.parity] == ["best", "plain"]
     assert result.shipped == "plain" and result.path == tmp_path / "plain" and result.passed
     assert "cannot load it" in result.parity[0].failures()[0]
+
+
+def test_a_failing_backend_reports_the_candidate_that_ran_not_a_fallback_that_never_loaded(
+    tmp_path: Path,
+) -> None:
+    """OpenVINO's IR from ONNX missed parity and its fallback (ov.convert_model of the module) could not
+    even be built: the result names the IR's failure and ships its file (exit 1 with a report), rather than
+    a file that was never written (an internal error in the write stage)."""
+    module, spec, golden = _setup()
+    ran = tmp_path / "ran.onnx"
+    ran.write_bytes(b"artifact")
+
+    def unbuildable() -> Runner:
+        raise RuntimeError("Check 'false' failed at unconverted_ops_report.cpp:151")
+
+    result = verify_backend(
+        backend="noisy",
+        target="test",
+        file="model.test",
+        candidates=[
+            ArtifactCandidate("from-onnx", ran, lambda: Noisy(module, spec.names)),
+            ArtifactCandidate("from-module", tmp_path / "never-written", unbuildable),
+        ],
+        golden=golden,
+        tolerance=Tolerance(),
+    )
+    assert not result.passed
+    assert result.shipped == "from-onnx" and result.path == ran
+    assert [p.artifact for p in result.parity] == ["from-onnx", "from-module"]

@@ -69,12 +69,17 @@ def verify_backend(
             pass
         if last:
             break
-    shipped = next((r for r in results if r.passed), results[-1])
+    built = [r for r in results if not _failed_to_load(r)]  # a failing backend reports one that ran
+    shipped = next((r for r in results if r.passed), built[-1] if built else results[-1])
     index = results.index(shipped)
     chosen = candidates[index] if index < len(candidates) else candidates[-1]
     return BackendResult(
         backend, target, file, results, shipped.artifact, chosen.path, runner=kept, load_seconds=load_seconds
     )
+
+
+def _failed_to_load(result: ParityResult) -> bool:
+    return len(result.cases) == 1 and result.cases[0].case == "load" and result.cases[0].error is not None
 
 
 def arbitrate_float_backends(

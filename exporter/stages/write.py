@@ -27,6 +27,9 @@ def write_stage(
     for result in run.backends:
         if result.file is None or result.path is None or result.spec is None:
             continue
+        if not result.path.exists():  # no candidate could be built: the report says why, nothing to ship
+            result.file = None
+            continue
         result.spec.store(result.path, staging / result.file)
     for spec, chosen in lossy_artifacts(run.quantization):
         assert chosen.path is not None and spec.file is not None
