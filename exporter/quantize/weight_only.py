@@ -152,17 +152,22 @@ def build_nncf_weights(
     ``int8_asym`` per output channel."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
 
     from exporter.backends.openvino import save_ir
 
     model = ov.Core().read_model(str(float_openvino_ir(context.float_onnx, context.work_dir)))
     int4 = mode.startswith("int4")
+    # A layer whose width the block size does not divide (an MLP of 688 with blocks of 32) gets the nearest
+    # group size that does, instead of failing the whole candidate.
+    adjust = AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
     with _nncf_session():
         compressed = nncf.compress_weights(
             model,
             mode=nncf.CompressWeightsMode(mode),
             group_size=context.options.block_size if int4 else None,
             ratio=1.0 if int4 else None,
+            advanced_parameters=adjust if int4 else None,
         )
     save_ir(compressed, target)
     types = Counter(
@@ -180,6 +185,9 @@ def build_nncf_weights(
         "block_size": context.options.block_size if int4 else None,
         "ratio": 1.0 if int4 else None,
         "backup_mode": "int8_asym (embedding and head)" if int4 else None,
+        "group_size_fallback": "adjust (a layer the block size does not divide gets a group size that does)"
+        if int4
+        else None,
         "compressed_constants": low,
     }
 
