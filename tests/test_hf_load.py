@@ -187,3 +187,27 @@ def test_the_reference_is_plain_greedy_whatever_the_folder_configures(tmp_path: 
     assert (
         model.generation_config.repetition_penalty == 3.0
     )  # the folder's own settings are left as they were
+
+
+@pytest.mark.slow
+def test_a_sharded_folder_loads_and_its_hash_covers_every_shard(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from exporter.loading.checkpoint import LoadRequest, load_model
+
+    single = llama_folder(tmp_path / "single")
+    sharded = tmp_path / "sharded"
+    model = AutoModelForCausalLM.from_pretrained(single, local_files_only=True)
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (sharded / name).write_bytes((single / name).read_bytes())
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    loaded = load_model(LoadRequest(sharded, new_tokens=4))
+    reference = load_model(LoadRequest(single, new_tokens=4))
+    assert loaded.hf is not None and reference.hf is not None
+    assert [c.expected for c in loaded.hf.generation] == [c.expected for c in reference.hf.generation]
+    before = loaded.sha256
+    last = sharded / shards[-1]
+    last.write_bytes(last.read_bytes()[:-4] + b"\0\0\0\0")
+    assert load_model(LoadRequest(sharded, new_tokens=4)).sha256 != before
