@@ -23,7 +23,7 @@ from exporter.serving.limits import BINARY_HEADER
 from exporter.serving.signature import DATATYPE_OF, ModelSignature
 from exporter.verify.comparison import compare_outputs, min_row_cosine
 
-__all__ = ["GoldenMismatch", "golden_check", "judge"]
+__all__ = ["GoldenMismatch", "golden_check", "judge", "self_check_post"]
 
 
 class GoldenMismatch(Exception):
@@ -75,8 +75,9 @@ async def golden_check(
     )
 
 
-def _post(url: str, body: dict[str, Any], token: str) -> dict[str, np.ndarray]:
-    """The outputs of one request, decoded from the binary tensor data extension's response."""
+def self_check_post(url: str, body: dict[str, Any], token: str, what: str) -> tuple[bytes, Any]:
+    """POST one start-up check to this server (marked by ``SELF_CHECK_HEADER``): the body and headers of
+    its answer; an HTTP error is a ``GoldenMismatch`` naming ``what`` and the server's own message."""
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
@@ -85,11 +86,16 @@ def _post(url: str, body: dict[str, Any], token: str) -> dict[str, np.ndarray]:
     )
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
-            content = response.read()
-            length = int(response.headers.get(BINARY_HEADER) or len(content))
+            return response.read(), response.headers
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")[:300]
-        raise GoldenMismatch(f"golden request {body['id']} got HTTP {error.code}: {detail}") from None
+        raise GoldenMismatch(f"{what} {body['id']} got HTTP {error.code}: {detail}") from None
+
+
+def _post(url: str, body: dict[str, Any], token: str) -> dict[str, np.ndarray]:
+    """The outputs of one request, decoded from the binary tensor data extension's response."""
+    content, headers = self_check_post(url, body, token, "golden request")
+    length = int(headers.get(BINARY_HEADER) or len(content))
     header, offset, outputs = json.loads(content[:length]), length, {}
     dtypes = {datatype: np.dtype(name) for name, datatype in DATATYPE_OF.items()}
     for output in header.get("outputs", []):

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from exporter.hf.facts import GenerationCase
 from exporter.hf.generation_check import match_share
 from exporter.serving.decoder import GENERATION_FILE, DecoderServing
-from exporter.serving.golden import GoldenMismatch
-from exporter.serving.state import SELF_CHECK_HEADER
+from exporter.serving.golden import GoldenMismatch, self_check_post
 
 __all__ = ["generation_check", "matching_prefix"]
 
@@ -78,18 +75,8 @@ def _difference(case: GenerationCase, tokens: list[int], matched: int) -> str:
 
 
 def _post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", SELF_CHECK_HEADER: token},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")[:300]
-        raise GoldenMismatch(f"golden generation {body['id']} got HTTP {error.code}: {detail}") from None
+    content, _ = self_check_post(url, body, token, "golden generation")
+    answer = json.loads(content)
     if not isinstance(answer, dict):
         raise GoldenMismatch(f"golden generation {body['id']}: the answer is not a JSON object")
     return answer
