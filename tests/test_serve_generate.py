@@ -21,6 +21,8 @@ import pytest
 
 from exporter.hf.decoding import DecoderLayout, greedy_tokens
 from exporter.hf.facts import GenerationCase
+from exporter.hf.reference import reference_generations
+from exporter.hf.wrappers import DecoderWithPast
 from exporter.runners.onnxruntime import OnnxRuntimeRunner
 from exporter.serving.app import build_app
 from exporter.serving.decoder import DecoderServing, TextCodec, TextPieces
@@ -36,27 +38,12 @@ NEW_TOKENS = 12
 def export_decoder(folder: Path, out: Path) -> DecoderLayout:
     """The folder's model as ONNX with the contract's cache inputs and outputs (TorchScript exporter)."""
     import torch
-    from transformers import DynamicCache, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(folder).eval()
     config = model.config
     layers, kv, head = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
     layout = DecoderLayout(layers, kv, head, config.vocab_size, config.max_position_embeddings, (2,))
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, ids: Any, mask: Any, positions: Any, *past: Any) -> tuple[Any, ...]:
-            cache = DynamicCache(config=config)
-            for i in range(layers):
-                cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache
-            )
-            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-            return (out.logits, *present)
 
     example = (
         torch.randint(0, config.vocab_size, (1, 5)),
@@ -71,7 +58,7 @@ def export_decoder(folder: Path, out: Path) -> DecoderLayout:
     dynamic["logits"] = {0: "batch", 1: "seq"}
     with torch.no_grad():
         torch.onnx.export(
-            Wrapper(),
+            DecoderWithPast(model, layers),
             example,
             str(out),
             input_names=list(layout.input_names),
@@ -95,23 +82,14 @@ class Decoder:
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory: pytest.TempPathFactory) -> Decoder:
-    import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     folder = llama_folder(tmp_path_factory.mktemp("llama"))
     layout = export_decoder(folder, folder / "model.onnx")
     prompt = AutoTokenizer.from_pretrained(folder)(PROMPT_TEXT)["input_ids"]
     model = LlamaForCausalLM.from_pretrained(folder).eval()
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        generated = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-        )
-    expected = generated[0, len(prompt) :].tolist()
+    (reference,) = reference_generations(model, [("fox", PROMPT_TEXT, prompt)], NEW_TOKENS)
+    expected = list(reference.expected)
     case = GenerationCase("fox", tuple(prompt), tuple(expected), PROMPT_TEXT)
     serving = DecoderServing(layout, (case,), folder / "tokenizer.json", "text and token ids")
     rules = [InputRule(n, np.dtype("int64"), ("batch", "seq"), False, None) for n in layout.input_names]
