@@ -46,7 +46,7 @@ from exporter.quantize.types import QuantMode
 from exporter.runners.pytorch import EagerRunner
 from exporter.stages.benchmark import benchmark_stage, drop_slower_lossy, shipped_runners
 from exporter.stages.convert import build_backends, verify_backends
-from exporter.stages.generation import check_generations, hf_facts
+from exporter.stages.generation import check_generations
 from exporter.stages.load import load_stage
 from exporter.stages.memory import weights_bytes
 from exporter.stages.onnx import optimize_stage, quantize_stage
@@ -301,7 +301,7 @@ def _convert_and_verify(run: _Run, loaded: LoadedModel, build_dir: Path) -> None
             built, golden=golden, options=options, loaded=loaded, step=run.step
         )
         run.nonfinite_failed = nonfinite_gate_failed(options, golden)
-        facts = hf_facts(loaded)
+        facts = loaded.hf
         if facts is not None and facts.is_decoder:
             run.generation, notes = check_generations(run.results, facts, options, run.step)
             run.notes += notes
@@ -352,7 +352,7 @@ def _benchmark(run: _Run) -> None:
             run.options,
             run.listener,
             run.load_seconds,
-            layout=facts.layout if (facts := hf_facts(run.loaded)) is not None else None,
+            layout=facts.layout if (facts := run.loaded.hf) is not None else None,
         )
         run.latency = drop_slower_lossy(timed.latency, run.quantization, run.notes, timed.decoder)
         kept = {s.backend for s in run.latency}

@@ -13,23 +13,17 @@ from exporter.hf.generation_check import GenerationResult
 if TYPE_CHECKING:
     from exporter.documents.manifest import GenerationEntry, HfEntry
 
-__all__ = ["GENERATION_FILE", "decoder_manifest", "decoder_report", "facts_of"]
+__all__ = ["GENERATION_FILE", "decoder_manifest", "decoder_report"]
 
 GENERATION_FILE = "golden/generation.json"
 """The golden prompts and transformers' tokens, ``{"max_new_tokens": N, "cases": [...]}``."""
-
-
-def facts_of(loaded: Any) -> HfFacts | None:
-    """A loaded model's Hugging Face facts (None for a ``.pt`` checkpoint)."""
-    facts = getattr(loaded, "hf", None)
-    return facts if isinstance(facts, HfFacts) else None
 
 
 def decoder_report(
     loaded: Any, generation: Sequence[GenerationResult], latency: Sequence[DecoderLatency]
 ) -> dict[str, Any]:
     """report.json's ``hf``, ``generation`` (one entry per checked artifact) and ``decoder_latency``."""
-    facts = facts_of(loaded)
+    facts: HfFacts | None = loaded.hf
     return {
         "hf": facts.to_json() if facts is not None else None,
         "generation": [g.to_json() for g in generation] or None,
@@ -43,7 +37,7 @@ def decoder_manifest(
     """The manifest's ``hf``, ``generation`` and ``decoder_latency`` entries (None where not a decoder)."""
     from exporter.documents.manifest import GenerationEntry, GenerationResultEntry, HfEntry
 
-    facts = facts_of(loaded)
+    facts: HfFacts | None = loaded.hf
     if facts is None:
         return None, None, None
     hf = HfEntry.model_validate(facts.to_json(), strict=False)

@@ -11,18 +11,11 @@ from typing import TYPE_CHECKING
 from exporter.backends.registry import BackendResult, OpenContext, open_shipped
 from exporter.hf.facts import HfFacts
 from exporter.hf.generation_check import GENERATING_RUNTIMES, GenerationResult, check_generation
-from exporter.loading.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
     from exporter.options import ExportOptions
 
-__all__ = ["check_generations", "hf_facts"]
-
-
-def hf_facts(loaded: LoadedModel) -> HfFacts | None:
-    """The loaded Hugging Face folder's facts (None for a ``.pt`` checkpoint)."""
-    facts = getattr(loaded, "hf", None)
-    return facts if isinstance(facts, HfFacts) else None
+__all__ = ["check_generations"]
 
 
 def check_generations(

@@ -244,7 +244,7 @@ def _quantize(
         work_dir=work_dir,
         step=lambda message: listener.step(message, 0, 0),
         targets=options.chosen_targets,
-        hf=getattr(loaded, "hf", None),
+        hf=loaded.hf,
     )
     if not result.candidates:
         reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())

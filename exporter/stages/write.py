@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.documents.build import RunRecord, build_manifest, build_report, lossy_artifacts
-from exporter.documents.decoder import GENERATION_FILE, facts_of
+from exporter.documents.decoder import GENERATION_FILE
 from exporter.hf.facts import HfFacts
 from exporter.report.files import render_reports
 from exporter.stages.records import StageStatus, StageTracker
@@ -35,7 +35,7 @@ def write_stage(
         assert chosen.path is not None and spec.file is not None
         spec.store(chosen.path, staging / spec.file)
     golden_index = write_golden(staging / "golden", run.golden)
-    facts = facts_of(run.loaded)
+    facts = run.loaded.hf
     if facts is not None:
         _write_hf_files(staging, facts)
     if run.quantization is not None:
